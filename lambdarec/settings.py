@@ -1,0 +1,117 @@
+"""One typed settings object for every layer.
+
+Every field can be set from the environment with the ``LAMBDAREC_`` prefix
+(``LAMBDAREC_ROOT=/data/lambdarec``) or from a ``.env`` file. Every path is
+derived from ``root`` unless set explicitly, so one variable moves the whole
+platform (lake, checkpoints, broker state) somewhere else.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EVENT_WEIGHTS = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+    "rating": 1.0,
+    "like": 3.0,
+    "share": 3.0,
+}
+
+
+class Settings(BaseSettings):
+    """Platform configuration; see README "Configuration" for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix="LAMBDAREC_", env_file=".env", extra="ignore")
+
+    root: Path = Field(Path(".lambdarec"), description="Root folder for every local path below.")
+    lake_uri: str = Field(
+        "",
+        description="Delta lake root. Empty means <root>/lake; set an s3:// URI on a cluster.",
+    )
+    checkpoint_dir: str = Field(
+        "", description="Spark streaming checkpoints. Empty means <root>/checkpoints."
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        "",
+        description="Kafka bootstrap servers. Empty means the embedded Tansu broker on loopback.",
+    )
+    embedded_broker_port: int = Field(19092, description="Port of the embedded broker.")
+    topic_events: str = Field("events", description="Topic the ingestion API produces to.")
+    topic_speed_updates: str = Field(
+        "speed-updates", description="Topic the speed layer pushes serving updates to."
+    )
+    topic_partitions: int = Field(2, ge=1, description="Partitions for topics the platform creates.")
+
+    pseudonym_key: SecretStr = Field(
+        SecretStr("lambdarec-dev-key-change-me"),
+        description="HMAC key that pseudonymises user ids at the ingestion edge.",
+    )
+
+    ingest_max_batch: int = Field(500, ge=1, description="Most events one POST /events/batch takes.")
+    ingest_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the API accepts (413 beyond)."
+    )
+
+    spark_master: str = Field("local[2]", description="Spark master for jobs started by lambdarec.")
+    spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
+    spark_driver_memory: str = Field("2g", description="Driver memory for spark-submit jobs.")
+
+    speed_trigger_ms: int = Field(250, ge=0, description="Speed job micro-batch trigger interval.")
+    speed_max_offsets_per_trigger: int = Field(
+        20_000, ge=1, description="Most Kafka records one micro-batch admits."
+    )
+    speed_recent_items: int = Field(
+        50, ge=1, description="Recent interactions kept per user in the speed view."
+    )
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Implicit-feedback weight per event type; a rating uses its value times this.",
+    )
+    als_rank: int = Field(32, ge=1, description="ALS latent factors.")
+    als_reg: float = Field(0.05, ge=0, description="ALS regParam (scaled by interactions per row).")
+    als_alpha: float = Field(10.0, gt=0, description="Implicit confidence: c = 1 + alpha * r.")
+    als_iterations: int = Field(10, ge=1, description="ALS iterations.")
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Last fraction of each user's events held out for evaluation."
+    )
+
+    serve_host: str = Field("127.0.0.1", description="Serving bind address.")
+    serve_port: int = Field(8000, description="Serving port.")
+    serve_model_poll_s: float = Field(
+        5.0, gt=0, description="How often serving checks the registry for a newer published model."
+    )
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake_uri or str((self.root / "lake").resolve())
+
+    @property
+    def checkpoint_root(self) -> str:
+        return self.checkpoint_dir or str((self.root / "checkpoints").resolve())
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The Kafka address every client uses: the configured cluster or the embedded broker."""
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.embedded_broker_port}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    def table_uri(self, name: str) -> str:
+        return f"{self.lake_root.rstrip('/')}/{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; FastAPI and tests override this dependency."""
+    return Settings()

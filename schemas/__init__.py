@@ -1,0 +1,1 @@
+"""Contracts every layer shares: the event schema, Delta table specs, Kafka topics."""

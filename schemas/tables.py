@@ -1,0 +1,172 @@
+"""Delta table specs: name, columns, partitioning and keys for every lake table.
+
+The pyarrow schema is the single source: the Delta schema is created from it, and
+Spark writers select and cast to it (``lambdarec.lake.spark_schema``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+FACTORS = pa.list_(pa.float32())
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A Delta table's contract."""
+
+    name: str
+    schema: pa.Schema
+    keys: tuple[str, ...]
+    partition_by: tuple[str, ...] = field(default=())
+    description: str = ""
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+
+EVENTS = TableSpec(
+    name="events",
+    description="Bronze: every valid, consented event exactly once (the system of record).",
+    keys=("event_id",),
+    partition_by=("event_date",),
+    schema=pa.schema(
+        [
+            ("event_id", pa.string()),
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("event_type", pa.string()),
+            ("value", pa.float64()),
+            ("occurred_at", TS),
+            ("received_at", TS),
+            ("device", pa.string()),
+            ("country", pa.string()),
+            ("context", pa.map_(pa.string(), pa.string())),
+            ("kafka_topic", pa.string()),
+            ("kafka_partition", pa.int32()),
+            ("kafka_offset", pa.int64()),
+            ("event_date", pa.date32()),
+        ]
+    ),
+)
+
+DEAD_LETTER = TableSpec(
+    name="dead_letter",
+    description="Records the speed layer could not accept, with the raw bytes and the reason.",
+    keys=("kafka_topic", "kafka_partition", "kafka_offset"),
+    schema=pa.schema(
+        [
+            ("raw", pa.binary()),
+            ("reason", pa.string()),
+            ("kafka_topic", pa.string()),
+            ("kafka_partition", pa.int32()),
+            ("kafka_offset", pa.int64()),
+            ("recorded_at", TS),
+        ]
+    ),
+)
+
+SPEED_USER_INTERACTIONS = TableSpec(
+    name="speed_user_interactions",
+    description="Speed view: per-user interactions with their implicit weight, per micro-batch.",
+    keys=("event_id",),
+    schema=pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("event_type", pa.string()),
+            ("weight", pa.float64()),
+            ("occurred_at", TS),
+            ("event_id", pa.string()),
+            ("events_version", pa.int64()),
+            ("query_id", pa.string()),
+            ("batch_id", pa.int64()),
+        ]
+    ),
+)
+
+MODELS = TableSpec(
+    name="models",
+    description=(
+        "Model registry as an append-only status log: one row per status change; "
+        "a model's current status is its newest row."
+    ),
+    keys=("model_version", "status"),
+    schema=pa.schema(
+        [
+            ("model_version", pa.int64()),
+            ("status", pa.string()),
+            ("status_reason", pa.string()),
+            ("recorded_at", TS),
+            ("source_events_version", pa.int64()),
+            ("engine", pa.string()),
+            ("params", pa.string()),
+            ("metrics", pa.string()),
+            ("n_users", pa.int64()),
+            ("n_items", pa.int64()),
+            ("n_interactions", pa.int64()),
+        ]
+    ),
+)
+
+USER_FACTORS = TableSpec(
+    name="user_factors",
+    description="ALS user vectors per model version.",
+    keys=("model_version", "user_id"),
+    partition_by=("model_version",),
+    schema=pa.schema(
+        [
+            ("model_version", pa.int64()),
+            ("user_index", pa.int32()),
+            ("user_id", pa.string()),
+            ("factors", FACTORS),
+        ]
+    ),
+)
+
+ITEM_FACTORS = TableSpec(
+    name="item_factors",
+    description="ALS item vectors per model version.",
+    keys=("model_version", "item_id"),
+    partition_by=("model_version",),
+    schema=pa.schema(
+        [
+            ("model_version", pa.int64()),
+            ("item_index", pa.int32()),
+            ("item_id", pa.string()),
+            ("factors", FACTORS),
+        ]
+    ),
+)
+
+MODEL_INTERACTIONS = TableSpec(
+    name="model_interactions",
+    description="The (user, item, implicit rating) rows a model was trained on, for fold-in and exclusion.",
+    keys=("model_version", "user_index", "item_index"),
+    partition_by=("model_version",),
+    schema=pa.schema(
+        [
+            ("model_version", pa.int64()),
+            ("user_index", pa.int32()),
+            ("item_index", pa.int32()),
+            ("rating", pa.float32()),
+        ]
+    ),
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        EVENTS,
+        DEAD_LETTER,
+        SPEED_USER_INTERACTIONS,
+        MODELS,
+        USER_FACTORS,
+        ITEM_FACTORS,
+        MODEL_INTERACTIONS,
+    )
+}
