@@ -1,0 +1,51 @@
+"""The ``lambdarec`` command line.
+
+Each subcommand lives in the module that owns the work; that module exposes
+``add_arguments(parser)`` and ``command(args, settings) -> int``. Modules are
+imported only when their subcommand runs, so ``lambdarec --help`` starts fast
+and no subcommand pays for another's imports (Spark above all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lambdarec.settings import Settings
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("lambdarec.broker", "Run the embedded Kafka-compatible broker (Tansu) on loopback."),
+    "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
+    "speed": ("speed.job", "Run the speed layer streaming job in this process."),
+    "train": ("batch.train", "Train, evaluate and publish an ALS model from the lake."),
+    "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
+    "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lambdarec", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="subcommand", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        if name in _requested(sys.argv[1:]):
+            importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def _requested(argv: list[str]) -> set[str]:
+    return {arg for arg in argv if arg in SUBCOMMANDS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    return int(module.command(args, Settings()) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Build ``spark-submit`` command lines for the platform's jobs.
+
+The demo, the CLI and the Airflow DAG all launch jobs the way a data engineer
+would, through ``spark-submit``; this module is the one place that knows how.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from lambdarec.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def spark_submit_executable() -> str:
+    """The ``spark-submit`` next to the running interpreter (pyspark installs it), else PATH's."""
+    beside = Path(sys.executable).parent / "spark-submit"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("spark-submit")
+    if not found:
+        raise FileNotFoundError("spark-submit not found: install pyspark or put Spark's bin on PATH")
+    return found
+
+
+def job_script(relative: str) -> str:
+    """Absolute path of a job file such as ``speed/job.py``."""
+    return str(PROJECT_ROOT / relative)
+
+
+def spark_submit_command(settings: Settings, script: str, args: list[str] | None = None) -> list[str]:
+    """A spark-submit command line for ``script`` (a path relative to the project root)."""
+    return [
+        spark_submit_executable(),
+        "--master",
+        settings.spark_master,
+        "--driver-memory",
+        settings.spark_driver_memory,
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+        "--conf",
+        f"spark.sql.shuffle.partitions={settings.spark_shuffle_partitions}",
+        job_script(script),
+        *(args or []),
+    ]
+
+
+def spark_submit_env(settings: Settings) -> dict[str, str]:
+    """Environment for a spark-submit child: this interpreter for Python workers, same settings."""
+    env = dict(os.environ)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["LAMBDAREC_ROOT"] = str(settings.root.resolve())
+    for name, value in settings.model_dump(mode="json").items():
+        if name == "root" or isinstance(value, (dict, list)):
+            continue
+        env[f"LAMBDAREC_{name.upper()}"] = str(value)
+    env["LAMBDAREC_PSEUDONYM_KEY"] = settings.pseudonym_key.get_secret_value()
+    return env
