@@ -1,0 +1,143 @@
+"""Lake contract, Arrow side: atomic idempotent appends, pinned reads, refusal of unreadable tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from lambdarec.lake import Lake, UnsupportedTableError
+from schemas.tables import DEAD_LETTER, EVENTS
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def event_rows(n: int, start: int = 0) -> pa.Table:
+    rows = [
+        {
+            "event_id": f"e{i}",
+            "user_id": f"u{i % 3}",
+            "item_id": f"i{i % 5}",
+            "event_type": "view",
+            "value": None,
+            "occurred_at": NOW,
+            "received_at": NOW,
+            "device": "web",
+            "country": "DE",
+            "context": [("campaign", "x")],
+            "kafka_topic": "events",
+            "kafka_partition": 0,
+            "kafka_offset": i,
+            "event_date": (NOW + dt.timedelta(days=i % 2)).date(),
+        }
+        for i in range(start, start + n)
+    ]
+    return pa.Table.from_pylist(rows, schema=EVENTS.schema)
+
+
+def test_missing_table_reads_as_empty_with_schema(settings):
+    lake = Lake(settings)
+    assert lake.version(EVENTS) is None
+    empty = lake.read_arrow(EVENTS)
+    assert empty.num_rows == 0
+    assert empty.schema == EVENTS.schema
+
+
+def test_append_with_app_transaction_is_idempotent(settings):
+    lake = Lake(settings)
+    first = lake.append_arrow(EVENTS, event_rows(10), app_id="job", txn_version=0)
+    assert first == 1  # version 0 is the create
+    assert lake.append_arrow(EVENTS, event_rows(10), app_id="job", txn_version=0) is None
+    assert lake.committed(EVENTS, "job", 0)
+    assert not lake.committed(EVENTS, "job", 1)
+    assert lake.read_arrow(EVENTS).num_rows == 10
+    assert lake.append_arrow(EVENTS, event_rows(5, start=10), app_id="job", txn_version=1) == 2
+    assert lake.read_arrow(EVENTS).num_rows == 15
+
+
+def test_pinned_version_reads_that_snapshot(settings):
+    lake = Lake(settings)
+    lake.append_arrow(EVENTS, event_rows(4))
+    pinned = lake.version(EVENTS)
+    lake.append_arrow(EVENTS, event_rows(6, start=4))
+    assert lake.read_arrow(EVENTS, version=pinned).num_rows == 4
+    assert lake.read_arrow(EVENTS).num_rows == 10
+
+
+def test_dataset_is_queryable_from_duckdb(settings):
+    lake = Lake(settings)
+    lake.append_arrow(EVENTS, event_rows(8))
+    events = lake.dataset(EVENTS)
+    by_date = duckdb.sql(
+        "select event_date, count(*) from events group by event_date order by event_date"
+    ).fetchall()
+    assert [count for _, count in by_date] == [4, 4]
+
+
+def test_append_rejects_rows_missing_spec_columns(settings):
+    lake = Lake(settings)
+    with pytest.raises(KeyError):
+        lake.append_arrow(DEAD_LETTER, pa.table({"raw": [b"x"]}))
+
+
+def _write_foreign_table(path: Path, protocol: dict, configuration: dict) -> None:
+    """A table as another Delta writer would leave it, with the given protocol and config."""
+    log_dir = path / "_delta_log"
+    log_dir.mkdir(parents=True)
+    field_metadata = {}
+    if "delta.columnMapping.mode" in configuration:
+        field_metadata = {"delta.columnMapping.id": 1, "delta.columnMapping.physicalName": "col-1a2b"}
+    schema = {
+        "type": "struct",
+        "fields": [{"name": "x", "type": "long", "nullable": True, "metadata": field_metadata}],
+    }
+    actions = [
+        {"protocol": protocol},
+        {
+            "metaData": {
+                "id": "00000000-0000-0000-0000-000000000001",
+                "format": {"provider": "parquet", "options": {}},
+                "schemaString": json.dumps(schema),
+                "partitionColumns": [],
+                "configuration": configuration,
+                "createdTime": 0,
+            }
+        },
+    ]
+    (log_dir / "00000000000000000000.json").write_text("\n".join(json.dumps(a) for a in actions) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "configuration", "mentions"),
+    [
+        (
+            {
+                "minReaderVersion": 3,
+                "minWriterVersion": 7,
+                "readerFeatures": ["deletionVectors"],
+                "writerFeatures": ["deletionVectors"],
+            },
+            {"delta.enableDeletionVectors": "true"},
+            "deletionVectors",
+        ),
+        (
+            {"minReaderVersion": 2, "minWriterVersion": 5},
+            {"delta.columnMapping.mode": "name", "delta.columnMapping.maxColumnId": "1"},
+            "column mapping",
+        ),
+    ],
+)
+def test_refuses_tables_with_reader_features_it_cannot_honour(settings, protocol, configuration, mentions):
+    lake = Lake(settings)
+    spec = EVENTS
+    _write_foreign_table(Path(lake.uri(spec)), protocol, configuration)
+    with pytest.raises(UnsupportedTableError, match=mentions):
+        lake.open(spec)
+    with pytest.raises(UnsupportedTableError):
+        lake.read_arrow(spec)
