@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # Reader features whose absence of handling cannot change which rows a reader sees.
 SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+# commitInfo key naming the app transaction a commit carried, so it can be found again.
+TXN_METADATA_KEY = "lambdarec.txn"
 
 
 class UnsupportedTableError(RuntimeError):
@@ -96,6 +98,16 @@ class Lake:
             return False
         recorded = DeltaTable(self.uri(spec)).transaction_version(app_id)
         return recorded is not None and recorded >= txn_version
+
+    def commit_version(self, spec: TableSpec, app_id: str, txn_version: int, search: int = 500) -> int | None:
+        """The table version whose commit carried ``(app_id, txn_version)``, among the last ``search``."""
+        if not self.exists(spec):
+            return None
+        wanted = f"{app_id}:{txn_version}"
+        for entry in DeltaTable(self.uri(spec)).history(search):
+            if entry.get(TXN_METADATA_KEY) == wanted:
+                return entry["version"]
+        return None
 
     # -- reads -------------------------------------------------------------------
 
@@ -241,7 +253,10 @@ def _commit_properties(app_id: str | None, txn_version: int | None) -> CommitPro
         return None
     if txn_version is None:
         raise ValueError("an app transaction needs both app_id and txn_version")
-    return CommitProperties(app_transactions=[Transaction(app_id, txn_version)])
+    return CommitProperties(
+        app_transactions=[Transaction(app_id, txn_version)],
+        custom_metadata={TXN_METADATA_KEY: f"{app_id}:{txn_version}"},
+    )
 
 
 def _partition_values(relative_path: str, partition_by: tuple[str, ...]) -> dict[str, str | None]:

@@ -141,3 +141,13 @@ def test_refuses_tables_with_reader_features_it_cannot_honour(settings, protocol
         lake.open(spec)
     with pytest.raises(UnsupportedTableError):
         lake.read_arrow(spec)
+
+
+def test_commit_version_finds_the_commit_of_a_transaction(settings):
+    lake = Lake(settings)
+    lake.append_arrow(EVENTS, event_rows(2), app_id="q", txn_version=0)
+    lake.append_arrow(EVENTS, event_rows(2, start=2))
+    lake.append_arrow(EVENTS, event_rows(2, start=4), app_id="q", txn_version=1)
+    assert lake.commit_version(EVENTS, "q", 0) == 1
+    assert lake.commit_version(EVENTS, "q", 1) == 3
+    assert lake.commit_version(EVENTS, "q", 2) is None
