@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     speed_max_offsets_per_trigger: int = Field(
         20_000, ge=1, description="Most Kafka records one micro-batch admits."
     )
+    speed_max_record_bytes: int = Field(
+        65_536, ge=256, description="Kafka records larger than this go to dead_letter as oversize."
+    )
+    speed_max_clock_skew_s: int = Field(
+        300, ge=0, description="How far in the future occurred_at may be before it is rejected."
+    )
+    speed_dedupe_window: str = Field(
+        "10 minutes", description="Watermark delay within which a repeated event_id is dropped."
+    )
     speed_recent_items: int = Field(
         50, ge=1, description="Recent interactions kept per user in the speed view."
     )

@@ -1,0 +1,149 @@
+"""Pure DataFrame transforms of the speed layer: Kafka records in, lake rows out.
+
+Kept apart from reads and writes so tests can feed them static DataFrames and
+the streaming job can compose them. Input is the Kafka source's schema
+(key, value, topic, partition, offset, timestamp).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lambdarec.settings import Settings
+from schemas.events import EVENT_TYPES, SCHEMA_VERSION, spark_message_schema
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "event_type", "occurred_at")
+CONTEXT_COLUMNS = ("device", "country")
+
+
+def parse_records(records: "DataFrame", settings: Settings) -> "DataFrame":
+    """Parse every record and attach ``reason`` (null when valid) and ``dedupe_key``.
+
+    Invalid records keep a key unique to their Kafka position, so dedupe never
+    merges two bad records; valid ones are keyed by event_id.
+    """
+    from pyspark.sql import functions as F
+
+    text = F.col("value").cast("string")
+    parsed = records.withColumn("event", F.from_json(text, spark_message_schema()))
+    reason = _first_failure(parsed, settings)
+    position = F.concat_ws("/", "topic", F.col("partition").cast("string"), F.col("offset").cast("string"))
+    return (
+        parsed.withColumn("reason", reason)
+        .withColumn("dedupe_key", F.when(F.col("reason").isNull(), F.col("event.event_id")).otherwise(position))
+        .withColumn("ingest_ts", F.coalesce(F.col("timestamp"), F.current_timestamp()))
+    )
+
+
+def _first_failure(parsed: "DataFrame", settings: Settings) -> "Column":
+    """The first validation rule a record breaks, as a short machine-readable reason."""
+    from pyspark.sql import functions as F
+
+    e = "event."
+    occurred = F.col(e + "occurred_at")
+    rules: list[tuple[Column, Column]] = [
+        (F.col("value").isNull(), F.lit("empty_record")),
+        (F.length("value") > settings.speed_max_record_bytes, F.lit("oversize")),
+        (F.try_parse_json(F.col("value").cast("string")).isNull(), F.lit("malformed_json")),
+        (
+            F.col(e + "schema_version").isNotNull() & (F.col(e + "schema_version") != SCHEMA_VERSION),
+            F.concat(F.lit("unsupported_schema_version:"), F.col(e + "schema_version").cast("string")),
+        ),
+    ]
+    rules += [(F.col(e + name).isNull(), F.lit(f"missing_field:{name}")) for name in REQUIRED_FIELDS]
+    rules += [
+        (~F.col(e + "event_id").rlike(UUID_PATTERN), F.lit("invalid_field:event_id")),
+        (_bad_id(F.col(e + "user_id")), F.lit("invalid_field:user_id")),
+        (_bad_id(F.col(e + "item_id")), F.lit("invalid_field:item_id")),
+        (
+            ~F.col(e + "event_type").isin(*EVENT_TYPES),
+            F.concat(F.lit("unknown_event_type:"), F.col(e + "event_type")),
+        ),
+        (
+            ~occurred.rlike(RFC3339_PATTERN) | occurred.cast("timestamp").isNull(),
+            F.lit("invalid_field:occurred_at"),
+        ),
+        (
+            occurred.cast("timestamp")
+            > F.current_timestamp() + F.make_interval(secs=F.lit(settings.speed_max_clock_skew_s)),
+            F.lit("occurred_at_in_future"),
+        ),
+        (
+            F.col(e + "context")["country"].isNotNull() & ~F.col(e + "context")["country"].rlike("^[A-Z]{2}$"),
+            F.lit("invalid_field:context.country"),
+        ),
+    ]
+    reason = F.lit(None).cast("string")
+    for condition, label in reversed(rules):
+        reason = F.when(condition, label).otherwise(reason)
+    return reason
+
+
+def _bad_id(column: "Column") -> "Column":
+    from pyspark.sql import functions as F
+
+    return (F.length(column) < 1) | (F.length(column) > 128)
+
+
+def consented(parsed: "DataFrame") -> "DataFrame":
+    """Drop valid events whose context says the user gave no consent; they reach no table."""
+    from pyspark.sql import functions as F
+
+    consent = F.lower(F.col("event.context")["consent"])
+    return parsed.filter(F.col("reason").isNotNull() | consent.isNull() | (consent != "false"))
+
+
+def to_events(parsed: "DataFrame") -> "DataFrame":
+    """Valid records as rows of the ``events`` table."""
+    from pyspark.sql import functions as F
+
+    occurred = F.col("event.occurred_at").cast("timestamp")
+    context = F.map_filter("event.context", lambda k, _: ~k.isin("device", "country", "consent"))
+    return parsed.filter(F.col("reason").isNull()).select(
+        F.col("event.event_id").alias("event_id"),
+        F.col("event.user_id").alias("user_id"),
+        F.col("event.item_id").alias("item_id"),
+        F.col("event.event_type").alias("event_type"),
+        F.col("event.value").alias("value"),
+        occurred.alias("occurred_at"),
+        F.coalesce(F.col("event.received_at").cast("timestamp"), F.col("ingest_ts")).alias("received_at"),
+        *[F.col("event.context")[name].alias(name) for name in CONTEXT_COLUMNS],
+        context.alias("context"),
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").cast("int").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.to_date(occurred).alias("event_date"),
+    )
+
+
+def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
+    """Invalid records as rows of the ``dead_letter`` table, raw bytes kept."""
+    from pyspark.sql import functions as F
+
+    return parsed.filter(F.col("reason").isNotNull()).select(
+        F.col("value").alias("raw"),
+        F.col("reason"),
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").cast("int").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.current_timestamp().alias("recorded_at"),
+    )
+
+
+def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame":
+    """Per-user interactions with their implicit weight (a rating weighs its value)."""
+    from pyspark.sql import functions as F
+
+    weights = F.create_map(*[F.lit(x) for pair in settings.event_weights.items() for x in pair])
+    base = F.coalesce(weights[F.col("event_type")], F.lit(1.0))
+    weight = F.when(
+        (F.col("event_type") == "rating") & F.col("value").isNotNull(), base * F.col("value")
+    ).otherwise(base)
+    return events.select(
+        "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id"
+    )

@@ -1,0 +1,85 @@
+"""Speed-layer transforms on static DataFrames: validation reasons, consent, row shapes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+
+from speed.transforms import consented, parse_records, to_dead_letters, to_events, to_user_interactions
+
+pytestmark = pytest.mark.spark
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def message(**overrides) -> bytes:
+    body = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "user_id": "u_abc",
+        "item_id": "item-1",
+        "event_type": "purchase",
+        "value": None,
+        "occurred_at": NOW.isoformat(),
+        "received_at": NOW.isoformat(),
+        "context": {"device": "ios", "country": "DE", "consent": True, "campaign": "x"},
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def records(spark, values: list[bytes | None]):
+    rows = [(None, v, "events", 0, offset, NOW.replace(tzinfo=None)) for offset, v in enumerate(values)]
+    return spark.createDataFrame(
+        rows, "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
+    )
+
+
+BAD = {
+    b"{not json": "malformed_json",
+    message(event_id="not-a-uuid"): "invalid_field:event_id",
+    message(event_type="teleport"): "unknown_event_type:teleport",
+    message(occurred_at="2026-11-26T10:00:00"): "invalid_field:occurred_at",
+    message(occurred_at=(NOW + dt.timedelta(hours=2)).isoformat()): "occurred_at_in_future",
+    message(user_id=""): "invalid_field:user_id",
+    message(item_id=None): "missing_field:item_id",
+    message(schema_version=2): "unsupported_schema_version:2",
+    message(context={"country": "germany"}): "invalid_field:context.country",
+}
+
+
+def test_every_bad_record_gets_its_reason_and_good_ones_pass(spark, settings):
+    oversize = message(item_id="x" * 100, context={"note": "y" * settings.speed_max_record_bytes})
+    values = [message(), *BAD, oversize, message(event_type="rating", value=4.0)]
+    parsed = consented(parse_records(records(spark, values), settings))
+
+    dead = {row.kafka_offset: row for row in to_dead_letters(parsed).collect()}
+    expected = {offset: reason for offset, reason in enumerate([None, *BAD.values(), "oversize", None]) if reason}
+    assert {offset: row.reason for offset, row in dead.items()} == expected
+    assert dead[1].raw == b"{not json"
+    assert all(row.kafka_topic == "events" and row.kafka_partition == 0 for row in dead.values())
+
+    events = to_events(parsed).collect()
+    assert [row.kafka_offset for row in events] == [0, len(values) - 1]
+    first = events[0]
+    assert (first.device, first.country) == ("ios", "DE")
+    assert first.context == {"campaign": "x"}
+    assert first.event_date == NOW.date()
+
+
+def test_events_without_consent_reach_no_table(spark, settings):
+    values = [message(context={"consent": False}), message(context={"consent": True}), message()]
+    parsed = consented(parse_records(records(spark, values), settings))
+    assert [row.kafka_offset for row in to_events(parsed).collect()] == [1, 2]
+    assert to_dead_letters(parsed).count() == 0
+
+
+def test_interaction_weights_follow_settings(spark, settings):
+    values = [message(event_type="view"), message(event_type="purchase"), message(event_type="rating", value=3.0)]
+    events = to_events(parse_records(records(spark, values), settings))
+    weights = [row.weight for row in to_user_interactions(events, settings).orderBy("occurred_at", "event_type").collect()]
+    w = settings.event_weights
+    assert sorted(weights) == sorted([w["view"], w["purchase"], w["rating"] * 3.0])
