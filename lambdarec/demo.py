@@ -1,0 +1,347 @@
+"""``lambdarec demo``: the whole platform on embedded defaults, end to end, in one command.
+
+It starts the embedded broker (``lambdarec broker``), the speed job
+(``spark-submit speed/job.py``) and serving (``lambdarec serve``) as separate
+processes, sends generated events through the REST API, trains one model with
+``spark-submit batch/train.py``, and shows recommendations for a few users
+before and after they act. Every figure in the summary is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import statistics
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+from tqdm import tqdm
+
+from lambdarec.generator import World, item_id
+from lambdarec.lake import Lake
+from lambdarec.processes import Child, StageError, lambdarec_command, start_child, wait_for
+from lambdarec.settings import Settings
+from lambdarec.submit import spark_submit_command, spark_submit_env
+from schemas.tables import DEAD_LETTER, EVENTS
+
+# Records injected straight into Kafka, bypassing the API, to show the dead-letter path.
+BAD_RECORDS = (
+    b"{this is not json",
+    json.dumps({"event_id": "not-a-uuid", "user_id": "u", "item_id": "i", "event_type": "view",
+                "occurred_at": "2026-01-01T00:00:00Z"}).encode(),
+    json.dumps({"event_id": str(uuid.uuid4()), "user_id": "u", "item_id": "i", "event_type": "teleport",
+                "occurred_at": "2026-01-01T00:00:00Z"}).encode(),
+)
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    args: argparse.Namespace
+    deadline: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.settings.serve_host}:{self.settings.serve_port}"
+
+    def remaining(self, cap: float | None = None) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StageError("the demo ran out of its --duration")
+        return min(left, cap) if cap else left
+
+    def stage(self, name: str, fn, *args) -> Any:
+        started = time.monotonic()
+        say(f"▸ {name} …")
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            self.stages.append({"stage": name, "ok": False, "seconds": round(time.monotonic() - started, 2)})
+            raise StageError(f"stage {name!r} failed: {exc}") from exc
+        seconds = round(time.monotonic() - started, 2)
+        self.stages.append({"stage": name, "ok": True, "seconds": seconds})
+        say(f"  done in {seconds:.1f} s")
+        return result
+
+    # -- stages ------------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        child = self._start("broker", lambdarec_command("broker"))
+        wait_for(lambda: child.check_alive() or '"broker_ready"' in child.log_path.read_text(),
+                 self.remaining(60), "the embedded broker and its topics")
+        say(f"  broker at {self.settings.bootstrap_servers}")
+
+    def start_speed(self) -> None:
+        child = self._start("speed", spark_submit_command(self.settings, "speed/job.py"))
+        wait_for(lambda: child.check_alive() or '"event": "started"' in child.log_path.read_text(),
+                 self.remaining(180), "the speed job to start its query", interval_s=0.2)
+
+    def start_serving(self) -> None:
+        child = self._start("serving", lambdarec_command("serve"))
+        wait_for(lambda: child.check_alive() or httpx.get(f"{self.api}/health", timeout=1).status_code == 200,
+                 self.remaining(60), "serving /health")
+        say(f"  serving at {self.api}")
+
+    def send_events(self, world: World) -> None:
+        events = list(world.events(self.args.events))
+        sent = accepted = 0
+        with httpx.Client(base_url=self.api, timeout=30) as client, tqdm(
+            total=len(events), unit="ev", desc="  POST /events/batch"
+        ) as bar:
+            for start in range(0, len(events), self.args.batch_size):
+                chunk = events[start : start + self.args.batch_size]
+                response = client.post("/events/batch", json=chunk)
+                sent += len(chunk)
+                if response.status_code != 202:
+                    raise StageError(f"POST /events/batch answered {response.status_code}: {response.text[:300]}")
+                accepted += len(response.json()["accepted"])
+                bar.update(len(chunk))
+        self.summary["events_sent"] = sent
+        self.summary["events_accepted"] = accepted
+
+    def inject_bad_records(self) -> None:
+        from lambdarec.kafka_io import make_producer, send_all
+
+        producer = make_producer(self.settings)
+        try:
+            send_all(producer, self.settings.topic_events, [(None, raw) for raw in BAD_RECORDS])
+        finally:
+            producer.close(timeout=5)
+        self.summary["bad_records_injected"] = len(BAD_RECORDS)
+
+    def wait_for_lake(self) -> None:
+        expected = self.summary["events_accepted"]
+        wait_for(lambda: self._check_children() or lake_counts(self.settings)["events"] >= expected,
+                 self.remaining(240), f"{expected} events in the lake", interval_s=0.25)
+        wait_for(lambda: lake_counts(self.settings)["dead_letter"] >= len(BAD_RECORDS),
+                 self.remaining(60), "the injected bad records in dead_letter", interval_s=0.25)
+
+    def train(self) -> dict[str, Any]:
+        from batch.registry import latest_published
+
+        child = self._start("train", spark_submit_command(self.settings, "batch/train.py"))
+        code = wait_for(lambda: child.process.poll() is not None and (child.process.returncode,),
+                        self.remaining(600), "the training job", interval_s=0.5)[0]
+        if code != 0:
+            raise StageError(f"training exited {code}:\n{child.log_tail()}")
+        model = latest_published(Lake(self.settings))
+        if model is None:
+            raise StageError(f"training published no model:\n{child.log_tail()}")
+        metrics = json.loads(model["metrics"] or "{}")
+        self.summary["model_version"] = model["model_version"]
+        self.summary["model_recall_at_10"] = metrics.get("model_recall_at_10")
+        self.summary["popularity_recall_at_10"] = metrics.get("popularity_recall_at_10")
+        say(f"  model v{model['model_version']}: recall@10 {metrics.get('model_recall_at_10'):.3f} "
+            f"vs popularity {metrics.get('popularity_recall_at_10'):.3f}")
+        return model
+
+    def load_model(self, version: int) -> None:
+        def serving_has_it() -> bool:
+            httpx.post(f"{self.api}/admin/reload", timeout=30)
+            body = httpx.get(f"{self.api}/users/user-0/recommendations", timeout=5).json()
+            return body["model_version"] == version
+
+        wait_for(serving_has_it, self.remaining(120), f"serving to load model v{version}", interval_s=0.5)
+
+    def probe_freshness(self, world: World) -> None:
+        """Each probe user buys an item from another cluster; time until their response reflects it."""
+        freshness, shown = [], []
+        rng = random.Random(self.args.seed)
+        with httpx.Client(base_url=self.api, timeout=10) as client:
+            for user_index in range(self.args.probes):
+                user = f"user-{user_index}"
+                before = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+                item = item_outside_cluster(world, user, {i["item_id"] for i in before["items"]}, rng)
+                event = {
+                    "event_id": str(uuid.uuid4()), "user_id": user, "item_id": item, "event_type": "purchase",
+                    "occurred_at": datetime.now(UTC).isoformat(), "context": {"device": "mobile", "country": "DE"},
+                }
+                started = time.perf_counter()
+                posted = client.post("/events", json=event)
+                if posted.status_code != 202:
+                    raise StageError(f"POST /events answered {posted.status_code}: {posted.text[:300]}")
+                self.summary["events_sent"] += 1
+                self.summary["events_accepted"] += len(posted.json()["accepted"])
+
+                def reflected(user=user, before=before):
+                    after = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+                    changed = after["fresh_interactions"] > before["fresh_interactions"] or after["items"] != before["items"]
+                    return changed and after
+
+                after = wait_for(reflected, self.remaining(30), f"{user}'s recommendations to reflect a purchase",
+                                 interval_s=0.01)
+                freshness.append((time.perf_counter() - started) * 1000)
+                if len(shown) < 3:
+                    shown.append((user, item, before, after))
+        self.summary["freshness_ms_p50"] = round(statistics.median(freshness), 1)
+        self.summary["freshness_ms_p95"] = round(percentile(freshness, 95), 1)
+        for user, item, before, after in shown:
+            say(f"  {user} bought {item}")
+            say(f"    before ({before['strategy']}): {[i['item_id'] for i in before['items']]}")
+            say(f"    after  ({after['strategy']}): {[i['item_id'] for i in after['items']]}")
+        self.summary["example_recommendations"] = {u: [i["item_id"] for i in a["items"]] for u, _, _, a in shown}
+
+    def measure_serving(self, world: World) -> None:
+        latencies = []
+        with httpx.Client(base_url=self.api, timeout=10) as client:
+            for n in range(self.args.latency_requests):
+                user = f"user-{n % world.n_users}"
+                started = time.perf_counter()
+                response = client.get(f"/users/{user}/recommendations", params={"k": 10})
+                latencies.append((time.perf_counter() - started) * 1000)
+                if response.status_code != 200 or not response.json()["items"]:
+                    raise StageError(f"GET recommendations for {user}: {response.status_code} {response.text[:200]}")
+        self.summary["serve_latency_ms_p50"] = round(statistics.median(latencies), 2)
+        self.summary["serve_latency_ms_p99"] = round(percentile(latencies, 99), 2)
+
+    def final_counts(self) -> None:
+        expected = self.summary["events_accepted"]
+        wait_for(lambda: lake_counts(self.settings)["events"] >= expected, self.remaining(60),
+                 "the probe events in the lake", interval_s=0.25)
+        counts = lake_counts(self.settings)
+        self.summary["events_in_lake"] = counts["events"]
+        self.summary["duplicates_in_lake"] = counts["events"] - counts["distinct_event_ids"]
+        self.summary["dead_letter_rows"] = counts["dead_letter"]
+        if counts["events"] != expected or self.summary["duplicates_in_lake"]:
+            raise StageError(f"lake holds {counts['events']} events ({self.summary['duplicates_in_lake']} "
+                             f"duplicates) for {expected} accepted")
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _start(self, name: str, argv: list[str]) -> Child:
+        child = start_child(name, argv, self.settings.root / "logs", env=spark_submit_env(self.settings))
+        self.children[name] = child
+        return child
+
+    def _check_children(self) -> None:
+        for name in ("broker", "speed", "serving"):
+            if name in self.children:
+                self.children[name].check_alive()
+
+    def stop_all(self) -> None:
+        for name in ("serving", "speed", "broker", "train"):
+            child = self.children.get(name)
+            if child is not None:
+                code = child.stop()
+                say(f"  stopped {name} (exit {code})")
+
+
+def item_outside_cluster(world: World, user: str, exclude: set[str], rng: random.Random) -> str:
+    """An item from a cluster other than the user's: an action the model could not predict."""
+    cluster = world.user_cluster(user)
+    candidates = [
+        item_id(i) for i in range(world.n_items)
+        if world.item_cluster(item_id(i)) != cluster and item_id(i) not in exclude
+    ]
+    return rng.choice(candidates)
+
+
+def lake_counts(settings: Settings) -> dict[str, int]:
+    """Row counts straight from the Delta tables, through DuckDB."""
+    lake = Lake(settings)
+    counts = {"events": 0, "distinct_event_ids": 0, "dead_letter": 0}
+    if lake.exists(EVENTS):
+        events = lake.dataset(EVENTS)  # noqa: F841 - read by DuckDB below
+        counts["events"], counts["distinct_event_ids"] = duckdb.sql(
+            "select count(*), count(distinct event_id) from events").fetchone()
+    if lake.exists(DEAD_LETTER):
+        counts["dead_letter"] = lake.read_arrow(DEAD_LETTER).num_rows
+    return counts
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def free_port(preferred: int) -> int:
+    """``preferred`` if nothing listens there, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise StageError("no free port")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=300, help="Hard limit for the whole run, seconds.")
+    parser.add_argument("--summary-json", type=Path, help="Also write the summary figures here.")
+    parser.add_argument("--root", type=Path, help="Scratch root for this run (default: <root>/demo, wiped first).")
+    parser.add_argument("--events", type=int, default=30_000, help="Generated events to send.")
+    parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--clusters", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=500, help="Events per POST /events/batch.")
+    parser.add_argument("--probes", type=int, default=20, help="Users whose freshness is measured.")
+    parser.add_argument("--latency-requests", type=int, default=500, help="GETs timed for serve latency.")
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    root = (args.root or settings.root / "demo").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    settings = settings.model_copy(
+        update={
+            "root": root,
+            "lake_uri": "",
+            "checkpoint_dir": "",
+            "embedded_broker_port": free_port(settings.embedded_broker_port),
+            "serve_port": free_port(settings.serve_port),
+            "serve_model_poll_s": 2.0,
+        }
+    )
+    if not settings.uses_embedded_broker:
+        say(f"using the Kafka cluster at {settings.kafka_bootstrap_servers}")
+    world = World(n_users=args.users, n_items=args.items, n_clusters=args.clusters, seed=args.seed)
+    demo = Demo(settings, args, deadline=time.monotonic() + args.duration)
+    started = time.monotonic()
+    failure = None
+    with ExitStack() as stack:
+        stack.callback(demo.stop_all)
+        try:
+            if settings.uses_embedded_broker:
+                demo.stage("start broker", demo.start_broker)
+            demo.stage("start speed job", demo.start_speed)
+            demo.stage("start serving", demo.start_serving)
+            demo.stage("send events through the API", demo.send_events, world)
+            demo.stage("inject bad records into Kafka", demo.inject_bad_records)
+            demo.stage("wait for the speed layer to land them in Delta", demo.wait_for_lake)
+            model = demo.stage("train, evaluate and publish (spark-submit)", demo.train)
+            demo.stage("serving loads the model", demo.load_model, model["model_version"])
+            demo.stage("users act; measure freshness", demo.probe_freshness, world)
+            demo.stage("measure serving latency", demo.measure_serving, world)
+            demo.stage("check the lake", demo.final_counts)
+        except StageError as exc:
+            failure = str(exc)
+            say(f"✗ {failure}")
+            for child in demo.children.values():
+                say(f"--- {child.name} log ({child.log_path}) ---\n{child.log_tail(15)}")
+    summary = {**demo.summary, "ok": failure is None, "error": failure, "stages": demo.stages,
+               "wall_s": round(time.monotonic() - started, 1), "root": str(root)}
+    text = json.dumps(summary, indent=2)
+    say(text)
+    if args.summary_json:
+        args.summary_json.write_text(text + "\n")
+    return 0 if failure is None else 1
