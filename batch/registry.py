@@ -1,0 +1,88 @@
+"""The model registry: an append-only status log in the Delta ``models`` table.
+
+Each status change is a new row; a model's current status is its newest row.
+Nothing is updated in place, so the history of what was served when survives,
+and a publish is one atomic append. Serving imports this module: no Spark here.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from lambdarec.lake import Lake
+from schemas.tables import MODELS
+
+TRAINING = "training"
+CANDIDATE = "candidate"
+PUBLISHED = "published"
+REJECTED = "rejected"
+FAILED = "failed"
+JSON_FIELDS = ("params", "metrics")
+
+
+def _rows(lake: Lake) -> list[dict[str, Any]]:
+    """Every registry row, oldest first."""
+    rows = lake.read_arrow(MODELS).to_pylist()
+    return sorted(rows, key=lambda row: row["recorded_at"])
+
+
+def current_statuses(lake: Lake) -> dict[int, dict[str, Any]]:
+    """Each model version's newest row."""
+    return {row["model_version"]: row for row in _rows(lake)}
+
+
+def latest_published(lake: Lake) -> dict[str, Any] | None:
+    """The most recently published model that is still published, or None.
+
+    ``params`` and ``metrics`` come back parsed from JSON.
+    """
+    published = [row for row in current_statuses(lake).values() if row["status"] == PUBLISHED]
+    if not published:
+        return None
+    row = dict(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))
+    for name in JSON_FIELDS:
+        row[name] = json.loads(row[name]) if row[name] else {}
+    return row
+
+
+def next_model_version(lake: Lake) -> int:
+    """One past the highest version the registry has seen (1 for an empty registry)."""
+    versions = lake.read_arrow(MODELS).column("model_version").to_pylist()
+    return max((v for v in versions if v is not None), default=0) + 1
+
+
+def record_status(
+    lake: Lake,
+    version: int,
+    status: str,
+    reason: str,
+    *,
+    app_id: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Append one status row; False if ``app_id`` already recorded this version.
+
+    ``fields`` fill the other registry columns (``metrics``/``params`` may be dicts;
+    they are stored as JSON). With ``app_id`` the append is keyed by the Delta app
+    transaction ``(app_id, version)``, so a re-run job records each status once.
+    """
+    unknown = set(fields) - set(MODELS.columns)
+    if unknown:
+        raise ValueError(f"unknown registry columns: {sorted(unknown)}")
+    row = {name: None for name in MODELS.columns}
+    row.update(fields)
+    for name in JSON_FIELDS:
+        if isinstance(row[name], dict):
+            row[name] = json.dumps(row[name], sort_keys=True)
+    row.update(
+        model_version=version,
+        status=status,
+        status_reason=reason,
+        recorded_at=datetime.now(UTC),
+    )
+    table = pa.Table.from_pylist([row], schema=MODELS.schema)
+    return lake.append_arrow(MODELS, table, app_id=app_id, txn_version=version if app_id else None) is not None

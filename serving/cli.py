@@ -1,0 +1,30 @@
+"""``lambdarec serve``: the serving API under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from lambdarec.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="Bind address (default: settings.serve_host).")
+    parser.add_argument("--port", type=int, help="Port (default: settings.serve_port).")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.logs import configure_logging
+
+    configure_logging(args.log_level.upper())
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.serve_host,
+        port=args.port or settings.serve_port,
+        log_config=None,
+        access_log=False,  # RequestMetrics logs each request as JSON
+    )
+    return 0

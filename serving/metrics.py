@@ -1,0 +1,93 @@
+"""Prometheus metrics and the per-request timing/log middleware.
+
+Each app has its own registry, so several apps in one process (tests) never
+clash. Routes are labelled by their template (``/users/{user_id}/...``), never
+the raw path, to keep label cardinality bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("serving.requests")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "lambdarec_request_seconds",
+            "Request latency by route.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.events = Counter(
+            "lambdarec_ingested_events",
+            "Events taken at the ingestion edge, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.recommendations = Counter(
+            "lambdarec_recommendations",
+            "Recommendation responses by strategy.",
+            ["strategy"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "lambdarec_model_version", "Version of the model being served (-1: none).", registry=self.registry
+        )
+        self.speed_view_age = Gauge(
+            "lambdarec_speed_view_age_seconds",
+            "Seconds since the speed view applied an update (-1: never).",
+            registry=self.registry,
+        )
+        self.speed_view_lag = Gauge(
+            "lambdarec_speed_view_lag_records",
+            "Records on speed-updates the view has not applied yet (-1: not following).",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: latency histogram and one structured log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_seconds.labels(scope["method"], route, str(status)).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )

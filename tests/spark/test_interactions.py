@@ -1,0 +1,84 @@
+"""Event -> interaction transforms on the shared local Spark session."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from batch.interactions import holdout_pairs, implicit_ratings, index_ids, split_holdout, with_indices
+
+pytestmark = pytest.mark.spark
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+WEIGHTS = {"view": 1.0, "purchase": 8.0, "rating": 2.0}
+
+
+def frame(spark, rows):
+    """Events with the columns the transforms read, in the events table's types."""
+    return spark.createDataFrame(
+        [(f"e{i}", u, it, t, v, T0 + timedelta(minutes=m)) for i, (u, it, t, v, m) in enumerate(rows)],
+        "event_id string, user_id string, item_id string, event_type string, value double, occurred_at timestamp",
+    )
+
+
+def test_ratings_sum_weights_and_scale_ratings_by_value(spark):
+    events = frame(
+        spark,
+        [
+            ("u1", "a", "view", None, 0),
+            ("u1", "a", "view", None, 1),
+            ("u1", "a", "purchase", None, 2),
+            ("u1", "b", "rating", 4.0, 3),
+            ("u1", "b", "rating", None, 4),  # no value: the weight alone
+            ("u2", "a", "share", None, 5),  # no weight configured: no signal
+        ],
+    )
+    got = {(r.user_id, r.item_id): (r.rating, r.n_events) for r in implicit_ratings(events, WEIGHTS).collect()}
+    assert got == {("u1", "a"): (10.0, 3), ("u1", "b"): (10.0, 2)}
+
+
+def test_empty_weights_are_refused(spark):
+    with pytest.raises(ValueError, match="event_weights is empty"):
+        implicit_ratings(frame(spark, [("u1", "a", "view", None, 0)]), {})
+
+
+def test_indices_are_dense_sorted_and_reproducible(spark):
+    df = spark.createDataFrame([("c",), ("a",), ("b",), ("a",)], "item_id string")
+    index = {r.item_id: r.item_index for r in index_ids(df, "item_id", "item_index").collect()}
+    assert index == {"a": 0, "b": 1, "c": 2}
+    shuffled = spark.createDataFrame([("b",), ("a",), ("c",)], "item_id string").repartition(3)
+    assert {r.item_id: r.item_index for r in index_ids(shuffled, "item_id", "item_index").collect()} == index
+    assert dict(index_ids(df, "item_id", "item_index").dtypes)["item_index"] == "int"
+
+
+def test_holdout_takes_each_users_latest_events(spark):
+    rows = [("u1", f"i{m}", "view", None, m) for m in range(10)]  # 10 events: last 2 held out
+    rows += [("u2", "x", "view", None, 0)]  # one event: stays in train
+    rows += [("u3", "p", "view", None, 5), ("u3", "q", "view", None, 1)]  # 2 events: the later one held out
+    train, test = split_holdout(frame(spark, rows), 0.2)
+    assert sorted((r.user_id, r.item_id) for r in test.collect()) == [("u1", "i8"), ("u1", "i9"), ("u3", "p")]
+    assert train.count() + test.count() == len(rows)
+    assert set(train.columns) == set(test.columns) == {"event_id", "user_id", "item_id", "event_type", "value", "occurred_at"}
+
+
+def test_holdout_fraction_zero_holds_nothing_and_bad_fractions_fail(spark):
+    events = frame(spark, [("u1", "a", "view", None, m) for m in range(5)])
+    assert split_holdout(events, 0.0)[1].count() == 0
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        split_holdout(events, 1.0)
+
+
+def test_holdout_pairs_drop_items_seen_in_training_and_indices_join(spark):
+    events = frame(
+        spark,
+        [("u1", "a", "view", None, 0), ("u1", "b", "view", None, 1), ("u1", "a", "view", None, 2), ("u1", "c", "view", None, 3)],
+    )
+    train_events, test_events = split_holdout(events, 0.5)
+    train = implicit_ratings(train_events, WEIGHTS)
+    pairs = holdout_pairs(implicit_ratings(test_events, WEIGHTS), train)
+    assert sorted((r.user_id, r.item_id) for r in pairs.collect()) == [("u1", "c")]
+    users = index_ids(train, "user_id", "user_index")
+    items = index_ids(train, "item_id", "item_index")
+    indexed = with_indices(train, users, items).collect()
+    assert sorted((r.user_index, r.item_index, r.rating) for r in indexed) == [(0, 0, 1.0), (0, 1, 1.0)]

@@ -1,0 +1,80 @@
+"""The speed view's bookkeeping: dedupe, replays, the recent window, popularity."""
+
+import pytest
+
+from serving.speed_view import BadUpdate, SpeedView
+
+pytestmark = pytest.mark.unit
+
+
+def update(batch_id, events_version, rows, query_id="q1"):
+    return {
+        "kind": "user_interactions",
+        "query_id": query_id,
+        "batch_id": batch_id,
+        "events_version": events_version,
+        "rows": [
+            {
+                "user_id": user,
+                "item_id": item,
+                "event_type": "click",
+                "weight": weight,
+                "occurred_at": "2024-01-01T00:00:00+00:00",
+                "event_id": event_id,
+            }
+            for user, item, weight, event_id in rows
+        ],
+    }
+
+
+@pytest.fixture
+def view(settings):
+    return SpeedView(settings.model_copy(update={"speed_recent_items": 3}))
+
+
+def test_applies_rows_per_user_with_their_events_version(view):
+    assert view.apply(update(0, 5, [("u1", "a", 2.0, "e1"), ("u2", "b", 1.0, "e2")])) == 2
+    assert [(i.item_id, i.weight, i.events_version) for i in view.interactions("u1")] == [("a", 2.0, 5)]
+    assert view.interactions("nobody") == []
+    position = view.position()
+    assert (position["events_version"], position["batch_id"]) == (5, 0)
+    assert position["age_ms"] is not None and position["age_ms"] >= 0
+
+
+def test_replayed_update_and_repeated_event_ids_change_nothing(view):
+    first = update(0, 5, [("u1", "a", 2.0, "e1")])
+    view.apply(first, key=b"u1")
+    assert view.apply(first, key=b"u1") == 0
+    assert view.apply(update(1, 6, [("u1", "a", 2.0, "e1"), ("u1", "b", 1.0, "e2")])) == 1
+    assert [i.event_id for i in view.interactions("u1")] == ["e1", "e2"]
+    assert view.popular(5) == [("a", 2.0), ("b", 1.0)]
+
+
+def test_same_batch_for_another_key_is_not_a_replay(view):
+    view.apply(update(0, 5, [("u1", "a", 1.0, "e1")]), key=b"u1")
+    assert view.apply(update(0, 5, [("u2", "a", 1.0, "e2")]), key=b"u2") == 1
+
+
+def test_keeps_only_the_most_recent_interactions(view):
+    rows = [("u1", f"i{n}", 1.0, f"e{n}") for n in range(5)]
+    view.apply(update(0, 1, rows))
+    assert [i.item_id for i in view.interactions("u1")] == ["i2", "i3", "i4"]
+
+
+def test_popular_excludes_items(view):
+    view.apply(update(0, 1, [("u1", "a", 5.0, "e1"), ("u2", "b", 3.0, "e2"), ("u3", "c", 1.0, "e3")]))
+    assert view.popular(2, exclude={"a"}) == [("b", 3.0), ("c", 1.0)]
+
+
+def test_position_tracks_the_newest_events_version(view):
+    view.apply(update(4, 9, [("u1", "a", 1.0, "e1")]))
+    view.apply(update(3, 8, [("u1", "b", 1.0, "e2")]))
+    assert (view.position()["events_version"], view.position()["batch_id"]) == (9, 4)
+
+
+def test_other_kinds_are_ignored_and_malformed_updates_rejected(view):
+    assert view.apply({"kind": "item_features", "rows": []}) == 0
+    with pytest.raises(BadUpdate, match="events_version"):
+        view.apply({"kind": "user_interactions", "query_id": "q", "batch_id": 0, "rows": []})
+    with pytest.raises(BadUpdate, match="JSON object"):
+        view.apply(["not", "an", "object"])
