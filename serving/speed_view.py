@@ -25,7 +25,7 @@ from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
 log = logging.getLogger(__name__)
 
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
-RETRY_S = 1.0
+RETRY_S = (0.5, 5.0)  # first and longest wait between reconnects; doubles while failing
 
 
 class BadUpdate(ValueError):
@@ -134,11 +134,19 @@ class SpeedView:
             self._thread.join(timeout=15)
 
     def _follow(self) -> None:
+        delay = RETRY_S[0]
         while not self._stop.is_set():
             consumer = None
             try:
-                consumer = self._connect()
-                if consumer is not None:
+                # earliest: a memory-only broker that restarted starts its offsets again at 0
+                consumer = make_consumer(
+                    self.settings.bootstrap_servers,
+                    client_id="lambdarec-serving-speed-view",
+                    auto_offset_reset="earliest",
+                    bootstrap_timeout_ms=5000,
+                )
+                if self._assign(consumer):
+                    delay = RETRY_S[0]
                     self._poll_until_stopped(consumer)
             except Exception as exc:  # keep following whatever the broker does
                 log.warning("speed view lost the broker; retrying", extra={"error": repr(exc)})
@@ -146,23 +154,16 @@ class SpeedView:
                 self.following = False
                 if consumer is not None:
                     consumer.close()
-            self._stop.wait(RETRY_S)
+            self._stop.wait(delay)
+            delay = min(delay * 2, RETRY_S[1])
 
-    def _connect(self) -> KafkaConsumer | None:
-        """A consumer assigned to every partition, at our position (or the beginning)."""
+    def _assign(self, consumer: KafkaConsumer) -> bool:
+        """Assign every partition at our position (or the beginning); False if no topic yet."""
         topic = self.settings.topic_speed_updates
-        # earliest: a memory-only broker that restarted starts its offsets again at 0
-        consumer = make_consumer(
-            self.settings.bootstrap_servers,
-            client_id="lambdarec-serving-speed-view",
-            auto_offset_reset="earliest",
-            bootstrap_timeout_ms=5000,
-        )
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
             log.info("speed view waiting for topic", extra={"topic": topic})
-            consumer.close()
-            return None
+            return False
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         with self._lock:
@@ -171,7 +172,7 @@ class SpeedView:
                 consumer.seek(tp, self._offsets[tp.partition])
         self.following = True
         log.info("speed view following", extra={"topic": topic, "partitions": sorted(partitions)})
-        return consumer
+        return True
 
     def _poll_until_stopped(self, consumer: KafkaConsumer) -> None:
         while not self._stop.is_set():

@@ -104,7 +104,9 @@ class KafkaSourceOptions:
             bootstrap_servers=opts["bootstrap.servers"].strip(),
             topic=opts["topic"].strip(),
             starting_offsets=starting,
-            max_offsets_per_trigger=None if max_per_trigger is None else _positive("maxOffsetsPerTrigger", max_per_trigger),
+            max_offsets_per_trigger=(
+                None if max_per_trigger is None else _positive("maxOffsetsPerTrigger", max_per_trigger)
+            ),
             fail_on_data_loss=_boolean("failOnDataLoss", opts.get("failondataloss", "true")),
             max_records_per_partition=_positive("maxRecordsPerPartition", opts.get("maxrecordsperpartition", "100000")),
             poll_timeout_ms=_positive("pollTimeoutMs", opts.get("polltimeoutms", "60000")),
@@ -190,7 +192,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             if p not in start:
                 begin = earliest[p]
             elif start[p] > end[p]:
-                begin = checked_start(self.options.topic, p, start[p], earliest[p], end[p], self.options.fail_on_data_loss)
+                begin = checked_start(
+                    self.options.topic, p, start[p], earliest[p], end[p], self.options.fail_on_data_loss
+                )
             else:
                 begin = start[p]
             for lo, hi in split(begin, end[p], self.options.max_records_per_partition):
@@ -209,7 +213,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             message = f"data loss on topic {topic!r}: partition {p} (checkpointed offset {start[p]}) no longer exists"
             if fail:
                 raise DataLossError(message + ". Set failOnDataLoss=false to skip it, or start a new checkpoint.")
-            log.warning("event=kafka_data_loss topic=%s partition=%d start=%d action=drop_partition", topic, p, start[p])
+            log.warning(
+                "event=kafka_data_loss topic=%s partition=%d start=%d action=drop_partition", topic, p, start[p]
+            )
         resume = {}
         for p in end:
             if p in start:
@@ -325,7 +331,8 @@ class _Columns:
         self.keys.append(record.key)
         self.values.append(record.value)
         self.offsets.append(record.offset)
-        self.timestamps.append(record.timestamp * 1000 if record.timestamp is not None and record.timestamp >= 0 else None)
+        has_timestamp = record.timestamp is not None and record.timestamp >= 0
+        self.timestamps.append(record.timestamp * 1000 if has_timestamp else None)
 
     def flush(self) -> pa.RecordBatch:
         n = len(self)
@@ -363,7 +370,7 @@ class KafkaDataSource(DataSource):
         return SCHEMA
 
     def streamReader(self, schema: StructType) -> KafkaStreamReader:
-        if schema.fieldNames() != SCHEMA.fieldNames():
+        if [(f.name, f.dataType) for f in schema] != [(f.name, f.dataType) for f in SCHEMA]:
             raise ValueError(f"{SOURCE_NAME} has a fixed schema {SCHEMA.simpleString()}; got {schema.simpleString()}")
         return KafkaStreamReader(KafkaSourceOptions.parse(self.options))
 

@@ -136,14 +136,18 @@ def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
 
 
 def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame":
-    """Per-user interactions with their implicit weight (a rating weighs its value)."""
+    """Per-user interactions with their implicit weight (a rating weighs its value).
+
+    Event types without a configured weight carry no implicit signal, as in the
+    batch layer, so they are left out here too.
+    """
     from pyspark.sql import functions as F
 
     weights = F.create_map(*[F.lit(x) for pair in settings.event_weights.items() for x in pair])
-    base = F.coalesce(weights[F.col("event_type")], F.lit(1.0))
+    base = weights[F.col("event_type")]
     weight = F.when(
         (F.col("event_type") == "rating") & F.col("value").isNotNull(), base * F.col("value")
     ).otherwise(base)
     return events.select(
         "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id"
-    )
+    ).filter(F.col("weight").isNotNull())

@@ -61,7 +61,7 @@ def write_model(
             }
         ),
     )
-    rows = [(u, item_pos[i], r) for u_i, u in enumerate(user_ids) for i, r in ratings[u].items()]
+    rows = [(u, item_pos[i], r) for u in user_ids for i, r in ratings[u].items()]
     lake.append_arrow(
         MODEL_INTERACTIONS,
         pa.table(

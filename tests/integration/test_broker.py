@@ -132,10 +132,11 @@ def test_broker_refuses_a_port_that_is_taken(embedded_broker):
 
 def test_stop_ends_the_process_and_frees_the_port(settings):
     broker = EmbeddedBroker(settings.model_copy(update={"embedded_broker_port": free_port()})).start()
-    process = broker._process
+    pid = broker.pid
     broker.stop()
-    assert process.returncode is not None
     assert not broker.running()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # exited and reaped
     with EmbeddedBroker(broker.settings) as again:  # the port is usable at once
         kafka_io.wait_for_broker(again.bootstrap_servers, timeout_s=5)
 

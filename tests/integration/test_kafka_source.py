@@ -158,7 +158,8 @@ def test_a_missing_topic_is_a_clear_error(broker_settings):
         missing.stop()
 
 
-def start_query(spark, settings, name: str, **trigger):
+def start_query(spark, settings, name: str, sink: list, **trigger):
+    """A query through the source whose micro-batches append (partition, offset, value) rows to ``sink``."""
     stream = (
         spark.readStream.format("lambdarec_kafka")
         .option("bootstrap.servers", settings.bootstrap_servers)
@@ -166,16 +167,15 @@ def start_query(spark, settings, name: str, **trigger):
         .option("maxOffsetsPerTrigger", 8)
         .load()
     )
+
+    def collect(batch, batch_id):
+        sink.extend((r.partition, r.offset, bytes(r.value).decode()) for r in batch.collect())
+
     return (
-        stream.writeStream.format("memory").queryName(name)
+        stream.writeStream.foreachBatch(collect)
         .option("checkpointLocation", f"{settings.checkpoint_root}/{name}")
         .trigger(**trigger).start()
     )
-
-
-def sink_rows(spark, name: str) -> list[tuple]:
-    rows = spark.sql(f"select partition, offset, cast(value as string) v from {name}").collect()
-    return sorted((r.partition, r.offset, r.v) for r in rows)
 
 
 @pytest.mark.spark
@@ -183,30 +183,31 @@ def test_spark_available_now_query_reads_every_record_once_across_restarts(spark
     register(spark)
     produce(broker_settings, 0, [f"a{i}" for i in range(13)], batches=2)
     produce(broker_settings, 1, [f"b{i}" for i in range(6)])
-    query = start_query(spark, broker_settings, "kafka_once", availableNow=True)
+    rows: list[tuple] = []
+    query = start_query(spark, broker_settings, "once", rows, availableNow=True)
     assert query.awaitTermination(180) and query.exception() is None
     expected = [(0, i, f"a{i}") for i in range(13)] + [(1, i, f"b{i}") for i in range(6)]
-    assert sink_rows(spark, "kafka_once") == expected
+    assert sorted(rows) == expected
     assert len([p for p in query.recentProgress if p["numInputRows"]]) >= 3  # 19 records, 8 per trigger
 
     produce(broker_settings, 1, ["b6", "b7"])
-    resumed = start_query(spark, broker_settings, "kafka_once", availableNow=True)
+    rows.clear()
+    resumed = start_query(spark, broker_settings, "once", rows, availableNow=True)
     assert resumed.awaitTermination(180) and resumed.exception() is None
-    assert sink_rows(spark, "kafka_once") == [(1, 6, "b6"), (1, 7, "b7")]  # from the checkpoint on, nothing twice
+    assert sorted(rows) == [(1, 6, "b6"), (1, 7, "b7")]  # from the checkpoint on, nothing twice
 
 
 @pytest.mark.spark
 def test_spark_continuous_query_sees_records_produced_while_it_runs(spark, broker_settings):
     register(spark)
-    query = start_query(spark, broker_settings, "kafka_live", processingTime="200 milliseconds")
+    rows: list[tuple] = []
+    query = start_query(spark, broker_settings, "live", rows, processingTime="200 milliseconds")
     try:
         produce(broker_settings, 0, [f"live{i}" for i in range(10)])  # one batch: Tansu's quirk case
         deadline = time.monotonic() + 120
-        rows: list[tuple] = []
         while len(rows) < 10 and time.monotonic() < deadline and query.isActive:
             query.processAllAvailable()
-            rows = sink_rows(spark, "kafka_live")
-        assert rows == [(0, i, f"live{i}") for i in range(10)]
+        assert sorted(rows) == [(0, i, f"live{i}") for i in range(10)]
     finally:
         query.stop()
     assert query.exception() is None

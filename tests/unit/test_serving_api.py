@@ -89,7 +89,8 @@ def test_health_ready_and_metrics(client):
     assert ready.status_code == 503 and ready.json()["ready"] is False
     client.get("/users/alice/recommendations")
     metrics = client.get("/metrics").text
-    assert 'lambdarec_request_seconds_count{method="GET",route="/users/{user_id}/recommendations",status="200"} 1.0' in metrics
+    route = "/users/{user_id}/recommendations"
+    assert f'lambdarec_request_seconds_count{{method="GET",route="{route}",status="200"}} 1.0' in metrics
     assert "lambdarec_model_version -1.0" in metrics
     assert "lambdarec_speed_view_age_seconds -1.0" in metrics
 

@@ -12,6 +12,7 @@ from batch.registry import PUBLISHED, record_status
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_FACTORS
+from serving.foldin import fold_in
 from serving.model_store import ModelLoadError, ModelStore
 from serving.recommend import recommend
 from serving.speed_view import SpeedView
@@ -125,8 +126,6 @@ def test_fold_in_of_a_training_user_matches_the_stored_vector(store, settings):
     view = SpeedView(settings)
     speed_rows(view, 11, [("uc", "zz-new-item", 1.0, "e1")])  # fresh, but unknown to the model
     assert recommend(model, view, "uc", k=1).strategy == "model"
-    from serving.foldin import fold_in
-
     items, ratings = model.history(position)
     x = fold_in(model.item_factors, model.yty, items, ratings, model.reg_param, model.alpha)
     assert np.allclose(x, model.user_factors[position], atol=1e-6)

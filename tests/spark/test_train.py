@@ -1,0 +1,117 @@
+"""The training job end to end on a small generated lake: real Spark ALS, real Delta tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from batch import registry, train
+from lambdarec.generator import bronze_table, generate_events
+from lambdarec.lake import Lake
+from lambdarec.settings import Settings
+from schemas.tables import EVENTS, ITEM_FACTORS, MODEL_INTERACTIONS, MODELS, USER_FACTORS
+
+pytestmark = pytest.mark.spark
+
+END = datetime(2025, 3, 1, tzinfo=UTC)
+OUTPUTS = (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS, MODELS)
+
+
+def small_settings(root) -> Settings:
+    return Settings(root=root, spark_shuffle_partitions=2, als_rank=16, als_iterations=8)
+
+
+def seed_lake(settings: Settings, seed: int = 3, n_events: int = 4000) -> Lake:
+    lake = Lake(settings)
+    events = generate_events(n_events, n_users=150, n_items=300, n_clusters=6, seed=seed, end=END)
+    lake.append_arrow(EVENTS, bronze_table(events, settings))
+    return lake
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory):
+    settings = small_settings(tmp_path_factory.mktemp("train") / "lambdarec")
+    lake = seed_lake(settings)
+    return settings, lake, train.run(spark, settings)
+
+
+def test_model_beats_popularity_and_is_published(trained):
+    _, lake, summary = trained
+    metrics = summary["metrics"]
+    assert summary["model_version"] == 1 and summary["source_events_version"] == 1
+    assert metrics["n_eval_users"] > 100
+    assert metrics["model_recall_at_10"] > 1.5 * metrics["popularity_recall_at_10"]
+    assert summary["status"] == registry.PUBLISHED
+
+    rows = sorted(lake.read_arrow(MODELS).to_pylist(), key=lambda r: r["recorded_at"])
+    assert [r["status"] for r in rows] == [registry.TRAINING, registry.CANDIDATE, registry.PUBLISHED]
+    published = registry.latest_published(lake)
+    assert published["model_version"] == 1
+    assert published["engine"] == "spark-als"
+    assert published["metrics"]["model_recall_at_10"] == pytest.approx(metrics["model_recall_at_10"])
+    assert published["params"]["rank"] == 16
+    assert (published["n_users"], published["n_items"]) == (summary["n_users"], summary["n_items"])
+
+
+def test_factor_tables_hold_one_row_per_user_and_item(trained):
+    _, lake, summary = trained
+    users = lake.read_arrow(USER_FACTORS, filter=pc.field("model_version") == 1)
+    items = lake.read_arrow(ITEM_FACTORS, filter=pc.field("model_version") == 1)
+    interactions = lake.read_arrow(MODEL_INTERACTIONS, filter=pc.field("model_version") == 1)
+    assert users.num_rows == summary["n_users"]
+    assert items.num_rows == summary["n_items"]
+    assert interactions.num_rows == summary["n_interactions"]
+    assert sorted(users.column("user_index").to_pylist()) == list(range(summary["n_users"]))
+    assert all(u.startswith("u_") for u in users.column("user_id").to_pylist())  # pseudonyms only
+    assert {len(f) for f in items.column("factors").to_pylist()} == {16}
+    assert pc.max(interactions.column("item_index")).as_py() < summary["n_items"]
+
+
+def test_rerun_of_the_same_model_version_writes_nothing(spark, trained):
+    settings, lake, _ = trained
+    before = {spec.name: lake.version(spec) for spec in OUTPUTS}
+    again = train.run(spark, settings, model_version=1)
+    assert again["written"] == {USER_FACTORS.name: None, ITEM_FACTORS.name: None, MODEL_INTERACTIONS.name: None}
+    assert {spec.name: lake.version(spec) for spec in OUTPUTS} == before
+    assert lake.read_arrow(MODELS).num_rows == 3
+
+
+def test_an_interrupted_run_is_resumed_on_its_own_events_version(spark, settings):
+    settings = small_settings(settings.root)
+    lake = seed_lake(settings)
+    # A killed run: version 1 claimed on events version 1, item factors already committed.
+    registry.record_status(
+        lake, 1, registry.TRAINING, "training started", app_id=train.app_id("models-training"),
+        source_events_version=1,
+    )
+    survivor = pa.Table.from_pylist(
+        [{"model_version": 1, "item_index": 0, "item_id": "item-0", "factors": [0.0] * 16}],
+        schema=ITEM_FACTORS.schema,
+    )
+    lake.append_arrow(ITEM_FACTORS, survivor, app_id=train.app_id("item_factors"), txn_version=1)
+    lake.append_arrow(EVENTS, bronze_table(generate_events(50, 5, 5, 1, seed=9, end=END), settings))
+
+    summary = train.run(spark, settings)
+    assert (summary["model_version"], summary["source_events_version"]) == (1, 1)
+    assert summary["written"][ITEM_FACTORS.name] is None
+    assert summary["written"][USER_FACTORS.name] is not None
+    assert lake.read_arrow(ITEM_FACTORS).num_rows == 1  # the killed run's commit, not a second copy
+    assert registry.current_statuses(lake)[1]["status"] == registry.PUBLISHED
+
+
+def test_a_failed_run_is_recorded_and_the_next_takes_a_new_version(spark, settings):
+    settings = small_settings(settings.root).model_copy(update={"event_weights": {"no_such_type": 1.0}})
+    lake = seed_lake(settings, n_events=200)
+    with pytest.raises(ValueError, match="no weighted interactions"):
+        train.run(spark, settings)
+    status = registry.current_statuses(lake)[1]
+    assert status["status"] == registry.FAILED and "no weighted interactions" in status["status_reason"]
+    assert train.plan(lake, None, None) == (2, 1)
+
+
+def test_training_without_events_is_a_clear_error(settings):
+    with pytest.raises(RuntimeError, match="ingest events before training"):
+        train.plan(Lake(settings), None, None)
