@@ -113,7 +113,8 @@ def compare_to_popularity(
     """The model's and the popularity baseline's metrics on the same split, prefixed."""
     model = ranking_metrics(factor_scorer(user_factors, item_factors), holdout, k)
     baseline = ranking_metrics(popularity_scorer(holdout.train), holdout, k)
-    metrics = {f"model_{name}": value for name, value in model.items() if name != "n_eval_users"}
-    metrics.update({f"popularity_{name}": value for name, value in baseline.items() if name != "n_eval_users"})
-    metrics["n_eval_users"] = model["n_eval_users"]
-    return metrics
+    n_eval_users = model.pop("n_eval_users")
+    baseline.pop("n_eval_users")
+    metrics = {f"model_{name}": value for name, value in model.items()}
+    metrics.update({f"popularity_{name}": value for name, value in baseline.items()})
+    return {**metrics, "n_eval_users": n_eval_users}

@@ -85,4 +85,5 @@ def record_status(
         recorded_at=datetime.now(UTC),
     )
     table = pa.Table.from_pylist([row], schema=MODELS.schema)
-    return lake.append_arrow(MODELS, table, app_id=app_id, txn_version=version if app_id else None) is not None
+    txn_version = version if app_id else None
+    return lake.append_arrow(MODELS, table, app_id=app_id, txn_version=txn_version) is not None

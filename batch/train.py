@@ -17,6 +17,7 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,30 +114,37 @@ def run(
         raise
 
 
-def _train(
-    spark: "SparkSession",
-    settings: Settings,
-    lake: Lake,
-    model_version: int,
-    events_version: int,
-    base: dict[str, Any],
-) -> dict[str, Any]:
-    from pyspark.ml.recommendation import ALS
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class Prepared:
+    """The cached frames one training run reads more than once."""
 
-    events = lake.read_spark(spark, EVENTS, events_version)
-    train_events, test_events = split_holdout(events, settings.holdout_fraction)
-    train_ratings = implicit_ratings(train_events, settings.event_weights).cache()
-    users = index_ids(train_ratings, "user_id", "user_index").cache()
-    items = index_ids(train_ratings, "item_id", "item_index").cache()
-    train = with_indices(train_ratings, users, items).select("user_index", "item_index", "rating").cache()
-    counts = {"n_interactions": train.count(), "n_users": users.count(), "n_items": items.count()}
-    if counts["n_interactions"] == 0:
-        raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
+    train_ratings: "DataFrame"  # (user_id, item_id, rating, n_events) before the holdout cut
+    test_events: "DataFrame"
+    users: "DataFrame"  # (user_id, user_index)
+    items: "DataFrame"  # (item_id, item_index)
+    train: "DataFrame"  # (user_index, item_index, rating): what ALS fits
+
+    @classmethod
+    def from_events(cls, events: "DataFrame", settings: Settings) -> "Prepared":
+        train_events, test_events = split_holdout(events, settings.holdout_fraction)
+        train_ratings = implicit_ratings(train_events, settings.event_weights).cache()
+        users = index_ids(train_ratings, "user_id", "user_index").cache()
+        items = index_ids(train_ratings, "item_id", "item_index").cache()
+        train = with_indices(train_ratings, users, items).select("user_index", "item_index", "rating")
+        return cls(train_ratings, test_events, users, items, train.cache())
+
+    def unpersist(self) -> None:
+        for frame in (self.train_ratings, self.users, self.items, self.train):
+            frame.unpersist()
+
+
+def fit_als(spark: "SparkSession", train: "DataFrame", settings: Settings):
+    """Implicit-feedback ALS with the settings' hyperparameters and a fixed seed."""
+    from pyspark.ml.recommendation import ALS
 
     spark.sparkContext.setCheckpointDir(str(Path(settings.checkpoint_root) / "batch-als"))
     blocks = max(2, settings.spark_shuffle_partitions)
-    model = ALS(
+    return ALS(
         rank=settings.als_rank,
         maxIter=settings.als_iterations,
         regParam=settings.als_reg,
@@ -151,30 +159,33 @@ def _train(
         numItemBlocks=blocks,
     ).fit(train)
 
-    test_ratings = implicit_ratings(test_events, settings.event_weights)
-    pairs = (
-        holdout_pairs(test_ratings, train_ratings)
-        .join(users, "user_id")
-        .join(items, "item_id", "left")
-        .select("user_index", F.coalesce("item_index", F.lit(-1)).alias("item_index"))
-    )
-    metrics = _evaluate(model, train, pairs, counts["n_users"], counts["n_items"], settings.als_rank)
-    _log("train_evaluated", model_version=model_version, **metrics)
 
-    version_col = F.lit(model_version).alias("model_version")
-    outputs = {
-        USER_FACTORS: model.userFactors.withColumnRenamed("id", "user_index")
-        .join(users, "user_index")
-        .select(version_col, "user_index", "user_id", F.col("features").alias("factors")),
-        ITEM_FACTORS: model.itemFactors.withColumnRenamed("id", "item_index")
-        .join(items, "item_index")
-        .select(version_col, "item_index", "item_id", F.col("features").alias("factors")),
-        MODEL_INTERACTIONS: train.select(version_col, "user_index", "item_index", "rating"),
-    }
-    written = {
-        spec.name: lake.append_spark(spec, df, app_id=app_id(spec.name), txn_version=model_version)
-        for spec, df in outputs.items()
-    }
+def _train(
+    spark: "SparkSession",
+    settings: Settings,
+    lake: Lake,
+    model_version: int,
+    events_version: int,
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    data = Prepared.from_events(lake.read_spark(spark, EVENTS, events_version), settings)
+    try:
+        counts = {
+            "n_interactions": data.train.count(),
+            "n_users": data.users.count(),
+            "n_items": data.items.count(),
+        }
+        if counts["n_interactions"] == 0:
+            raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
+        model = fit_als(spark, data.train, settings)
+        metrics = _evaluate(model, data, settings, counts)
+        _log("train_evaluated", model_version=model_version, **metrics)
+        written = {
+            spec.name: lake.append_spark(spec, df, app_id=app_id(spec.name), txn_version=model_version)
+            for spec, df in _outputs(model, data, model_version).items()
+        }
+    finally:
+        data.unpersist()
 
     fields = {**base, **counts, "metrics": metrics}
     registry.record_status(
@@ -184,8 +195,6 @@ def _train(
     status, reason = publish_decision(metrics)
     registry.record_status(lake, model_version, status, reason, app_id=app_id(f"models-{status}"), **fields)
     _log("train_finished", model_version=model_version, status=status, reason=reason)
-    for frame in (train_ratings, users, items, train):
-        frame.unpersist()
     return {
         "model_version": model_version,
         "status": status,
@@ -197,12 +206,37 @@ def _train(
     }
 
 
-def _evaluate(model, train: "DataFrame", pairs: "DataFrame", n_users: int, n_items: int, rank: int) -> dict:
-    """Collect factors and pairs (models here are small) and score them in numpy."""
-    user_factors = _dense(model.userFactors.toPandas(), n_users, rank)
-    item_factors = _dense(model.itemFactors.toPandas(), n_items, rank)
-    seen = train.select("user_index", "item_index").toPandas()
-    held = pairs.toPandas()
+def _outputs(model, data: Prepared, model_version: int) -> dict:
+    """The factor and interaction tables of this model version, keyed by table spec."""
+    from pyspark.sql import functions as F
+
+    version = F.lit(model_version).alias("model_version")
+    return {
+        USER_FACTORS: model.userFactors.withColumnRenamed("id", "user_index")
+        .join(data.users, "user_index")
+        .select(version, "user_index", "user_id", F.col("features").alias("factors")),
+        ITEM_FACTORS: model.itemFactors.withColumnRenamed("id", "item_index")
+        .join(data.items, "item_index")
+        .select(version, "item_index", "item_id", F.col("features").alias("factors")),
+        MODEL_INTERACTIONS: data.train.select(version, "user_index", "item_index", "rating"),
+    }
+
+
+def _evaluate(model, data: Prepared, settings: Settings, counts: dict[str, int]) -> dict[str, Any]:
+    """Collect factors and holdout pairs (models here are small) and score them in numpy."""
+    from pyspark.sql import functions as F
+
+    n_users, n_items = counts["n_users"], counts["n_items"]
+    user_factors = _dense(model.userFactors.toPandas(), n_users, settings.als_rank)
+    item_factors = _dense(model.itemFactors.toPandas(), n_items, settings.als_rank)
+    seen = data.train.select("user_index", "item_index").toPandas()
+    held = (
+        holdout_pairs(implicit_ratings(data.test_events, settings.event_weights), data.train_ratings)
+        .join(data.users, "user_id")
+        .join(data.items, "item_id", "left")
+        .select("user_index", F.coalesce("item_index", F.lit(-1)).alias("item_index"))
+        .toPandas()
+    )
     holdout = Holdout.from_pairs(
         n_users, n_items, seen.user_index, seen.item_index, held.user_index, held.item_index
     )
@@ -243,7 +277,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--events-version", type=int, default=None, help="Train on this events table version (default: latest)."
+        "--events-version",
+        type=int,
+        default=None,
+        help="Train on this events table version (default: latest).",
     )
     parser.add_argument(
         "--model-version",

@@ -256,7 +256,7 @@ def lake_counts(settings: Settings) -> dict[str, int]:
     if lake.exists(EVENTS):
         events = lake.dataset(EVENTS)  # noqa: F841 - read by DuckDB below
         counts["events"], counts["distinct_event_ids"] = duckdb.sql(
-            "select count(*), count(distinct event_id) from events").fetchone()
+            "select count(*), count(distinct event_id) from events").fetchall()[0]
     if lake.exists(DEAD_LETTER):
         counts["dead_letter"] = lake.read_arrow(DEAD_LETTER).num_rows
     return counts

@@ -231,29 +231,29 @@ def write_jsonl(events: Iterator[dict], path: Path, progress) -> int:
     return count
 
 
-def post_batches(events: Iterator[dict], api: str, batch_size: int, progress, client=None) -> int:
-    """POST ``events`` to ``{api}/events/batch``; any refusal stops with the server's answer."""
+def post_batches(events: Iterator[dict], api: str, batch_size: int, progress) -> int:
+    """POST ``events`` to ``{api}/events/batch``; any refusal stops with the server's answer.
+
+    Every event of a batch must come back either accepted or dropped for lack of
+    consent; anything else means events were lost, and we stop rather than go on.
+    """
     import httpx
 
     url = f"{api.rstrip('/')}/events/batch"
-    owned = client is None
-    client = client or httpx.Client(timeout=30.0)
     count = 0
-    try:
+    with httpx.Client(timeout=30.0) as client:
         for batch in _batches(events, batch_size):
             response = client.post(url, json=batch)
             if response.status_code != 202:
                 raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
-            accepted = response.json().get("accepted", [])
-            if sorted(accepted) != sorted(event["event_id"] for event in batch):
+            answer = response.json()
+            settled = [*answer.get("accepted", []), *answer.get("dropped_no_consent", [])]
+            if sorted(settled) != sorted(event["event_id"] for event in batch):
                 raise RuntimeError(
-                    f"POST {url} accepted {len(accepted)} of {len(batch)} events: {response.text[:500]}"
+                    f"POST {url} settled {len(settled)} of {len(batch)} events: {response.text[:500]}"
                 )
             count += len(batch)
             progress.update(len(batch))
-    finally:
-        if owned:
-            client.close()
     return count
 
 

@@ -6,6 +6,7 @@ would, through ``spark-submit``; this module is the one place that knows how.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -60,8 +61,9 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["LAMBDAREC_ROOT"] = str(settings.root.resolve())
     for name, value in settings.model_dump(mode="json").items():
-        if name == "root" or isinstance(value, (dict, list)):
+        if name == "root":
             continue
-        env[f"LAMBDAREC_{name.upper()}"] = str(value)
+        # pydantic-settings reads complex fields (event weights) as JSON.
+        env[f"LAMBDAREC_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     env["LAMBDAREC_PSEUDONYM_KEY"] = settings.pseudonym_key.get_secret_value()
     return env

@@ -50,7 +50,8 @@ import json
 from airflow.dag_processing.dagbag import DagBag
 dag = DagBag(dag_folder={str(DAGS)!r}).get_dag("lambdarec_batch")
 run = dag.test()
-print("RESULT " + json.dumps({{"state": str(run.state), "tasks": {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}}}))
+tasks = {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
+print("RESULT " + json.dumps({{"state": str(run.state), "tasks": tasks}}))
 """
 
 
@@ -92,7 +93,8 @@ def test_dag_imports_cleanly_and_lightly(airflow_env):
 def test_dag_run_trains_and_publishes_through_spark_submit(airflow_env, tmp_path):
     settings = Settings(root=tmp_path / "lambdarec")
     lake = Lake(settings)
-    events = generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5, end=datetime(2025, 3, 1, tzinfo=UTC))
+    end = datetime(2025, 3, 1, tzinfo=UTC)
+    events = generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5, end=end)
     lake.append_arrow(EVENTS, bronze_table(events, settings))
     env = {
         **airflow_env,

@@ -18,7 +18,8 @@ def frame(spark, rows):
     """Events with the columns the transforms read, in the events table's types."""
     return spark.createDataFrame(
         [(f"e{i}", u, it, t, v, T0 + timedelta(minutes=m)) for i, (u, it, t, v, m) in enumerate(rows)],
-        "event_id string, user_id string, item_id string, event_type string, value double, occurred_at timestamp",
+        "event_id string, user_id string, item_id string, event_type string, value double, "
+        "occurred_at timestamp",
     )
 
 
@@ -34,7 +35,8 @@ def test_ratings_sum_weights_and_scale_ratings_by_value(spark):
             ("u2", "a", "share", None, 5),  # no weight configured: no signal
         ],
     )
-    got = {(r.user_id, r.item_id): (r.rating, r.n_events) for r in implicit_ratings(events, WEIGHTS).collect()}
+    ratings = implicit_ratings(events, WEIGHTS).collect()
+    got = {(r.user_id, r.item_id): (r.rating, r.n_events) for r in ratings}
     assert got == {("u1", "a"): (10.0, 3), ("u1", "b"): (10.0, 2)}
 
 
@@ -57,9 +59,10 @@ def test_holdout_takes_each_users_latest_events(spark):
     rows += [("u2", "x", "view", None, 0)]  # one event: stays in train
     rows += [("u3", "p", "view", None, 5), ("u3", "q", "view", None, 1)]  # 2 events: the later one held out
     train, test = split_holdout(frame(spark, rows), 0.2)
-    assert sorted((r.user_id, r.item_id) for r in test.collect()) == [("u1", "i8"), ("u1", "i9"), ("u3", "p")]
+    held = sorted((r.user_id, r.item_id) for r in test.collect())
+    assert held == [("u1", "i8"), ("u1", "i9"), ("u3", "p")]
     assert train.count() + test.count() == len(rows)
-    assert set(train.columns) == set(test.columns) == {"event_id", "user_id", "item_id", "event_type", "value", "occurred_at"}
+    assert train.columns == test.columns == frame(spark, rows).columns
 
 
 def test_holdout_fraction_zero_holds_nothing_and_bad_fractions_fail(spark):
@@ -72,7 +75,7 @@ def test_holdout_fraction_zero_holds_nothing_and_bad_fractions_fail(spark):
 def test_holdout_pairs_drop_items_seen_in_training_and_indices_join(spark):
     events = frame(
         spark,
-        [("u1", "a", "view", None, 0), ("u1", "b", "view", None, 1), ("u1", "a", "view", None, 2), ("u1", "c", "view", None, 3)],
+        [("u1", item, "view", None, minute) for minute, item in enumerate(["a", "b", "a", "c"])],
     )
     train_events, test_events = split_holdout(events, 0.5)
     train = implicit_ratings(train_events, WEIGHTS)

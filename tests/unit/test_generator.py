@@ -109,7 +109,9 @@ def test_cli_writes_json_lines(tmp_path, settings, capsys):
     parser = argparse.ArgumentParser()
     generator.add_arguments(parser)
     out = tmp_path / "events.jsonl"
-    args = parser.parse_args(["--events", "120", "--users", "10", "--items", "20", "--clusters", "2", "--out", str(out)])
+    args = parser.parse_args(
+        ["--events", "120", "--users", "10", "--items", "20", "--clusters", "2", "--out", str(out)]
+    )
     assert generator.command(args, settings) == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 120
