@@ -140,7 +140,7 @@ class Demo:
         model = latest_published(Lake(self.settings))
         if model is None:
             raise StageError(f"training published no model:\n{child.log_tail()}")
-        metrics = json.loads(model["metrics"] or "{}")
+        metrics = model["metrics"] or {}
         self.summary["model_version"] = model["model_version"]
         self.summary["model_recall_at_10"] = metrics.get("model_recall_at_10")
         self.summary["popularity_recall_at_10"] = metrics.get("popularity_recall_at_10")
