@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
     "train": ("batch.train", "Train, evaluate and publish an ALS model from the lake."),
+    "status": ("lambdarec.status", "Show the speed job's progress, lag and the published model."),
+    "import": ("batch.importer", "Backfill historical interactions (CSV, Parquet, MovieLens) into events."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
 }

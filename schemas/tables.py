@@ -89,6 +89,73 @@ SPEED_USER_INTERACTIONS = TableSpec(
     ),
 )
 
+SPEED_USER_FEATURES = TableSpec(
+    name="speed_user_features",
+    description=(
+        "Speed view: per-user stateful features as a changelog; a user's current row is the one "
+        "with the greatest (batch_id) for the newest query."
+    ),
+    keys=("user_id", "query_id", "batch_id"),
+    schema=pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("last_seen", TS),
+            ("session_id", pa.string()),
+            ("session_start", TS),
+            ("session_events", pa.int64()),
+            ("counts_1h", pa.map_(pa.string(), pa.int64())),
+            ("counts_24h", pa.map_(pa.string(), pa.int64())),
+            ("country", pa.string()),
+            ("device", pa.string()),
+            ("query_id", pa.string()),
+            ("batch_id", pa.int64()),
+        ]
+    ),
+)
+
+SPEED_ITEM_TRENDING = TableSpec(
+    name="speed_item_trending",
+    description=(
+        "Speed view: item counts in sliding windows, globally (segment '*') and per segment "
+        "(segment_type 'country', segment 'DE'), as a changelog: the newest batch_id per "
+        "(segment_type, segment, window_start, item_id) holds the current count."
+    ),
+    keys=("segment_type", "segment", "window_start", "item_id", "query_id", "batch_id"),
+    schema=pa.schema(
+        [
+            ("segment_type", pa.string()),
+            ("segment", pa.string()),
+            ("window_start", TS),
+            ("window_end", TS),
+            ("item_id", pa.string()),
+            ("events", pa.int64()),
+            ("weight", pa.float64()),
+            ("query_id", pa.string()),
+            ("batch_id", pa.int64()),
+        ]
+    ),
+)
+
+SPEED_PROGRESS = TableSpec(
+    name="speed_progress",
+    description="One row per speed micro-batch from the StreamingQueryListener: rates, durations, lag, watermark.",
+    keys=("query_id", "batch_id"),
+    schema=pa.schema(
+        [
+            ("query_id", pa.string()),
+            ("run_id", pa.string()),
+            ("batch_id", pa.int64()),
+            ("recorded_at", TS),
+            ("rows_in", pa.int64()),
+            ("input_rows_per_s", pa.float64()),
+            ("processed_rows_per_s", pa.float64()),
+            ("batch_duration_ms", pa.int64()),
+            ("source_lag", pa.int64()),
+            ("watermark", TS),
+        ]
+    ),
+)
+
 MODELS = TableSpec(
     name="models",
     description=(
@@ -164,6 +231,9 @@ ALL_TABLES: dict[str, TableSpec] = {
         EVENTS,
         DEAD_LETTER,
         SPEED_USER_INTERACTIONS,
+        SPEED_USER_FEATURES,
+        SPEED_ITEM_TRENDING,
+        SPEED_PROGRESS,
         MODELS,
         USER_FACTORS,
         ITEM_FACTORS,

@@ -6,9 +6,18 @@ pseudonymised plus ``schema_version`` and ``received_at`` (see
 events stay ordered within a partition.
 
 ``speed-updates``: one JSON object per record, produced by the speed job after its
-Delta commit: ``{"kind": "user_interactions", "query_id", "batch_id",
-"events_version", "rows": [{user_id, item_id, event_type, weight, occurred_at,
-event_id}, ...]}``. Key: the pseudonymous user id.
+Delta commits, each carrying ``kind``, ``query_id`` and ``batch_id`` so a replayed
+batch is recognised and ignored downstream:
+
+- ``user_interactions``: ``{"events_version", "rows": [{user_id, item_id,
+  event_type, weight, occurred_at, event_id}, ...]}`` (rows of
+  ``speed_user_interactions``);
+- ``user_features``: ``{"rows": [...]}`` (rows of ``speed_user_features``);
+- ``item_trending``: ``{"rows": [...]}`` (rows of ``speed_item_trending``);
+- ``progress``: ``{"progress": {...}}`` (one row of ``speed_progress``).
+
+Timestamps are RFC 3339 strings. Records have no key; a batch's records go to
+one partition in order.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from __future__ import annotations
 from lambdarec.settings import Settings
 
 SPEED_UPDATE_KIND_USER_INTERACTIONS = "user_interactions"
+SPEED_UPDATE_KIND_USER_FEATURES = "user_features"
+SPEED_UPDATE_KIND_ITEM_TRENDING = "item_trending"
+SPEED_UPDATE_KIND_PROGRESS = "progress"
 
 
 def platform_topics(settings: Settings) -> list[str]:
