@@ -74,7 +74,11 @@ def popularity_scorer(train: sparse.csr_matrix) -> Scorer:
 
 
 def ranking_metrics(score: Scorer, holdout: Holdout, k: int = 10, batch_size: int = 512) -> dict[str, float]:
-    """Mean recall@k, precision@k and nDCG@k over holdout users, training items excluded."""
+    """Mean recall, precision, nDCG and MAP at k over holdout users, training items excluded.
+
+    ``catalogue_coverage_at_k``: the share of the catalogue (the holdout's item
+    columns) that appears in at least one evaluated user's top k.
+    """
     if k < 1:
         raise ValueError("k must be at least 1")
     users = holdout.users
@@ -83,7 +87,8 @@ def ranking_metrics(score: Scorer, holdout: Holdout, k: int = 10, batch_size: in
         raise ValueError("the holdout is empty: no user has a held-out item to evaluate on")
     top = min(k, n_items)
     discounts = 1.0 / np.log2(np.arange(2, top + 2))
-    recall = precision = ndcg = 0.0
+    recall = precision = ndcg = average_precision = 0.0
+    shown = np.zeros(n_items, dtype=bool)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = np.array(score(batch), dtype=np.float64)
@@ -92,17 +97,22 @@ def ranking_metrics(score: Scorer, holdout: Holdout, k: int = 10, batch_size: in
         candidates = np.argpartition(-scores, top - 1, axis=1)[:, :top]
         order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
         ranked = np.take_along_axis(candidates, order, axis=1)
+        shown[ranked[np.isfinite(np.take_along_axis(scores, ranked, axis=1))]] = True
         hits = np.take_along_axis(holdout.truth[batch].toarray() > 0, ranked, axis=1)
         relevant = holdout.n_relevant[batch]
         ideal = np.cumsum(discounts)[np.minimum(relevant, top) - 1]
+        precision_at = np.cumsum(hits, axis=1) / np.arange(1, top + 1)
         recall += float((hits.sum(axis=1) / relevant).sum())
         precision += float((hits.sum(axis=1) / k).sum())
         ndcg += float(((hits * discounts).sum(axis=1) / ideal).sum())
+        average_precision += float(((precision_at * hits).sum(axis=1) / np.minimum(relevant, k)).sum())
     n = len(users)
     return {
         f"recall_at_{k}": recall / n,
         f"precision_at_{k}": precision / n,
         f"ndcg_at_{k}": ndcg / n,
+        f"map_at_{k}": average_precision / n,
+        f"catalogue_coverage_at_{k}": float(shown.sum()) / n_items,
         "n_eval_users": n,
     }
 

@@ -12,12 +12,22 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 
-def implicit_ratings(events: "DataFrame", event_weights: dict[str, float]) -> "DataFrame":
+def implicit_ratings(
+    events: "DataFrame",
+    event_weights: dict[str, float],
+    half_life_days: float = 0.0,
+    as_of=None,
+    rating_center: float | None = None,
+) -> "DataFrame":
     """One row per (user_id, item_id): the sum of its events' weights.
 
-    A rating event weighs its ``value`` times the ``rating`` weight (a rating
-    without a value counts as the weight alone). Event types without a weight
-    carry no signal and are dropped.
+    An event weighs its type's weight times its ``value`` (a quantity; an event
+    without one counts as the weight alone). A rating's value is the rating, or
+    ``value - rating_center`` when a center is set, so a poor rating becomes
+    negative confidence (a dislike; ALS reads r < 0 as "not preferred"). With a half-life, an
+    event's weight halves every ``half_life_days`` before ``as_of`` (pass the
+    snapshot's newest ``occurred_at`` so the result depends on the snapshot alone).
+    Event types without a weight carry no signal and are dropped.
     """
     from pyspark.sql import functions as F
 
@@ -25,9 +35,15 @@ def implicit_ratings(events: "DataFrame", event_weights: dict[str, float]) -> "D
         raise ValueError("event_weights is empty: no event type would count as an interaction")
     weights = F.create_map(*[F.lit(x) for pair in sorted(event_weights.items()) for x in pair])
     weight = weights[F.col("event_type")].cast("double")
-    weight = F.when(
-        F.col("event_type") == "rating", weight * F.coalesce(F.col("value"), F.lit(1.0))
-    ).otherwise(weight)
+    value = F.col("value")
+    if rating_center is not None:
+        value = F.when(F.col("event_type") == "rating", value - F.lit(float(rating_center))).otherwise(value)
+    weight = weight * F.coalesce(value, F.lit(1.0))
+    if half_life_days > 0:
+        if as_of is None:
+            raise ValueError("time decay needs as_of, the instant weights are decayed to")
+        age_days = (F.lit(as_of).cast("double") - F.col("occurred_at").cast("double")) / 86_400.0
+        weight = weight * F.pow(F.lit(0.5), F.greatest(age_days, F.lit(0.0)) / F.lit(float(half_life_days)))
     return (
         events.select("user_id", "item_id", weight.alias("weight"))
         .where(F.col("weight").isNotNull())
@@ -36,41 +52,47 @@ def implicit_ratings(events: "DataFrame", event_weights: dict[str, float]) -> "D
     )
 
 
-def index_ids(df: "DataFrame", id_column: str, index_column: str) -> "DataFrame":
-    """Dense 0-based int indices over the sorted distinct ids of ``id_column``.
-
-    Sorting makes the mapping a function of the id set alone, so the same snapshot
-    always gets the same indices (ALS needs int ids, and seeds are only
-    reproducible over a reproducible input).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ids = df.select(id_column).where(F.col(id_column).isNotNull()).distinct()
-    # One partition for the ranking is fine: it holds one short string per id.
-    rank = F.row_number().over(Window.orderBy(id_column)) - 1
-    return ids.select(id_column, rank.cast("int").alias(index_column))
-
-
 def with_indices(ratings: "DataFrame", users: "DataFrame", items: "DataFrame") -> "DataFrame":
     """Ratings with user_index and item_index; pairs whose user or item is unindexed drop out."""
     return ratings.join(users, "user_id").join(items, "item_id")
 
 
-def split_holdout(events: "DataFrame", holdout_fraction: float) -> tuple["DataFrame", "DataFrame"]:
-    """(train, test) events: the last ``holdout_fraction`` of each user's events go to test.
+SPLITS = ("time", "cutoff", "random")
 
-    The count held out is rounded up, but every user keeps at least one training
-    event, so a user with one event stays entirely in train. Ties in
-    ``occurred_at`` are broken by ``event_id`` so the split is deterministic.
+
+def split_holdout(
+    events: "DataFrame",
+    holdout_fraction: float,
+    method: str = "time",
+    cutoff=None,
+    seed: int = 42,
+) -> tuple["DataFrame", "DataFrame"]:
+    """(train, test) events for offline evaluation.
+
+    ``time``: the last ``holdout_fraction`` of each user's events go to test (ties
+    in ``occurred_at`` broken by ``event_id``). ``random``: the same share per user,
+    chosen by a seeded hash of ``event_id`` (deterministic, no time order).
+    ``cutoff``: every event after ``cutoff`` is test, whatever the user.
+    Per-user counts are rounded up, but every user keeps at least one training
+    event, so a user with one event stays entirely in train.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    if method not in SPLITS:
+        raise ValueError(f"split method must be one of {SPLITS}, got {method!r}")
+    if method == "cutoff":
+        if cutoff is None:
+            raise ValueError("the cutoff split needs a cutoff timestamp")
+        is_test = F.col("occurred_at") > F.lit(cutoff)
+        return events.where(~is_test), events.where(is_test)
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be within [0, 1), got {holdout_fraction}")
     per_user = Window.partitionBy("user_id")
-    ordered = per_user.orderBy("occurred_at", "event_id")
+    if method == "time":
+        ordered = per_user.orderBy("occurred_at", "event_id")
+    else:
+        ordered = per_user.orderBy(F.xxhash64("event_id", F.lit(seed)), "event_id")
     n = F.count(F.lit(1)).over(per_user)
     n_test = F.least(F.ceil(n * F.lit(holdout_fraction)), n - 1)
     marked = events.withColumn("_is_test", F.row_number().over(ordered) > n - n_test)

@@ -49,6 +49,14 @@ def latest_published(lake: Lake) -> dict[str, Any] | None:
     return row
 
 
+def find_run(lake: Lake, run_key: str) -> dict[str, Any] | None:
+    """The newest row of the model trained for ``run_key`` (a scheduler's data interval), or None."""
+    for row in reversed(_rows(lake)):
+        if row["params"] and json.loads(row["params"]).get("run_key") == run_key:
+            return current_statuses(lake)[row["model_version"]]
+    return None
+
+
 def next_model_version(lake: Lake) -> int:
     """One past the highest version the registry has seen (1 for an empty registry)."""
     versions = lake.read_arrow(MODELS).column("model_version").to_pylist()

@@ -1,13 +1,14 @@
-"""The batch layer's training job: pinned events -> ALS -> holdout evaluation -> registry.
+"""The batch layer's training job: pinned events -> ALS -> holdout evaluation -> gate -> registry.
 
 ``run`` holds the logic on an injected session; ``main`` is the spark-submit entry
-(``spark-submit batch/train.py [--events-version N]``); ``command`` is
-``lambdarec train``, which launches the same job through spark-submit.
+(``spark-submit batch/train.py [--events-version N] [--run-key K] [--engine implicit]``);
+``command`` is ``lambdarec train``, which launches the same job through spark-submit.
 
 Every write is keyed by the Delta app transaction ``(train-<table>, model_version)``.
 The registry gets a ``training`` row before any factor is written, so a job
 killed midway is resumed by the next run under the same model version and the
-same events version, and writes nothing twice.
+same events version, and writes nothing twice. A scheduler passes its data
+interval as ``--run-key``: a re-run of the interval finds its model version again.
 """
 
 from __future__ import annotations
@@ -18,26 +19,27 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from batch import registry
+from batch import gate, idmap, registry
+from batch.engines import AlsParams, Factors, engine
 from batch.evaluate import Holdout, compare_to_popularity
-from batch.interactions import holdout_pairs, implicit_ratings, index_ids, split_holdout, with_indices
+from batch.interactions import holdout_pairs, implicit_ratings, split_holdout, with_indices
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from schemas.tables import EVENTS, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
+from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, USER_FACTORS, USER_IDS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("lambdarec.batch.train")
 
-ENGINE = "spark-als"
 SEED = 42
-EVAL_K = 10
 
 
 def app_id(table: str) -> str:
@@ -45,18 +47,25 @@ def app_id(table: str) -> str:
     return f"train-{table}"
 
 
-def plan(lake: Lake, events_version: int | None, model_version: int | None) -> tuple[int, int]:
+def plan(
+    lake: Lake, events_version: int | None, model_version: int | None, run_key: str | None = None
+) -> tuple[int, int]:
     """(model_version, events_version) for this run.
 
-    An interrupted run (newest registry row ``training``) is resumed with its own
-    events version; a pinned model version already in the registry keeps its
+    A run key already in the registry gets its own model and events versions
+    back. An interrupted run (newest registry row ``training``) is resumed with its
+    own events version; a pinned model version already in the registry keeps its
     events version; otherwise a new version trains on the given or latest events.
     """
+    if run_key is not None and model_version is None:
+        known = registry.find_run(lake, run_key)
+        if known is not None:
+            return known["model_version"], known["source_events_version"]
     statuses = registry.current_statuses(lake)
     if model_version is None:
         newest = max(statuses, default=None)
         resumable = newest is not None and statuses[newest]["status"] == registry.TRAINING
-        if resumable and events_version in (None, statuses[newest]["source_events_version"]):
+        if resumable and run_key is None and events_version in (None, statuses[newest]["source_events_version"]):
             model_version = newest
         else:
             model_version = registry.next_model_version(lake)
@@ -69,17 +78,53 @@ def plan(lake: Lake, events_version: int | None, model_version: int | None) -> t
     return model_version, events_version
 
 
-def als_params(settings: Settings) -> dict[str, Any]:
+def als_params(settings: Settings) -> AlsParams:
+    return AlsParams(
+        rank=settings.als_rank,
+        regParam=settings.als_reg,
+        alpha=settings.als_alpha,
+        maxIter=settings.als_iterations,
+        seed=SEED,
+        checkpointInterval=settings.als_checkpoint_interval,
+    )
+
+
+def recorded_params(settings: Settings, run_key: str | None) -> dict[str, Any]:
+    """Everything that shaped the model, as stored in its registry rows."""
     return {
-        "rank": settings.als_rank,
-        "regParam": settings.als_reg,
-        "alpha": settings.als_alpha,
-        "maxIter": settings.als_iterations,
-        "seed": SEED,
-        "holdout_fraction": settings.holdout_fraction,
+        **als_params(settings).record(),
+        "engine": settings.als_engine,
+        "reg_scaling": engine(settings.als_engine).reg_scaling,
         "event_weights": settings.event_weights,
-        "eval_k": EVAL_K,
+        "decay_half_life_days": settings.decay_half_life_days,
+        "rating_center": settings.rating_center,
+        "split": settings.eval_split,
+        "holdout_fraction": settings.holdout_fraction,
+        "eval_cutoff": settings.eval_cutoff.isoformat() if settings.eval_cutoff else None,
+        "eval_k": settings.eval_k,
+        "id_mapping": [USER_IDS.name, ITEM_IDS.name],
+        "run_key": run_key,
     }
+
+
+def claim(
+    lake: Lake,
+    settings: Settings,
+    events_version: int | None = None,
+    model_version: int | None = None,
+    run_key: str | None = None,
+) -> tuple[int, int, dict[str, Any]]:
+    """Pin (model_version, events_version) and record the ``training`` row; no Spark needed."""
+    model_version, events_version = plan(lake, events_version, model_version, run_key)
+    base = {
+        "source_events_version": events_version,
+        "engine": engine(settings.als_engine).name,
+        "params": recorded_params(settings, run_key),
+    }
+    registry.record_status(
+        lake, model_version, registry.TRAINING, "training started", app_id=app_id("models-training"), **base
+    )
+    return model_version, events_version, base
 
 
 def run(
@@ -87,18 +132,24 @@ def run(
     settings: Settings,
     events_version: int | None = None,
     model_version: int | None = None,
+    run_key: str | None = None,
+    publish: bool = True,
 ) -> dict[str, Any]:
-    """Train, evaluate and register one model; returns a summary of what happened."""
+    """Train and evaluate one model, record it as a candidate, then (``publish``) gate it."""
     lake = Lake(settings)
-    model_version, events_version = plan(lake, events_version, model_version)
-    params = als_params(settings)
-    base = {"source_events_version": events_version, "engine": ENGINE, "params": params}
-    registry.record_status(
-        lake, model_version, registry.TRAINING, "training started", app_id=app_id("models-training"), **base
-    )
+    model_version, events_version, base = claim(lake, settings, events_version, model_version, run_key)
+    status = registry.current_statuses(lake)[model_version]
+    if status["status"] not in (registry.TRAINING, registry.FAILED):
+        _log("train_skipped", model_version=model_version, status=status["status"])
+        summary = {"model_version": model_version, "status": status["status"],
+                   "status_reason": status["status_reason"], "source_events_version": events_version,
+                   "metrics": json.loads(status["metrics"] or "{}"), "written": {}}
+        if publish and status["status"] == registry.CANDIDATE:
+            summary.update(gate.run(lake, settings, model_version))
+        return summary
     _log("train_started", model_version=model_version, events_version=events_version)
     try:
-        return _train(spark, settings, lake, model_version, events_version, base)
+        summary = _train(spark, settings, lake, model_version, events_version, base)
     except Exception as exc:
         owned = registry.current_statuses(lake).get(model_version, {}).get("status") == registry.TRAINING
         if not owned:  # a failed redo must not unpublish a finished model
@@ -112,6 +163,10 @@ def run(
             **base,
         )
         raise
+    if publish:
+        summary.update(gate.run(lake, settings, model_version))
+    _log("train_finished", model_version=model_version, status=summary["status"], reason=summary["status_reason"])
+    return summary
 
 
 @dataclass(frozen=True)
@@ -119,45 +174,42 @@ class Prepared:
     """The cached frames one training run reads more than once."""
 
     train_ratings: "DataFrame"  # (user_id, item_id, rating, n_events) before the holdout cut
-    test_events: "DataFrame"
-    users: "DataFrame"  # (user_id, user_index)
-    items: "DataFrame"  # (item_id, item_index)
+    test_ratings: "DataFrame"
+    all_ratings: "DataFrame"  # every event's interactions: who and what is active
+    users: pa.Table  # (user_id, user_index), stable across runs
+    items: pa.Table  # (item_id, item_index)
     train: "DataFrame"  # (user_index, item_index, rating): what ALS fits
 
     @classmethod
-    def from_events(cls, events: "DataFrame", settings: Settings) -> "Prepared":
-        train_events, test_events = split_holdout(events, settings.holdout_fraction)
-        train_ratings = implicit_ratings(train_events, settings.event_weights).cache()
-        users = index_ids(train_ratings, "user_id", "user_index").cache()
-        items = index_ids(train_ratings, "item_id", "item_index").cache()
-        train = with_indices(train_ratings, users, items).select("user_index", "item_index", "rating")
-        return cls(train_ratings, test_events, users, items, train.cache())
+    def from_events(
+        cls, spark: "SparkSession", lake: Lake, events: "DataFrame", settings: Settings, model_version: int
+    ) -> "Prepared":
+        from pyspark.sql import functions as F
+
+        as_of = None
+        if settings.decay_half_life_days > 0:
+            as_of = events.agg(F.max("occurred_at")).first()[0]
+        rate = partial(
+            implicit_ratings,
+            event_weights=settings.event_weights,
+            half_life_days=settings.decay_half_life_days,
+            as_of=as_of,
+            rating_center=settings.rating_center,
+        )
+        train_events, test_events = split_holdout(
+            events, settings.holdout_fraction, settings.eval_split, settings.eval_cutoff, SEED
+        )
+        train_ratings = rate(train_events).cache()
+        ids = train_ratings.select("user_id", "item_id").toArrow()
+        users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version)
+        items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version)
+        train = with_indices(train_ratings, spark.createDataFrame(users), spark.createDataFrame(items))
+        train = train.select("user_index", "item_index", "rating").cache()
+        return cls(train_ratings, rate(test_events), rate(events), users, items, train)
 
     def unpersist(self) -> None:
-        for frame in (self.train_ratings, self.users, self.items, self.train):
+        for frame in (self.train_ratings, self.train):
             frame.unpersist()
-
-
-def fit_als(spark: "SparkSession", train: "DataFrame", settings: Settings):
-    """Implicit-feedback ALS with the settings' hyperparameters and a fixed seed."""
-    from pyspark.ml.recommendation import ALS
-
-    spark.sparkContext.setCheckpointDir(str(Path(settings.checkpoint_root) / "batch-als"))
-    blocks = max(2, settings.spark_shuffle_partitions)
-    return ALS(
-        rank=settings.als_rank,
-        maxIter=settings.als_iterations,
-        regParam=settings.als_reg,
-        alpha=settings.als_alpha,
-        implicitPrefs=True,
-        nonnegative=False,
-        seed=SEED,
-        userCol="user_index",
-        itemCol="item_index",
-        ratingCol="rating",
-        numUserBlocks=blocks,
-        numItemBlocks=blocks,
-    ).fit(train)
 
 
 def _train(
@@ -168,21 +220,34 @@ def _train(
     events_version: int,
     base: dict[str, Any],
 ) -> dict[str, Any]:
-    data = Prepared.from_events(lake.read_spark(spark, EVENTS, events_version), settings)
+    events = lake.read_spark(spark, EVENTS, events_version)
+    data = Prepared.from_events(spark, lake, events, settings, model_version)
     try:
         counts = {
             "n_interactions": data.train.count(),
-            "n_users": data.users.count(),
-            "n_items": data.items.count(),
+            "n_users": data.users.num_rows,
+            "n_items": data.items.num_rows,
         }
         if counts["n_interactions"] == 0:
             raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
-        model = fit_als(spark, data.train, settings)
-        metrics = _evaluate(model, data, settings, counts)
+        checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
+        chosen = engine(settings.als_engine, blocks=max(2, settings.spark_shuffle_partitions))
+        factors = chosen.fit(spark, data.train, als_params(settings), checkpoints)
+        metrics = {**_evaluate(factors, data, settings), **_coverage(factors, data)}
         _log("train_evaluated", model_version=model_version, **metrics)
         written = {
-            spec.name: lake.append_spark(spec, df, app_id=app_id(spec.name), txn_version=model_version)
-            for spec, df in _outputs(model, data, model_version).items()
+            USER_FACTORS.name: lake.append_arrow(
+                USER_FACTORS, _factor_rows(USER_FACTORS, model_version, factors.user_index, factors.users, data.users),
+                app_id=app_id(USER_FACTORS.name), txn_version=model_version,
+            ),
+            ITEM_FACTORS.name: lake.append_arrow(
+                ITEM_FACTORS, _factor_rows(ITEM_FACTORS, model_version, factors.item_index, factors.items, data.items),
+                app_id=app_id(ITEM_FACTORS.name), txn_version=model_version,
+            ),
+            MODEL_INTERACTIONS.name: lake.append_spark(
+                MODEL_INTERACTIONS, _interactions(data.train, model_version),
+                app_id=app_id(MODEL_INTERACTIONS.name), txn_version=model_version,
+            ),
         }
     finally:
         data.unpersist()
@@ -192,13 +257,10 @@ def _train(
         lake, model_version, registry.CANDIDATE, "trained and evaluated",
         app_id=app_id("models-candidate"), **fields,
     )
-    status, reason = publish_decision(metrics)
-    registry.record_status(lake, model_version, status, reason, app_id=app_id(f"models-{status}"), **fields)
-    _log("train_finished", model_version=model_version, status=status, reason=reason)
     return {
         "model_version": model_version,
-        "status": status,
-        "status_reason": reason,
+        "status": registry.CANDIDATE,
+        "status_reason": "trained and evaluated",
         "source_events_version": events_version,
         "metrics": metrics,
         "written": written,
@@ -206,34 +268,42 @@ def _train(
     }
 
 
-def _outputs(model, data: Prepared, model_version: int) -> dict:
-    """The factor and interaction tables of this model version, keyed by table spec."""
+def _interactions(train: "DataFrame", model_version: int) -> "DataFrame":
     from pyspark.sql import functions as F
 
-    version = F.lit(model_version).alias("model_version")
-    return {
-        USER_FACTORS: model.userFactors.withColumnRenamed("id", "user_index")
-        .join(data.users, "user_index")
-        .select(version, "user_index", "user_id", F.col("features").alias("factors")),
-        ITEM_FACTORS: model.itemFactors.withColumnRenamed("id", "item_index")
-        .join(data.items, "item_index")
-        .select(version, "item_index", "item_id", F.col("features").alias("factors")),
-        MODEL_INTERACTIONS: data.train.select(version, "user_index", "item_index", "rating"),
-    }
+    return train.select(F.lit(model_version).alias("model_version"), "user_index", "item_index", "rating")
 
 
-def _evaluate(model, data: Prepared, settings: Settings, counts: dict[str, int]) -> dict[str, Any]:
-    """Collect factors and holdout pairs (models here are small) and score them in numpy."""
+def _factor_rows(spec, model_version: int, index: np.ndarray, vectors: np.ndarray, mapping: pa.Table) -> pa.Table:
+    """One factor table's rows: (model_version, index, id, factors), ids looked up in the mapping."""
+    id_col, index_col = idmap.columns(USER_IDS if spec is USER_FACTORS else ITEM_IDS)
+    lookup = dict(zip(mapping.column(index_col).to_pylist(), mapping.column(id_col).to_pylist()))
+    rank = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
+    offsets = pa.array(np.arange(0, (len(index) + 1) * rank, rank, dtype=np.int32))
+    return pa.table(
+        {
+            "model_version": pa.array(np.full(len(index), model_version), pa.int64()),
+            index_col: pa.array(index, pa.int32()),
+            id_col: pa.array([lookup[int(i)] for i in index], pa.string()),
+            "factors": pa.ListArray.from_arrays(offsets, flat),
+        },
+        schema=spec.schema,
+    )
+
+
+def _evaluate(factors: Factors, data: Prepared, settings: Settings) -> dict[str, Any]:
+    """Score the holdout in numpy against the popularity baseline on the same split."""
     from pyspark.sql import functions as F
 
-    n_users, n_items = counts["n_users"], counts["n_items"]
-    user_factors = _dense(model.userFactors.toPandas(), n_users, settings.als_rank)
-    item_factors = _dense(model.itemFactors.toPandas(), n_items, settings.als_rank)
+    spark = data.train.sparkSession
+    n_users = int(max(data.users.column("user_index").to_pylist(), default=-1)) + 1
+    n_items = int(max(data.items.column("item_index").to_pylist(), default=-1)) + 1
     seen = data.train.select("user_index", "item_index").toPandas()
     held = (
-        holdout_pairs(implicit_ratings(data.test_events, settings.event_weights), data.train_ratings)
-        .join(data.users, "user_id")
-        .join(data.items, "item_id", "left")
+        holdout_pairs(data.test_ratings.where(F.col("rating") > 0), data.train_ratings)
+        .join(spark.createDataFrame(data.users), "user_id")
+        .join(spark.createDataFrame(data.items), "item_id", "left")
         .select("user_index", F.coalesce("item_index", F.lit(-1)).alias("item_index"))
         .toPandas()
     )
@@ -242,27 +312,26 @@ def _evaluate(model, data: Prepared, settings: Settings, counts: dict[str, int])
     )
     if len(holdout.users) == 0:
         return {"n_eval_users": 0}
-    return compare_to_popularity(user_factors, item_factors, holdout, EVAL_K)
+    return compare_to_popularity(factors.dense_users(n_users), factors.dense_items(n_items), holdout, settings.eval_k)
 
 
-def _dense(factors, n_rows: int, rank: int) -> np.ndarray:
-    """ALS factors (id, features) as an (n_rows, rank) array; rows ALS never saw stay zero."""
-    dense = np.zeros((n_rows, rank), dtype=np.float32)
-    if len(factors):
-        dense[factors["id"].to_numpy()] = np.stack(factors["features"].to_numpy())
-    return dense
+def _coverage(factors: Factors, data: Prepared) -> dict[str, Any]:
+    """Shares of active users and items (any weighted event in the snapshot) with a usable vector."""
+    from pyspark.sql import functions as F
+
+    active = data.all_ratings.agg(F.countDistinct("user_id"), F.countDistinct("item_id")).first()
+    usable_users = _usable(factors.users)
+    usable_items = _usable(factors.items)
+    return {
+        "user_coverage": float(usable_users.sum()) / max(active[0], 1),
+        "item_coverage": float(usable_items.sum()) / max(active[1], 1),
+        "nan_factors": int((~np.isfinite(factors.users)).any(axis=1).sum() + (~np.isfinite(factors.items)).any(axis=1).sum()),
+    }
 
 
-def publish_decision(metrics: dict[str, Any]) -> tuple[str, str]:
-    """Publish only a model that beats the popularity baseline on the same holdout."""
-    model = metrics.get(f"model_recall_at_{EVAL_K}")
-    baseline = metrics.get(f"popularity_recall_at_{EVAL_K}")
-    if model is None or baseline is None:
-        return registry.REJECTED, "no held-out events to evaluate on"
-    verdict = f"recall@{EVAL_K} {model:.4f} vs popularity {baseline:.4f}"
-    if model > baseline:
-        return registry.PUBLISHED, f"beats popularity: {verdict}"
-    return registry.REJECTED, f"does not beat popularity: {verdict}"
+def _usable(vectors: np.ndarray) -> np.ndarray:
+    """Rows that are finite and not all zero (a zero vector recommends nothing)."""
+    return np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
 
 
 def _log(event: str, **fields: Any) -> None:
@@ -288,6 +357,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Redo this model version (default: resume an interrupted one, else the next).",
     )
+    parser.add_argument(
+        "--run-key",
+        default=None,
+        help="Idempotency key, e.g. the scheduler's data interval: a re-run finds its model again.",
+    )
+    parser.add_argument(
+        "--engine", choices=["spark", "implicit"], default=None, help="ALS engine (default: settings)."
+    )
+    parser.add_argument(
+        "--candidate-only",
+        action="store_true",
+        help="Stop after recording the candidate; the publish gate runs as its own step.",
+    )
 
 
 def job_args(args: argparse.Namespace) -> list[str]:
@@ -297,7 +379,17 @@ def job_args(args: argparse.Namespace) -> list[str]:
         out += ["--events-version", str(args.events_version)]
     if args.model_version is not None:
         out += ["--model-version", str(args.model_version)]
+    if args.run_key is not None:
+        out += ["--run-key", args.run_key]
+    if args.engine is not None:
+        out += ["--engine", args.engine]
+    if args.candidate_only:
+        out += ["--candidate-only"]
     return out
+
+
+def with_engine(settings: Settings, name: str | None) -> Settings:
+    return settings if name is None else settings.model_copy(update={"als_engine": name})
 
 
 def main(argv: list[str]) -> int:
@@ -306,10 +398,12 @@ def main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    settings = Settings()
+    settings = with_engine(Settings(), args.engine)
     spark = build_spark(settings, "lambdarec-train")
     try:
-        summary = run(spark, settings, args.events_version, args.model_version)
+        summary = run(
+            spark, settings, args.events_version, args.model_version, args.run_key, not args.candidate_only
+        )
     finally:
         spark.stop()
     print(json.dumps(summary, default=str), flush=True)

@@ -1,45 +1,74 @@
-"""Airflow DAG: retrain, evaluate and publish the ALS model every hour.
+"""Airflow DAG: every hour, snapshot -> train and evaluate -> publish or reject -> reload serving.
 
-Thin on purpose: the logic lives in ``batch/train.py`` and the task runs it with
-``spark-submit``, as a data engineer would. Nothing heavy is imported when the
-DAG file is parsed (no Spark, no platform modules): the command is built when
-the task runs, from the worker's ``LAMBDAREC_*`` environment. Training resumes an
-interrupted model version, so a retry never writes anything twice.
+Thin on purpose: the logic lives in ``batch/``; training runs ``batch/train.py``
+through ``spark-submit``, as a data engineer would, and the light steps run
+in the worker. Nothing heavy is imported when the file is parsed (no Spark, no
+platform modules); settings come from the worker's ``LAMBDAREC_*`` environment.
+
+Every task is idempotent per data interval: the run key (the interval's end,
+or the run id of a run without one) pins one model version and one events
+version in the registry, so a retry or a re-run of the interval resumes that
+model and writes nothing twice.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, get_current_context, task
+
+DEFAULT_ARGS = {
+    "owner": "lambdarec",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=5),
+    "execution_timeout": timedelta(hours=1),
+}
+
+
+def run_key() -> str:
+    """This run's idempotency key: its data interval's end, else its run id."""
+    context = get_current_context()
+    end = context.get("data_interval_end")
+    return end.isoformat() if end is not None else context["dag_run"].run_id
 
 
 @dag(
     dag_id="lambdarec_batch",
-    description="Train ALS on a pinned events version, evaluate on a holdout, publish if better.",
+    description="Train ALS on a pinned events version, evaluate on a holdout, publish if not worse.",
     schedule="@hourly",
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # one training at a time: model versions are allocated in order
-    default_args={
-        "owner": "lambdarec",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(hours=1),
-    },
+    default_args=DEFAULT_ARGS,
     params={
         "events_version": Param(None, type=["null", "integer"], description="Pin an events version."),
+        "engine": Param(None, type=["null", "string"], enum=[None, "spark", "implicit"],
+                        description="ALS engine (default: LAMBDAREC_ALS_ENGINE)."),
     },
     tags=["lambdarec", "batch", "spark"],
 )
 def lambdarec_batch():
-    @task.bash(task_id="train_als")
-    def train_als(params: dict | None = None) -> str:
-        """The spark-submit command line for ``batch/train.py``.
+    @task(task_id="snapshot")
+    def snapshot(params: dict | None = None) -> dict:
+        """Pin the events version and claim the model version for this data interval."""
+        from batch.train import claim, with_engine
+        from lambdarec.lake import Lake
+        from lambdarec.settings import Settings
 
-        Settings come from the worker's environment; the job gets the same
-        ``LAMBDAREC_*`` variables (inherited), an absolute lake root and this
-        interpreter for its Python workers. Secrets stay out of the logged command.
+        settings = with_engine(Settings(), (params or {}).get("engine"))
+        key = run_key()
+        model_version, events_version, _ = claim(
+            Lake(settings), settings, (params or {}).get("events_version"), run_key=key
+        )
+        return {"model_version": model_version, "events_version": events_version, "run_key": key}
+
+    @task.bash(task_id="train_als")
+    def train_als(pinned: dict, params: dict | None = None) -> str:
+        """spark-submit ``batch/train.py`` on the pinned versions: fit, holdout evaluation, candidate row.
+
+        The job gets the worker's ``LAMBDAREC_*`` variables (inherited), an
+        absolute lake root and this interpreter for its Python workers. Secrets
+        stay out of the logged command.
         """
         import shlex
         import sys
@@ -48,10 +77,14 @@ def lambdarec_batch():
         from lambdarec.submit import PROJECT_ROOT, spark_submit_command
 
         settings = Settings()
-        args = []
-        events_version = (params or {}).get("events_version")
-        if events_version is not None:
-            args += ["--events-version", str(events_version)]
+        args = [
+            "--model-version", str(pinned["model_version"]),
+            "--events-version", str(pinned["events_version"]),
+            "--run-key", pinned["run_key"],
+            "--candidate-only",
+        ]
+        if (params or {}).get("engine"):
+            args += ["--engine", params["engine"]]
         env = {
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
@@ -69,7 +102,43 @@ def lambdarec_batch():
             ]
         )
 
-    train_als()
+    @task(task_id="publish_or_reject")
+    def publish_or_reject(pinned: dict) -> dict:
+        """The publish gate: publish only a sound model that is not worse than the champion."""
+        from batch import gate
+        from lambdarec.lake import Lake
+        from lambdarec.settings import Settings
+
+        settings = Settings()
+        return gate.run(Lake(settings), settings, pinned["model_version"])
+
+    @task(task_id="reload_serving")
+    def reload_serving(decision: dict) -> dict:
+        """Tell serving to load the published model now (skipped when no serving_url is set)."""
+        import logging
+
+        import httpx
+
+        from lambdarec.settings import Settings
+
+        settings = Settings()
+        if not settings.serving_url:
+            logging.getLogger(__name__).info("serving_url is empty: not asking serving to reload")
+            return {"skipped": True, **decision}
+        token = settings.admin_token.get_secret_value()
+        response = httpx.post(
+            f"{settings.serving_url.rstrip('/')}/admin/reload",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=120.0,
+        )
+        response.raise_for_status()
+        return {"skipped": False, **decision, **response.json()}
+
+    pinned = snapshot()
+    trained = train_als(pinned)
+    decision = publish_or_reject(pinned)
+    trained >> decision
+    reload_serving(decision)
 
 
 lambdarec_batch()

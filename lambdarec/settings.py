@@ -8,8 +8,10 @@ platform (lake, checkpoints, broker state) somewhere else.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +61,12 @@ class Settings(BaseSettings):
     ingest_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body the API accepts (413 beyond)."
     )
+    ingest_rate_limit_per_s: float = Field(
+        0.0, ge=0, description="Events per second one client may send (429 beyond); 0 = no limit."
+    )
+    ingest_rate_burst: int = Field(
+        1000, ge=1, description="Events a client may send at once before the rate limit applies."
+    )
 
     spark_master: str = Field("local[2]", description="Spark master for jobs started by lambdarec.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
@@ -67,6 +75,21 @@ class Settings(BaseSettings):
     speed_trigger_ms: int = Field(250, ge=0, description="Speed job micro-batch trigger interval.")
     speed_max_offsets_per_trigger: int = Field(
         20_000, ge=1, description="Most Kafka records one micro-batch admits."
+    )
+    speed_starting_offsets: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a speed query with a fresh checkpoint starts reading the topic."
+    )
+    speed_fail_on_data_loss: bool = Field(
+        True,
+        description="Stop the speed job when checkpointed offsets are gone from the broker (false: skip ahead).",
+    )
+    speed_features_trigger_ms: int = Field(
+        1000, ge=0, description="Trigger interval of the speed features query (user features, trending)."
+    )
+    speed_session_gap_s: int = Field(1800, ge=1, description="Inactivity that ends a user's session.")
+    speed_trending_window_s: int = Field(3600, ge=60, description="Length of the item trending window.")
+    speed_state_ttl_s: int = Field(
+        2 * 86_400, ge=60, description="Idle time after which a user's or item's speed state is dropped."
     )
     speed_max_record_bytes: int = Field(
         65_536, ge=256, description="Kafka records larger than this go to dead_letter as oversize."
@@ -83,7 +106,7 @@ class Settings(BaseSettings):
 
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
-        description="Implicit-feedback weight per event type; a rating uses its value times this.",
+        description="Implicit-feedback weight per event type, times the event's value (rating or quantity) if any.",
     )
     als_rank: int = Field(32, ge=1, description="ALS latent factors.")
     als_reg: float = Field(0.05, ge=0, description="ALS regParam (scaled by interactions per row).")
@@ -92,11 +115,55 @@ class Settings(BaseSettings):
     holdout_fraction: float = Field(
         0.2, ge=0, lt=1, description="Last fraction of each user's events held out for evaluation."
     )
+    als_engine: Literal["spark", "implicit"] = Field(
+        "spark", description="ALS engine: Spark ML (cluster) or the implicit library (one node)."
+    )
+    als_checkpoint_interval: int = Field(
+        5, ge=1, description="Spark ALS checkpoints its lineage every N iterations (no stack overflow)."
+    )
+    decay_half_life_days: float = Field(
+        0.0, ge=0, description="Time decay of event weights (half-life in days before the snapshot's newest event); 0 = off."
+    )
+    rating_center: float | None = Field(
+        None,
+        description="Explicit ratings: weight x (value - center), so low ratings become negative "
+        "confidence (dislike); unset = weight x value.",
+    )
+    eval_split: Literal["time", "cutoff", "random"] = Field(
+        "time",
+        description="Holdout: last fraction per user (time), events after eval_cutoff (cutoff), "
+        "or a seeded random fraction per user (random).",
+    )
+    eval_cutoff: datetime | None = Field(None, description="Cutoff for eval_split=cutoff.")
+    eval_k: int = Field(10, ge=1, description="k of the offline ranking metrics.")
+    gate_metric: str = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")
+    gate_tolerance: float = Field(
+        0.01, ge=0, description="A candidate may trail the champion's gate metric by this much."
+    )
+    gate_min_user_coverage: float = Field(
+        0.8, ge=0, le=1, description="Least share of active users a publishable model must have factors for."
+    )
+    gate_min_item_coverage: float = Field(
+        0.5, ge=0, le=1, description="Least share of active items a publishable model must have factors for."
+    )
+    model_retention: int = Field(
+        5, ge=1, description="Model versions whose factor data is kept (the champion always is)."
+    )
+    vacuum_retention_hours: int = Field(
+        168, ge=0, description="Maintenance vacuum keeps unreferenced files younger than this."
+    )
+    serving_url: str = Field(
+        "", description="Serving base URL the batch DAG asks to reload after a publish; empty = skip."
+    )
 
     serve_host: str = Field("127.0.0.1", description="Serving bind address.")
     serve_port: int = Field(8000, description="Serving port.")
     serve_model_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newer published model."
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token for serving's /admin routes (the batch DAG sends it); empty = admin off.",
     )
 
     @property

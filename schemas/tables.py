@@ -225,6 +225,40 @@ MODEL_INTERACTIONS = TableSpec(
     ),
 )
 
+USER_IDS = TableSpec(
+    name="user_ids",
+    description="Stable user_id -> user_index mapping, append-only across training runs.",
+    keys=("user_id",),
+    schema=pa.schema(
+        [("user_id", pa.string()), ("user_index", pa.int32()), ("first_model_version", pa.int64())]
+    ),
+)
+
+ITEM_IDS = TableSpec(
+    name="item_ids",
+    description="Stable item_id -> item_index mapping, append-only across training runs.",
+    keys=("item_id",),
+    schema=pa.schema(
+        [("item_id", pa.string()), ("item_index", pa.int32()), ("first_model_version", pa.int64())]
+    ),
+)
+
+ITEM_CATALOGUE = TableSpec(
+    name="item_catalogue",
+    description=(
+        "Item attributes serving filters on (category, brand, ...), as a changelog: an item's "
+        "current attributes are its row with the newest updated_at."
+    ),
+    keys=("item_id", "updated_at"),
+    schema=pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("attributes", pa.map_(pa.string(), pa.string())),
+            ("updated_at", TS),
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -238,5 +272,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         USER_FACTORS,
         ITEM_FACTORS,
         MODEL_INTERACTIONS,
+        ITEM_CATALOGUE,
+        USER_IDS,
+        ITEM_IDS,
     )
 }

@@ -6,10 +6,16 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from lambdarec.lake import Lake
 from lambdarec.settings import Settings, get_settings
 from serving.ingest import Ingestor
+from serving.item_attributes import ItemAttributes
 from serving.metrics import Metrics
 from serving.model_store import ModelStore
+from serving.new_items import Catalogue, CatalogueCache
+from serving.poller import Poller
+from serving.rate_limit import RateLimiter
+from serving.speed_bootstrap import bootstrap
 from serving.speed_view import SpeedView
 
 __all__ = ["Services", "get_settings", "get_services"]
@@ -20,28 +26,49 @@ class Services:
     """Everything the routes share, built once per app from its settings."""
 
     settings: Settings
+    lake: Lake
     model_store: ModelStore
     speed_view: SpeedView
+    catalogues: CatalogueCache
+    attributes: ItemAttributes
     ingestor: Ingestor
+    rate_limiter: RateLimiter
     metrics: Metrics
+    poller: Poller
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
+        lake = Lake(settings)
+        model_store = ModelStore(settings, lake)
+        attributes = ItemAttributes(lake)
         return cls(
             settings=settings,
-            model_store=ModelStore(settings),
+            lake=lake,
+            model_store=model_store,
             speed_view=SpeedView(settings),
+            catalogues=CatalogueCache(),
+            attributes=attributes,
             ingestor=Ingestor(settings),
+            rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
+            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload]),
         )
 
+    def catalogue(self) -> Catalogue | None:
+        """The serving model's catalogue with new items folded in, or None before any model."""
+        model = self.model_store.current  # read once: a concurrent swap cannot mix versions
+        return None if model is None else self.catalogues.get(model, self.speed_view)
+
+    def ready(self) -> bool:
+        return self.model_store.current is not None and self.speed_view.following
+
     def start(self) -> None:
-        self.model_store.start()
-        self.speed_view.start()
+        self.poller.start()
+        self.speed_view.start(bootstrap=lambda view: bootstrap(self.lake, view))
 
     def stop(self) -> None:
         self.speed_view.stop()
-        self.model_store.stop()
+        self.poller.stop()
         self.ingestor.close()
 
 

@@ -52,6 +52,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.speed_job_lag = Gauge(
+            "lambdarec_speed_job_lag_records",
+            "The speed job's source lag from its latest progress row (-1: unknown).",
+            registry=self.registry,
+        )
+        self.speed_view_events_version = Gauge(
+            "lambdarec_speed_view_events_version",
+            "Newest events table version the speed view applied (-1: none).",
+            registry=self.registry,
+        )
+
+    def observe_views(self, model, position: dict) -> None:
+        """Set the view gauges from the serving model and the speed view's position."""
+
+        def number(value, scale: float = 1.0) -> float:
+            return -1 if value is None else value / scale
+
+        self.model_version.set(model.version if model else -1)
+        self.speed_view_age.set(number(position["age_ms"], 1000))
+        self.speed_view_lag.set(number(position["lag_records"]))
+        self.speed_job_lag.set(number(position["speed_job_lag_records"]))
+        self.speed_view_events_version.set(number(position["events_version"]))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

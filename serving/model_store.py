@@ -22,9 +22,10 @@ from batch.registry import latest_published
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
-from serving.foldin import gram
+from serving.foldin import RegScaling, gram
 
 log = logging.getLogger(__name__)
+LOAD_SLICE = 20_000  # rows converted to Python objects between two GIL releases while loading
 
 
 class ModelLoadError(RuntimeError):
@@ -39,12 +40,15 @@ class Model:
     source_events_version: int
     reg_param: float
     alpha: float
+    reg_scaling: RegScaling
     item_ids: np.ndarray  # position -> item id (object array)
     item_positions: dict[str, int]
     user_positions: dict[str, int]
     item_factors: np.ndarray  # Y, n_items x rank
     user_factors: np.ndarray  # X, n_users x rank
     yty: np.ndarray
+    xtx: np.ndarray  # XtX: the symmetric fold-in of new items solves against it
+    item_norms: np.ndarray  # |y_i|, for cosine similarity
     interactions: csr_matrix  # users x items, training ratings
     popularity: np.ndarray  # per item: sum of training ratings
     loaded_at: float
@@ -77,29 +81,59 @@ def load_model(lake: Lake, row: dict[str, Any], settings: Settings) -> Model:
         shape=(user_factors.shape[0], item_factors.shape[0]),
     )
     interactions.sum_duplicates()
-    reg_param, alpha = hyperparameters(row, settings)
-    item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
+    reg_param, alpha, reg_scaling = hyperparameters(row, settings)
+    item_ids = np.asarray(_ids(items["item_id"]), dtype=object)
     return Model(
         version=version,
         source_events_version=int(row["source_events_version"]),
         reg_param=reg_param,
         alpha=alpha,
+        reg_scaling=reg_scaling,
         item_ids=item_ids,
-        item_positions={item: i for i, item in enumerate(item_ids)},
-        user_positions={user: i for i, user in enumerate(users["user_id"].to_pylist())},
+        item_positions=_positions_of(item_ids),
+        user_positions=_positions_of(_ids(users["user_id"])),
         item_factors=item_factors,
         user_factors=user_factors,
         yty=gram(item_factors),
+        xtx=gram(user_factors),
+        item_norms=np.linalg.norm(item_factors, axis=1),
         interactions=interactions,
         popularity=np.asarray(interactions.sum(axis=0)).ravel(),
         loaded_at=time.time(),
     )
 
 
-def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[float, float]:
-    """(regParam, alpha) the model was trained with: its registry params, else settings."""
+def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[float, float, RegScaling]:
+    """(regParam, alpha, reg_scaling) the model was trained with: its registry params, else settings.
+
+    ``params["reg_scaling"]`` says whether regParam was scaled by each row's
+    interaction count (Spark ALS: "per_interaction") or not (the ``implicit``
+    library: "constant"); without it the registry's engine decides.
+    """
     params = row.get("params") or {}
-    return float(params.get("regParam", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
+    default_scaling = "constant" if str(row.get("engine") or "").startswith("implicit") else "per_interaction"
+    scaling = params.get("reg_scaling", default_scaling)
+    if scaling not in ("per_interaction", "constant"):
+        raise ModelLoadError(f"model {row['model_version']}: unknown reg_scaling {scaling!r}")
+    reg, alpha = float(params.get("regParam", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
+    return reg, alpha, scaling
+
+
+def _ids(column: pa.ChunkedArray) -> list[str]:
+    """A string column as a list, converted in slices so requests get the GIL in between."""
+    out: list[str] = []
+    for start in range(0, len(column), LOAD_SLICE):
+        out.extend(column.slice(start, LOAD_SLICE).to_pylist())
+        time.sleep(0)  # yield the GIL: a swap must not stall the requests it runs beside
+    return out
+
+
+def _positions_of(ids) -> dict[str, int]:
+    positions: dict[str, int] = {}
+    for start in range(0, len(ids), LOAD_SLICE):
+        positions.update(zip(ids[start : start + LOAD_SLICE], range(start, start + LOAD_SLICE)))
+        time.sleep(0)
+    return positions
 
 
 def _matrix(table: pa.Table, kind: str, version: int) -> np.ndarray:
@@ -136,8 +170,6 @@ class ModelStore:
         self.last_error: str | None = None
         self.last_checked_at: float | None = None
         self._reload_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def reload(self) -> bool:
         """Load the published model if it differs from the serving one; True if swapped."""
@@ -169,22 +201,3 @@ class ModelStore:
                 },
             )
             return True
-
-    def start(self) -> None:
-        """Poll the registry every ``serve_model_poll_s`` in a daemon thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="model-store-poll", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reload()
-            except Exception:
-                log.exception("model reload failed; serving the previous model")
-            self._stop.wait(self.settings.serve_model_poll_s)

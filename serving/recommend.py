@@ -1,81 +1,240 @@
 """Merge the batch view and the speed view into one ranked list for a user.
 
 Strategies, best first:
-- ``fold_in``: the user has interactions newer than the model's event snapshot
-  on items the model knows; their vector is re-solved from training + fresh ratings;
+- ``fold_in``: the user has interactions the model was not trained on (newer than
+  its event snapshot, held out of training, or on items only the speed layer
+  knows); their vector is re-solved exactly from training + fresh ratings;
 - ``model``: nothing fresh; the stored ALS vector;
-- ``popular``: the model knows nothing about the user (or there is no model yet).
-Items the user already interacted with (training or speed view) are never returned.
+- ``trending_segment`` / ``trending_global``: cold start, the user has no history;
+  trending items for their segment (country, then device, from the request or
+  their profile), else globally;
+- ``popular``: nothing trends yet: the model's (or the speed view's) most used items.
+With ``exclude_seen`` an item the user interacted with (training or speed view) is
+never returned.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.foldin import fold_in, top_k
-from serving.model_store import Model
-from serving.speed_view import Interaction, SpeedView
+from serving.foldin import contributions, normal_equations, solve, top_k
+from serving.item_attributes import ItemAttributes
+from serving.new_items import Catalogue
+from serving.speed_state import GLOBAL_SEGMENT, Interaction
+from serving.speed_view import SpeedView
+
+EXPLAIN_TOP = 3  # "because you ..." items per recommendation
+SEGMENT_ATTRIBUTES = ("country", "device")
+
+
+@dataclass(frozen=True)
+class Query:
+    k: int = 10
+    exclude_seen: bool = True
+    include: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+    filters: dict[str, set[str]] = field(default_factory=dict)
+    explain: bool = False
+    segment: dict[str, str] = field(default_factory=dict)  # e.g. {"country": "DE"} from the request
+
+
+@dataclass(frozen=True)
+class Because:
+    item_id: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+    because: list[Because] | None = None
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    items: list[tuple[str, float]]
+    items: list[Scored]
     strategy: str
     model_version: int | None
     fresh_interactions: int
+    segment: str | None = None
 
 
 def recommend(
-    model: Model | None, speed: SpeedView, user_key: str, k: int
+    catalogue: Catalogue | None,
+    speed: SpeedView,
+    attributes: ItemAttributes,
+    user_key: str,
+    query: Query = Query(),
 ) -> Recommendation:
-    """Top ``k`` items for the pseudonymous ``user_key``."""
+    """Top ``query.k`` items for the pseudonymous ``user_key``."""
     history = speed.interactions(user_key)
-    if model is None:
-        seen = {interaction.item_id for interaction in history}
-        return Recommendation(speed.popular(k, exclude=seen), "popular", None, len(history))
-
-    fresh = [i for i in history if i.events_version > model.source_events_version]
-    user_position = model.user_positions.get(user_key)
-    if user_position is None:
-        train_items = np.empty(0, dtype=np.int64)
-        train_ratings = np.empty(0, dtype=np.float64)
+    if catalogue is None:
+        return _cold_start(None, speed, attributes, user_key, query, history)
+    model = catalogue.model
+    user = model.user_positions.get(user_key)
+    if user is None:
+        train_items, train_ratings = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     else:
-        train_items, train_ratings = model.history(user_position)
-    speed_items = _known_positions(model, history)
-    exclude = np.union1d(train_items, speed_items)
+        train_items, train_ratings = model.history(user)
+    fresh, n_fresh = _fresh(catalogue, history, train_items)
+    if not fresh and user is None:
+        return _cold_start(catalogue, speed, attributes, user_key, query, history)
 
-    fresh_ratings = _ratings_by_position(model, fresh)
-    if fresh_ratings:
-        ratings = defaultdict(float, zip(train_items.tolist(), train_ratings.tolist()))
-        for position, weight in fresh_ratings.items():
-            ratings[position] += weight
-        positions = np.fromiter(ratings.keys(), dtype=np.int64, count=len(ratings))
-        values = np.fromiter(ratings.values(), dtype=np.float64, count=len(ratings))
-        vector = fold_in(model.item_factors, model.yty, positions, values, model.reg_param, model.alpha)
-        scores, strategy = model.item_factors @ vector, "fold_in"
-    elif user_position is not None:
-        scores, strategy = model.item_factors @ model.user_factors[user_position], "model"
-    else:
-        scores, strategy = model.popularity, "popular"
-    best = top_k(scores, k, exclude)
-    items = [(str(model.item_ids[p]), float(scores[p])) for p in best]
-    return Recommendation(items, strategy, model.version, len(fresh))
+    rated, ratings = _merge(train_items, train_ratings, fresh)
+    vector, a = (model.user_factors[user], None) if user is not None else (None, None)
+    if fresh or query.explain:
+        yty = catalogue.yty if fresh else model.yty
+        a, b = normal_equations(yty, catalogue.vectors(rated), ratings, model.reg_param, model.alpha, model.reg_scaling)
+        vector = solve(a, b) if fresh else vector
+    scores = catalogue.scores(vector)
+    seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
+    best = top_k(scores, query.k, _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query))
+    because = _explain(catalogue, a, rated, ratings, best) if query.explain else [None] * len(best)
+    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because)]
+    return Recommendation(items, "fold_in" if fresh else "model", model.version, n_fresh)
 
 
-def _known_positions(model: Model, interactions: list[Interaction]) -> np.ndarray:
-    positions = {model.item_positions.get(i.item_id) for i in interactions}
-    positions.discard(None)
-    return np.fromiter(positions, dtype=np.int64, count=len(positions))
+def _fresh(
+    catalogue: Catalogue, history: list[Interaction], train_items: np.ndarray
+) -> tuple[dict[int, float], int]:
+    """Summed weights per catalogue position of the interactions the model did not train on, and their count.
+
+    An interaction is covered when it is in the model's event snapshot and the
+    model has a training rating for that (user, item); anything else (newer events,
+    held-out events, a user or item the model lacks) is folded in.
+    """
+    model = catalogue.model
+    trained = set(train_items.tolist())
+    fresh: dict[int, float] = {}
+    count = 0
+    for interaction in history:
+        position = catalogue.position(interaction.item_id)
+        if position is None:
+            continue
+        if interaction.events_version <= model.source_events_version and position in trained:
+            continue
+        fresh[position] = fresh.get(position, 0.0) + interaction.weight
+        count += 1
+    return fresh, count
 
 
-def _ratings_by_position(model: Model, interactions: list[Interaction]) -> dict[int, float]:
-    """Summed weights per item the model knows (a new item cannot be folded in)."""
-    ratings: dict[int, float] = defaultdict(float)
-    for interaction in interactions:
-        position = model.item_positions.get(interaction.item_id)
-        if position is not None:
-            ratings[position] += interaction.weight
-    return dict(ratings)
+def _merge(
+    train_items: np.ndarray, train_ratings: np.ndarray, fresh: dict[int, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    if not fresh:
+        return np.asarray(train_items, dtype=np.int64), np.asarray(train_ratings, dtype=np.float64)
+    ratings = dict(zip(train_items.tolist(), train_ratings.tolist()))
+    for position, weight in fresh.items():
+        ratings[position] = ratings.get(position, 0.0) + weight
+    return np.fromiter(ratings, dtype=np.int64, count=len(ratings)), np.fromiter(
+        ratings.values(), dtype=np.float64, count=len(ratings)
+    )
+
+
+def _positions(catalogue: Catalogue, item_ids) -> np.ndarray:
+    positions = [catalogue.position(item) for item in item_ids]
+    return np.asarray([p for p in positions if p is not None], dtype=np.int64)
+
+
+def _blocked(catalogue: Catalogue, query: Query, seen: np.ndarray) -> np.ndarray:
+    explicit = _positions(catalogue, query.exclude)
+    return np.union1d(seen, explicit) if query.exclude_seen else explicit
+
+
+def _allowed(catalogue: Catalogue, attributes: ItemAttributes, query: Query) -> np.ndarray | None:
+    allowed = attributes.mask(catalogue, query.filters) if query.filters else None
+    if query.include:
+        only = np.zeros(catalogue.size, dtype=bool)
+        only[_positions(catalogue, query.include)] = True
+        allowed = only if allowed is None else allowed & only
+    return allowed
+
+
+def _explain(catalogue: Catalogue, a, rated: np.ndarray, ratings: np.ndarray, best: np.ndarray) -> list:
+    """Per recommended item, the user's items that added most to its score."""
+    if a is None or not len(best) or not len(rated):
+        return [[] for _ in best]
+    model = catalogue.model
+    parts = contributions(a, catalogue.vectors(rated), ratings, model.alpha, catalogue.vectors(best))
+    explained = []
+    for row in parts:
+        order = [j for j in np.argsort(-row)[:EXPLAIN_TOP] if row[j] > 0]
+        explained.append([Because(catalogue.item_id(int(rated[j])), float(row[j])) for j in order])
+    return explained
+
+
+def _cold_start(
+    catalogue: Catalogue | None,
+    speed: SpeedView,
+    attributes: ItemAttributes,
+    user_key: str,
+    query: Query,
+    history: list[Interaction],
+) -> Recommendation:
+    """Trending for the user's segment, else global trending, else the most used items."""
+    version = catalogue.model.version if catalogue else None
+    seen = {i.item_id for i in history} if query.exclude_seen else set()
+
+    def keep(item: str) -> bool:
+        return (
+            item not in seen
+            and item not in query.exclude
+            and (not query.include or item in query.include)
+            and (not query.filters or attributes.matches(item, query.filters))
+        )
+
+    found = trending(speed, _segments(speed, user_key, query), query.k, keep)
+    if found is not None:
+        items, strategy, label, _window = found
+        return Recommendation(items, strategy, version, len(history), label)
+    if catalogue is None:
+        ranked = speed.popular(len(seen) + len(query.exclude) + query.k + 1_000)
+        return Recommendation([Scored(i, s) for i, s in ranked if keep(i)][: query.k], "popular", None, len(history))
+    popularity = np.concatenate([catalogue.model.popularity, np.zeros(len(catalogue.new_ids))])
+    blocked = _blocked(catalogue, query, _positions(catalogue, seen))
+    best = top_k(popularity, query.k, blocked, _allowed(catalogue, attributes, query))
+    items = [Scored(catalogue.item_id(p), float(popularity[p])) for p in best]
+    return Recommendation(items, "popular", version, len(history))
+
+
+def trending(
+    speed: SpeedView, segments: list[tuple[str, str]], k: int, keep=lambda item: True
+) -> tuple[list[Scored], str, str | None, str | None] | None:
+    """(items, strategy, segment label, window start) from the first of ``segments`` with items
+    ``keep`` accepts, else from global trending; None if nothing trends."""
+    for segment in [*segments, GLOBAL_SEGMENT]:
+        ranked, window = speed.trending(segment, k=1_000_000)
+        items = [Scored(item, score) for item, score in ranked if keep(item)][:k]
+        if items:
+            if segment == GLOBAL_SEGMENT:
+                return items, "trending_global", None, window
+            return items, "trending_segment", f"{segment[0]}:{segment[1]}", window
+    return None
+
+
+def _segments(speed: SpeedView, user_key: str, query: Query) -> list[tuple[str, str]]:
+    """The user's segments, most specific first: the request's values, else their profile's."""
+    profile = speed.profile(user_key) or {}
+    segments = []
+    for name in SEGMENT_ATTRIBUTES:
+        value = query.segment.get(name) or profile.get(name)
+        if value:
+            segments.append((name, str(value)))
+    return segments
+
+
+def similar(catalogue: Catalogue, attributes: ItemAttributes, item_id: str, query: Query) -> list[Scored] | None:
+    """Items closest to ``item_id`` by cosine of their factors (None if the item is unknown)."""
+    position = catalogue.position(item_id)
+    if position is None:
+        return None
+    vector = catalogue.vectors(np.asarray([position]))[0]
+    norms = np.concatenate([catalogue.model.item_norms, np.linalg.norm(catalogue.new_factors, axis=1)])
+    scale = norms * max(float(np.linalg.norm(vector)), 1e-12)
+    cosine = catalogue.scores(vector) / np.where(scale > 0, scale, np.inf)
+    blocked = np.union1d([position], _positions(catalogue, query.exclude))
+    best = top_k(cosine, query.k, blocked, _allowed(catalogue, attributes, query))
+    return [Scored(catalogue.item_id(p), float(cosine[p])) for p in best]

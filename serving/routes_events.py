@@ -11,7 +11,9 @@ from pydantic import BaseModel
 from lambdarec.settings import Settings
 from schemas.events import Event
 from serving.deps import Services, get_services, get_settings
+from serving.api_models import Error
 from serving.ingest import BrokerUnavailable
+from serving.rate_limit import retry_after_header
 
 router = APIRouter(tags=["events"])
 
@@ -28,7 +30,8 @@ class BrokerDown(BaseModel):
 
 
 RESPONSES = {
-    413: {"description": "Body or batch too large."},
+    413: {"model": Error, "description": "Body or batch too large."},
+    429: {"model": Error, "description": "Over the ingestion rate limit; retry after Retry-After seconds."},
     503: {"model": BrokerDown, "description": "The broker did not acknowledge the events; retry."},
 }
 
@@ -42,7 +45,13 @@ async def _check_batch_size(request: Request, settings: Annotated[Settings, Depe
         )
 
 
-def _publish(services: Services, events: list[Event]) -> IngestResponse | JSONResponse:
+def _publish(services: Services, request: Request, events: list[Event]) -> IngestResponse | JSONResponse:
+    client = request.client.host if request.client else "unknown"
+    wait_s = services.rate_limiter.take(client, len(events))
+    if wait_s is not None:
+        services.metrics.events.labels("rate_limited").inc(len(events))
+        detail = f"over the ingestion rate limit of {services.settings.ingest_rate_limit_per_s:g} events/s"
+        return JSONResponse({"detail": detail}, status_code=429, headers={"Retry-After": retry_after_header(wait_s)})
     try:
         result = services.ingestor.publish(events)
     except BrokerUnavailable as exc:
@@ -58,9 +67,9 @@ def _publish(services: Services, events: list[Event]) -> IngestResponse | JSONRe
 
 
 @router.post("/events", status_code=202, response_model=IngestResponse, responses=RESPONSES)
-def post_event(event: Event, services: Annotated[Services, Depends(get_services)]):
+def post_event(event: Event, request: Request, services: Annotated[Services, Depends(get_services)]):
     """Take one event. Acknowledged (202) once the broker has it, or dropped without consent."""
-    return _publish(services, [event])
+    return _publish(services, request, [event])
 
 
 @router.post(
@@ -70,6 +79,6 @@ def post_event(event: Event, services: Annotated[Services, Depends(get_services)
     responses=RESPONSES,
     dependencies=[Depends(_check_batch_size)],
 )
-def post_events(events: list[Event], services: Annotated[Services, Depends(get_services)]):
+def post_events(events: list[Event], request: Request, services: Annotated[Services, Depends(get_services)]):
     """Take up to ``ingest_max_batch`` events; a 202 means every consented one is on the topic."""
-    return _publish(services, events)
+    return _publish(services, request, events)

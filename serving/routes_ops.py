@@ -1,4 +1,4 @@
-"""Operations routes: liveness, readiness, Prometheus metrics and model reload."""
+"""Operations routes: liveness, readiness, Prometheus metrics, and the admin model reload."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving.api_models import Error, ReadyResponse, ReloadResponse
 from serving.deps import Services, get_services
+from serving.security import require_admin
 
 router = APIRouter(tags=["operations"])
+admin = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
 
 
 @router.get("/health")
@@ -20,38 +23,45 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "No model yet, or the speed view is not loaded."}},
+)
 def ready(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    """200 once a model is loaded and the speed view follows its topic, else 503."""
+    """200 once a model is loaded and the speed view is bootstrapped and following, else 503."""
     model = services.model_store.current
-    position = services.speed_view.position()
-    body = {
-        "ready": model is not None and position["following"],
-        "model_version": model.version if model else None,
-        "model_error": services.model_store.last_error,
-        "speed_view": position,
-    }
-    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+    body = ReadyResponse(
+        ready=services.ready(),
+        model_version=model.version if model else None,
+        model_error=services.model_store.last_error,
+        speed_view=services.speed_view.position(),
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
-    model = services.model_store.current
-    position = services.speed_view.position()
-    m = services.metrics
-    m.model_version.set(model.version if model else -1)
-    m.speed_view_age.set(position["age_ms"] / 1000 if position["age_ms"] is not None else -1)
-    m.speed_view_lag.set(position["lag_records"] if position["lag_records"] is not None else -1)
-    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text: latency per route, model version, speed-view lag and freshness."""
+    services.metrics.observe_views(services.model_store.current, services.speed_view.position())
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/admin/reload")
+@admin.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    responses={
+        401: {"model": Error, "description": "No bearer token."},
+        403: {"model": Error, "description": "Wrong token, or admin routes are off (no admin_token)."},
+        500: {"model": Error, "description": "The published model could not be loaded; the old one serves."},
+    },
+)
 async def reload(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    """Check the registry now; swaps in a newly published model."""
+    """Check the registry now and swap in a newly published model (the batch DAG calls this)."""
     store = services.model_store
     try:
         changed = await run_in_threadpool(store.reload)
     except Exception:
-        return JSONResponse({"reloaded": False, "error": store.last_error}, status_code=500)
+        return JSONResponse({"detail": store.last_error or "reload failed"}, status_code=500)
     model = store.current
     return JSONResponse({"reloaded": changed, "model_version": model.version if model else None})

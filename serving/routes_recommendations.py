@@ -1,49 +1,142 @@
-"""``GET /users/{user_id}/recommendations``: batch view + speed view, merged per request."""
+"""Read routes: a user's recommendations, similar items and trending items."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
 
 from lambdarec.pseudonym import pseudonymise
+from serving import recommend as rec
+from serving.api_models import (
+    Because,
+    Error,
+    RecommendationsResponse,
+    ScoredItem,
+    SimilarResponse,
+    TrendingResponse,
+)
 from serving.deps import Services, get_services
-from serving.recommend import recommend
 
 router = APIRouter(tags=["recommendations"])
 
+ItemList = Annotated[list[Annotated[str, Query(min_length=1, max_length=128)]], Query(max_length=1000)]
+Filters = Annotated[
+    list[Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}:.{1,256}$")]],
+    Query(
+        max_length=50,
+        description="Item attribute filters as name:value (item_catalogue attributes); values of one "
+        "name are alternatives, different names must all match.",
+    ),
+]
+K = Annotated[int, Query(ge=1, le=1000, description="How many items.")]
+Country = Annotated[str | None, Query(pattern=r"^[A-Z]{2}$", description="Segment: ISO country code.")]
+Device = Annotated[str | None, Query(min_length=1, max_length=64, description="Segment: device.")]
+NOT_FOUND = {404: {"model": Error, "description": "Unknown item or no model loaded."}}
 
-class ScoredItem(BaseModel):
-    item_id: str
-    score: float
+
+def _filters(raw: list[str]) -> dict[str, set[str]]:
+    filters: dict[str, set[str]] = {}
+    for entry in raw:
+        name, value = entry.split(":", 1)
+        filters.setdefault(name, set()).add(value)
+    return filters
 
 
-class RecommendationsResponse(BaseModel):
-    user_id: str
-    items: list[ScoredItem]
-    strategy: Literal["fold_in", "model", "popular"]
-    model_version: int | None
-    speed_view: dict[str, Any]
-    fresh_interactions: int
+def _item(s: rec.Scored) -> dict:
+    because = None if s.because is None else [{"item_id": b.item_id, "contribution": b.contribution} for b in s.because]
+    return {"item_id": s.item_id, "score": s.score, "because": because}
+
+
+def _items(scored: list[rec.Scored]) -> list[ScoredItem]:
+    return [
+        ScoredItem(
+            item_id=s.item_id,
+            score=s.score,
+            because=None if s.because is None else [Because(item_id=b.item_id, contribution=b.contribution) for b in s.because],
+        )
+        for s in scored
+    ]
 
 
 @router.get("/users/{user_id}/recommendations", response_model=RecommendationsResponse)
-def get_recommendations(
+async def get_recommendations(
     user_id: Annotated[str, Path(min_length=1, max_length=128)],
     services: Annotated[Services, Depends(get_services)],
-    k: Annotated[int, Query(ge=1, le=1000)] = 10,
-) -> RecommendationsResponse:
-    """Top ``k`` unseen items for the raw ``user_id`` (pseudonymised here, never stored)."""
+    k: K = 10,
+    exclude_seen: Annotated[bool, Query(description="Never return items the user interacted with.")] = True,
+    include: ItemList = [],  # noqa: B006 - FastAPI copies defaults per request
+    exclude: ItemList = [],  # noqa: B006
+    filter: Filters = [],  # noqa: B006, A002 - the public parameter name
+    explain: Annotated[bool, Query(description="Add, per item, the user's items that contributed most.")] = False,
+    country: Country = None,
+    device: Device = None,
+) -> JSONResponse:
+    """Top ``k`` items for the raw ``user_id`` (pseudonymised here, never stored).
+
+    Merges the published model with the user's speed-layer interactions (exact
+    ALS fold-in); a user with no history gets trending items for their segment.
+    """
     key = pseudonymise(user_id, services.settings.pseudonym_key)
-    model = services.model_store.current  # read once: a concurrent swap cannot mix versions
-    result = recommend(model, services.speed_view, key, k)
+    query = rec.Query(
+        k=k,
+        exclude_seen=exclude_seen,
+        include=frozenset(include),
+        exclude=frozenset(exclude),
+        filters=_filters(filter),
+        explain=explain,
+        segment={name: value for name, value in (("country", country), ("device", device)) if value},
+    )
+    result = rec.recommend(services.catalogue(), services.speed_view, services.attributes, key, query)
     services.metrics.recommendations.labels(result.strategy).inc()
-    return RecommendationsResponse(
-        user_id=user_id,
-        items=[ScoredItem(item_id=item, score=score) for item, score in result.items],
-        strategy=result.strategy,
-        model_version=result.model_version,
+    # The hot path: plain JSON of the documented shape, without a pydantic round trip.
+    return JSONResponse({
+        "user_id": user_id,
+        "items": [_item(s) for s in result.items],
+        "strategy": result.strategy,
+        "segment": result.segment,
+        "model_version": result.model_version,
+        "speed_view": services.speed_view.position(),
+        "fresh_interactions": result.fresh_interactions,
+    })
+
+
+@router.get("/items/{item_id}/similar", response_model=SimilarResponse, responses=NOT_FOUND)
+async def get_similar(
+    item_id: Annotated[str, Path(min_length=1, max_length=128)],
+    services: Annotated[Services, Depends(get_services)],
+    k: K = 10,
+    exclude: ItemList = [],  # noqa: B006
+    filter: Filters = [],  # noqa: B006, A002
+) -> SimilarResponse:
+    """Items whose factors are closest (cosine) to ``item_id``'s, new items included."""
+    catalogue = services.catalogue()
+    if catalogue is None:
+        raise HTTPException(404, detail="no model is loaded yet")
+    query = rec.Query(k=k, exclude=frozenset(exclude), filters=_filters(filter))
+    items = rec.similar(catalogue, services.attributes, item_id, query)
+    if items is None:
+        raise HTTPException(404, detail=f"item_id {item_id!r} is unknown to model {catalogue.model.version}")
+    return SimilarResponse(item_id=item_id, items=_items(items), model_version=catalogue.model.version)
+
+
+@router.get("/trending", response_model=TrendingResponse)
+async def get_trending(
+    services: Annotated[Services, Depends(get_services)],
+    k: K = 10,
+    country: Country = None,
+    device: Device = None,
+    filter: Filters = [],  # noqa: B006, A002
+) -> TrendingResponse:
+    """Trending items of a segment (country, else device), else global, from the speed layer's windows."""
+    segments = [(name, value) for name, value in (("country", country), ("device", device)) if value]
+    filters = _filters(filter)
+    found = rec.trending(
+        services.speed_view, segments, k, lambda item: not filters or services.attributes.matches(item, filters)
+    )
+    items, strategy, segment, window = found if found is not None else ([], None, None, None)
+    return TrendingResponse(
+        items=_items(items), strategy=strategy, segment=segment, window_start=window,
         speed_view=services.speed_view.position(),
-        fresh_interactions=result.fresh_interactions,
     )

@@ -1,9 +1,11 @@
-"""The speed view: each user's most recent interactions, from the ``speed-updates`` topic.
+"""The speed view: what the speed layer saw since the model's snapshot, kept in memory.
 
-A daemon thread follows every partition of the topic from the beginning with
-``assign()`` (no consumer group: Tansu has none, and serving keeps its own
-position). A replayed update (same query, batch and key) and a repeated event id
-are ignored, so a speed job that re-sends after a crash changes nothing.
+On start the view bootstraps from the Delta speed tables (the speed job commits
+a batch there before it pushes it), then follows every partition of
+``speed-updates`` from the beginning with ``assign()`` (no consumer group: Tansu
+has none, and serving keeps its own position). A batch already loaded from a
+table, a replayed update (same kind, query, batch and key) and a repeated event
+id change nothing, so a restart under steady event flow loses and doubles nothing.
 """
 
 from __future__ import annotations
@@ -12,47 +14,53 @@ import json
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 from lambdarec.kafka_io import make_consumer
 from lambdarec.settings import Settings
-from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
+from schemas.topics import (
+    SPEED_UPDATE_KIND_ITEM_TRENDING,
+    SPEED_UPDATE_KIND_PROGRESS,
+    SPEED_UPDATE_KIND_USER_FEATURES,
+    SPEED_UPDATE_KIND_USER_INTERACTIONS,
+)
+from serving.speed_state import GLOBAL_SEGMENT, Interaction, Interactions, Profiles, Trending
 
 log = logging.getLogger(__name__)
 
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
 RETRY_S = (0.5, 5.0)  # first and longest wait between reconnects; doubles while failing
+KINDS = (
+    SPEED_UPDATE_KIND_USER_INTERACTIONS,
+    SPEED_UPDATE_KIND_USER_FEATURES,
+    SPEED_UPDATE_KIND_ITEM_TRENDING,
+    SPEED_UPDATE_KIND_PROGRESS,
+)
 
 
 class BadUpdate(ValueError):
     """A speed-updates record that is not a well-formed update."""
 
 
-@dataclass(frozen=True)
-class Interaction:
-    item_id: str
-    event_type: str
-    weight: float
-    occurred_at: str
-    event_id: str
-    events_version: int
-
-
 class SpeedView:
-    """Per-user recent interactions plus the view's position in the topic."""
+    """Per-user interactions and profiles, per-segment trending, and the view's position."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self._lock = threading.Lock()
-        self._users: dict[str, deque[Interaction]] = {}
-        self._item_weight: Counter[str] = Counter()
+        self._interactions = Interactions(settings.speed_recent_items)
+        self._profiles = Profiles()
+        self._trending = Trending()
+        self._progress: dict[str, Any] | None = None
         self._seen_updates: OrderedDict[tuple, None] = OrderedDict()
+        self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
         self._offsets: dict[int, int] = {}
         self._highwater: dict[int, int] = {}
+        self.bootstrap_versions: dict[str, int] | None = None  # table -> Delta version loaded
         self.events_version: int | None = None
         self.batch_id: int | None = None
         self.last_update_at: float | None = None
@@ -64,46 +72,96 @@ class SpeedView:
     # -- applying updates ----------------------------------------------------------
 
     def apply(self, update: dict[str, Any], key: bytes | None = None) -> int:
-        """Apply one decoded update; returns how many new interactions it added."""
+        """Apply one decoded update; returns how many rows changed the view."""
         if not isinstance(update, dict):
             raise BadUpdate("a speed update must be a JSON object")
-        if update.get("kind") != SPEED_UPDATE_KIND_USER_INTERACTIONS:
+        kind = update.get("kind")
+        if kind not in KINDS:
             return 0
         try:
-            update_id = (str(update["query_id"]), int(update["batch_id"]), key)
-            events_version = int(update["events_version"])
-            rows = [_interaction(row, events_version) for row in update["rows"]]
+            query_id, batch_id = str(update["query_id"]), int(update["batch_id"])
+            rows = [update["progress"]] if kind == SPEED_UPDATE_KIND_PROGRESS else list(update["rows"])
+            events_version = int(update["events_version"]) if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS else None
         except (KeyError, TypeError, ValueError) as exc:
-            raise BadUpdate(f"malformed {SPEED_UPDATE_KIND_USER_INTERACTIONS} update: {exc!r}") from exc
-        added = 0
+            raise BadUpdate(f"malformed {kind} update: {exc!r}") from exc
         with self._lock:
-            if update_id in self._seen_updates:
+            update_id = (kind, query_id, batch_id, key)
+            if update_id in self._seen_updates or (kind, query_id, batch_id) in self._bootstrapped:
                 return 0
             self._seen_updates[update_id] = None
             if len(self._seen_updates) > SEEN_UPDATES_KEPT:
                 self._seen_updates.popitem(last=False)
-            for user_id, interaction in rows:
-                recent = self._users.setdefault(user_id, deque(maxlen=self.settings.speed_recent_items))
-                if any(seen.event_id == interaction.event_id for seen in recent):
-                    continue
-                recent.append(interaction)
-                self._item_weight[interaction.item_id] += interaction.weight
-                added += 1
-            if self.events_version is None or events_version >= self.events_version:
-                self.events_version, self.batch_id = events_version, update_id[1]
+            changed = self._apply_rows(kind, rows, events_version, query_id, batch_id)
+            if events_version is not None and (self.events_version is None or events_version >= self.events_version):
+                self.events_version, self.batch_id = events_version, batch_id
             self.last_update_at = time.time()
-        return added
+        return changed
+
+    def load_batch(self, kind: str, query_id: str, batch_id: int, rows: list[dict[str, Any]]) -> int:
+        """Apply one batch read from its Delta table; the same batch on the topic is then skipped."""
+        with self._lock:
+            self._bootstrapped.add((kind, query_id, batch_id))
+            events_version = None
+            if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS and rows:
+                events_version = max(int(row["events_version"]) for row in rows)
+                if self.events_version is None or events_version >= self.events_version:
+                    self.events_version, self.batch_id = events_version, batch_id
+            return self._apply_rows(kind, rows, events_version, query_id, batch_id)
+
+    def _apply_rows(
+        self, kind: str, rows: list[dict[str, Any]], events_version: int | None, query_id: str, batch_id: int
+    ) -> int:
+        """Apply a batch's rows; feature and trending rows are stamped with their batch if they lack it."""
+        try:
+            if kind in (SPEED_UPDATE_KIND_USER_FEATURES, SPEED_UPDATE_KIND_ITEM_TRENDING):
+                rows = [{"query_id": query_id, "batch_id": batch_id, **_checked(row)} for row in rows]
+            if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS:
+                parsed = [_interaction(row, events_version) for row in rows]
+                return sum(self._interactions.add(user, interaction) for user, interaction in parsed)
+            if kind == SPEED_UPDATE_KIND_USER_FEATURES:
+                for row in rows:
+                    self._profiles.add(_checked(row, "user_id"))
+            elif kind == SPEED_UPDATE_KIND_ITEM_TRENDING:
+                for row in rows:
+                    self._trending.add(_checked(row, "segment_type", "segment", "window_start", "item_id"))
+            elif kind == SPEED_UPDATE_KIND_PROGRESS:
+                self._progress = _checked(rows[0], "batch_id")
+            return len(rows)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadUpdate(f"malformed {kind} row: {exc!r}") from exc
 
     # -- reading -------------------------------------------------------------------
 
     def interactions(self, user_id: str) -> list[Interaction]:
         with self._lock:
-            return list(self._users.get(user_id, ()))
+            return list(self._interactions.users.get(user_id, ()))
+
+    def unknown_item_users(self, known: Mapping[str, int]) -> tuple[int, dict[str, dict[str, float]]]:
+        """(generation, item -> user -> summed weight) for the items not in ``known``."""
+        with self._lock:
+            source = self._interactions.item_users
+            unknown = {item: dict(users) for item, users in source.items() if item not in known}
+            return self._interactions.generation, unknown
+
+    @property
+    def generation(self) -> int:
+        return self._interactions.generation
+
+    def profile(self, user_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._profiles.rows.get(user_id)
+
+    def trending(
+        self, segment: tuple[str, str] = GLOBAL_SEGMENT, k: int = 10, exclude: set[str] = frozenset()
+    ) -> tuple[list[tuple[str, float]], str | None]:
+        """A segment's trending items and the window they come from ([] if the segment has none)."""
+        with self._lock:
+            return self._trending.top(segment, k, exclude)
 
     def popular(self, k: int, exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
         """The items with the most speed-view weight, for serving before any model exists."""
         with self._lock:
-            ranked = self._item_weight.most_common(k + len(exclude))
+            ranked = self._interactions.item_weight.most_common(k + len(exclude))
         return [(item, weight) for item, weight in ranked if item not in exclude][:k]
 
     def position(self) -> dict[str, Any]:
@@ -111,21 +169,27 @@ class SpeedView:
         with self._lock:
             offsets = dict(self._offsets)
             lag = sum(max(self._highwater.get(p, o) - o, 0) for p, o in offsets.items())
+            progress = self._progress
+            newest = self._interactions.newest_occurred_at
         age_ms = None if self.last_update_at is None else round((time.time() - self.last_update_at) * 1000)
         return {
             "following": self.following,
+            "bootstrapped": self.bootstrap_versions is not None,
             "events_version": self.events_version,
             "batch_id": self.batch_id,
             "offsets": {str(p): o for p, o in sorted(offsets.items())},
             "lag_records": lag if self.following else None,
             "age_ms": age_ms,
+            "newest_event_at": newest,
+            "speed_job_lag_records": None if progress is None else progress.get("source_lag"),
         }
 
     # -- following the topic -------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, bootstrap=None) -> None:
+        """Follow the topic in a daemon thread, after ``bootstrap(view)`` succeeded (if given)."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._follow, name="speed-view", daemon=True)
+        self._thread = threading.Thread(target=self._follow, args=(bootstrap,), name="speed-view", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -133,7 +197,17 @@ class SpeedView:
         if self._thread is not None:
             self._thread.join(timeout=15)
 
-    def _follow(self) -> None:
+    def _follow(self, bootstrap) -> None:
+        delay = RETRY_S[0]
+        while bootstrap is not None and self.bootstrap_versions is None and not self._stop.is_set():
+            try:
+                self.bootstrap_versions = bootstrap(self)
+            except Exception as exc:  # a lake that is not there yet: retry, never serve half a view
+                log.warning("speed view bootstrap failed; retrying", extra={"error": repr(exc)})
+                self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_S[1])
+        if bootstrap is None:
+            self.bootstrap_versions = {}
         delay = RETRY_S[0]
         while not self._stop.is_set():
             consumer = None
@@ -199,12 +273,23 @@ class SpeedView:
             )
 
 
-def _interaction(row: dict[str, Any], events_version: int) -> tuple[str, Interaction]:
+def _checked(row: dict[str, Any], *required: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise TypeError("a row must be a JSON object")
+    missing = [name for name in required if row.get(name) is None]
+    if missing:
+        raise KeyError(", ".join(missing))
+    return row
+
+
+def _interaction(row: dict[str, Any], events_version: int | None) -> tuple[str, Interaction]:
+    version = row.get("events_version", events_version)
     return str(row["user_id"]), Interaction(
         item_id=str(row["item_id"]),
         event_type=str(row["event_type"]),
         weight=float(row["weight"]),
         occurred_at=str(row["occurred_at"]),
         event_id=str(row["event_id"]),
-        events_version=events_version,
+        events_version=int(version),
     )
+

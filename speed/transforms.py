@@ -19,6 +19,7 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "event_type", "occurred_at")
 CONTEXT_COLUMNS = ("device", "country")
+LATE = "late_past_watermark"
 
 
 def parse_records(records: "DataFrame", settings: Settings) -> "DataFrame":
@@ -149,5 +150,27 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
         (F.col("event_type") == "rating") & F.col("value").isNotNull(), base * F.col("value")
     ).otherwise(base)
     return events.select(
-        "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id"
+        "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS
     ).filter(F.col("weight").isNotNull())
+
+
+def mark_late(parsed: "DataFrame", cutoff_us: int | None) -> "DataFrame":
+    """Give valid records whose Kafka timestamp is before ``cutoff_us`` the reason ``late_past_watermark``."""
+    from pyspark.sql import functions as F
+
+    if cutoff_us is None:
+        return parsed
+    late = F.col("reason").isNull() & (F.col("ingest_ts") < F.timestamp_micros(F.lit(cutoff_us)))
+    return parsed.withColumn("reason", F.when(late, F.lit(LATE)).otherwise(F.col("reason")))
+
+
+def interval_seconds(text: str) -> float:
+    """Seconds in a Spark-style interval such as ``"10 minutes"`` or ``"30 s"``."""
+    number, _, unit = text.strip().partition(" ")
+    unit = unit.strip().lower()
+    unit = unit[:-1] if len(unit) > 2 and unit.endswith("s") else unit
+    scale = {"ms": 0.001, "millisecond": 0.001, "s": 1, "second": 1, "min": 60, "minute": 60,
+             "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+    if unit not in scale:
+        raise ValueError(f"not an interval: {text!r} (use e.g. '10 minutes')")
+    return float(number) * scale[unit]

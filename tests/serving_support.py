@@ -1,4 +1,4 @@
-"""Test helpers for the serving layer: write a published model into a lake with pyarrow.
+"""Test helpers for the serving layer: a published model written with pyarrow, a live server.
 
 No Spark: the factor tables and registry rows are written directly, and the user
 vectors are the exact ALS solution for the given item vectors (what Spark's
@@ -7,15 +7,75 @@ last half-iteration produces), so the stored and folded-in vectors agree.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
 import numpy as np
 import pyarrow as pa
+import uvicorn
+from fastapi import FastAPI
 
 from batch.registry import PUBLISHED, record_status
+from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
+from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
+from serving.app import create_app
 from serving.foldin import fold_in, gram
+from tests.plugins.broker import free_port
 
 REG, ALPHA = 0.1, 5.0
+DEADLINE_S = 30.0
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S):
+    """Poll ``condition`` until it returns something truthy; fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)  # poll pacing, not synchronisation
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@contextmanager
+def serving(settings: Settings, app: FastAPI | None = None) -> Iterator[httpx.Client]:
+    """uvicorn running ``app`` (a new one on ``settings`` if None) on a free loopback port, in this process."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "uvicorn to start")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(DEADLINE_S)
+
+
+def speed_update(settings: Settings, user: str, batch_id: int, events_version: int, items: list[str]) -> None:
+    """Push one user_interactions update to speed-updates, as the speed job would."""
+    rows = [
+        {"user_id": user, "item_id": item, "event_type": "purchase", "weight": 8.0,
+         "occurred_at": "2024-05-02T00:00:00+00:00", "event_id": str(uuid.uuid4())}
+        for item in items
+    ]
+    message = {"kind": "user_interactions", "query_id": "query-1", "batch_id": batch_id,
+               "events_version": events_version, "rows": rows}
+    producer = make_producer(settings)
+    try:
+        send_all(producer, settings.topic_speed_updates, [(user.encode(), json.dumps(message).encode())])
+    finally:
+        producer.close()
 
 
 def write_model(

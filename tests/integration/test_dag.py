@@ -15,33 +15,42 @@ from pathlib import Path
 
 import pytest
 
+from pydantic import SecretStr
+
 from batch import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
-from lambdarec.settings import Settings
-from schemas.tables import EVENTS
+from schemas.tables import EVENTS, MODELS
+from tests.serving_support import serving
 
 pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parents[2]
 DAGS = PROJECT / "dags"
 BIN = Path(sys.executable).parent
+TOKEN = "dag-admin-token"
 
-INSPECT_DAG = f"""
+INSPECT_DAGS = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder={str(DAGS)!r})
-dag = bag.get_dag("lambdarec_batch")
-task = dag.get_task("train_als")
+dags = {{}}
+for dag_id in bag.dag_ids:
+    dag = bag.get_dag(dag_id)
+    dags[dag_id] = {{
+        "schedule": str(dag.schedule),
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "tags": sorted(dag.tags),
+        "tasks": [t.task_id for t in dag.topological_sort()],
+        "retries": {{t.task_id: t.retries for t in dag.tasks}},
+        "owners": sorted({{t.owner for t in dag.tasks}}),
+        "timeouts": {{t.task_id: t.execution_timeout is not None for t in dag.tasks}},
+    }}
 print(json.dumps({{
     "import_errors": {{str(k): str(v) for k, v in bag.import_errors.items()}},
-    "dag_ids": sorted(bag.dag_ids),
-    "schedule": str(dag.schedule),
-    "catchup": dag.catchup,
-    "max_active_runs": dag.max_active_runs,
-    "tags": sorted(dag.tags),
-    "retries": task.retries,
-    "heavy_imports": sorted(m for m in ("pyspark", "lambdarec.submit", "lambdarec.lake") if m in sys.modules),
+    "dags": dags,
+    "heavy_imports": sorted(m for m in ("pyspark", "lambdarec.submit", "lambdarec.lake", "batch.train") if m in sys.modules),
 }}))
 """
 
@@ -53,7 +62,6 @@ run = dag.test()
 tasks = {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
 print("RESULT " + json.dumps({{"state": str(run.state), "tasks": tasks}}))
 """
-
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
@@ -78,40 +86,58 @@ def python(script: str, env: dict[str, str], timeout: int) -> subprocess.Complet
     )
 
 
-def test_dag_imports_cleanly_and_lightly(airflow_env):
-    done = python(INSPECT_DAG, airflow_env, timeout=120)
+def test_dags_import_cleanly_and_lightly(airflow_env):
+    done = python(INSPECT_DAGS, airflow_env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["import_errors"] == {}
-    assert info["dag_ids"] == ["lambdarec_batch"]
-    assert info["schedule"] == "@hourly"
-    assert info["catchup"] is False and info["max_active_runs"] == 1
-    assert info["retries"] == 2 and "lambdarec" in info["tags"]
+    assert sorted(info["dags"]) == ["lambdarec_batch", "lambdarec_maintenance"]
     assert info["heavy_imports"] == []
+    batch = info["dags"]["lambdarec_batch"]
+    assert batch["schedule"] == "@hourly" and batch["catchup"] is False and batch["max_active_runs"] == 1
+    assert batch["tasks"] == ["snapshot", "train_als", "publish_or_reject", "reload_serving"]
+    assert info["dags"]["lambdarec_maintenance"]["tasks"] == ["compact", "vacuum", "expire_models"]
 
 
-def test_dag_run_trains_and_publishes_through_spark_submit(airflow_env, tmp_path):
-    settings = Settings(root=tmp_path / "lambdarec")
+def test_every_task_follows_the_retry_and_tagging_policy(airflow_env):
+    done = python(INSPECT_DAGS, airflow_env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for dag_id, dag in json.loads(done.stdout.strip().splitlines()[-1])["dags"].items():
+        assert "lambdarec" in dag["tags"] and len(dag["tags"]) >= 2, dag_id
+        assert dag["owners"] == ["lambdarec"], dag_id
+        assert all(retries >= 2 for retries in dag["retries"].values()), (dag_id, dag["retries"])
+        assert all(dag["timeouts"].values()), (dag_id, dag["timeouts"])
+
+
+def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settings):
+    settings = broker_settings.model_copy(update={"admin_token": SecretStr(TOKEN), "serve_model_poll_s": 3600})
     lake = Lake(settings)
     end = datetime(2025, 3, 1, tzinfo=UTC)
     events = generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5, end=end)
     lake.append_arrow(EVENTS, bronze_table(events, settings))
-    env = {
-        **airflow_env,
-        "LAMBDAREC_ROOT": str(settings.root),
-        "LAMBDAREC_ALS_RANK": "16",
-        "LAMBDAREC_ALS_ITERATIONS": "5",
-        "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2",
-    }
-
-    done = python(TEST_DAG, env, timeout=600)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
-    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-    assert result == {"state": "success", "tasks": {"train_als": "success"}}, output[-5000:]
+    with serving(settings) as client:
+        assert client.get("/ready").json()["model_version"] is None
+        env = {
+            **airflow_env,
+            "LAMBDAREC_ROOT": str(settings.root),
+            "LAMBDAREC_ALS_RANK": "16",
+            "LAMBDAREC_ALS_ITERATIONS": "5",
+            "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2",
+            "LAMBDAREC_SERVING_URL": str(client.base_url),
+            "LAMBDAREC_ADMIN_TOKEN": TOKEN,
+        }
+        done = python(TEST_DAG, env, timeout=600)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-5000:]
+        result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        tasks = {"snapshot": "success", "train_als": "success", "publish_or_reject": "success", "reload_serving": "success"}
+        assert result == {"state": "success", "tasks": tasks}, output[-5000:]
+        assert client.get("/ready").json()["model_version"] == 1  # told to reload, not polling
 
     published = registry.latest_published(lake)
     assert published is not None, output[-5000:]
     assert (published["model_version"], published["source_events_version"]) == (1, 1)
-    assert published["params"]["rank"] == 16
+    assert published["params"]["rank"] == 16 and published["params"]["run_key"]
     assert published["metrics"]["model_recall_at_10"] > published["metrics"]["popularity_recall_at_10"]
+    statuses = sorted(r["status"] for r in lake.read_arrow(MODELS).to_pylist())
+    assert statuses == sorted([registry.TRAINING, registry.CANDIDATE, registry.PUBLISHED])

@@ -8,61 +8,27 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
+from pydantic import SecretStr
 from kafka import TopicPartition
 
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
-from serving.app import create_app
 from tests.plugins.broker import free_port
-from tests.serving_support import write_model
+from tests.serving_support import DEADLINE_S, serving, speed_update, wait_until, write_model
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 30.0
 ITEMS = {
     **{f"a{n}": [1.0, 0.05 * n] for n in range(5)},
     **{f"b{n}": [0.05 * n, 1.0] for n in range(5)},
 }
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S):
-    """Poll ``condition`` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)  # poll pacing, not synchronisation
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[httpx.Client]:
-    """uvicorn running the app on a free loopback port, in this process."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, "uvicorn to start")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=DEADLINE_S) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(DEADLINE_S)
+TOKEN = "integration-admin-token"
 
 
 def event(user_id: str, item_id: str, **overrides) -> dict:
@@ -94,21 +60,6 @@ def read_topic(settings: Settings, topic: str, expected: int) -> list:
         return records
     finally:
         consumer.close()
-
-
-def speed_update(settings: Settings, user: str, batch_id: int, events_version: int, items: list[str]) -> None:
-    rows = [
-        {"user_id": user, "item_id": item, "event_type": "purchase", "weight": 8.0,
-         "occurred_at": "2024-05-02T00:00:00+00:00", "event_id": str(uuid.uuid4())}
-        for item in items
-    ]
-    message = {"kind": "user_interactions", "query_id": "query-1", "batch_id": batch_id,
-               "events_version": events_version, "rows": rows}
-    producer = make_producer(settings)
-    try:
-        send_all(producer, settings.topic_speed_updates, [(user.encode(), json.dumps(message).encode())])
-    finally:
-        producer.close()
 
 
 def test_posted_events_land_on_the_topic_pseudonymised(broker_settings):
@@ -181,17 +132,22 @@ def test_recommendations_merge_the_model_and_the_speed_view(broker_settings):
 
 
 def test_admin_reload_swaps_in_a_newly_published_model(broker_settings):
-    settings = broker_settings.model_copy(update={"serve_model_poll_s": 3600})  # only /admin/reload
+    settings = broker_settings.model_copy(
+        update={"serve_model_poll_s": 3600, "admin_token": SecretStr(TOKEN)}  # only /admin/reload
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
     lake = Lake(settings)
     write_model(lake, 1, 10, ITEMS, {pseudonymise("alice", settings.pseudonym_key): {"a0": 1.0}})
     with serving(settings) as client:
         wait_until(lambda: client.get("/ready").json()["model_version"] == 1, "model 1")
         write_model(lake, 2, 20, ITEMS, {pseudonymise("alice", settings.pseudonym_key): {"b0": 1.0}})
-        assert client.post("/admin/reload").json() == {"reloaded": True, "model_version": 2}
+        assert client.post("/admin/reload").status_code == 401
+        assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.post("/admin/reload", headers=auth).json() == {"reloaded": True, "model_version": 2}
         body = client.get("/users/alice/recommendations").json()
         assert body["model_version"] == 2
         assert "b0" not in {i["item_id"] for i in body["items"]}
-        assert client.post("/admin/reload").json() == {"reloaded": False, "model_version": 2}
+        assert client.post("/v1/admin/reload", headers=auth).json() == {"reloaded": False, "model_version": 2}
 
 
 def test_unreachable_broker_gives_a_clear_503(settings):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from batch.interactions import holdout_pairs, implicit_ratings, index_ids, split_holdout, with_indices
+from batch.interactions import holdout_pairs, implicit_ratings, split_holdout, with_indices
 
 pytestmark = pytest.mark.spark
 
@@ -33,11 +33,12 @@ def test_ratings_sum_weights_and_scale_ratings_by_value(spark):
             ("u1", "b", "rating", 4.0, 3),
             ("u1", "b", "rating", None, 4),  # no value: the weight alone
             ("u2", "a", "share", None, 5),  # no weight configured: no signal
+            ("u2", "c", "purchase", 3.0, 6),  # a quantity multiplies the weight
         ],
     )
     ratings = implicit_ratings(events, WEIGHTS).collect()
     got = {(r.user_id, r.item_id): (r.rating, r.n_events) for r in ratings}
-    assert got == {("u1", "a"): (10.0, 3), ("u1", "b"): (10.0, 2)}
+    assert got == {("u1", "a"): (10.0, 3), ("u1", "b"): (10.0, 2), ("u2", "c"): (24.0, 1)}
 
 
 def test_empty_weights_are_refused(spark):
@@ -45,13 +46,19 @@ def test_empty_weights_are_refused(spark):
         implicit_ratings(frame(spark, [("u1", "a", "view", None, 0)]), {})
 
 
-def test_indices_are_dense_sorted_and_reproducible(spark):
-    df = spark.createDataFrame([("c",), ("a",), ("b",), ("a",)], "item_id string")
-    index = {r.item_id: r.item_index for r in index_ids(df, "item_id", "item_index").collect()}
-    assert index == {"a": 0, "b": 1, "c": 2}
-    shuffled = spark.createDataFrame([("b",), ("a",), ("c",)], "item_id string").repartition(3)
-    assert {r.item_id: r.item_index for r in index_ids(shuffled, "item_id", "item_index").collect()} == index
-    assert dict(index_ids(df, "item_id", "item_index").dtypes)["item_index"] == "int"
+def test_time_decay_halves_weights_every_half_life(spark):
+    events = frame(spark, [("u1", "a", "purchase", None, 0), ("u1", "b", "view", None, 2 * 24 * 60)])
+    as_of = T0 + timedelta(days=2)
+    got = {r.item_id: r.rating for r in implicit_ratings(events, WEIGHTS, 1.0, as_of).collect()}
+    assert got == pytest.approx({"a": 8.0 / 4, "b": 1.0})
+    with pytest.raises(ValueError, match="as_of"):
+        implicit_ratings(events, WEIGHTS, half_life_days=1.0)
+
+
+def test_rating_center_turns_poor_ratings_into_dislikes(spark):
+    events = frame(spark, [("u1", "a", "rating", 5.0, 0), ("u1", "b", "rating", 1.0, 1), ("u1", "c", "rating", 3.0, 2)])
+    got = {r.item_id: r.rating for r in implicit_ratings(events, WEIGHTS, rating_center=3.0).collect()}
+    assert got == {"a": 4.0, "b": -4.0, "c": 0.0}
 
 
 def test_holdout_takes_each_users_latest_events(spark):
@@ -81,7 +88,27 @@ def test_holdout_pairs_drop_items_seen_in_training_and_indices_join(spark):
     train = implicit_ratings(train_events, WEIGHTS)
     pairs = holdout_pairs(implicit_ratings(test_events, WEIGHTS), train)
     assert sorted((r.user_id, r.item_id) for r in pairs.collect()) == [("u1", "c")]
-    users = index_ids(train, "user_id", "user_index")
-    items = index_ids(train, "item_id", "item_index")
+    users = spark.createDataFrame([("u1", 0)], "user_id string, user_index int")
+    items = spark.createDataFrame([("a", 0), ("b", 1)], "item_id string, item_index int")
     indexed = with_indices(train, users, items).collect()
     assert sorted((r.user_index, r.item_index, r.rating) for r in indexed) == [(0, 0, 1.0), (0, 1, 1.0)]
+
+
+def test_random_split_holds_the_same_share_per_user_reproducibly(spark):
+    rows = [("u1", f"i{m}", "view", None, m) for m in range(10)] + [("u2", "x", "view", None, 0)]
+    train, test = split_holdout(frame(spark, rows), 0.2, method="random", seed=3)
+    held = sorted((r.user_id, r.item_id) for r in test.collect())
+    assert len(held) == 2 and {u for u, _ in held} == {"u1"}
+    again = sorted((r.user_id, r.item_id) for r in split_holdout(frame(spark, rows), 0.2, "random", seed=3)[1].collect())
+    assert again == held and train.count() == 9
+
+
+def test_cutoff_split_holds_everything_after_the_cutoff(spark):
+    rows = [("u1", "a", "view", None, 0), ("u1", "b", "view", None, 10), ("u2", "c", "view", None, 20)]
+    train, test = split_holdout(frame(spark, rows), 0.2, method="cutoff", cutoff=T0 + timedelta(minutes=5))
+    assert sorted(r.item_id for r in test.collect()) == ["b", "c"]
+    assert [r.item_id for r in train.collect()] == ["a"]
+    with pytest.raises(ValueError, match="needs a cutoff"):
+        split_holdout(frame(spark, rows), 0.2, method="cutoff")
+    with pytest.raises(ValueError, match="split method"):
+        split_holdout(frame(spark, rows), 0.2, method="sideways")

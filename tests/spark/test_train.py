@@ -12,7 +12,7 @@ from batch import registry, train
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from schemas.tables import EVENTS, ITEM_FACTORS, MODEL_INTERACTIONS, MODELS, USER_FACTORS
+from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, MODELS, USER_FACTORS, USER_IDS
 
 pytestmark = pytest.mark.spark
 
@@ -53,6 +53,11 @@ def test_model_beats_popularity_and_is_published(trained):
     assert published["engine"] == "spark-als"
     assert published["metrics"]["model_recall_at_10"] == pytest.approx(metrics["model_recall_at_10"])
     assert published["params"]["rank"] == 16
+    assert published["params"]["reg_scaling"] == "per_interaction"
+    assert published["params"]["split"] == "time" and published["params"]["id_mapping"] == ["user_ids", "item_ids"]
+    for name in ("map_at_10", "ndcg_at_10", "precision_at_10", "catalogue_coverage_at_10"):
+        assert 0 < published["metrics"][f"model_{name}"] <= 1 and f"popularity_{name}" in published["metrics"]
+    assert published["metrics"]["user_coverage"] > 0.9 and published["metrics"]["nan_factors"] == 0
     assert (published["n_users"], published["n_items"]) == (summary["n_users"], summary["n_items"])
 
 
@@ -74,9 +79,24 @@ def test_rerun_of_the_same_model_version_writes_nothing(spark, trained):
     settings, lake, _ = trained
     before = {spec.name: lake.version(spec) for spec in OUTPUTS}
     again = train.run(spark, settings, model_version=1)
-    assert again["written"] == {USER_FACTORS.name: None, ITEM_FACTORS.name: None, MODEL_INTERACTIONS.name: None}
+    assert again["status"] == registry.PUBLISHED and again["written"] == {}
     assert {spec.name: lake.version(spec) for spec in OUTPUTS} == before
     assert lake.read_arrow(MODELS).num_rows == 3
+
+
+def test_the_id_mapping_is_stable_across_runs(spark, trained):
+    settings, lake, first = trained
+    mapping = {r["user_id"]: r["user_index"] for r in lake.read_arrow(USER_IDS).to_pylist()}
+    more = generate_events(300, n_users=400, n_items=300, n_clusters=6, seed=4, end=END)
+    lake.append_arrow(EVENTS, bronze_table(more, settings))
+    second = train.run(spark, settings)
+    assert second["model_version"] == 2 and second["source_events_version"] == 2
+    after = {r["user_id"]: r["user_index"] for r in lake.read_arrow(USER_IDS).to_pylist()}
+    assert {u: after[u] for u in mapping} == mapping  # old ids keep their index
+    assert sorted(after.values()) == list(range(len(after))) and len(after) > len(mapping)
+    users = lake.read_arrow(USER_FACTORS, filter=pc.field("model_version") == 2).to_pylist()
+    assert all(after[r["user_id"]] == r["user_index"] for r in users)
+    assert lake.read_arrow(ITEM_IDS).num_rows == len({r["item_id"] for r in lake.read_arrow(ITEM_IDS).to_pylist()})
 
 
 def test_an_interrupted_run_is_resumed_on_its_own_events_version(spark, settings):

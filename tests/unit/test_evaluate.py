@@ -73,3 +73,19 @@ def test_empty_holdout_is_an_error():
     empty = Holdout.from_pairs(2, 3, [0], [0], [], [])
     with pytest.raises(ValueError, match="holdout is empty"):
         ranking_metrics(fixed([[0, 0, 0], [0, 0, 0]]), empty)
+
+
+def test_hand_worked_map_and_catalogue_coverage(holdout):
+    scores = fixed(
+        [
+            [9.0, 1.0, 4.0, 5.0, 0.0],  # top-3 after excluding item 0: 3 (hit), 2, 1 (hit)
+            [0.0, 9.0, 3.0, 2.0, 1.0],  # top-3 after excluding item 1: 2, 3, 4 (hit at rank 3)
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    metrics = ranking_metrics(scores, holdout, k=3)
+    ap_user0 = (1 / 1 + 2 / 3) / 2  # hits at ranks 1 and 3, two relevant items
+    ap_user1 = (1 / 3) / 2  # hit at rank 3, two relevant (one the model never saw)
+    assert metrics["map_at_3"] == pytest.approx((ap_user0 + ap_user1) / 2)
+    # items 1, 2, 3 and 4 were shown, out of a catalogue of 5 (user 2 has no holdout: not scored)
+    assert metrics["catalogue_coverage_at_3"] == pytest.approx(4 / 5)

@@ -13,8 +13,12 @@ from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_FACTORS
 from serving.foldin import fold_in
+from serving.recommend import similar
+from serving.item_attributes import ItemAttributes
 from serving.model_store import ModelLoadError, ModelStore
-from serving.recommend import recommend
+from serving.new_items import build
+from serving.recommend import Query
+from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView
 from tests.serving_support import ALPHA, REG, write_model
 
@@ -43,6 +47,20 @@ def store(settings, lake):
     store = ModelStore(settings, lake)
     assert store.reload() is True
     return store
+
+
+def recommend(model, view, user, k):
+    """The merge as the app runs it: the model's catalogue with the view's new items."""
+    catalogue = None if model is None else build(model, view)
+    return merge(catalogue, view, ItemAttributes(Lake(view.settings)), user, Query(k=k))
+
+
+def names(result):
+    return [item.item_id for item in result.items]
+
+
+def scored(result):
+    return [(item.item_id, item.score) for item in result.items]
 
 
 def speed_rows(view, events_version, rows, batch_id=0):
@@ -98,8 +116,8 @@ def test_inconsistent_factor_lengths_are_refused(settings, lake):
 def test_training_user_gets_model_vector_and_no_seen_items(store, settings):
     result = recommend(store.current, SpeedView(settings), "ua", k=3)
     assert result.strategy == "model" and result.model_version == 1
-    assert {item for item, _ in result.items} == {"a2", "a3", "a4"}  # same taste, unseen
-    scores = [score for _, score in result.items]
+    assert set(names(result)) == {"a2", "a3", "a4"}  # same taste, unseen
+    scores = [item.score for item in result.items]
     assert scores == sorted(scores, reverse=True)
 
 
@@ -108,24 +126,31 @@ def test_fresh_interactions_are_folded_in(store, settings):
     speed_rows(view, 11, [("ua", "b0", 8.0, "e1"), ("ua", "b1", 8.0, "e2"), ("ua", "b2", 8.0, "e3")])
     result = recommend(store.current, view, "ua", k=3)
     assert result.strategy == "fold_in" and result.fresh_interactions == 3
-    assert [item for item, _ in result.items][:2] == ["b4", "b3"]
-    assert not {"a0", "a1", "b0", "b1", "b2"} & {item for item, _ in result.items}
+    assert names(result)[:2] == ["b4", "b3"]
+    assert not {"a0", "a1", "b0", "b1", "b2"} & set(names(result))
 
 
-def test_interactions_already_in_the_snapshot_are_not_fresh(store, settings):
+def test_interactions_the_model_trained_on_are_not_fresh(store, settings):
+    view = SpeedView(settings)
+    speed_rows(view, 10, [("ua", "a0", 3.0, "e1")])  # in the snapshot and in ua's training rows
+    result = recommend(store.current, view, "ua", k=10)
+    assert result.strategy == "model" and result.fresh_interactions == 0
+    assert "a0" not in set(names(result))
+
+
+def test_snapshot_interactions_missing_from_training_are_folded_in(store, settings):
+    """Held out of training (or dropped): in the snapshot, but the model never saw them."""
     view = SpeedView(settings)
     speed_rows(view, 10, [("ua", "b3", 8.0, "e1")])
     result = recommend(store.current, view, "ua", k=10)
-    assert result.strategy == "model" and result.fresh_interactions == 0
-    assert "b3" not in {item for item, _ in result.items}  # but still excluded
+    assert result.strategy == "fold_in" and result.fresh_interactions == 1
+    assert "b3" not in set(names(result))
 
 
 def test_fold_in_of_a_training_user_matches_the_stored_vector(store, settings):
     model = store.current
     position = model.user_positions["uc"]
-    view = SpeedView(settings)
-    speed_rows(view, 11, [("uc", "zz-new-item", 1.0, "e1")])  # fresh, but unknown to the model
-    assert recommend(model, view, "uc", k=1).strategy == "model"
+    assert recommend(model, SpeedView(settings), "uc", k=1).strategy == "model"
     items, ratings = model.history(position)
     x = fold_in(model.item_factors, model.yty, items, ratings, model.reg_param, model.alpha)
     assert np.allclose(x, model.user_factors[position], atol=1e-6)
@@ -136,13 +161,13 @@ def test_new_user_with_fresh_interactions_gets_fold_in(store, settings):
     speed_rows(view, 11, [("newbie", "b0", 4.0, "e1")])
     result = recommend(store.current, view, "newbie", k=2)
     assert result.strategy == "fold_in"
-    assert {item for item, _ in result.items} <= {f"b{n}" for n in range(1, 5)}
+    assert set(names(result)) <= {f"b{n}" for n in range(1, 5)}
 
 
 def test_never_seen_user_gets_popular_items(store, settings):
     result = recommend(store.current, SpeedView(settings), "stranger", k=2)
     assert result.strategy == "popular"
-    assert result.items == [("b0", 9.0), ("a0", 4.0)]
+    assert scored(result) == [("b0", 9.0), ("a0", 4.0)]
 
 
 def test_without_a_model_popularity_comes_from_the_speed_view(settings):
@@ -150,8 +175,8 @@ def test_without_a_model_popularity_comes_from_the_speed_view(settings):
     speed_rows(view, 1, [("u1", "x", 3.0, "e1"), ("u2", "y", 1.0, "e2"), ("u1", "z", 2.0, "e3")])
     result = recommend(None, view, "u1", k=5)
     assert result.strategy == "popular" and result.model_version is None
-    assert result.items == [("y", 1.0)]
-    assert recommend(None, view, "nobody", k=2).items == [("x", 3.0), ("z", 2.0)]
+    assert scored(result) == [("y", 1.0)]
+    assert scored(recommend(None, view, "nobody", k=2)) == [("x", 3.0), ("z", 2.0)]
 
 
 def test_store_reads_pseudonymised_users(settings, lake):
@@ -160,3 +185,45 @@ def test_store_reads_pseudonymised_users(settings, lake):
     store = ModelStore(settings, lake)
     store.reload()
     assert alice in store.current.user_positions
+
+
+def test_a_new_item_is_folded_in_from_its_users_and_becomes_recommendable(store, settings):
+    model = store.current
+    view = SpeedView(settings)
+    speed_rows(view, 11, [("ua", "zz", 8.0, "e1"), ("uc", "zz", 1.0, "e2"), ("fan", "a2", 4.0, "e3")])
+    catalogue = build(model, view)
+    assert list(catalogue.new_ids) == ["zz"] and catalogue.position("zz") == len(model.item_ids)
+    users = [model.user_positions["ua"], model.user_positions["uc"]]
+    expected = fold_in(model.user_factors, model.xtx, np.asarray(users), np.asarray([8.0, 1.0]), REG, ALPHA)
+    assert np.allclose(catalogue.new_factors[0], expected, atol=1e-5)
+    assert np.allclose(catalogue.yty, model.yty + np.outer(expected, expected), atol=1e-4)
+    fan = recommend(model, view, "fan", k=10)
+    assert fan.strategy == "fold_in" and "zz" in names(fan) and "a2" not in names(fan)
+    assert "zz" not in names(recommend(model, view, "ua", k=11))  # ua has it: excluded
+    nearest = similar(catalogue, ItemAttributes(Lake(settings)), "zz", Query(k=3))
+    assert all(item.item_id.startswith("a") for item in nearest)  # ua's taste
+
+
+def test_new_users_and_items_survive_a_model_swap_until_a_model_covers_them(store, settings, lake):
+    """The Oryx pitfall: a model update must not make the speed layer's newcomers vanish."""
+    view = SpeedView(settings)
+    speed_rows(view, 11, [("newbie", "b0", 4.0, "e1"), ("newbie", "zz", 4.0, "e2"), ("ub", "zz", 4.0, "e3")])
+    before = recommend(store.current, view, "newbie", k=3)
+    write_model(lake, version=2, source_events_version=12, item_vectors=ITEMS, ratings=RATINGS)
+    assert store.reload() is True
+    after = recommend(store.current, view, "newbie", k=3)
+    assert (before.strategy, after.strategy) == ("fold_in", "fold_in")
+    assert after.model_version == 2 and after.fresh_interactions == 2
+    assert names(after) == names(before) and "zz" in build(store.current, view).new_positions
+
+    covering = {**RATINGS, "newbie": {"b0": 4.0}}  # model 3 trained on newbie's b0, still not on zz
+    write_model(lake, version=3, source_events_version=12, item_vectors=ITEMS, ratings=covering)
+    assert store.reload() is True
+    covered = recommend(store.current, view, "newbie", k=3)
+    assert covered.strategy == "fold_in" and covered.fresh_interactions == 1  # only zz is fresh now
+    covering_all = {**covering, "newbie": {"b0": 4.0, "zz": 4.0}}
+    write_model(lake, version=4, source_events_version=12,
+                item_vectors={**ITEMS, "zz": [0.5, 1.0]}, ratings=covering_all)
+    assert store.reload() is True
+    assert recommend(store.current, view, "newbie", k=3).strategy == "model"
+    assert build(store.current, view).new_positions == {}

@@ -78,3 +78,50 @@ def test_other_kinds_are_ignored_and_malformed_updates_rejected(view):
         view.apply({"kind": "user_interactions", "query_id": "q", "batch_id": 0, "rows": []})
     with pytest.raises(BadUpdate, match="JSON object"):
         view.apply(["not", "an", "object"])
+
+
+def trending(batch_id, window, item, weight, segment=("global", "*"), query_id="q1"):
+    return {"kind": "item_trending", "query_id": query_id, "batch_id": batch_id, "rows": [
+        {"segment_type": segment[0], "segment": segment[1], "window_start": window, "window_end": window + "+1h",
+         "item_id": item, "events": 1, "weight": weight}]}
+
+
+def test_trending_keeps_the_newest_batch_per_item_and_ranks_the_newest_window(view):
+    view.apply(trending(0, "w1", "a", 5.0))
+    view.apply(trending(2, "w1", "b", 3.0))
+    view.apply(trending(1, "w1", "b", 9.0))  # an older batch arriving late changes nothing
+    assert view.trending(k=5) == ([("a", 5.0), ("b", 3.0)], "w1")
+    view.apply(trending(3, "w2", "c", 1.0))
+    assert view.trending(k=5) == ([("c", 1.0)], "w2")
+    assert view.trending(("country", "DE"), k=5) == ([], None)
+    for n, window in enumerate(["w3", "w4", "w5"]):
+        view.apply(trending(4 + n, window, "d", 1.0))
+    view.apply(trending(9, "w0", "old", 1.0))  # older than every window kept: dropped
+    assert view.trending(k=5)[1] == "w5"
+
+
+def test_profiles_and_progress(view):
+    features = {"kind": "user_features", "query_id": "q1", "batch_id": 2,
+                "rows": [{"user_id": "u1", "country": "DE", "device": "ios"}]}
+    view.apply(features)
+    view.apply({**features, "batch_id": 1, "rows": [{"user_id": "u1", "country": "FR"}]})
+    assert view.profile("u1")["country"] == "DE" and view.profile("u2") is None
+    view.apply({"kind": "progress", "query_id": "q1", "batch_id": 5, "progress": {"batch_id": 5, "source_lag": 7}})
+    assert view.position()["speed_job_lag_records"] == 7
+
+
+def test_batches_loaded_from_a_table_are_skipped_on_the_topic(view):
+    rows = [{"user_id": "u1", "item_id": "a", "event_type": "click", "weight": 2.0,
+             "occurred_at": "2024-01-01T00:00:00+00:00", "event_id": "e1", "events_version": 5}]
+    assert view.load_batch("user_interactions", "q1", 0, rows) == 1
+    assert view.apply(update(0, 5, [("u1", "b", 1.0, "e9")])) == 0  # same batch: already in the table
+    assert view.apply(update(1, 6, [("u1", "b", 1.0, "e2")])) == 1
+    assert [i.item_id for i in view.interactions("u1")] == ["a", "b"]
+    assert view.position()["events_version"] == 6
+
+
+def test_malformed_rows_of_the_new_kinds_are_rejected(view):
+    with pytest.raises(BadUpdate, match="segment_type"):
+        view.apply({"kind": "item_trending", "query_id": "q", "batch_id": 0, "rows": [{"item_id": "a"}]})
+    with pytest.raises(BadUpdate, match="progress"):
+        view.apply({"kind": "progress", "query_id": "q", "batch_id": 0})

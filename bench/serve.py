@@ -1,0 +1,287 @@
+"""Serving latency under fixed offered load, plus a model swap under load.
+
+Builds a model of 100k items x 64 factors and 1M users in a temporary lake
+(pyarrow, no Spark), an item catalogue for filters, and speed-view updates so the
+requested users go through fold-in. It starts an embedded broker and
+``lambdarec serve`` (uvicorn, one worker) and drives it from a load generator in a
+separate process on loopback at fixed rates (open loop: latency counts from each
+request's scheduled time, so queueing is not hidden). Prints one JSON object.
+
+    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from batch.registry import PUBLISHED, record_status  # noqa: E402
+from lambdarec.broker import EmbeddedBroker  # noqa: E402
+from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
+from lambdarec.lake import Lake  # noqa: E402
+from lambdarec.pseudonym import pseudonymise  # noqa: E402
+from lambdarec.settings import Settings  # noqa: E402
+from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS  # noqa: E402
+
+TOKEN = "bench-admin-token"
+CATEGORIES = 10
+FRESH_USERS = 2000  # users with speed-view interactions: their requests fold in
+CONNECTIONS = 64
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def factors_column(matrix: np.ndarray) -> pa.Array:
+    n, rank = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * rank, rank, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), pa.float32()))
+
+
+def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    item_ids = [f"item-{n}" for n in range(n_items)]
+    users = [pseudonymise(f"user-{n}", lake.settings.pseudonym_key) for n in range(n_users)]
+    y = (rng.standard_normal((n_items, rank)) * 0.1).astype(np.float32)
+    x = (rng.standard_normal((n_users, rank)) * 0.1).astype(np.float32)
+    v = pa.array(np.full(n_items, version, dtype=np.int64))
+    lake.append_arrow(ITEM_FACTORS, pa.table({"model_version": v, "item_index": pa.array(np.arange(n_items, dtype=np.int32)),
+                                              "item_id": item_ids, "factors": factors_column(y)}))
+    lake.append_arrow(USER_FACTORS, pa.table({
+        "model_version": pa.array(np.full(n_users, version, dtype=np.int64)),
+        "user_index": pa.array(np.arange(n_users, dtype=np.int32)), "user_id": users, "factors": factors_column(x)}))
+    rows = n_users * per_user
+    lake.append_arrow(MODEL_INTERACTIONS, pa.table({
+        "model_version": pa.array(np.full(rows, version, dtype=np.int64)),
+        "user_index": pa.array(np.repeat(np.arange(n_users, dtype=np.int32), per_user)),
+        "item_index": pa.array(rng.integers(0, n_items, rows, dtype=np.int32)),
+        "rating": pa.array(rng.choice([1.0, 2.0, 4.0, 8.0], rows).astype(np.float32))}))
+    record_status(lake, version, PUBLISHED, "bench", source_events_version=version * 10,
+                  params={"regParam": 0.05, "alpha": 10.0, "rank": rank},
+                  n_users=n_users, n_items=n_items, n_interactions=rows)
+
+
+def write_catalogue(lake: Lake, n_items: int) -> None:
+    now = datetime.now(UTC)
+    lake.append_arrow(ITEM_CATALOGUE, pa.Table.from_pylist(
+        [{"item_id": f"item-{n}", "attributes": [("category", f"c{n % CATEGORIES}")], "updated_at": now}
+         for n in range(n_items)], schema=ITEM_CATALOGUE.schema))
+
+
+def push_fresh(settings: Settings, n_items: int) -> None:
+    """Speed-view interactions (newer than every model) for the first FRESH_USERS users."""
+    rng = np.random.default_rng(7)
+    producer = make_producer(settings, max_request_size=16 * 1024 * 1024)
+    rows = [{"user_id": pseudonymise(f"user-{u}", settings.pseudonym_key), "item_id": f"item-{i}",
+             "event_type": "purchase", "weight": 8.0, "occurred_at": datetime.now(UTC).isoformat(),
+             "event_id": f"bench-{u}-{n}"}
+            for u in range(FRESH_USERS) for n, i in enumerate(rng.integers(0, n_items, 3))]
+    message = {"kind": "user_interactions", "query_id": "bench", "batch_id": 0, "events_version": 10_000, "rows": rows}
+    send_all(producer, settings.topic_speed_updates, [(None, json.dumps(message).encode())])
+    producer.close()
+
+
+def floor(n_items: int, rank: int, repeats: int = 300) -> dict:
+    """The bare numpy score + top-k for one user, and implicit's topk on the same data."""
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((n_items, rank)).astype(np.float32)
+    x = rng.standard_normal(rank).astype(np.float32)
+
+    def numpy_once():
+        scores = y @ x
+        best = np.argpartition(-scores, 9)[:10]
+        return best[np.argsort(-scores[best])]
+
+    from implicit.cpu.topk import topk
+
+    def implicit_once():
+        return topk(y, x[None, :], 10, num_threads=1)
+
+    out = {}
+    for name, fn in (("numpy", numpy_once), ("implicit_topk", implicit_once)):
+        fn()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        out[name] = round(1000 * float(np.median(times)), 3)
+    return out
+
+
+# -- load generator (separate process) --------------------------------------------------
+
+
+async def _load(port: int, rate: float, seconds: float, paths: list[str], out: list) -> None:
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+
+    async def one(path: str, scheduled: float) -> None:
+        reader, writer = await pool.get()
+        status = 0
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length"))
+            await reader.readexactly(length)
+            pool.put_nowait((reader, writer))
+        except (OSError, asyncio.IncompleteReadError, StopIteration, ValueError):
+            pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+        out.append((scheduled, time.perf_counter() - scheduled, status))
+
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for n in range(int(rate * seconds)):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(paths[n % len(paths)], scheduled)))
+    await asyncio.gather(*tasks)
+
+
+def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out: list = []
+    asyncio.run(_load(port, rate, seconds, paths, out))
+    queue.put(out)
+
+
+def offer(port: int, rate: float, seconds: float, paths: list[str], during=None) -> list:
+    """Run the load generator at ``rate`` for ``seconds``; ``during()`` runs here meanwhile."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=loadgen, args=(port, rate, seconds, paths, queue))
+    process.start()
+    extra = during() if during else None
+    results = queue.get()
+    process.join()
+    return results if during is None else (results, extra)
+
+
+def summary(results: list) -> dict:
+    latencies = np.asarray([r[1] for r in results]) * 1000
+    errors = sum(1 for r in results if r[2] != 200)
+    return {
+        "requests": len(results),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "error_rate": round(errors / max(len(results), 1), 5),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--per-user", type=int, default=5, help="Training interactions per user.")
+    parser.add_argument("--rates", default="100,200,300,500")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--swap-rate", type=float, default=300.0)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
+    settings = Settings(root=root, embedded_broker_port=free_port())
+    lake = Lake(settings)
+    figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count()}
+    started = time.perf_counter()
+    write_model(lake, 1, args.items, args.users, args.rank, args.per_user, seed=1)
+    write_catalogue(lake, args.items)
+    figures["write_model_s"] = round(time.perf_counter() - started, 1)
+    figures["floor_ms"] = floor(args.items, args.rank)
+
+    broker = EmbeddedBroker(settings).start()
+    port = free_port()
+    env = {**os.environ, "LAMBDAREC_ROOT": str(root), "LAMBDAREC_EMBEDDED_BROKER_PORT": str(settings.embedded_broker_port),
+           "LAMBDAREC_ADMIN_TOKEN": TOKEN, "LAMBDAREC_SERVE_MODEL_POLL_S": "3600"}
+    server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                              env=env, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        push_fresh(settings, args.items)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{base}/ready", timeout=5).json()
+                if ready["ready"] and ready["speed_view"]["lag_records"] == 0 and ready["speed_view"]["age_ms"] is not None:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("serving did not become ready")
+        figures["load_model_s"] = round(time.perf_counter() - started, 1)
+        paths = [f"/v1/users/user-{u}/recommendations?k=10&filter=category:c{u % CATEGORIES}" for u in range(FRESH_USERS)]
+        check = httpx.get(base + paths[0], timeout=10).json()
+        figures["strategy"] = check["strategy"]
+        offer(port, 50, 2, paths)  # warm-up
+        rates = {}
+        for rate in [float(r) for r in args.rates.split(",")]:
+            rates[str(int(rate))] = summary(offer(port, rate, args.seconds, paths))
+        figures["rates"] = rates
+        under = [int(r) for r, s in rates.items() if s["p99_ms"] < 20 and s["error_rate"] == 0]
+        figures["highest_rate_p99_under_20ms"] = max(under, default=None)
+        p50_300 = rates.get("300", next(iter(rates.values())))["p50_ms"]
+        figures["p50_over_floor"] = round(p50_300 / figures["floor_ms"]["numpy"], 2)
+
+        write_model(lake, 2, args.items, args.users, args.rank, args.per_user, seed=2)
+
+        def swap():
+            time.sleep(args.seconds / 3)
+            began = time.perf_counter()
+            response = httpx.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600)
+            return began, time.perf_counter(), response.json()
+
+        results, (began, ended, reloaded) = offer(port, args.swap_rate, args.seconds, paths, during=swap)
+        before = [r for r in results if r[0] + r[1] < began]
+        during = [r for r in results if began <= r[0] <= ended]
+        figures["swap"] = {
+            "rate": args.swap_rate,
+            "reload": reloaded,
+            "swap_s": round(ended - began, 2),
+            "before": summary(before),
+            "during": summary(during) if during else None,
+            "failed_requests": sum(1 for r in results if r[2] != 200),
+            "p99_ratio_during_over_before": round(summary(during)["p99_ms"] / summary(before)["p99_ms"], 2)
+            if during and before else None,
+        }
+    finally:
+        server.terminate()
+        server.wait(30)
+        broker.stop()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

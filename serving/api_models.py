@@ -1,0 +1,76 @@
+"""Response bodies of the API, so the OpenAPI document describes every answer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Strategy = Literal["fold_in", "model", "trending_segment", "trending_global", "popular"]
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What was wrong, naming the field where there is one.")
+
+
+class Because(BaseModel):
+    item_id: str
+    contribution: float = Field(description="This item's share of the recommended item's score.")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+    because: list[Because] | None = Field(
+        None, description="With explain=true: the user's items that contributed most, largest first."
+    )
+
+
+class SpeedViewPosition(BaseModel):
+    """How fresh the speed view behind a response is."""
+
+    following: bool
+    bootstrapped: bool
+    events_version: int | None = Field(description="Newest events table version the view has applied.")
+    batch_id: int | None
+    offsets: dict[str, int] = Field(description="Next offset per speed-updates partition.")
+    lag_records: int | None = Field(description="speed-updates records not applied yet.")
+    age_ms: int | None = Field(description="Milliseconds since the view applied an update.")
+    newest_event_at: str | None
+    speed_job_lag_records: int | None = Field(description="The speed job's own source lag, from its progress.")
+
+
+class RecommendationsResponse(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    strategy: Strategy
+    segment: str | None = Field(None, description="The segment trending came from, e.g. country:DE.")
+    model_version: int | None
+    speed_view: SpeedViewPosition
+    fresh_interactions: int = Field(description="The user's interactions folded in beyond the model.")
+
+
+class SimilarResponse(BaseModel):
+    item_id: str
+    items: list[ScoredItem]
+    model_version: int
+
+
+class TrendingResponse(BaseModel):
+    items: list[ScoredItem]
+    strategy: Literal["trending_segment", "trending_global"] | None
+    segment: str | None
+    window_start: str | None
+    speed_view: SpeedViewPosition
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model_version: int | None
+    model_error: str | None
+    speed_view: SpeedViewPosition
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    model_version: int | None

@@ -1,0 +1,80 @@
+"""Item attributes for filters, from the ``item_catalogue`` Delta table.
+
+Attributes belong to items, not to events, so they come from a catalogue table
+that the product side owns (one row per change; the newest ``updated_at`` per
+item wins), not from the events' context (which describes the user's device and
+country). An item without a catalogue row matches no attribute filter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+import numpy as np
+
+from lambdarec.lake import Lake
+from schemas.tables import ITEM_CATALOGUE
+from serving.new_items import Catalogue
+
+MASKS_KEPT = 256  # (attribute, value) masks cached per catalogue; filters repeat a lot
+
+
+class ItemAttributes:
+    """attribute -> value -> item ids, reloaded when the table has a new version."""
+
+    def __init__(self, lake: Lake):
+        self.lake = lake
+        self.version: int | None = None
+        self.items: dict[str, dict[str, str]] = {}
+        self._index: dict[tuple[str, str], set[str]] = {}
+        self._masks: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        version = self.lake.version(ITEM_CATALOGUE)
+        if version is None or version == self.version:
+            return False
+        self.load(self.lake.read_arrow(ITEM_CATALOGUE, version).to_pylist(), version)
+        return True
+
+    def load(self, rows: list[dict], version: int) -> None:
+        newest: dict[str, dict] = {}
+        for row in rows:
+            current = newest.get(row["item_id"])
+            if current is None or row["updated_at"] >= current["updated_at"]:
+                newest[row["item_id"]] = row
+        items = {item: dict(row["attributes"] or ()) for item, row in newest.items()}
+        index: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for item, attributes in items.items():
+            for name, value in attributes.items():
+                index[(name, value)].add(item)
+        with self._lock:
+            self.items, self._index, self._masks, self.version = items, dict(index), {}, version
+
+    def matches(self, item_id: str, filters: dict[str, set[str]]) -> bool:
+        attributes = self.items.get(item_id, {})
+        return all(attributes.get(name) in values for name, values in filters.items())
+
+    def mask(self, catalogue: Catalogue, filters: dict[str, set[str]]) -> np.ndarray:
+        """Boolean mask over the catalogue's positions: values of one attribute OR, attributes AND."""
+        allowed = np.ones(catalogue.size, dtype=bool)
+        for name, values in filters.items():
+            either = np.zeros(catalogue.size, dtype=bool)
+            for value in values:
+                either |= self._mask(catalogue, name, value)
+            allowed &= either
+        return allowed
+
+    def _mask(self, catalogue: Catalogue, name: str, value: str) -> np.ndarray:
+        key = (catalogue.model.version, catalogue.generation, self.version, name, value)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = np.zeros(catalogue.size, dtype=bool)
+            positions = [catalogue.position(item) for item in self._index.get((name, value), ())]
+            mask[[p for p in positions if p is not None]] = True
+            with self._lock:
+                if len(self._masks) >= MASKS_KEPT:
+                    self._masks.clear()
+                self._masks[key] = mask
+        return mask

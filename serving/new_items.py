@@ -1,0 +1,130 @@
+"""Items only the speed layer has seen, folded in so they are recommendable before training.
+
+A new item's vector solves the item step of implicit ALS against the fixed user
+vectors of the users who interacted with it (the symmetric fold-in, same
+confidence and regularisation as the model). A user the model does not know
+contributes through a vector folded in from their interactions with known items.
+
+The result extends the model's catalogue: positions past the model's items, and
+a Gram matrix over all of them, so user fold-in stays the exact ALS step over the
+extended catalogue. It is cached per (model, speed-view generation).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.foldin import fold_in, fold_in_rows, gram
+from serving.model_store import Model
+from serving.speed_view import SpeedView
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The model's items plus folded-in new items; positions index ``[model items..., new items...]``."""
+
+    model: Model
+    generation: int
+    new_ids: np.ndarray  # object array
+    new_factors: np.ndarray  # n_new x rank, float32
+    new_positions: dict[str, int]  # item id -> position (>= n_model)
+    yty: np.ndarray  # Gram over model and new items
+
+    @property
+    def size(self) -> int:
+        return len(self.model.item_ids) + len(self.new_ids)
+
+    def position(self, item_id: str) -> int | None:
+        position = self.model.item_positions.get(item_id)
+        return position if position is not None else self.new_positions.get(item_id)
+
+    def item_id(self, position: int) -> str:
+        n = len(self.model.item_ids)
+        return str(self.model.item_ids[position] if position < n else self.new_ids[position - n])
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The factor rows at catalogue ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        n = len(self.model.item_ids)
+        out = np.empty((len(positions), self.model.item_factors.shape[1]), dtype=np.float32)
+        old = positions < n
+        out[old] = self.model.item_factors[positions[old]]
+        out[~old] = self.new_factors[positions[~old] - n]
+        return out
+
+    def scores(self, vector: np.ndarray) -> np.ndarray:
+        """Scores of every catalogue item for a user vector, in float32."""
+        x = np.asarray(vector, dtype=np.float32)
+        scores = self.model.item_factors @ x
+        return np.concatenate([scores, self.new_factors @ x]) if len(self.new_ids) else scores
+
+
+def build(model: Model, speed: SpeedView) -> Catalogue:
+    """Fold in every item the speed view has and the model lacks."""
+    generation, unknown = speed.unknown_item_users(model.item_positions)
+    user_vectors: dict[str, np.ndarray | None] = {}
+    ids, vectors = [], []
+    for item in sorted(unknown):
+        users, ratings = [], []
+        for user, weight in unknown[item].items():
+            if user not in user_vectors:
+                user_vectors[user] = _user_vector(model, speed, user)
+            vector = user_vectors[user]
+            if vector is not None:
+                users.append(vector)
+                ratings.append(weight)
+        if users and any(r > 0 for r in ratings):
+            rated = np.asarray(users)
+            vectors.append(
+                fold_in_rows(model.xtx, rated, np.asarray(ratings), model.reg_param, model.alpha, model.reg_scaling)
+            )
+            ids.append(item)
+    rank = model.item_factors.shape[1]
+    factors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), rank)
+    n = len(model.item_ids)
+    return Catalogue(
+        model=model,
+        generation=generation,
+        new_ids=np.asarray(ids, dtype=object),
+        new_factors=factors,
+        new_positions={item: n + j for j, item in enumerate(ids)},
+        yty=model.yty + gram(factors) if len(ids) else model.yty,
+    )
+
+
+def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None:
+    """The model's vector for ``user``, else one folded in from their known items (None if none)."""
+    position = model.user_positions.get(user)
+    if position is not None:
+        return model.user_factors[position]
+    ratings: dict[int, float] = {}
+    for interaction in speed.interactions(user):
+        item = model.item_positions.get(interaction.item_id)
+        if item is not None:
+            ratings[item] = ratings.get(item, 0.0) + interaction.weight
+    if not ratings:
+        return None
+    positions = np.fromiter(ratings, dtype=np.int64)
+    values = np.fromiter(ratings.values(), dtype=np.float64)
+    return fold_in(model.item_factors, model.yty, positions, values, model.reg_param, model.alpha, model.reg_scaling)
+
+
+class CatalogueCache:
+    """The current model's catalogue, rebuilt only when the model or the speed view changed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: Catalogue | None = None
+
+    def get(self, model: Model, speed: SpeedView) -> Catalogue:
+        current = self._current
+        if current is not None and current.model is model and current.generation == speed.generation:
+            return current
+        with self._lock:
+            current = self._current
+            if current is None or current.model is not model or current.generation != speed.generation:
+                current = self._current = build(model, speed)
+            return current

@@ -1,0 +1,116 @@
+"""Per-user and per-item speed features as pure folds over events, free of Spark.
+
+The streaming state (``speed.stateful``) and the batch recomputation that checks
+it (``recompute``) call the same functions, so they cannot drift apart. A state
+is a set of per-minute buckets plus "newest event" fields; buckets merge by
+addition and are pruned relative to the newest event time, so the result does
+not depend on the order or batching in which events arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MINUTE_US = 60_000_000
+HOUR_US = 3600 * 1_000_000
+DAY_US = 24 * HOUR_US
+GLOBAL = ("*", "*")
+
+
+def minute_of(ts_us: int) -> int:
+    return ts_us - ts_us % MINUTE_US
+
+
+def new_user() -> dict[str, Any]:
+    return {"buckets": {}, "last_seen": None, "last_event_id": "", "country": None, "device": None}
+
+
+def fold_user(state: dict[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Add events (``occurred_at`` in µs, ``event_type``, ``event_id``, ``country``, ``device``)."""
+    buckets: dict[str, list] = state["buckets"]
+    for e in events:
+        ts = int(e["occurred_at"])
+        b = buckets.setdefault(str(minute_of(ts)), [{}, ts, ts])  # counts by type, first and last µs
+        b[0][e["event_type"]] = b[0].get(e["event_type"], 0) + 1
+        b[1], b[2] = min(b[1], ts), max(b[2], ts)
+        if state["last_seen"] is None or (ts, e["event_id"]) > (state["last_seen"], state["last_event_id"]):
+            state.update(last_seen=ts, last_event_id=e["event_id"], country=e.get("country"), device=e.get("device"))
+    horizon = minute_of(state["last_seen"]) - DAY_US
+    state["buckets"] = {m: b for m, b in buckets.items() if int(m) > horizon}
+    return state
+
+
+def user_features(user_id: str, state: Mapping[str, Any], session_gap_s: int) -> dict[str, Any]:
+    """The user's row: counts by type in the last 1 h / 24 h, the current session, last seen."""
+    last = state["last_seen"]
+    ordered = sorted(((int(m), b) for m, b in state["buckets"].items()), reverse=True)
+    counts_1h: dict[str, int] = {}
+    counts_24h: dict[str, int] = {}
+    for minute, (counts, _, _) in ordered:
+        for event_type, n in counts.items():
+            counts_24h[event_type] = counts_24h.get(event_type, 0) + n
+            if minute > minute_of(last) - HOUR_US:
+                counts_1h[event_type] = counts_1h.get(event_type, 0) + n
+    session_start, session_events, previous_first = None, 0, None
+    for _, (counts, first, newest) in ordered:
+        if previous_first is not None and previous_first - newest > session_gap_s * 1_000_000:
+            break
+        session_start, previous_first = first, first
+        session_events += sum(counts.values())
+    session_id = hashlib.sha1(f"{user_id}|{session_start}".encode()).hexdigest()[:16]
+    return {
+        "user_id": user_id,
+        "last_seen": last,
+        "session_id": session_id,
+        "session_start": session_start,
+        "session_events": session_events,
+        "counts_1h": sorted(counts_1h.items()),
+        "counts_24h": sorted(counts_24h.items()),
+        "country": state["country"],
+        "device": state["device"],
+    }
+
+
+def new_item() -> dict[str, Any]:
+    return {"buckets": {}, "last": None}
+
+
+def fold_item(state: dict[str, Any], events: Iterable[Mapping[str, Any]], window_s: int) -> dict[str, Any]:
+    """Add events (``occurred_at`` µs, ``weight``) to an item's per-minute counts."""
+    buckets: dict[str, list] = state["buckets"]
+    for e in events:
+        ts = int(e["occurred_at"])
+        b = buckets.setdefault(str(minute_of(ts)), [0, 0.0])
+        b[0] += 1
+        b[1] += float(e["weight"] or 0.0)
+        state["last"] = ts if state["last"] is None else max(state["last"], ts)
+    start = _window(state["last"], window_s)[0]
+    state["buckets"] = {m: b for m, b in buckets.items() if int(m) >= start}
+    return state
+
+
+def item_trending(segment: tuple[str, str], item_id: str, state: Mapping[str, Any], window_s: int) -> dict[str, Any]:
+    """The item's count and weight in the window ending at the minute after its newest event."""
+    start, end = _window(state["last"], window_s)
+    live = [b for m, b in state["buckets"].items() if int(m) >= start]
+    return {
+        "segment_type": segment[0],
+        "segment": segment[1],
+        "window_start": start,
+        "window_end": end,
+        "item_id": item_id,
+        "events": sum(b[0] for b in live),
+        "weight": round(sum(b[1] for b in live), 9),
+    }
+
+
+def _window(last_us: int, window_s: int) -> tuple[int, int]:
+    end = minute_of(last_us) + MINUTE_US
+    return end - window_s * 1_000_000, end
+
+
+def segments(country: str | None) -> list[tuple[str, str]]:
+    """The trending segments an event counts in: global, and its country when known."""
+    return [GLOBAL] if not country else [GLOBAL, ("country", country)]

@@ -1,0 +1,108 @@
+"""The features query's stream: accepted interactions → keyed Spark state → feature rows.
+
+It reads the ``user_interactions`` updates the events query pushes to
+``speed-updates``. Those are exactly the rows committed to ``events`` (valid,
+consented, deduplicated, not late), so the features equal a recomputation from
+``events``. A batch the events query replays after a crash is pushed again; the
+event_id dedupe here drops it. State lives in the RocksDB state store, one value
+per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
+idle (``transformWithStateInPandas`` TTL).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
+
+from lambdarec.settings import Settings
+from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
+from speed import features
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+SEP = "\x1f"
+UPDATE_SCHEMA = (
+    "kind string, query_id string, batch_id long, rows array<struct<user_id: string, item_id: string, "
+    "event_type: string, weight: double, occurred_at: string, event_id: string, country: string, device: string>>"
+)
+OUTPUT_SCHEMA = (
+    "kind string, user_id string, last_seen long, session_id string, session_start long, session_events long, "
+    "counts_1h string, counts_24h string, country string, device string, segment_type string, segment string, "
+    "window_start long, window_end long, item_id string, events long, weight double"
+)
+OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
+
+
+def interactions(updates: "DataFrame", settings: Settings) -> "DataFrame":
+    """speed-updates records → one row per accepted interaction, deduplicated by event_id."""
+    from pyspark.sql import functions as F
+
+    parsed = updates.select(F.from_json(F.col("value").cast("string"), UPDATE_SCHEMA).alias("u"))
+    rows = parsed.filter(F.col("u.kind") == SPEED_UPDATE_KIND_USER_INTERACTIONS).select(F.explode("u.rows").alias("r"))
+    return (
+        rows.select(
+            "r.user_id", "r.item_id", "r.event_type", "r.weight", "r.event_id", "r.country", "r.device",
+            F.unix_micros(F.to_timestamp("r.occurred_at")).alias("occurred_at"),
+        )
+        .withColumn("seen_at", F.current_timestamp())
+        .withWatermark("seen_at", settings.speed_dedupe_window)
+        .dropDuplicatesWithinWatermark(["event_id"])
+    )
+
+
+def entity_rows(accepted: "DataFrame") -> "DataFrame":
+    """Each interaction once per entity it updates: its user, and its item globally and per country."""
+    from pyspark.sql import functions as F
+
+    item = lambda segment_type, segment: F.concat_ws(SEP, F.lit("i"), segment_type, segment, "item_id")  # noqa: E731
+    entities = F.array(
+        F.concat_ws(SEP, F.lit("u"), "user_id"),
+        item(F.lit(features.GLOBAL[0]), F.lit(features.GLOBAL[1])),
+        F.when(F.col("country").isNotNull(), item(F.lit("country"), F.col("country"))),
+    )
+    return accepted.select(
+        F.explode(F.filter(entities, lambda e: e.isNotNull())).alias("entity"),
+        "occurred_at", "event_type", "weight", "event_id", "country", "device",
+    )
+
+
+def feature_rows(accepted: "DataFrame", settings: Settings) -> "DataFrame":
+    """Updated feature rows (``kind`` 'user' or 'item') for the entities a micro-batch touched."""
+    processor = FeatureProcessor(settings.speed_session_gap_s, settings.speed_trending_window_s,
+                                 settings.speed_state_ttl_s * 1000)
+    return entity_rows(accepted).groupBy("entity").transformWithStateInPandas(
+        statefulProcessor=processor, outputStructType=OUTPUT_SCHEMA, outputMode="Update", timeMode="ProcessingTime"
+    )
+
+
+class FeatureProcessor(StatefulProcessor):
+    """Folds an entity's new interactions into its state and emits its current feature row."""
+
+    def __init__(self, session_gap_s: int, window_s: int, ttl_ms: int):
+        self.session_gap_s, self.window_s, self.ttl_ms = session_gap_s, window_s, ttl_ms
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.state = handle.getValueState("features", "state string", self.ttl_ms)
+
+    def handleInputRows(self, key, rows: Iterator[pd.DataFrame], timerValues) -> Iterator[pd.DataFrame]:
+        kind, *rest = key[0].split(SEP)
+        events = pd.concat(list(rows)).to_dict("records")
+        previous = json.loads(self.state.get()[0]) if self.state.exists() else None
+        if kind == "u":
+            state = features.fold_user(previous or features.new_user(), events)
+            row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
+            row["counts_1h"], row["counts_24h"] = json.dumps(row["counts_1h"]), json.dumps(row["counts_24h"])
+        else:
+            segment_type, segment, item_id = rest
+            state = features.fold_item(previous or features.new_item(), events, self.window_s)
+            row = {"kind": "item", **features.item_trending((segment_type, segment), item_id, state, self.window_s)}
+        self.state.update((json.dumps(state),))
+        yield pd.DataFrame([{column: row.get(column) for column in OUTPUT_COLUMNS}])
+
+    def close(self) -> None:
+        pass

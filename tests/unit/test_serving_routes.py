@@ -1,0 +1,181 @@
+"""The read, admin and ingestion-limit routes over a model in a real Delta lake.
+
+The app runs without its lifespan (no broker, no polling): the test loads the
+model and applies speed updates to the app's services itself, as the followers would.
+"""
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+from pydantic import SecretStr
+from fastapi.testclient import TestClient
+
+from lambdarec.lake import Lake
+from lambdarec.pseudonym import pseudonymise
+from schemas.tables import ITEM_CATALOGUE
+from serving.app import create_app
+from tests.serving_support import write_model
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "s3cret-admin-token"
+ITEMS = {
+    **{f"a{n}": [1.0, 0.05 * n] for n in range(5)},
+    **{f"b{n}": [0.05 * n, 1.0] for n in range(5)},
+}
+
+
+@pytest.fixture
+def app(settings):
+    settings = settings.model_copy(update={"admin_token": SecretStr(TOKEN), "ingest_rate_limit_per_s": 1.0,
+                                           "ingest_rate_burst": 3})
+    key = settings.pseudonym_key
+    write_model(Lake(settings), 1, 10, ITEMS, {
+        pseudonymise("alice", key): {"a0": 3.0, "a1": 2.0},
+        pseudonymise("bob", key): {"b0": 4.0, "b1": 1.0, "a0": 1.0},
+    })
+    app = create_app(settings)
+    assert app.state.services.model_store.reload()
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def apply(app, kind, rows, batch_id=0, **extra):
+    app.state.services.speed_view.apply({"kind": kind, "query_id": "q", "batch_id": batch_id, "rows": rows, **extra})
+
+
+def trending_row(segment_type, segment, item, weight):
+    return {"segment_type": segment_type, "segment": segment, "window_start": "2024-05-01T12:00:00+00:00",
+            "window_end": "2024-05-01T13:00:00+00:00", "item_id": item, "events": 1, "weight": weight,
+            "query_id": "q", "batch_id": 0}
+
+
+def ids(body):
+    return [item["item_id"] for item in body["items"]]
+
+
+@pytest.mark.parametrize("path", ["/admin/reload", "/v1/admin/reload"])
+def test_admin_routes_need_the_bearer_token(client, path):
+    for _ in range(3):  # every time, not just the first
+        missing = client.post(path)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert client.post(path, headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert client.post(path, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
+    ok = client.post(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json() == {"reloaded": False, "model_version": 1}
+
+
+def test_admin_routes_are_off_without_a_configured_token(settings):
+    client = TestClient(create_app(settings))
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer "}).status_code in (401, 403)
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer anything"}).status_code == 403
+
+
+def test_ingestion_over_the_rate_limit_is_429_with_retry_after(client):
+    def no_consent(n):  # dropped without a broker, but they still count against the limit
+        return [{"event_id": f"00000000-0000-4000-8000-00000000000{i}", "user_id": "u", "item_id": "i",
+                 "event_type": "click", "occurred_at": "2024-05-01T12:00:00+00:00",
+                 "context": {"consent": False}} for i in range(n)]
+
+    assert client.post("/v1/events/batch", json=no_consent(3)).status_code == 202
+    refused = client.post("/v1/events", json=no_consent(1)[0])
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1 and "rate limit" in refused.json()["detail"]
+
+
+def test_versioned_and_unversioned_paths_answer_the_same(client):
+    v1 = client.get("/v1/users/alice/recommendations", params={"k": 3}).json()
+    legacy = client.get("/users/alice/recommendations", params={"k": 3}).json()
+    assert ids(v1) == ids(legacy) == ["a2", "a3", "a4"]
+    assert v1["strategy"] == "model" and v1["model_version"] == 1 and "age_ms" in v1["speed_view"]
+
+
+def test_explain_names_the_users_items_and_sums_to_the_score(client):
+    body = client.get("/v1/users/bob/recommendations", params={"k": 3, "explain": True}).json()
+    assert body["strategy"] == "model"
+    for item in body["items"]:
+        because = item["because"]
+        assert because and {b["item_id"] for b in because} <= {"b0", "b1", "a0"}
+        contributions = [b["contribution"] for b in because]
+        assert contributions == sorted(contributions, reverse=True)
+    # every rated item is listed for the top item here (3 rated, 3 shown) when all add to it
+    top = body["items"][0]
+    if len(top["because"]) == 3:
+        assert sum(b["contribution"] for b in top["because"]) == pytest.approx(top["score"], rel=1e-4)
+    plain = client.get("/v1/users/bob/recommendations", params={"k": 3}).json()
+    assert ids(plain) == ids(body) and plain["items"][0]["because"] is None
+
+
+def test_include_exclude_exclude_seen_and_attribute_filters(app, client, settings):
+    rows = [{"item_id": f"a{n}", "attributes": [("colour", "red" if n % 2 else "blue")],
+             "updated_at": datetime(2024, 1, 1, tzinfo=UTC)} for n in range(5)]
+    rows.append({"item_id": "a2", "attributes": [("colour", "red")], "updated_at": datetime(2024, 2, 1, tzinfo=UTC)})
+    Lake(settings).append_arrow(ITEM_CATALOGUE, pa.Table.from_pylist(rows, schema=ITEM_CATALOGUE.schema))
+    assert app.state.services.attributes.reload()
+
+    def get(**params):
+        return ids(client.get("/v1/users/alice/recommendations", params={"k": 10, **params}).json())
+
+    assert get(filter="colour:red") == ["a2", "a3"]  # a1 is red but seen; a2 turned red later
+    assert get(filter=["colour:red", "colour:blue"]) == ["a2", "a3", "a4"]
+    assert get(filter="colour:green") == []
+    assert get(include=["b4", "a0", "a3"]) == ["a3", "b4"]
+    assert "a2" not in get(exclude="a2")
+    assert {"a0", "a1"} <= set(get(exclude_seen=False))
+    bad = client.get("/v1/users/alice/recommendations", params={"filter": "no-colon"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "filter", 0]
+
+
+def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client, settings):
+    apply(app, "item_trending", [trending_row("global", "*", "b3", 5.0), trending_row("global", "*", "a4", 9.0),
+                                 trending_row("country", "DE", "b2", 7.0), trending_row("device", "ios", "a3", 2.0)])
+    carol = pseudonymise("carol", settings.pseudonym_key)
+    apply(app, "user_features", [{"user_id": carol, "country": "DE", "device": "ios"}], batch_id=1)
+
+    def get(user, **params):
+        body = client.get(f"/v1/users/{user}/recommendations", params=params).json()
+        return body["strategy"], body["segment"], ids(body)
+
+    assert get("stranger") == ("trending_global", None, ["a4", "b3"])
+    assert get("stranger", country="DE") == ("trending_segment", "country:DE", ["b2"])
+    assert get("stranger", device="ios") == ("trending_segment", "device:ios", ["a3"])
+    assert get("stranger", country="FR") == ("trending_global", None, ["a4", "b3"])
+    assert get("carol") == ("trending_segment", "country:DE", ["b2"])  # from her profile
+
+    trending = client.get("/v1/trending", params={"country": "DE"}).json()
+    assert (trending["strategy"], trending["segment"], ids(trending)) == ("trending_segment", "country:DE", ["b2"])
+    assert trending["window_start"] == "2024-05-01T12:00:00+00:00"
+    assert ids(client.get("/v1/trending", params={"k": 1}).json()) == ["a4"]
+
+
+def test_similar_items_and_unknown_items(client):
+    body = client.get("/v1/items/a0/similar", params={"k": 3}).json()
+    assert body["model_version"] == 1 and ids(body) == ["a1", "a2", "a3"]
+    assert body["items"][0]["score"] <= 1.0 + 1e-6
+    missing = client.get("/v1/items/nope/similar")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_a_bug_answers_500_without_a_stack_trace(app, client, monkeypatch):
+    def broken():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(app.state.services, "catalogue", broken)
+    response = client.get("/v1/users/alice/recommendations")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal server error"}
+    assert "Traceback" not in response.text and "secret" not in response.text
+
+
+def test_metrics_report_model_version_and_speed_view(app, client):
+    apply(app, "progress", None, batch_id=3, progress={"batch_id": 3, "source_lag": 42})
+    client.get("/v1/users/alice/recommendations")
+    metrics = client.get("/metrics").text
+    assert "lambdarec_model_version 1.0" in metrics
+    assert "lambdarec_speed_job_lag_records 42.0" in metrics
+    assert 'route="/v1/users/{user_id}/recommendations"' in metrics

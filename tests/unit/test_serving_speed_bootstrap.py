@@ -1,0 +1,56 @@
+"""Bootstrapping the speed view from the Delta speed tables (real Delta on disk)."""
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from lambdarec.lake import Lake
+from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
+from serving.speed_bootstrap import bootstrap
+from serving.speed_view import SpeedView
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+def interactions(batch_id, events_version, rows):
+    return pa.Table.from_pylist(
+        [{"user_id": u, "item_id": i, "event_type": "click", "weight": w, "occurred_at": T0, "event_id": e,
+          "events_version": events_version, "query_id": "q1", "batch_id": batch_id} for u, i, w, e in rows],
+        schema=SPEED_USER_INTERACTIONS.schema,
+    )
+
+
+def test_bootstrap_loads_every_table_then_the_topic_adds_only_newer_batches(settings):
+    lake = Lake(settings)
+    lake.append_arrow(SPEED_USER_INTERACTIONS, interactions(0, 3, [("u1", "a", 1.0, "e1")]))
+    lake.append_arrow(SPEED_USER_INTERACTIONS, interactions(1, 4, [("u1", "b", 2.0, "e2"), ("u2", "a", 1.0, "e3")]))
+    lake.append_arrow(SPEED_USER_FEATURES, pa.Table.from_pylist(
+        [{"user_id": "u1", "last_seen": T0, "country": "DE", "device": "ios", "query_id": "q1", "batch_id": 1}],
+        schema=SPEED_USER_FEATURES.schema))
+    lake.append_arrow(SPEED_ITEM_TRENDING, pa.Table.from_pylist(
+        [{"segment_type": "global", "segment": "*", "window_start": T0, "window_end": T0, "item_id": "a",
+          "events": 2, "weight": 2.0, "query_id": "q1", "batch_id": 1}], schema=SPEED_ITEM_TRENDING.schema))
+
+    view = SpeedView(settings)
+    versions = bootstrap(lake, view)
+    assert versions == {"speed_user_interactions": 2, "speed_user_features": 1, "speed_item_trending": 1}
+    assert [i.item_id for i in view.interactions("u1")] == ["a", "b"]
+    assert view.interactions("u1")[0].occurred_at == "2024-05-01T12:00:00+00:00"
+    assert view.profile("u1")["country"] == "DE"
+    assert view.trending() == ([("a", 2.0)], "2024-05-01T12:00:00+00:00")
+    assert view.position()["events_version"] == 4
+
+    replayed = {"kind": "user_interactions", "query_id": "q1", "batch_id": 1, "events_version": 4, "rows": [
+        {"user_id": "u1", "item_id": "c", "event_type": "click", "weight": 1.0,
+         "occurred_at": "2024-05-01T12:00:00+00:00", "event_id": "e-other"}]}
+    assert view.apply(replayed) == 0  # the table already holds batch 1
+    assert view.apply({**replayed, "batch_id": 2, "events_version": 5}) == 1
+
+
+def test_missing_tables_bootstrap_to_an_empty_view(settings):
+    view = SpeedView(settings)
+    assert bootstrap(Lake(settings), view) == {}
+    assert view.interactions("anyone") == []
