@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 300
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
+LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
 .PHONY: demo test unit venv airflow clean
 
@@ -25,12 +26,21 @@ test: venv
 unit: venv
 	$(BIN)/pytest -m unit
 
+AIRFLOW_PORT ?= 8080
+AIRFLOW_PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json
+
+# Airflow standalone (API server + UI, scheduler, dag-processor, SQLite) on dags/.
+# The admin password is generated once into $(AIRFLOW_PASSWORDS) and printed here.
 airflow: venv
 	mkdir -p $(AIRFLOW_HOME)
-	@echo "Airflow UI: http://localhost:8080 (login: admin; password printed below by airflow standalone)"
+	@test -s $(AIRFLOW_PASSWORDS) || $(BIN)/python -c "import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
+	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)  login: admin  password: $$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"
+	@echo "DAGs: $(CURDIR)/dags (lambdarec_batch hourly, lambdarec_maintenance daily); lake: $(LAMBDAREC_ROOT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(AIRFLOW_HOME) \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	LAMBDAREC_ROOT=$(CURDIR)/.lambdarec $(BIN)/airflow standalone
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_PASSWORDS) \
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/airflow standalone
 
 clean:
 	rm -rf .lambdarec demo-summary.json

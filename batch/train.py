@@ -18,15 +18,16 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from batch import gate, idmap, registry
+from batch import gate, idmap, registry, tuning
 from batch.engines import AlsParams, Factors, engine
 from batch.evaluate import Holdout, compare_to_popularity
 from batch.interactions import holdout_pairs, implicit_ratings, split_holdout, with_indices
@@ -171,14 +172,16 @@ def run(
 
 @dataclass(frozen=True)
 class Prepared:
-    """The cached frames one training run reads more than once."""
+    """The cached frames one training run (or one tuning split) reads more than once."""
 
+    train_events: "DataFrame"
     train_ratings: "DataFrame"  # (user_id, item_id, rating, n_events) before the holdout cut
     test_ratings: "DataFrame"
     all_ratings: "DataFrame"  # every event's interactions: who and what is active
     users: pa.Table  # (user_id, user_index), stable across runs
     items: pa.Table  # (item_id, item_index)
     train: "DataFrame"  # (user_index, item_index, rating): what ALS fits
+    rate: Callable[["DataFrame"], "DataFrame"]  # events -> ratings, as configured
 
     @classmethod
     def from_events(
@@ -196,16 +199,24 @@ class Prepared:
             as_of=as_of,
             rating_center=settings.rating_center,
         )
-        train_events, test_events = split_holdout(
-            events, settings.holdout_fraction, settings.eval_split, settings.eval_cutoff, SEED
-        )
+        split = split_holdout(events, settings.holdout_fraction, settings.eval_split, settings.eval_cutoff, SEED)
+        return cls.from_split(spark, lake, *split, events, rate, model_version)
+
+    @classmethod
+    def from_split(cls, spark, lake: Lake, train_events, test_events, events, rate, model_version: int) -> "Prepared":
         train_ratings = rate(train_events).cache()
         ids = train_ratings.select("user_id", "item_id").toArrow()
         users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version)
         items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version)
         train = with_indices(train_ratings, spark.createDataFrame(users), spark.createDataFrame(items))
         train = train.select("user_index", "item_index", "rating").cache()
-        return cls(train_ratings, rate(test_events), rate(events), users, items, train)
+        return cls(train_events, train_ratings, rate(test_events), rate(events), users, items, train, rate)
+
+    def validation(self, spark, lake: Lake, settings: Settings, model_version: int) -> "Prepared":
+        """The training events split once more, for tuning; the test holdout stays unseen."""
+        method = "time" if settings.eval_split == "cutoff" else settings.eval_split
+        split = split_holdout(self.train_events, settings.holdout_fraction or 0.2, method, None, SEED)
+        return Prepared.from_split(spark, lake, *split, self.train_events, self.rate, model_version)
 
     def unpersist(self) -> None:
         for frame in (self.train_ratings, self.train):
@@ -232,7 +243,12 @@ def _train(
             raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
         checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
         chosen = engine(settings.als_engine, blocks=max(2, settings.spark_shuffle_partitions))
-        factors = chosen.fit(spark, data.train, als_params(settings), checkpoints)
+        params = als_params(settings)
+        if settings.tune_trials:
+            tuned = _tune(spark, lake, settings, data, chosen, params, checkpoints, model_version)
+            params = replace(params, **tuned["best"]["params"])
+            base = {**base, "params": {**base["params"], **tuned["best"]["params"], "tuning": tuned}}
+        factors = chosen.fit(spark, data.train, params, checkpoints)
         metrics = {**_evaluate(factors, data, settings), **_coverage(factors, data)}
         _log("train_evaluated", model_version=model_version, **metrics)
         written = {
@@ -266,6 +282,24 @@ def _train(
         "written": written,
         **counts,
     }
+
+
+def _tune(spark, lake, settings, data: Prepared, chosen, base: AlsParams, checkpoints: str, model_version: int):
+    """Search hyperparameters on a validation split of the training events."""
+    inner = data.validation(spark, lake, settings, model_version)
+    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+
+    def score(params: AlsParams) -> float:
+        return _evaluate(chosen.fit(spark, inner.train, params, checkpoints), inner, settings).get(metric, 0.0)
+
+    try:
+        result = tuning.search(
+            score, base, settings.tune_space, settings.tune_method, settings.tune_trials, settings.tune_budget_s
+        )
+    finally:
+        inner.unpersist()
+    _log("tuned", model_version=model_version, metric=metric, best=result["best"], trials=len(result["trials"]))
+    return {**result, "metric": f"validation {metric}"}
 
 
 def _interactions(train: "DataFrame", model_version: int) -> "DataFrame":

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
     )
     eval_cutoff: datetime | None = Field(None, description="Cutoff for eval_split=cutoff.")
     eval_k: int = Field(10, ge=1, description="k of the offline ranking metrics.")
+    tune_trials: int = Field(0, ge=0, description="Hyperparameter search trials before training; 0 = no search.")
+    tune_method: Literal["grid", "random"] = Field("random", description="Search: the grid in order, or a seeded sample.")
+    tune_budget_s: float = Field(0.0, ge=0, description="Stop starting trials after this many seconds; 0 = no limit.")
+    tune_space: dict[str, list[float]] = Field(
+        default_factory=lambda: {
+            "rank": [16, 32, 64], "regParam": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "maxIter": [10, 20],
+        },
+        description="Values to search per ALS hyperparameter (rank, regParam, alpha, maxIter).",
+    )
     gate_metric: str = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")
     gate_tolerance: float = Field(
         0.01, ge=0, description="A candidate may trail the champion's gate metric by this much."

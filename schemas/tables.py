@@ -143,6 +143,7 @@ SPEED_PROGRESS = TableSpec(
     schema=pa.schema(
         [
             ("query_id", pa.string()),
+            ("query_name", pa.string()),
             ("run_id", pa.string()),
             ("batch_id", pa.int64()),
             ("recorded_at", TS),

@@ -36,6 +36,7 @@ from schemas.tables import (
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
 )
+from speed import progress
 from speed.sinks import EventsSink, FeaturesSink
 from speed.transforms import consented, parse_records
 
@@ -80,12 +81,9 @@ def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
     record as late; the sink dead-letters late records against the Kafka-time
     frontier instead, where they are counted and kept.
     """
-    from pyspark.sql import functions as F
-
     parsed = consented(parse_records(kafka_stream(spark, settings, settings.topic_events), settings))
     return (
-        parsed.withColumn("seen_at", F.current_timestamp())
-        .withWatermark("seen_at", settings.speed_dedupe_window)
+        parsed.withWatermark("seen_at", settings.speed_dedupe_window)
         .dropDuplicatesWithinWatermark(["dedupe_key"])
     )
 
@@ -97,8 +95,14 @@ def _start(stream: "DataFrame", name: str, checkpoint: str, sink, trigger_ms: in
 
 
 def prepare(spark: "SparkSession", settings: Settings) -> None:
-    """Tables exist and state lives in RocksDB (fixed per checkpoint when a query first starts)."""
+    """Tables exist and state lives in RocksDB (fixed per checkpoint when a query first starts).
+
+    No-data micro-batches are off: with processing-time state TTL they would run
+    back to back on an idle topic (and an ``availableNow`` run would never end);
+    expired state is dropped by the next batch with data instead.
+    """
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB_PROVIDER)
+    spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
                  SPEED_PROGRESS):
@@ -109,8 +113,10 @@ def run(spark: "SparkSession", settings: Settings, available_now: bool = False) 
     """Start the events query and return it; ``available_now`` processes what is there, then stops."""
     prepare(spark, settings)
     checkpoint = checkpoint_location(settings)
-    return _start(build_stream(spark, settings), QUERY_NAME, checkpoint, EventsSink(settings, checkpoint),
-                  settings.speed_trigger_ms, available_now)
+    query = _start(build_stream(spark, settings), QUERY_NAME, checkpoint, EventsSink(settings, checkpoint),
+                   settings.speed_trigger_ms, available_now)
+    progress.watch(spark, query, settings, push=True)
+    return query
 
 
 def run_features(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
@@ -121,8 +127,10 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     checkpoint = features_checkpoint_location(settings)
     updates = kafka_stream(spark, settings, settings.topic_speed_updates)
     rows = feature_rows(interactions(updates, settings), settings)
-    return _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
-                  settings.speed_features_trigger_ms, available_now)
+    query = _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
+                   settings.speed_features_trigger_ms, available_now)
+    progress.watch(spark, query, settings, push=False)
+    return query
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,10 @@ LATE = "late_past_watermark"
 
 
 def parse_records(records: "DataFrame", settings: Settings) -> "DataFrame":
-    """Parse every record and attach ``reason`` (null when valid) and ``dedupe_key``.
+    """Parse every record and attach ``reason`` (null when valid), ``dedupe_key`` and ``seen_at``.
+
+    ``seen_at`` is ``current_timestamp()``, which a streaming query fixes per
+    micro-batch in its offset log, so a replayed batch sees the same time.
 
     Invalid records keep a key unique to their Kafka position, so dedupe never
     merges two bad records; valid ones are keyed by event_id.
@@ -37,7 +40,8 @@ def parse_records(records: "DataFrame", settings: Settings) -> "DataFrame":
     return (
         parsed.withColumn("reason", reason)
         .withColumn("dedupe_key", F.when(F.col("reason").isNull(), F.col("event.event_id")).otherwise(position))
-        .withColumn("ingest_ts", F.coalesce(F.col("timestamp"), F.current_timestamp()))
+        .withColumn("seen_at", F.current_timestamp())
+        .withColumn("ingest_ts", F.coalesce(F.col("timestamp"), F.col("seen_at")))
     )
 
 
@@ -132,7 +136,7 @@ def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
         F.col("topic").alias("kafka_topic"),
         F.col("partition").cast("int").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
-        F.current_timestamp().alias("recorded_at"),
+        F.col("seen_at").alias("recorded_at"),
     )
 
 

@@ -126,3 +126,11 @@ def test_cli_needs_exactly_one_target():
         parser.parse_args(["--events", "10"])
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "a.jsonl", "--api", "http://x"])
+
+
+def test_interactions_are_the_events_draws_without_the_dicts():
+    world = World(50, 80, 4, seed=9)
+    events = list(world.events(400, end=datetime(2025, 3, 1, tzinfo=UTC)))
+    users, items = world.interactions(400)
+    assert [f"user-{u}" for u in users] == [e["user_id"] for e in events]
+    assert [f"item-{i}" for i in items] == [e["item_id"] for e in events]

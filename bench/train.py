@@ -1,0 +1,155 @@
+"""Benchmark: Spark ALS vs implicit ALS at the same rank and iterations, on planted-structure data.
+
+For each size (100k, 1M, 10M interactions; pick with --sizes) it draws one
+synthetic interaction set from ``lambdarec.generator.World`` (the planted
+clusters the tests use), holds out a seeded 20% of each user's interactions,
+fits both engines through ``batch.engines`` (the code the training job runs),
+and prints ONE JSON object: seconds per iteration and in total for each engine,
+their ratio, peak memory (implicit: this process; Spark: the JVM), and
+recall@10 / nDCG@10 of each and of the popularity baseline on the same split.
+Figures only, never a verdict. Spark runs local[2] (--master to change).
+
+    .venv/bin/python bench/train.py --sizes 100k 1m --rank 64 --iterations 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from batch.engines import AlsParams, Factors, ImplicitAls, SparkAls, fit_implicit  # noqa: E402
+from batch.evaluate import Holdout, compare_to_popularity  # noqa: E402
+from lambdarec.generator import World  # noqa: E402
+from lambdarec.settings import Settings  # noqa: E402
+
+# interactions -> (users, items, clusters): ~20 interactions per user, as in the generator's defaults
+SIZES = {
+    "100k": (100_000, 5_000, 2_000, 20),
+    "1m": (1_000_000, 50_000, 10_000, 50),
+    "10m": (10_000_000, 500_000, 50_000, 100),
+}
+EVAL_USERS = 5_000
+
+
+def dataset(size: str, seed: int):
+    """Train (user, item, count) rows and held-out pairs: 20% of each user's interactions, seeded."""
+    n, n_users, n_items, n_clusters = SIZES[size]
+    users, items = World(n_users, n_items, n_clusters, seed).interactions(n)
+    test = np.random.default_rng(seed).random(n) < 0.2
+    pairs, counts = np.unique(np.stack([users[~test], items[~test]]), axis=1, return_counts=True)
+    return pairs[0], pairs[1], counts.astype(np.float64), users[test], items[test], n_users, n_items
+
+
+def evaluate(factors: Factors, train_users, train_items, test_users, test_items, n_users, n_items, seed):
+    """recall/nDCG@10 of the model and of popularity, on up to EVAL_USERS held-out users."""
+    chosen = np.random.default_rng(seed).permutation(np.unique(test_users))[:EVAL_USERS]
+    keep = np.isin(test_users, chosen)
+    holdout = Holdout.from_pairs(n_users, n_items, train_users, train_items, test_users[keep], test_items[keep])
+    m = compare_to_popularity(factors.dense_users(n_users), factors.dense_items(n_items), holdout, 10)
+    return {k: round(v, 4) for k, v in m.items() if k.endswith(("recall_at_10", "ndcg_at_10"))} | {
+        "n_eval_users": m["n_eval_users"]
+    }
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """VmHWM (peak resident set) of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def bench_size(spark, size: str, params: AlsParams, seed: int) -> dict:
+    users, items, counts, test_users, test_items, n_users, n_items = dataset(size, seed)
+    out = {"interactions": SIZES[size][0], "train_pairs": int(len(users)), "users": n_users, "items": n_items}
+
+    reset_peak_rss()
+    started = time.perf_counter()
+    implicit_factors = fit_implicit(users, items, counts, params)
+    implicit_s = time.perf_counter() - started
+    out["implicit"] = {
+        "total_s": round(implicit_s, 3),
+        "s_per_iteration": round(implicit_s / params.maxIter, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **evaluate(implicit_factors, users, items, test_users, test_items, n_users, n_items, seed),
+    }
+
+    frame = spark.createDataFrame(
+        pa.table({"user_index": users.astype(np.int32), "item_index": items.astype(np.int32),
+                  "rating": counts.astype(np.float32)})
+    ).cache()
+    frame.count()
+    with tempfile.TemporaryDirectory() as checkpoints:
+        started = time.perf_counter()
+        spark_factors = SparkAls(blocks=spark.sparkContext.defaultParallelism).fit(spark, frame, params, checkpoints)
+        spark_s = time.perf_counter() - started
+    frame.unpersist()
+    jvm_pid = spark._jvm.java.lang.ProcessHandle.current().pid()
+    out["spark"] = {
+        "total_s": round(spark_s, 3),
+        "s_per_iteration": round(spark_s / params.maxIter, 4),
+        "peak_rss_mb_jvm": round(peak_rss_mb(jvm_pid), 1),
+        **evaluate(spark_factors, users, items, test_users, test_items, n_users, n_items, seed),
+    }
+    out["spark_over_implicit_s_per_iteration"] = round(spark_s / implicit_s, 2)
+    return out
+
+
+def native_blas(spark) -> str:
+    """Which BLAS Spark's ALS uses: a native library, or the Java fallback."""
+    try:
+        return str(spark._jvm.dev.ludovic.netlib.blas.NativeBLAS.getInstance().getClass().getName())
+    except Exception as exc:  # py4j wraps the JVM's "no native BLAS" error
+        return f"none ({str(exc).splitlines()[0][:120]})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["100k"])
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--reg", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="8g")
+    args = parser.parse_args(argv)
+
+    from lambdarec.spark import build_spark
+
+    settings = Settings(spark_master=args.master, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
+    spark = build_spark(settings, "lambdarec-bench-train")
+    params = AlsParams(args.rank, args.reg, args.alpha, args.iterations, args.seed, checkpointInterval=5)
+    try:
+        results = {size: bench_size(spark, size, params, args.seed) for size in args.sizes}
+        report = {
+            "benchmark": "train",
+            "engines": [SparkAls.name, ImplicitAls.name],
+            "params": params.record(),
+            "spark_master": args.master,
+            "spark_native_blas": native_blas(spark),
+            "cpus": os.cpu_count(),
+            "sizes": results,
+        }
+    finally:
+        spark.stop()
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
