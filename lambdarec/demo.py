@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import secrets
 import shutil
 import socket
 import statistics
@@ -25,6 +26,7 @@ from typing import Any
 
 import duckdb
 import httpx
+from pydantic import SecretStr
 from tqdm import tqdm
 
 from lambdarec.generator import World, item_id
@@ -149,8 +151,10 @@ class Demo:
         return model
 
     def load_model(self, version: int) -> None:
+        token = self.settings.admin_token.get_secret_value()
+
         def serving_has_it() -> bool:
-            httpx.post(f"{self.api}/admin/reload", timeout=30)
+            httpx.post(f"{self.api}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=30)
             body = httpx.get(f"{self.api}/users/user-0/recommendations", timeout=5).json()
             return body["model_version"] == version
 
@@ -310,6 +314,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "embedded_broker_port": free_port(settings.embedded_broker_port),
             "serve_port": free_port(settings.serve_port),
             "serve_model_poll_s": 2.0,
+            "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),
         }
     )
     if not settings.uses_embedded_broker:

@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from lambdarec.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,10 +65,9 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if name == "root":
             continue
-        if value is None:  # unset optional field: the child must see it unset, not "None"
-            env.pop(f"LAMBDAREC_{name.upper()}", None)
-            continue
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            value = secret.get_secret_value()
         # pydantic-settings reads complex fields (event weights) as JSON.
         env[f"LAMBDAREC_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    env["LAMBDAREC_PSEUDONYM_KEY"] = settings.pseudonym_key.get_secret_value()
     return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -135,3 +136,20 @@ def test_a_failed_run_is_recorded_and_the_next_takes_a_new_version(spark, settin
 def test_training_without_events_is_a_clear_error(settings):
     with pytest.raises(RuntimeError, match="ingest events before training"):
         train.plan(Lake(settings), None, None)
+
+
+def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, settings):
+    space = {"rank": [2, 16], "alpha": [10.0]}
+    settings = small_settings(settings.root).model_copy(
+        update={"tune_trials": 2, "tune_method": "grid", "tune_space": space, "als_iterations": 5}
+    )
+    seed_lake(settings)
+    summary = train.run(spark, settings)
+    params = registry.current_statuses(Lake(settings))[summary["model_version"]]["params"]
+    params = json.loads(params)
+    trials = params["tuning"]["trials"]
+    assert [t["params"]["rank"] for t in trials] == [2, 16]
+    best = max(trials, key=lambda t: t["metric"])
+    assert params["rank"] == best["params"]["rank"] == 16  # rank 2 cannot hold six clusters
+    assert params["tuning"]["metric"] == "validation model_recall_at_10"
+    assert summary["status"] == registry.PUBLISHED
