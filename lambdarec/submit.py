@@ -65,6 +65,9 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if name == "root":
             continue
+        if value is None:  # an unset optional field keeps its default; "None" would not parse
+            env.pop(f"LAMBDAREC_{name.upper()}", None)
+            continue
         secret = getattr(settings, name)
         if isinstance(secret, SecretStr):
             value = secret.get_secret_value()

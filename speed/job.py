@@ -89,6 +89,9 @@ def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
 
 
 def _start(stream: "DataFrame", name: str, checkpoint: str, sink, trigger_ms: int, available_now: bool):
+    """Start a query in a scheduler pool of its own: under FAIR scheduling a long features batch
+    cannot hold both cores while an events batch waits."""
+    stream.sparkSession.sparkContext.setLocalProperty("spark.scheduler.pool", name)
     writer = stream.writeStream.queryName(name).option("checkpointLocation", checkpoint).foreachBatch(sink)
     trigger = {"availableNow": True} if available_now else {"processingTime": f"{trigger_ms} milliseconds"}
     return writer.trigger(**trigger).start()
@@ -145,7 +148,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from lambdarec.spark import build_spark
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spark = build_spark(settings, "lambdarec-speed")
+    spark = build_spark(settings, "lambdarec-speed", {"spark.scheduler.mode": "FAIR"})
     queries = [run(spark, settings, available_now=args.available_now)]
     if not args.available_now:  # a catch-up run has no pushes of its own to wait for
         queries.append(run_features(spark, settings))

@@ -1,0 +1,208 @@
+"""Speed-layer benchmark: steady event rates through the real broker, speed job and serving.
+
+Starts the embedded broker, ``spark-submit speed/job.py`` and ``lambdarec serve``
+as real processes in a temporary root, then for each offered rate:
+
+- produces events to ``events`` at that rate for ``--seconds`` (the API's path
+  minus HTTP, so the offered load is not capped by one uvicorn worker);
+- follows ``speed-updates`` as serving does and times each event from produce
+  to its ``user_interactions`` row (``speed_view_latency_ms``);
+- meanwhile a probe user POSTs an event to serving every ``--probe-every-s`` and
+  times until that user's recommendation response counts it
+  (``e2e_freshness_ms``).
+
+Prints one JSON object: per-rate figures, the driver's peak memory, and the
+highest rate whose e2e p95 stayed under 1 s.
+
+    .venv/bin/python bench/speed.py --rates 1000,2500,5000 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+from kafka import TopicPartition
+
+from lambdarec.broker import EmbeddedBroker
+from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets
+from lambdarec.lake import Lake
+from lambdarec.processes import lambdarec_command, start_child, wait_for
+from lambdarec.settings import Settings
+from lambdarec.submit import spark_submit_command, spark_submit_env
+from schemas.tables import SPEED_PROGRESS
+from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
+
+TYPES = ("view", "click", "add_to_cart", "purchase")
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "n": 0}
+    ordered = sorted(values)
+    pick = lambda q: round(ordered[min(int(q / 100 * len(ordered)), len(ordered) - 1)], 1)  # noqa: E731
+    return {"p50": pick(50), "p95": pick(95), "p99": pick(99), "n": len(ordered)}
+
+
+class UpdatesFollower(threading.Thread):
+    """Follows speed-updates from its current end; records when each event_id first shows up."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True)
+        self.settings, self.seen, self.stop = settings, {}, threading.Event()
+        self.consumer = make_consumer(settings.bootstrap_servers, fetch_max_wait_ms=5)
+        topic = settings.topic_speed_updates
+        tps = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
+        ends = partition_end_offsets(self.consumer, tps)
+        for tp in tps:
+            self.consumer.seek(tp, ends[tp])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for records in self.consumer.poll(timeout_ms=20).values():
+                now = time.monotonic()
+                for record in records:
+                    update = json.loads(record.value)
+                    if update.get("kind") == SPEED_UPDATE_KIND_USER_INTERACTIONS:
+                        for row in update["rows"]:
+                            self.seen.setdefault(row["event_id"], now)
+
+
+def event(user: str, item: str) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    return {"event_id": str(uuid.uuid4()), "user_id": user, "item_id": item, "event_type": "view",
+            "occurred_at": now, "context": {"device": "bench", "country": "DE"}}
+
+
+def offer(settings: Settings, rate: int, seconds: float, sent: dict[str, float]) -> int:
+    """Produce ``rate`` events/s for ``seconds`` in 10 ms ticks; returns how many were sent."""
+    producer = make_producer(settings, linger_ms=5)
+    start, count, tick = time.monotonic(), 0, 0.01
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(rate * (elapsed + tick))
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for _ in range(due - count):
+            body = {**event(f"bench-{count % 5000}", f"item-{count % 997}"), "schema_version": 1, "received_at": now}
+            producer.send(settings.topic_events, json.dumps(body).encode(), key=body["user_id"].encode())
+            sent[body["event_id"]] = time.monotonic()
+            count += 1
+        time.sleep(max(start + elapsed + tick - time.monotonic(), 0))  # pacing the load, not synchronisation
+    producer.flush(30)
+    producer.close(5)
+    return count
+
+
+def probe(api: str, stop: threading.Event, every_s: float, out: list[float]) -> None:
+    """POST one event for a probe user, then poll until its recommendations count it."""
+    with httpx.Client(base_url=api, timeout=10) as client:
+        while not stop.is_set():
+            user = f"probe-{uuid.uuid4().hex[:8]}"
+            before = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+            started = time.monotonic()
+            client.post("/events", json=event(user, "item-1")).raise_for_status()
+            while time.monotonic() - started < 30:
+                after = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+                if after.get("fresh_interactions", 0) > before.get("fresh_interactions", 0):
+                    out.append((time.monotonic() - started) * 1000)
+                    break
+            stop.wait(every_s)
+
+
+def driver_peak_mb(job) -> float:
+    """Peak resident memory of the driver: the spark-submit JVM and its Python driver process."""
+    total = 0
+    for proc in [psutil.Process(job.process.pid), *psutil.Process(job.process.pid).children(recursive=True)]:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        name = proc.name()
+        if "java" in name or ("python" in name and "pyspark.daemon" not in " ".join(proc.cmdline())):
+            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return round(total / 1024, 1)
+
+
+def measure(settings: Settings, api: str, rate: int, seconds: float, probe_every_s: float) -> dict:
+    follower = UpdatesFollower(settings)
+    follower.start()
+    sent: dict[str, float] = {}
+    freshness: list[float] = []
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(api, stop, probe_every_s, freshness), daemon=True)
+    prober.start()
+    started = time.monotonic()
+    count = offer(settings, rate, seconds, sent)
+    offered_s = time.monotonic() - started
+    wait_for(lambda: len(follower.seen.keys() & sent.keys()) >= count, 120, "every event on speed-updates",
+             interval_s=0.1)
+    stop.set()
+    prober.join(30)
+    follower.stop.set()
+    follower.join(5)
+    last = max(follower.seen[e] for e in sent)
+    latency = [(follower.seen[e] - t) * 1000 for e, t in sent.items()]
+    return {
+        "offered_rate": round(count / offered_s, 1),
+        "sustained_rate": round(count / (last - started), 1),
+        "speed_view_latency_ms": percentiles(latency),
+        "e2e_freshness_ms": percentiles(freshness),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="1000,2500,5000", help="Offered rates (events/s), comma-separated.")
+    parser.add_argument("--seconds", type=float, default=20.0, help="How long each rate is offered.")
+    parser.add_argument("--probe-every-s", type=float, default=0.25, help="Pause between freshness probes.")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-speed-"))
+    settings = Settings(root=root, embedded_broker_port=free_port(), serve_port=free_port())
+    api = f"http://127.0.0.1:{settings.serve_port}"
+    env = spark_submit_env(settings)
+    with EmbeddedBroker(settings):
+        job = start_child("speed", spark_submit_command(settings, "speed/job.py"), root / "logs", env)
+        serving = start_child("serving", lambdarec_command("serve"), root / "logs", env)
+        try:
+            wait_for(lambda: job.check_alive() or '"event": "started"' in job.log_path.read_text(), 300,
+                     "the speed job")
+            wait_for(lambda: serving.check_alive() or httpx.get(f"{api}/health", timeout=1).status_code == 200,
+                     120, "serving")
+            measure(settings, api, 200, 5, args.probe_every_s)  # warm-up: JIT, Python workers, first commits
+            runs = {}
+            for rate in (int(r) for r in args.rates.split(",")):
+                runs[str(rate)] = measure(settings, api, rate, args.seconds, args.probe_every_s)
+            lags = [r for r in Lake(settings).read_arrow(SPEED_PROGRESS).column("source_lag").to_pylist() if r is not None]
+            under = [int(r) for r, f in runs.items() if (f["e2e_freshness_ms"]["p95"] or 1e9) < 1000]
+            print(json.dumps({
+                "runs": runs,
+                "max_source_lag": max(lags, default=None),
+                "driver_peak_memory_mb": driver_peak_mb(job),
+                "max_rate_with_e2e_p95_under_1s": max(under, default=None),
+                "seconds_per_rate": args.seconds,
+                "cores": psutil.cpu_count(),
+                "load_average_1m": round(psutil.getloadavg()[0], 2),
+            }))
+        finally:
+            serving.stop()
+            job.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
