@@ -43,7 +43,8 @@ def decide(metrics: dict[str, Any], champion: dict[str, Any] | None, settings: S
     if champion is None:
         return registry.PUBLISHED, f"first model; beats popularity: {name} {model:.4f} vs {baseline:.4f}"
     best = champion["metrics"].get(f"model_{name}")
-    verdict = f"{name} {model:.4f} vs champion v{champion['model_version']} {best}"
+    shown = "unscored" if best is None else f"{best:.4f}"
+    verdict = f"{name} {model:.4f} vs champion v{champion['model_version']} {shown}"
     if best is not None and model < best - settings.gate_tolerance:
         return registry.REJECTED, f"worse than the champion beyond the {settings.gate_tolerance} tolerance: {verdict}"
     return registry.PUBLISHED, f"within {settings.gate_tolerance} of or above the champion: {verdict}"

@@ -121,6 +121,7 @@ def probe(api: str, stop: threading.Event, every_s: float, out: list[float]) -> 
                 if after.get("fresh_interactions", 0) > before.get("fresh_interactions", 0):
                     out.append((time.monotonic() - started) * 1000)
                     break
+                stop.wait(0.01)  # poll interval, so probing does not starve the job of CPU
             stop.wait(every_s)
 
 

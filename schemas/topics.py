@@ -10,11 +10,17 @@ Delta commits, each carrying ``kind``, ``query_id`` and ``batch_id`` so a replay
 batch is recognised and ignored downstream:
 
 - ``user_interactions``: ``{"events_version", "rows": [{user_id, item_id,
-  event_type, weight, occurred_at, event_id}, ...]}`` (rows of
-  ``speed_user_interactions``);
-- ``user_features``: ``{"rows": [...]}`` (rows of ``speed_user_features``);
-- ``item_trending``: ``{"rows": [...]}`` (rows of ``speed_item_trending``);
-- ``progress``: ``{"progress": {...}}`` (one row of ``speed_progress``).
+  event_type, weight, occurred_at, event_id, country, device}, ...]}`` (rows of
+  ``speed_user_interactions``, plus the event's country and device, which the
+  features query keys trending segments by);
+- ``user_features``: ``{"rows": [...]}`` (rows of ``speed_user_features``, all
+  columns; ``counts_1h``/``counts_24h`` are ``{event_type: count}`` objects);
+- ``item_trending``: ``{"rows": [...]}`` (rows of ``speed_item_trending``, all columns);
+- ``progress``: ``{"progress": {...}}`` (one row of ``speed_progress``), sent for
+  the events query only: the features query reads this topic itself.
+
+The ``query_id`` of ``user_features``/``item_trending`` is the features query's,
+not the events query's: each query numbers its batches independently.
 
 Timestamps are RFC 3339 strings. Records have no key; a batch's records go to
 one partition in order.

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdarec.speed")
 QUERY_NAME = "lambdarec_speed"
 FEATURES_QUERY_NAME = "lambdarec_speed_features"
+# FAIR: each query schedules in a pool of its own (see _start). The longer socket timeout
+# lets Python workers start on a saturated machine instead of failing the query.
+JOB_CONF = {"spark.scheduler.mode": "FAIR", "spark.python.authenticate.socketTimeout": "120s"}
 ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
@@ -148,7 +151,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from lambdarec.spark import build_spark
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spark = build_spark(settings, "lambdarec-speed", {"spark.scheduler.mode": "FAIR"})
+    spark = build_spark(settings, "lambdarec-speed", JOB_CONF)
     queries = [run(spark, settings, available_now=args.available_now)]
     if not args.available_now:  # a catch-up run has no pushes of its own to wait for
         queries.append(run_features(spark, settings))

@@ -96,7 +96,11 @@ class ProgressRecorder(StreamingQueryListener):
         if watched is None:
             return
         try:
-            self.record(progress_row(event.progress), *watched)
+            row = progress_row(event.progress)
+            log.info(json.dumps({"event": "progress", "query": row["query_name"], "batch_id": row["batch_id"],
+                                 "rows_in": row["rows_in"], "source_lag": row["source_lag"],
+                                 "duration_ms": dict(event.progress.durationMs)}))  # where a batch's time goes
+            self.record(row, *watched)
         except Exception:  # a listener that raises is removed by Spark; losing one row is better
             log.exception("event=progress_record_failed")
 

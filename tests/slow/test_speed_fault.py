@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+import time
 import uuid
 
 import httpx
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import pytest
 
 from lambdarec.lake import Lake
-from lambdarec.processes import lambdarec_command, start_child, wait_for
+from lambdarec.processes import Child, lambdarec_command, start_child, wait_for
 from lambdarec.submit import spark_submit_command, spark_submit_env
 from schemas.tables import EVENTS, SPEED_USER_INTERACTIONS
 from speed.recompute import current, recompute
@@ -67,6 +68,18 @@ class Sender(threading.Thread):
         }
 
 
+def until(condition, what: str, job: Child, sender: Sender, timeout_s: float = 240.0, interval_s: float = 0.05):
+    """Poll ``condition`` with a deadline; fail at once if the speed job or the sender died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job.check_alive()
+        assert sender.error is None, sender.error
+        if condition():
+            return
+        time.sleep(interval_s)  # poll interval of a condition with a deadline
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
 def rows(lake: Lake, spec) -> int:
     return lake.read_arrow(spec).num_rows if lake.exists(spec) else 0
 
@@ -90,19 +103,19 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(spark, embedded_broker, 
             if kill == KILLS:
                 break
             target = rows(lake, EVENTS) + rng.randint(20, 400)
-            wait_for(lambda: job.check_alive() or sender.error or rows(lake, EVENTS) >= target, 240,
-                     f"events to reach {target} before kill {kill + 1}", interval_s=0.05)
+            until(lambda: rows(lake, EVENTS) >= target, f"events to reach {target} before kill {kill + 1}",
+                  job, sender)
+            time.sleep(rng.uniform(0, 2))  # a random moment within the next batches (fault timing, not a sync)
             os.killpg(job.process.pid, signal.SIGKILL)
             job.process.wait(30)
-        wait_for(lambda: job.check_alive() or rows(lake, EVENTS) >= len(sender.accepted) + 200, 240,
-                 "the restarted job to catch up", interval_s=0.2)
+        restarted_at = rows(lake, EVENTS)
+        until(lambda: rows(lake, EVENTS) > restarted_at, "the last restart to commit a batch", job, sender)
         sender.stop.set()
         sender.join(30)
-        assert sender.error is None, sender.error
         accepted = len(sender.accepted)
-        wait_for(lambda: job.check_alive() or rows(lake, EVENTS) >= accepted, 240, "every accepted event in events")
-        wait_for(lambda: job.check_alive() or current(settings) == recompute(spark, settings), 240,
-                 "the speed features to equal the batch recomputation", interval_s=1.0)
+        until(lambda: rows(lake, EVENTS) >= accepted, "every accepted event in events", job, sender)
+        until(lambda: current(settings) == recompute(spark, settings),
+              "the speed features to equal the batch recomputation", job, sender, interval_s=1.0)
     finally:
         sender.stop.set()
         if job is not None:

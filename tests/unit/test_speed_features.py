@@ -1,0 +1,78 @@
+"""Speed feature folds and progress rows, driven directly: no Spark, no broker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from speed import features
+from speed.progress import progress_row, source_lag
+
+pytestmark = pytest.mark.unit
+
+MIN = features.MINUTE_US
+T0 = 1_700_000_000 * 1_000_000 - (1_700_000_000 * 1_000_000) % MIN
+
+
+def ev(minute: float, event_type: str = "view", country: str | None = "DE", weight: float = 1.0, n: int = 0):
+    return {"occurred_at": T0 + int(minute * MIN), "event_type": event_type, "event_id": f"e{minute}-{n}",
+            "country": country, "device": "ios", "weight": weight}
+
+
+def user(events, gap_s: int = 1800):
+    return features.user_features("u", features.fold_user(features.new_user(), events), gap_s)
+
+
+def test_user_counts_session_and_last_seen():
+    row = user([ev(0, "view"), ev(10, "click"), ev(100, "view"), ev(110, "purchase", country="FR")])
+    assert row["counts_24h"] == [("click", 1), ("purchase", 1), ("view", 2)]
+    assert row["counts_1h"] == [("purchase", 1), ("view", 1)]
+    assert row["session_start"] == T0 + 100 * MIN and row["session_events"] == 2  # 90 min gap ends a session
+    assert row["last_seen"] == T0 + 110 * MIN and row["country"] == "FR"
+
+
+def test_user_features_do_not_depend_on_order_or_batching():
+    events = [ev(m, t, n=i) for i, (m, t) in enumerate(itertools.product([0, 5, 50, 61, 1500, 1510], ["view", "click"]))]
+    expected = user(events)
+    rng = random.Random(7)
+    for _ in range(20):
+        rng.shuffle(events)
+        state = features.new_user()
+        cut = rng.randrange(len(events))
+        for part in (events[:cut], events[cut:]):
+            state = json.loads(json.dumps(features.fold_user(state, part)))  # state round-trips as JSON
+        assert features.user_features("u", state, 1800) == expected
+
+
+def test_item_trending_counts_the_window_ending_after_the_newest_event():
+    state = features.fold_item(features.new_item(), [ev(0, weight=2.0), ev(30), ev(75, weight=0.5)], 3600)
+    row = features.item_trending(("*", "*"), "i1", state, 3600)
+    assert (row["window_start"], row["window_end"]) == (T0 + 16 * MIN, T0 + 76 * MIN)
+    assert (row["events"], row["weight"]) == (2, 1.5)
+
+
+def test_segments_are_global_and_country():
+    assert features.segments("DE") == [("*", "*"), ("country", "DE")]
+    assert features.segments(None) == [("*", "*")]
+
+
+def test_source_lag_sums_latest_minus_processed_per_partition():
+    sources = [SimpleNamespace(latestOffset='{"0": 120, "1": 40}', endOffset='{"0": 100, "1": 40}')]
+    assert source_lag(sources) == 20
+    assert source_lag([SimpleNamespace(latestOffset=None, endOffset='{"0": 1}')]) is None
+
+
+def test_progress_row_from_a_query_progress():
+    progress = SimpleNamespace(
+        id="q", name="lambdarec_speed", runId="r", batchId=7, timestamp="2026-01-01T00:00:00.000Z",
+        numInputRows=500, inputRowsPerSecond=1000.0, processedRowsPerSecond=None, batchDuration=250,
+        eventTime={"watermark": "2026-01-01T00:00:00.000Z"},
+        sources=[SimpleNamespace(latestOffset='{"0": 900}', endOffset='{"0": 880}')],
+    )
+    row = progress_row(progress)
+    assert (row["batch_id"], row["rows_in"], row["batch_duration_ms"], row["source_lag"]) == (7, 500, 250, 20)
+    assert row["processed_rows_per_s"] == 0.0 and row["watermark"].year == 2026
