@@ -84,7 +84,10 @@ class Settings(BaseSettings):
         description="Stop the speed job when checkpointed offsets are gone from the broker (false: skip ahead).",
     )
     speed_features_trigger_ms: int = Field(
-        1000, ge=0, description="Trigger interval of the speed features query (user features, trending)."
+        2000, ge=0, description="Trigger interval of the speed features query (user features, trending)."
+    )
+    speed_features_partitions: int = Field(
+        1, ge=1, description="State partitions of the speed features query (fixed when its checkpoint is new)."
     )
     speed_session_gap_s: int = Field(1800, ge=1, description="Inactivity that ends a user's session.")
     speed_trending_window_s: int = Field(3600, ge=60, description="Length of the item trending window.")

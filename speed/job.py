@@ -24,6 +24,7 @@ import json
 import logging
 import signal
 import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from lambdarec.lake import Lake
@@ -101,18 +102,33 @@ def _start(stream: "DataFrame", name: str, checkpoint: str, sink, trigger_ms: in
 
 
 def prepare(spark: "SparkSession", settings: Settings) -> None:
-    """Tables exist and state lives in RocksDB (fixed per checkpoint when a query first starts).
+    """Tables exist; no-data micro-batches are off.
 
-    No-data micro-batches are off: with processing-time state TTL they would run
-    back to back on an idle topic (and an ``availableNow`` run would never end);
-    expired state is dropped by the next batch with data instead.
+    With processing-time state TTL, no-data batches would run back to back on an
+    idle topic (and an ``availableNow`` run would never end); expired state is
+    dropped by the next batch with data instead.
     """
-    spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB_PROVIDER)
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
                  SPEED_PROGRESS):
         lake.ensure(spec)
+
+
+@contextmanager
+def session_conf(spark: "SparkSession", conf: dict[str, str]):
+    """Set SQL confs while a query starts: it copies the session then, and its checkpoint keeps them."""
+    previous = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def run(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
@@ -133,8 +149,12 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     checkpoint = features_checkpoint_location(settings)
     updates = kafka_stream(spark, settings, settings.topic_speed_updates)
     rows = feature_rows(interactions(updates, settings), settings)
-    query = _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
-                   settings.speed_features_trigger_ms, available_now)
+    # RocksDB holds the per-entity state; a single state partition keeps each features batch to
+    # one task, leaving the other core to the events query that serving's freshness waits on.
+    with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,
+                              "spark.sql.shuffle.partitions": str(settings.speed_features_partitions)}):
+        query = _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
+                       settings.speed_features_trigger_ms, available_now)
     progress.watch(spark, query, settings, push=False)
     return query
 

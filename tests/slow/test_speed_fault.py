@@ -32,7 +32,7 @@ from tests.plugins.broker import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.spark]
 
 KILLS = 5
-BATCH = 20  # events per POST; about 10 POSTs a second
+BATCH = 10  # events per POST; about 10 POSTs a second
 
 
 class Sender(threading.Thread):

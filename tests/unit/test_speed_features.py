@@ -11,6 +11,7 @@ import pytest
 
 from speed import features
 from speed.progress import progress_row, source_lag
+from speed.transforms import interval_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +77,13 @@ def test_progress_row_from_a_query_progress():
     row = progress_row(progress)
     assert (row["batch_id"], row["rows_in"], row["batch_duration_ms"], row["source_lag"]) == (7, 500, 250, 20)
     assert row["processed_rows_per_s"] == 0.0 and row["watermark"].year == 2026
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("10 minutes", 600), ("30 s", 30), ("500 ms", 0.5), ("2 hours", 7200)])
+def test_dedupe_window_intervals_parse(text, seconds):
+    assert interval_seconds(text) == seconds
+
+
+def test_an_unknown_interval_unit_is_a_clear_error():
+    with pytest.raises(ValueError, match="not an interval"):
+        interval_seconds("3 fortnights")
