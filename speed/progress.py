@@ -85,9 +85,6 @@ class ProgressRecorder(StreamingQueryListener):
     def onQueryStarted(self, event) -> None:
         pass
 
-    def onQueryIdle(self, event) -> None:
-        pass
-
     def onQueryTerminated(self, event) -> None:
         self._watched.pop(str(event.id), None)
 

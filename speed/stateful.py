@@ -103,6 +103,3 @@ class FeatureProcessor(StatefulProcessor):
             row = {"kind": "item", **features.item_trending((segment_type, segment), item_id, state, self.window_s)}
         self.state.update((json.dumps(state),))
         yield pd.DataFrame([{column: row.get(column) for column in OUTPUT_COLUMNS}])
-
-    def close(self) -> None:
-        pass
