@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lambdarec.feedback import event_weight
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
@@ -31,14 +33,7 @@ def implicit_ratings(
     """
     from pyspark.sql import functions as F
 
-    if not event_weights:
-        raise ValueError("event_weights is empty: no event type would count as an interaction")
-    weights = F.create_map(*[F.lit(x) for pair in sorted(event_weights.items()) for x in pair])
-    weight = weights[F.col("event_type")].cast("double")
-    value = F.col("value")
-    if rating_center is not None:
-        value = F.when(F.col("event_type") == "rating", value - F.lit(float(rating_center))).otherwise(value)
-    weight = weight * F.coalesce(value, F.lit(1.0))
+    weight = event_weight(F.col("event_type"), F.col("value"), event_weights, rating_center)
     if half_life_days > 0:
         if as_of is None:
             raise ValueError("time decay needs as_of, the instant weights are decayed to")

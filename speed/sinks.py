@@ -30,13 +30,14 @@ from schemas.topics import (
     SPEED_UPDATE_KIND_USER_FEATURES,
     SPEED_UPDATE_KIND_USER_INTERACTIONS,
 )
-from speed.transforms import LATE, interval_seconds, mark_late, to_dead_letters, to_events, to_user_interactions
+from speed.transforms import LATE, interval_seconds, mark_late, to_sink_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 log = logging.getLogger("lambdarec.speed")
 FRONTIERS_KEPT = 20
+INTERACTION_COLUMNS = ["user_id", "item_id", "event_type", "weight", "occurred_at", "event_id", "country", "device"]
 
 
 def query_id_of(checkpoint: str) -> str:
@@ -90,18 +91,17 @@ class EventsSink(Sink):
     """
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
         cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
-        batch = mark_late(batch, cutoff_us).persist()
-        try:
-            events = to_events(batch)
-            newest = batch.agg(F.unix_micros(F.max("ingest_ts"))).first()[0]
-            self._write(batch_id, events.toArrow(), to_dead_letters(batch).toArrow(),
-                        to_user_interactions(events, self.settings).toArrow())
-            self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
-        finally:
-            batch.unpersist()
+        rows = to_sink_rows(mark_late(batch, cutoff_us), self.settings).toArrow()
+        valid = rows.filter(pc.is_null(rows.column("reason")))
+        events = _struct_table(valid.column("event_row"))
+        interactions = events.append_column("weight", valid.column("weight")).filter(
+            pc.is_valid(valid.column("weight"))
+        ).select(INTERACTION_COLUMNS)
+        dead = _struct_table(rows.filter(pc.is_valid(rows.column("reason"))).column("dead_row"))
+        self._write(batch_id, events, dead, interactions)
+        newest = pc.max(rows.column("ingest_ts")).value if rows.num_rows else None
+        self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
 
     def _write(self, batch_id: int, events: pa.Table, dead: pa.Table, interactions: pa.Table) -> None:
         app = self.app_id()
@@ -118,8 +118,7 @@ class EventsSink(Sink):
             stamped = self.stamp(interactions.append_column(
                 "events_version", pa.array([events_version] * interactions.num_rows, pa.int64())), batch_id)
             self.lake.append_arrow(SPEED_USER_INTERACTIONS, stamped, app_id=app, txn_version=batch_id)
-            columns = ["user_id", "item_id", "event_type", "weight", "occurred_at", "event_id", "country", "device"]
-            rows = [_jsonable(row) for row in interactions.select(columns).to_pylist()]
+            rows = [_jsonable(row) for row in interactions.to_pylist()]
             self.push(SPEED_UPDATE_KIND_USER_INTERACTIONS, batch_id, {"events_version": events_version, "rows": rows})
             summary["events_version"] = events_version
         log.info(json.dumps(summary))
@@ -168,6 +167,12 @@ class FeaturesSink(Sink):
             self.push(kind, batch_id, {"rows": [_jsonable(r) for r in stamped.to_pylist()]})
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id,
                              "users": users.num_rows, "items": items.num_rows}))
+
+
+def _struct_table(column: pa.ChunkedArray) -> pa.Table:
+    """A table from a column of structs, one table column per struct field."""
+    structs = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    return pa.Table.from_arrays(structs.flatten(), names=[field.name for field in column.type])
 
 
 def _micros(column: pa.ChunkedArray) -> pa.ChunkedArray:

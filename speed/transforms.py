@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lambdarec.feedback import event_weight
 from lambdarec.settings import Settings
 from schemas.events import EVENT_TYPES, SCHEMA_VERSION, spark_message_schema
 
@@ -103,13 +104,13 @@ def consented(parsed: "DataFrame") -> "DataFrame":
     return parsed.filter(F.col("reason").isNotNull() | consent.isNull() | (consent != "false"))
 
 
-def to_events(parsed: "DataFrame") -> "DataFrame":
-    """Valid records as rows of the ``events`` table."""
+def _event_columns() -> list["Column"]:
+    """Columns of an ``events`` row, computed from a parsed record."""
     from pyspark.sql import functions as F
 
     occurred = F.col("event.occurred_at").cast("timestamp")
     context = F.map_filter("event.context", lambda k, _: ~k.isin("device", "country", "consent"))
-    return parsed.filter(F.col("reason").isNull()).select(
+    return [
         F.col("event.event_id").alias("event_id"),
         F.col("event.user_id").alias("user_id"),
         F.col("event.item_id").alias("item_id"),
@@ -123,21 +124,58 @@ def to_events(parsed: "DataFrame") -> "DataFrame":
         F.col("partition").cast("int").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         F.to_date(occurred).alias("event_date"),
-    )
+    ]
 
 
-def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
-    """Invalid records as rows of the ``dead_letter`` table, raw bytes kept."""
+def to_events(parsed: "DataFrame") -> "DataFrame":
+    """Valid records as rows of the ``events`` table."""
     from pyspark.sql import functions as F
 
-    return parsed.filter(F.col("reason").isNotNull()).select(
+    return parsed.filter(F.col("reason").isNull()).select(*_event_columns())
+
+
+def _dead_letter_columns() -> list["Column"]:
+    """Columns of a ``dead_letter`` row, computed from a parsed record."""
+    from pyspark.sql import functions as F
+
+    return [
         F.col("value").alias("raw"),
         F.col("reason"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").cast("int").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         F.col("seen_at").alias("recorded_at"),
+    ]
+
+
+def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
+    """Invalid records as rows of the ``dead_letter`` table, raw bytes kept."""
+    from pyspark.sql import functions as F
+
+    return parsed.filter(F.col("reason").isNotNull()).select(*_dead_letter_columns())
+
+
+def to_sink_rows(parsed: "DataFrame", settings: Settings) -> "DataFrame":
+    """Everything one micro-batch writes, as one DataFrame, so the sink needs one Spark action.
+
+    Each record carries its ``events`` row, its ``dead_letter`` row, its implicit
+    weight and its Kafka timestamp; the sink splits them by ``reason`` in Arrow.
+    One action also means the stateful dedupe above runs once per batch.
+    """
+    from pyspark.sql import functions as F
+
+    return parsed.select(
+        F.col("reason"),
+        F.col("ingest_ts"),
+        F.struct(*_event_columns()).alias("event_row"),
+        F.struct(*_dead_letter_columns()).alias("dead_row"),
+        implicit_weight(F.col("event.event_type"), F.col("event.value"), settings).alias("weight"),
     )
+
+
+def implicit_weight(event_type: "Column", value: "Column", settings: Settings) -> "Column":
+    """The event's implicit weight exactly as training computes it (no time decay: it is fresh)."""
+    return event_weight(event_type, value, settings.event_weights, settings.rating_center)
 
 
 def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame":
@@ -148,11 +186,7 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
     """
     from pyspark.sql import functions as F
 
-    weights = F.create_map(*[F.lit(x) for pair in settings.event_weights.items() for x in pair])
-    base = weights[F.col("event_type")]
-    weight = F.when(
-        (F.col("event_type") == "rating") & F.col("value").isNotNull(), base * F.col("value")
-    ).otherwise(base)
+    weight = implicit_weight(F.col("event_type"), F.col("value"), settings)
     return events.select(
         "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS
     ).filter(F.col("weight").isNotNull())
