@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         description="Stop the speed job when checkpointed offsets are gone from the broker (false: skip ahead).",
     )
     speed_features_trigger_ms: int = Field(
-        2000, ge=0, description="Trigger interval of the speed features query (user features, trending)."
+        5000, ge=0, description="Trigger interval of the speed features query (user features, trending); longer leaves the cores to the fold-in path."
     )
     speed_features_partitions: int = Field(
         1, ge=1, description="State partitions of the speed features query (fixed when its checkpoint is new)."
