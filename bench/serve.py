@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from batch.registry import PUBLISHED, record_status  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
+from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
@@ -235,17 +236,12 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         push_fresh(settings, args.items)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{base}/ready", timeout=5).json()
-                if ready["ready"] and ready["speed_view"]["lag_records"] == 0 and ready["speed_view"]["age_ms"] is not None:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("serving did not become ready")
+        def caught_up() -> bool:
+            ready = httpx.get(f"{base}/ready", timeout=5).json()
+            view = ready["speed_view"]
+            return ready["ready"] and view["lag_records"] == 0 and view["age_ms"] is not None
+
+        wait_for(caught_up, 600, "serving to load the model and catch up", interval_s=0.5)
         figures["load_model_s"] = round(time.perf_counter() - started, 1)
         paths = [f"/v1/users/user-{u}/recommendations?k=10&filter=category:c{u % CATEGORIES}" for u in range(FRESH_USERS)]
         check = httpx.get(base + paths[0], timeout=10).json()
