@@ -26,7 +26,11 @@ class StageError(RuntimeError):
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
-    """Poll ``condition`` until it returns something truthy; raise StageError at the deadline."""
+    """Poll ``condition`` until it returns something truthy; raise StageError at the deadline.
+
+    Other errors from ``condition`` are retried (what it probes may not be up yet);
+    a StageError (e.g. ``Child.check_alive``) ends the wait at once.
+    """
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -34,6 +38,8 @@ def wait_for(condition: Callable[[], T], timeout_s: float, what: str, interval_s
             result = condition()
             if result:
                 return result
+        except StageError:
+            raise
         except Exception as exc:  # the condition may fail until the thing it probes is up
             last_error = exc
         time.sleep(interval_s)

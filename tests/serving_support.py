@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,21 +26,28 @@ from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 from serving.app import create_app
 from serving.foldin import fold_in, gram
+from lambdarec.processes import wait_for
 from tests.plugins.broker import free_port
 
 REG, ALPHA = 0.1, 5.0
 DEADLINE_S = 30.0
 
 
+def _factor_table(version: int, kind: str, ids: list[str], vectors: list[np.ndarray]) -> pa.Table:
+    """Rows of ``user_factors`` or ``item_factors``: index = position in ``ids``."""
+    return pa.table(
+        {
+            "model_version": [version] * len(ids),
+            f"{kind}_index": list(range(len(ids))),
+            f"{kind}_id": ids,
+            "factors": [v.tolist() for v in vectors],
+        }
+    )
+
+
 def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S):
     """Poll ``condition`` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)  # poll pacing, not synchronisation
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    return wait_for(condition, timeout_s, what)
 
 
 @contextmanager
@@ -99,28 +105,8 @@ def write_model(
         positions = np.asarray([item_pos[i] for i in ratings[user]])
         values = np.asarray(list(ratings[user].values()))
         users[user] = fold_in(y, yty, positions, values, REG, ALPHA).astype(np.float32)
-    lake.append_arrow(
-        ITEM_FACTORS,
-        pa.table(
-            {
-                "model_version": [version] * len(item_ids),
-                "item_index": list(range(len(item_ids))),
-                "item_id": item_ids,
-                "factors": [row.tolist() for row in y],
-            }
-        ),
-    )
-    lake.append_arrow(
-        USER_FACTORS,
-        pa.table(
-            {
-                "model_version": [version] * len(user_ids),
-                "user_index": list(range(len(user_ids))),
-                "user_id": user_ids,
-                "factors": [users[u].tolist() for u in user_ids],
-            }
-        ),
-    )
+    lake.append_arrow(ITEM_FACTORS, _factor_table(version, "item", item_ids, list(y)))
+    lake.append_arrow(USER_FACTORS, _factor_table(version, "user", user_ids, [users[u] for u in user_ids]))
     rows = [(u, item_pos[i], r) for u in user_ids for i, r in ratings[u].items()]
     lake.append_arrow(
         MODEL_INTERACTIONS,
