@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     serve_model_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newer published model."
     )
+    serve_model_cache_dir: str = Field(
+        "",
+        description="Local folder where serving keeps loaded models as memory-mapped arrays. "
+        "Empty means <root>/serving-models.",
+    )
     admin_token: SecretStr = Field(
         SecretStr(""),
         description="Bearer token for serving's /admin routes (the batch DAG sends it); empty = admin off.",
@@ -185,6 +190,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_root(self) -> str:
         return self.checkpoint_dir or str((self.root / "checkpoints").resolve())
+
+    @property
+    def model_cache_root(self) -> Path:
+        return Path(self.serve_model_cache_dir) if self.serve_model_cache_dir else self.root / "serving-models"
 
     @property
     def bootstrap_servers(self) -> str:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lambdarec.settings import Settings
-
-SWITCH_INTERVAL_S = 0.0005
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +25,6 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     # One BLAS thread: a request's matrix-vector product is too small to split, and numpy's
     # and scipy's OpenBLAS pools spinning on 2 cores slowed every request tenfold.
     threadpool_limits(1, user_api="blas")
-    # Hand the GIL over sooner than the default 5 ms, so a model loading in the background
-    # delays a request by less.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(
         app,
         host=args.host or settings.serve_host,

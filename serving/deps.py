@@ -11,6 +11,7 @@ from lambdarec.settings import Settings, get_settings
 from serving.ingest import Ingestor
 from serving.item_attributes import ItemAttributes
 from serving.metrics import Metrics
+from serving.model import Model
 from serving.model_store import ModelStore
 from serving.new_items import Catalogue, CatalogueCache
 from serving.poller import Poller
@@ -39,14 +40,19 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         lake = Lake(settings)
-        model_store = ModelStore(settings, lake)
-        attributes = ItemAttributes(lake)
+        speed_view, catalogues, attributes = SpeedView(settings), CatalogueCache(), ItemAttributes(lake)
+
+        def prepare(model: Model) -> None:
+            """Build a new model's catalogue and cached filter masks before requests see it."""
+            attributes.prepare(catalogues.get(model, speed_view))
+
+        model_store = ModelStore(settings, lake, prepare=prepare)
         return cls(
             settings=settings,
             lake=lake,
             model_store=model_store,
-            speed_view=SpeedView(settings),
-            catalogues=CatalogueCache(),
+            speed_view=speed_view,
+            catalogues=catalogues,
             attributes=attributes,
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),

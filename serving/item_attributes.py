@@ -15,9 +15,10 @@ import numpy as np
 
 from lambdarec.lake import Lake
 from schemas.tables import ITEM_CATALOGUE
+from serving.model import Model
 from serving.new_items import Catalogue
 
-MASKS_KEPT = 256  # (attribute, value) masks cached per catalogue; filters repeat a lot
+MASKS_KEPT = 256  # (attribute, value) masks cached per model; filters repeat a lot
 
 
 class ItemAttributes:
@@ -66,13 +67,29 @@ class ItemAttributes:
             allowed &= either
         return allowed
 
+    def prepare(self, catalogue: Catalogue) -> None:
+        """Build, for a model about to be swapped in, the masks the serving one has cached."""
+        for _, version, name, value in list(self._masks):
+            if version == self.version:
+                self._mask(catalogue, name, value)
+
     def _mask(self, catalogue: Catalogue, name: str, value: str) -> np.ndarray:
-        key = (catalogue.model.version, catalogue.generation, self.version, name, value)
+        members = self._index.get((name, value), set())
+        model_part = self._model_mask(catalogue.model, name, value, members)
+        if not len(catalogue.new_ids):
+            return model_part
+        new_part = np.fromiter((item in members for item in catalogue.new_ids), dtype=bool, count=len(catalogue.new_ids))
+        return np.concatenate([model_part, new_part])
+
+    def _model_mask(self, model: Model, name: str, value: str, members: set[str]) -> np.ndarray:
+        """The mask over the model's items, cached per model and catalogue version (the speed view's
+        new items change often and are few, so they are matched per request instead)."""
+        key = (model.version, self.version, name, value)
         mask = self._masks.get(key)
         if mask is None:
-            mask = np.zeros(catalogue.size, dtype=bool)
-            positions = [catalogue.position(item) for item in self._index.get((name, value), ())]
-            mask[[p for p in positions if p is not None]] = True
+            mask = np.zeros(len(model.item_ids), dtype=bool)
+            positions = model.item_positions.lookup(members)
+            mask[positions[positions >= 0]] = True
             with self._lock:
                 if len(self._masks) >= MASKS_KEPT:
                     self._masks.clear()

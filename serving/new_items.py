@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.foldin import fold_in, fold_in_rows, gram
-from serving.model_store import Model
+from serving.model import Model
 from serving.speed_view import SpeedView
 
 
@@ -113,18 +113,30 @@ def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None
 
 
 class CatalogueCache:
-    """The current model's catalogue, rebuilt only when the model or the speed view changed."""
+    """Catalogues of the serving model and of one being prepared for a swap, each rebuilt only
+    when the speed view changed."""
+
+    KEPT = 2
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._current: Catalogue | None = None
+        self._by_version: dict[int, Catalogue] = {}
 
     def get(self, model: Model, speed: SpeedView) -> Catalogue:
-        current = self._current
-        if current is not None and current.model is model and current.generation == speed.generation:
+        current = self._fresh(model, speed)
+        if current is not None:
             return current
         with self._lock:
-            current = self._current
-            if current is None or current.model is not model or current.generation != speed.generation:
-                current = self._current = build(model, speed)
+            current = self._fresh(model, speed)
+            if current is None:
+                current = build(model, speed)
+                if model.version not in self._by_version and len(self._by_version) >= self.KEPT:
+                    del self._by_version[next(iter(self._by_version))]  # the longest-held version
+                self._by_version[model.version] = current
             return current
+
+    def _fresh(self, model: Model, speed: SpeedView) -> Catalogue | None:
+        current = self._by_version.get(model.version)
+        if current is not None and current.model is model and current.generation == speed.generation:
+            return current
+        return None

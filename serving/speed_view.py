@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -28,6 +27,7 @@ from schemas.topics import (
     SPEED_UPDATE_KIND_USER_FEATURES,
     SPEED_UPDATE_KIND_USER_INTERACTIONS,
 )
+from serving.id_index import IdIndex
 from serving.speed_state import GLOBAL_SEGMENT, Interaction, Interactions, Profiles, Trending
 
 log = logging.getLogger(__name__)
@@ -136,11 +136,13 @@ class SpeedView:
         with self._lock:
             return list(self._interactions.users.get(user_id, ()))
 
-    def unknown_item_users(self, known: Mapping[str, int]) -> tuple[int, dict[str, dict[str, float]]]:
+    def unknown_item_users(self, known: IdIndex) -> tuple[int, dict[str, dict[str, float]]]:
         """(generation, item -> user -> summed weight) for the items not in ``known``."""
         with self._lock:
             source = self._interactions.item_users
-            unknown = {item: dict(users) for item, users in source.items() if item not in known}
+            items = list(source)
+            missing = known.lookup(items) < 0  # one vectorised search, not a lookup per item
+            unknown = {item: dict(source[item]) for item, absent in zip(items, missing) if absent}
             return self._interactions.generation, unknown
 
     @property

@@ -1,0 +1,89 @@
+"""Id -> row position over a sorted fixed-width byte array.
+
+A dict over a million user ids is a million Python objects; building one holds
+the GIL in long stretches and stalls every request served beside a model swap.
+This index is two numpy arrays: the loader process builds them, the server
+memory-maps them, and a lookup is one binary search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+class IdIndex:
+    """Read-only mapping from an id to its position; ``keys`` sorted, ``positions[i]`` belongs to ``keys[i]``."""
+
+    def __init__(self, keys: np.ndarray, positions: np.ndarray):
+        self.keys = keys
+        self.positions = positions
+
+    @classmethod
+    def build(cls, ids: Sequence[str] | pa.Array | pa.ChunkedArray) -> IdIndex:
+        """Index ``ids`` by their position in the sequence; duplicate ids are refused.
+
+        Works on Arrow's buffers directly: no Python object per id.
+        """
+        column = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
+        keys = _fixed_width(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        repeated = np.flatnonzero(keys[1:] == keys[:-1])
+        if len(repeated):
+            raise ValueError(f"duplicate id {keys[repeated[0]].decode()!r}")
+        return cls(keys, order.astype(np.int64))
+
+    def get(self, key: str, default: int | None = None) -> int | None:
+        found = self.lookup([key])[0]
+        return default if found < 0 else int(found)
+
+    def lookup(self, keys: Iterable[str]) -> np.ndarray:
+        """Positions of ``keys`` (vectorised), -1 where absent."""
+        encoded = [_encode(k) for k in keys]
+        if not encoded or len(self.keys) == 0:
+            return np.full(len(encoded), -1, dtype=np.int64)
+        wanted = np.array(encoded, dtype=bytes)
+        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        # a fixed-width byte array drops trailing NULs, so such a key could match a shorter id
+        exact = np.fromiter((not k.endswith(b"\0") for k in encoded), dtype=bool, count=len(encoded))
+        return np.where((self.keys[at] == wanted) & exact, self.positions[at], -1)
+
+    def __getitem__(self, key: str) -> int:
+        position = self.get(key)
+        if position is None:
+            raise KeyError(key)
+        return position
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _fixed_width(ids: pa.Array) -> np.ndarray:
+    """A string array as a NUL-padded fixed-width byte array."""
+    if ids.null_count:
+        raise ValueError("ids must not be null")
+    n = len(ids)
+    ids = ids.cast(pa.large_binary())
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if n else np.empty(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    width = max(int(lengths.max(initial=0)), 1)
+    if np.any(data[offsets[1:][lengths > 0] - 1] == 0):
+        raise ValueError("ids must not end in a NUL character")
+    if n and (lengths == width).all():  # e.g. pseudonyms: the bytes already are the array
+        return data[offsets[0] : offsets[-1]].view(f"S{width}").copy()
+    columns = np.arange(width)
+    inside = columns < lengths[:, None]
+    padded = np.zeros((n, width), dtype=np.uint8)
+    padded[inside] = data[(offsets[:-1, None] + columns)[inside]]
+    return padded.view(f"S{width}").ravel()
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8")

@@ -1,0 +1,117 @@
+"""The batch view in memory: one published model version as a folder of numpy arrays.
+
+A loader process writes the folder (``serving.model_build``); the server opens
+it with memory maps. Opening is a few file opens and no per-user Python objects,
+so a swap under load neither holds the GIL nor doubles the server's heap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.foldin import RegScaling
+from serving.id_index import IdIndex
+
+FORMAT = 1  # bump when the folder layout changes; older folders are rebuilt
+META = "meta.json"
+ARRAYS = (
+    "item_ids",  # position -> item id (unicode array)
+    "item_keys", "item_key_positions",  # IdIndex over item ids
+    "user_keys", "user_key_positions",  # IdIndex over user ids
+    "item_factors", "user_factors",  # Y (n_items x rank), X (n_users x rank), float32
+    "yty", "xtx",  # Gram matrices, float64; XtX serves the symmetric fold-in of new items
+    "item_norms",  # |y_i|, for cosine similarity
+    "history_indptr", "history_items", "history_ratings",  # users' training ratings, CSR
+    "popularity",  # per item: sum of training ratings
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One published model version, ready to score. Positions index the matrices' rows."""
+
+    version: int
+    source_events_version: int
+    reg_param: float
+    alpha: float
+    reg_scaling: RegScaling
+    item_ids: np.ndarray
+    item_positions: IdIndex
+    user_positions: IdIndex
+    item_factors: np.ndarray
+    user_factors: np.ndarray
+    yty: np.ndarray
+    xtx: np.ndarray
+    item_norms: np.ndarray
+    history_indptr: np.ndarray
+    history_items: np.ndarray
+    history_ratings: np.ndarray
+    popularity: np.ndarray
+    directory: Path
+    loaded_at: float = field(compare=False)
+
+    def touch(self) -> None:
+        """Read the arrays every request scores against, so the first requests after a swap
+        find them in memory instead of faulting them in from the page cache."""
+        for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys):
+            array.reshape(-1).view(np.uint8).max(initial=0)  # reads every page; numpy drops the GIL
+
+    def history(self, user_position: int) -> tuple[np.ndarray, np.ndarray]:
+        """The user's training items (positions) and ratings."""
+        start, end = self.history_indptr[user_position : user_position + 2]
+        return self.history_items[start:end], self.history_ratings[start:end]
+
+
+def write_model_dir(directory: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write a model folder; the caller renames it into place when complete."""
+    missing = set(ARRAYS) - set(arrays)
+    if missing:
+        raise ValueError(f"model arrays missing: {sorted(missing)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ARRAYS:
+        np.save(directory / f"{name}.npy", arrays[name], allow_pickle=False)
+    (directory / META).write_text(json.dumps({**meta, "format": FORMAT}))
+
+
+def read_meta(directory: Path) -> dict[str, Any] | None:
+    """The folder's metadata, or None if it is absent or from another format."""
+    try:
+        meta = json.loads((directory / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == FORMAT else None
+
+
+def open_model(directory: Path, loaded_at: float) -> Model:
+    """Memory-map a complete model folder."""
+    meta = read_meta(directory)
+    if meta is None:
+        raise FileNotFoundError(f"no model folder of format {FORMAT} at {directory}")
+    # np.asarray drops the memmap subclass (no copy), keeping per-request numpy calls plain
+    a = {name: np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)) for name in ARRAYS}
+    return Model(
+        version=int(meta["version"]),
+        source_events_version=int(meta["source_events_version"]),
+        reg_param=float(meta["reg_param"]),
+        alpha=float(meta["alpha"]),
+        reg_scaling=meta["reg_scaling"],
+        item_ids=a["item_ids"],
+        item_positions=IdIndex(a["item_keys"], a["item_key_positions"]),
+        user_positions=IdIndex(a["user_keys"], a["user_key_positions"]),
+        item_factors=a["item_factors"],
+        user_factors=a["user_factors"],
+        yty=a["yty"],
+        xtx=a["xtx"],
+        item_norms=a["item_norms"],
+        history_indptr=a["history_indptr"],
+        history_items=a["history_items"],
+        history_ratings=a["history_ratings"],
+        popularity=a["popularity"],
+        directory=directory,
+        loaded_at=loaded_at,
+    )

@@ -1,0 +1,175 @@
+"""Read one published model version from the lake into a serving model folder.
+
+Runs in a loader process that ``ModelStore`` starts at idle CPU priority, with
+the settings and registry row pickled on stdin, so the Python objects and CPU a
+million-user model costs neither hold the serving process's GIL nor take CPU
+time that requests want.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import csr_matrix
+
+from lambdarec.lake import Lake
+from lambdarec.settings import Settings
+from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
+from serving.foldin import RegScaling, gram
+from serving.id_index import IdIndex
+from serving.model import write_model_dir
+
+
+LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
+
+
+class ModelLoadError(RuntimeError):
+    """The registry names a model whose tables are missing or inconsistent."""
+
+
+def build_model_dir(settings: Settings, row: dict[str, Any], directory: Path) -> float:
+    """Write model ``row`` (a registry row) as a model folder at ``directory``; returns seconds taken."""
+    started = time.perf_counter()
+    meta, arrays = model_arrays(Lake(settings), row, settings)
+    write_model_dir(directory, meta, arrays)
+    return time.perf_counter() - started
+
+
+def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metadata, arrays) of one model version, checked for consistency."""
+    version = int(row["model_version"])
+    only = pc.field("model_version") == version
+    items = lake.read_arrow(ITEM_FACTORS, filter=only)
+    users = lake.read_arrow(USER_FACTORS, filter=only)
+    ratings = lake.read_arrow(MODEL_INTERACTIONS, filter=only)
+    if items.num_rows == 0:
+        raise ModelLoadError(f"model {version} has no item factors in {lake.uri(ITEM_FACTORS)}")
+    # rows in index order; permuting numpy arrays, not the Arrow tables, keeps the loader's memory low
+    item_order, user_order = _order(items["item_index"]), _order(users["user_index"])
+    item_factors = _matrix(items, item_order, "item", version)
+    user_factors = _matrix(users, user_order, "user", version) if users.num_rows else item_factors[:0]
+    if user_factors.shape[1] != item_factors.shape[1]:
+        raise ModelLoadError(f"model {version}: user and item factors have different ranks")
+    item_pos = _index_lookup(items["item_index"].to_numpy()[item_order])
+    user_pos = _index_lookup(users["user_index"].to_numpy()[user_order])
+    history = csr_matrix(
+        (
+            ratings["rating"].to_numpy().astype(np.float64),
+            (
+                _positions(user_pos, ratings["user_index"].to_numpy(), "user", version),
+                _positions(item_pos, ratings["item_index"].to_numpy(), "item", version),
+            ),
+        ),
+        shape=(user_factors.shape[0], item_factors.shape[0]),
+    )
+    history.sum_duplicates()
+    item_ids = _in_order(items["item_id"], item_order)
+    item_index = _id_index(item_ids, "item", version)
+    user_index = _id_index(_in_order(users["user_id"], user_order), "user", version)
+    reg_param, alpha, reg_scaling = hyperparameters(row, settings)
+    meta = {
+        "version": version,
+        "source_events_version": int(row["source_events_version"]),
+        "reg_param": reg_param,
+        "alpha": alpha,
+        "reg_scaling": reg_scaling,
+        "lake": settings.lake_root,
+    }
+    arrays = {
+        "item_ids": np.array(item_ids.to_pylist(), dtype=str),
+        "item_keys": item_index.keys,
+        "item_key_positions": item_index.positions,
+        "user_keys": user_index.keys,
+        "user_key_positions": user_index.positions,
+        "item_factors": item_factors,
+        "user_factors": user_factors,
+        "yty": gram(item_factors),
+        "xtx": gram(user_factors),
+        "item_norms": np.linalg.norm(item_factors, axis=1),
+        "history_indptr": history.indptr.astype(np.int64),
+        "history_items": history.indices.astype(np.int64),
+        "history_ratings": history.data,
+        "popularity": np.asarray(history.sum(axis=0)).ravel(),
+    }
+    return meta, arrays
+
+
+def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[float, float, RegScaling]:
+    """(regParam, alpha, reg_scaling) the model was trained with: its registry params, else settings.
+
+    ``params["reg_scaling"]`` says whether regParam was scaled by each row's
+    interaction count (Spark ALS: "per_interaction") or not (the ``implicit``
+    library: "constant"); without it the registry's engine decides.
+    """
+    params = row.get("params") or {}
+    default_scaling = "constant" if str(row.get("engine") or "").startswith("implicit") else "per_interaction"
+    scaling = params.get("reg_scaling", default_scaling)
+    if scaling not in ("per_interaction", "constant"):
+        raise ModelLoadError(f"model {row['model_version']}: unknown reg_scaling {scaling!r}")
+    reg, alpha = float(params.get("regParam", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
+    return reg, alpha, scaling
+
+
+def _id_index(ids: pa.ChunkedArray, kind: str, version: int) -> IdIndex:
+    try:
+        return IdIndex.build(ids)
+    except ValueError as exc:
+        raise ModelLoadError(f"model {version}: {kind} ids: {exc}") from exc
+
+
+def _order(index: pa.ChunkedArray) -> np.ndarray | slice:
+    """The permutation that sorts ``index``; a plain slice when it is sorted already (no copy)."""
+    values = index.to_numpy()
+    return slice(None) if np.all(values[1:] > values[:-1]) else np.argsort(values, kind="stable")
+
+
+def _in_order(column: pa.ChunkedArray, order: np.ndarray | slice) -> pa.ChunkedArray:
+    return column if isinstance(order, slice) else column.take(order)
+
+
+def _matrix(table: pa.Table, order: np.ndarray | slice, kind: str, version: int) -> np.ndarray:
+    """The ``factors`` list column as a float32 matrix, rows permuted by ``order``."""
+    factors = table["factors"].combine_chunks()
+    lengths = pc.list_value_length(factors).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) != 1:
+        raise ModelLoadError(f"model {version}: {kind} factor vectors have different lengths")
+    values = pc.list_flatten(factors).to_numpy(zero_copy_only=False)
+    return values.reshape(len(table), int(lengths[0]))[order].astype(np.float32, copy=False)
+
+
+def _index_lookup(indexes: np.ndarray) -> np.ndarray:
+    """Map a table's (possibly sparse) index column to row positions; -1 where absent."""
+    lookup = np.full(int(indexes.max()) + 1 if len(indexes) else 0, -1, dtype=np.int64)
+    lookup[indexes] = np.arange(len(indexes))
+    return lookup
+
+
+def _positions(lookup: np.ndarray, indexes: np.ndarray, kind: str, version: int) -> np.ndarray:
+    if len(indexes) and (
+        indexes.min() < 0 or indexes.max() >= len(lookup) or (lookup[indexes] < 0).any()
+    ):
+        raise ModelLoadError(f"model {version}: interactions name a {kind}_index with no factors")
+    return lookup[indexes]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m serving.model_build FOLDER`` with pickled ``(settings, row)`` on stdin."""
+    settings, row = pickle.load(sys.stdin.buffer)
+    try:
+        seconds = build_model_dir(settings, row, Path(argv[0]))
+    except ModelLoadError as exc:
+        print(exc, file=sys.stderr)
+        return LOAD_ERROR_EXIT
+    print(round(seconds, 3))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

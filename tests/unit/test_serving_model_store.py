@@ -1,0 +1,79 @@
+"""The id index behind model lookups, and the store's loader process and folder cache.
+
+The lake is real Delta on disk; the loader is the real ``python -m serving.model_build``.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from lambdarec.lake import Lake
+from serving.id_index import IdIndex
+from serving.model import META
+from serving.model_store import ModelStore
+from tests.serving_support import write_model
+
+pytestmark = pytest.mark.unit
+
+ITEMS = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.5, 0.5]}
+RATINGS = {"u1": {"a": 2.0}, "u2": {"b": 1.0, "c": 3.0}}
+
+
+def test_id_index_finds_every_id_and_nothing_else():
+    ids = ["item-10", "item-2", "é-unicode", "x" * 40, "b"]
+    index = IdIndex.build(ids)
+    assert [index.get(i) for i in ids] == [0, 1, 2, 3, 4]
+    assert index.lookup(ids + ["item-1", "item-100", "", "x" * 41, "b\0"]).tolist() == [0, 1, 2, 3, 4, -1, -1, -1, -1, -1]
+    assert "b" in index and "c" not in index and len(index) == 5
+    with pytest.raises(KeyError):
+        index["missing"]
+    assert IdIndex.build([]).get("a") is None
+
+
+def test_id_index_refuses_duplicates_and_trailing_nul():
+    with pytest.raises(ValueError, match="duplicate id 'a'"):
+        IdIndex.build(["a", "b", "a"])
+    with pytest.raises(ValueError, match="NUL"):
+        IdIndex.build(["a\0"])
+
+
+@pytest.fixture
+def lake(settings):
+    return Lake(settings)
+
+
+def folders(settings):
+    return sorted(p.name.split("-")[0] for p in settings.model_cache_root.iterdir())
+
+
+def test_a_second_store_maps_the_cached_folder_without_a_loader(settings, lake):
+    write_model(lake, 1, 5, ITEMS, RATINGS)
+    first = ModelStore(settings, lake)
+    assert first.reload()
+    second = ModelStore(settings, lake)
+    second._build_in_loader = lambda row, folder: pytest.fail("the cached folder should have been used")
+    assert second.reload()
+    assert second.current.directory == first.current.directory
+    assert np.array_equal(second.current.user_factors, first.current.user_factors)
+
+
+def test_a_folder_that_does_not_match_the_registry_is_rebuilt(settings, lake):
+    write_model(lake, 1, 5, ITEMS, RATINGS)
+    ModelStore(settings, lake).reload()
+    (folder,) = settings.model_cache_root.iterdir()
+    meta = json.loads((folder / META).read_text())
+    (folder / META).write_text(json.dumps({**meta, "source_events_version": 99}))
+    store = ModelStore(settings, lake)
+    assert store.reload()
+    assert store.current.source_events_version == 5
+    assert json.loads((folder / META).read_text())["source_events_version"] == 5
+
+
+def test_only_the_newest_two_folders_are_kept(settings, lake):
+    store = ModelStore(settings, lake)
+    for version in (1, 2, 3):
+        write_model(lake, version, version, ITEMS, RATINGS)
+        assert store.reload()
+    assert folders(settings) == ["v2", "v3"]
+    assert store.current.version == 3 and store.current.history(store.current.user_positions["u2"])[1].tolist() == [1.0, 3.0]
