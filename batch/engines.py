@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import sparse
 
 if TYPE_CHECKING:
@@ -94,19 +96,21 @@ class SparkAls:
             numUserBlocks=self.blocks,
             numItemBlocks=self.blocks,
         ).fit(train)
-        users, items = model.userFactors.toPandas(), model.itemFactors.toPandas()
+        users, items = model.userFactors.toArrow(), model.itemFactors.toArrow()
         return Factors(
             user_index=users["id"].to_numpy(),
-            users=_stack(users["features"], params.rank),
+            users=_matrix(users["features"], params.rank),
             item_index=items["id"].to_numpy(),
-            items=_stack(items["features"], params.rank),
+            items=_matrix(items["features"], params.rank),
         )
 
 
-def _stack(column, rank: int) -> np.ndarray:
+def _matrix(column: pa.ChunkedArray, rank: int) -> np.ndarray:
+    """An Arrow column of rank-length float lists as an (n, rank) float32 matrix (no Python objects)."""
     if len(column) == 0:
         return np.zeros((0, rank), dtype=np.float32)
-    return np.stack(column.to_numpy()).astype(np.float32)
+    values = pc.list_flatten(column).to_numpy()
+    return values.reshape(len(column), rank).astype(np.float32, copy=False)
 
 
 class ImplicitAls:

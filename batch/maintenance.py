@@ -4,7 +4,7 @@ The speed layer appends many small files (one commit per micro-batch), which
 slows every reader; compaction rewrites them into fewer, larger ones without
 changing a row. Vacuum then deletes files no snapshot within the retention
 window references (and files a killed Spark write left uncommitted). Expiry
-removes the factor data of models beyond the retention count; the champion is
+removes the factor data and serving folders of models beyond the retention count; the champion is
 always kept, and the registry keeps every model's history as ``expired`` rows.
 All three are safe to re-run: a second pass finds nothing to do.
 """
@@ -22,6 +22,7 @@ from batch import registry
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import ALL_TABLES, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
+from serving.model_build import remove_bundle
 
 log = logging.getLogger("lambdarec.batch.maintenance")
 
@@ -74,6 +75,7 @@ def expire_models(lake: Lake, keep: int) -> list[int]:
             only = pc.field("model_version") == version
             if lake.exists(spec) and lake.read_arrow(spec, filter=only).num_rows:
                 DeltaTable(lake.uri(spec)).delete(f"model_version = {version}")
+        remove_bundle(lake.settings, version)
         registry.record_status(lake, version, EXPIRED, f"beyond the retention of {keep} models")
     _log("models_expired", keep=keep, versions=versions)
     return versions

@@ -1,13 +1,18 @@
 """Serving latency under fixed offered load, plus a model swap under load.
 
 Builds a model of 100k items x 64 factors and 1M users in a temporary lake
-(pyarrow, no Spark), an item catalogue for filters, and speed-view updates so the
-requested users go through fold-in. It starts an embedded broker and
-``lambdarec serve`` (uvicorn, one worker) and drives it from a load generator in a
-separate process on loopback at fixed rates (open loop: latency counts from each
-request's scheduled time, so queueing is not hidden). Prints one JSON object.
+(pyarrow, no Spark), publishes it as the publish gate does (serving folder into
+the lake, then the registry row), and adds an item catalogue for filters and
+speed-view updates so the requested users go through fold-in. It starts an
+embedded broker and ``lambdarec serve`` (uvicorn, one worker) and drives it from
+a load generator in a separate process on loopback at fixed rates (open loop:
+latency counts from each request's scheduled time, so queueing is not hidden).
+The swap phase offers load for 3 x --seconds, publishes model 2 beforehand and
+asks serving to reload after the first third; ``--no-bundle`` publishes model 2
+without its serving folder, so serving builds it in its idle-priority loader.
+Prints one JSON object.
 
-    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10]
+    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--no-bundle]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS  # noqa: E402
+from serving.model_build import publish_bundle  # noqa: E402
 
 TOKEN = "bench-admin-token"
 CATEGORIES = 10
@@ -59,7 +65,8 @@ def factors_column(matrix: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel(), pa.float32()))
 
 
-def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int, seed: int) -> None:
+def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int, seed: int,
+                bundle: bool = True) -> None:
     rng = np.random.default_rng(seed)
     item_ids = [f"item-{n}" for n in range(n_items)]
     users = [pseudonymise(f"user-{n}", lake.settings.pseudonym_key) for n in range(n_users)]
@@ -77,8 +84,10 @@ def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int,
         "user_index": pa.array(np.repeat(np.arange(n_users, dtype=np.int32), per_user)),
         "item_index": pa.array(rng.integers(0, n_items, rows, dtype=np.int32)),
         "rating": pa.array(rng.choice([1.0, 2.0, 4.0, 8.0], rows).astype(np.float32))}))
-    record_status(lake, version, PUBLISHED, "bench", source_events_version=version * 10,
-                  params={"regParam": 0.05, "alpha": 10.0, "rank": rank},
+    params = {"regParam": 0.05, "alpha": 10.0, "rank": rank}
+    if bundle:  # as the publish gate does: the serving folder goes into the lake before the registry row
+        publish_bundle(lake.settings, {"model_version": version, "source_events_version": version * 10, "params": params})
+    record_status(lake, version, PUBLISHED, "bench", source_events_version=version * 10, params=params,
                   n_users=n_users, n_items=n_items, n_interactions=rows)
 
 
@@ -214,6 +223,8 @@ def main() -> int:
     parser.add_argument("--rates", default="100,200,300,500")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--swap-rate", type=float, default=300.0)
+    parser.add_argument("--no-bundle", action="store_true",
+                        help="Publish the swapped-in model without its serving folder, so serving builds it itself.")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
@@ -256,19 +267,22 @@ def main() -> int:
         p50_300 = rates.get("300", next(iter(rates.values())))["p50_ms"]
         figures["p50_over_floor"] = round(p50_300 / figures["floor_ms"]["numpy"], 2)
 
-        write_model(lake, 2, args.items, args.users, args.rank, args.per_user, seed=2)
+        started = time.perf_counter()
+        write_model(lake, 2, args.items, args.users, args.rank, args.per_user, seed=2, bundle=not args.no_bundle)
+        figures["publish_model_2_s"] = round(time.perf_counter() - started, 1)
 
         def swap():
-            time.sleep(args.seconds / 3)
+            time.sleep(args.seconds)
             began = time.perf_counter()
             response = httpx.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600)
             return began, time.perf_counter(), response.json()
 
-        results, (began, ended, reloaded) = offer(port, args.swap_rate, args.seconds, paths, during=swap)
+        results, (began, ended, reloaded) = offer(port, args.swap_rate, 3 * args.seconds, paths, during=swap)
         before = [r for r in results if r[0] + r[1] < began]
         during = [r for r in results if began <= r[0] <= ended]
         figures["swap"] = {
             "rate": args.swap_rate,
+            "serving_folder": "built by serving" if args.no_bundle else "published with the model",
             "reload": reloaded,
             "swap_s": round(ended - began, 2),
             "before": summary(before),

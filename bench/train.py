@@ -4,9 +4,11 @@ For each size (100k, 1M, 10M interactions; pick with --sizes) it draws one
 synthetic interaction set from ``lambdarec.generator.World`` (the planted
 clusters the tests use), holds out a seeded 20% of each user's interactions,
 fits both engines through ``batch.engines`` (the code the training job runs),
-and prints ONE JSON object: seconds per iteration and in total for each engine,
-their ratio, peak memory (implicit: this process; Spark: the JVM), and
-recall@10 / nDCG@10 of each and of the popularity baseline on the same split.
+and prints ONE JSON object: for each engine the total fit time, the cost of one
+iteration (from fits at 1 and at --iterations iterations, so the one-off setup is
+reported apart as ``setup_s``), their ratios, peak memory (implicit: this process;
+Spark: the JVM), and recall@10 / nDCG@10 of each and of the popularity baseline on
+the same split. With --repeats, timings are medians and every run's are listed.
 Figures only, never a verdict. Spark runs local[2] (--master to change).
 
     .venv/bin/python bench/train.py --sizes 100k 1m --rank 64 --iterations 10
@@ -20,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,7 @@ SIZES = {
     "10m": (10_000_000, 500_000, 50_000, 100),
 }
 EVAL_USERS = 5_000
+TIMINGS = ("total_s", "s_per_iteration", "setup_s", "total_s_per_iteration")
 
 
 def dataset(size: str, seed: int):
@@ -73,17 +77,32 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def bench_size(spark, size: str, params: AlsParams, seed: int) -> dict:
+def timed(fit, params: AlsParams, warm_up: bool) -> tuple[dict, Factors]:
+    """Fit at 1 and at ``params.maxIter`` iterations: an iteration's cost is the difference over the extra
+    iterations, so the setup both engines pay once (building blocks or the sparse matrix, collecting or
+    solving the final factors) is reported apart instead of being spread over the iterations.
+    ``warm_up`` first runs an untimed 1-iteration fit (JIT, thread pools, first allocations)."""
+    if warm_up:
+        fit(replace(params, maxIter=1))
+    started = time.perf_counter()
+    fit(replace(params, maxIter=1))
+    one = time.perf_counter() - started
+    started = time.perf_counter()
+    factors = fit(params)
+    total = time.perf_counter() - started
+    per_iteration = (total - one) / max(params.maxIter - 1, 1)
+    return {"total_s": round(total, 3), "s_per_iteration": round(per_iteration, 4),
+            "setup_s": round(one - per_iteration, 3), "total_s_per_iteration": round(total / params.maxIter, 4)}, factors
+
+
+def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = True) -> dict:
     users, items, counts, test_users, test_items, n_users, n_items = dataset(size, seed)
     out = {"interactions": SIZES[size][0], "train_pairs": int(len(users)), "users": n_users, "items": n_items}
 
     reset_peak_rss()
-    started = time.perf_counter()
-    implicit_factors = fit_implicit(users, items, counts, params)
-    implicit_s = time.perf_counter() - started
+    times, implicit_factors = timed(lambda p: fit_implicit(users, items, counts, p), params, warm_up)
     out["implicit"] = {
-        "total_s": round(implicit_s, 3),
-        "s_per_iteration": round(implicit_s / params.maxIter, 4),
+        **times,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         **evaluate(implicit_factors, users, items, test_users, test_items, n_users, n_items, seed),
     }
@@ -93,19 +112,33 @@ def bench_size(spark, size: str, params: AlsParams, seed: int) -> dict:
                   "rating": counts.astype(np.float32)})
     ).cache()
     frame.count()
+    engine = SparkAls(blocks=spark.sparkContext.defaultParallelism)
     with tempfile.TemporaryDirectory() as checkpoints:
-        started = time.perf_counter()
-        spark_factors = SparkAls(blocks=spark.sparkContext.defaultParallelism).fit(spark, frame, params, checkpoints)
-        spark_s = time.perf_counter() - started
+        times, spark_factors = timed(lambda p: engine.fit(spark, frame, p, checkpoints), params, warm_up)
     frame.unpersist()
     jvm_pid = spark._jvm.java.lang.ProcessHandle.current().pid()
     out["spark"] = {
-        "total_s": round(spark_s, 3),
-        "s_per_iteration": round(spark_s / params.maxIter, 4),
+        **times,
         "peak_rss_mb_jvm": round(peak_rss_mb(jvm_pid), 1),
         **evaluate(spark_factors, users, items, test_users, test_items, n_users, n_items, seed),
     }
-    out["spark_over_implicit_s_per_iteration"] = round(spark_s / implicit_s, 2)
+    out["spark_over_implicit_s_per_iteration"] = round(out["spark"]["s_per_iteration"] / out["implicit"]["s_per_iteration"], 2)
+    out["spark_over_implicit_total_s"] = round(out["spark"]["total_s"] / out["implicit"]["total_s"], 2)
+    return out
+
+
+def repeated(spark, size: str, params: AlsParams, seed: int, repeats: int) -> dict:
+    """``bench_size`` ``repeats`` times on the same data: medians of the timings, each run's timings,
+    and the quality figures (the same data and seed give the same models)."""
+    runs = [bench_size(spark, size, params, seed, warm_up=n == 0) for n in range(repeats)]
+    if repeats == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for engine in ("implicit", "spark"):
+        out[engine] = {**runs[0][engine], **{key: round(float(np.median([r[engine][key] for r in runs])), 4) for key in TIMINGS}}
+    for ratio in ("spark_over_implicit_s_per_iteration", "spark_over_implicit_total_s"):
+        out[ratio] = round(float(np.median([r[ratio] for r in runs])), 2)
+    out["runs"] = [{engine: {key: run[engine][key] for key in TIMINGS} for engine in ("implicit", "spark")} for run in runs]
     return out
 
 
@@ -125,22 +158,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reg", type=float, default=0.05)
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=1, help="Fits per size; figures are then medians.")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="Extra Spark setting for the session (repeatable), e.g. spark.serializer=...")
     args = parser.parse_args(argv)
 
     from lambdarec.spark import build_spark
 
     settings = Settings(spark_master=args.master, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
-    spark = build_spark(settings, "lambdarec-bench-train")
+    extra = dict(item.split("=", 1) for item in args.spark_conf)
+    spark = build_spark(settings, "lambdarec-bench-train", extra)
     params = AlsParams(args.rank, args.reg, args.alpha, args.iterations, args.seed, checkpointInterval=5)
     try:
-        results = {size: bench_size(spark, size, params, args.seed) for size in args.sizes}
+        results = {size: repeated(spark, size, params, args.seed, args.repeats) for size in args.sizes}
         report = {
             "benchmark": "train",
             "engines": [SparkAls.name, ImplicitAls.name],
             "params": params.record(),
             "spark_master": args.master,
+            "spark_conf": extra,
             "spark_native_blas": native_blas(spark),
             "cpus": os.cpu_count(),
             "sizes": results,

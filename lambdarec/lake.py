@@ -162,17 +162,14 @@ class Lake:
         txn_version: int | None = None,
     ) -> int | None:
         """Append Arrow rows in one commit; None if ``(app_id, txn_version)`` is already in."""
-        if app_id is not None and self.committed(spec, app_id, txn_version):
+        appender = Appender(self, spec)
+        if app_id is not None and appender.committed(app_id, txn_version):
             return None
-        self.ensure(spec)
-        write_deltalake(
-            self.uri(spec),
-            table.select(spec.columns).cast(spec.schema),
-            mode="append",
-            partition_by=list(spec.partition_by) or None,
-            commit_properties=_commit_properties(app_id, txn_version),
-        )
-        return self.version(spec)
+        return appender.append(table, app_id, txn_version)
+
+    def appender(self, spec: TableSpec) -> "Appender":
+        """An appender that keeps ``spec``'s table open between commits (streaming sinks)."""
+        return Appender(self, spec)
 
     def append_spark(
         self,
@@ -246,6 +243,54 @@ class Lake:
         elif table_uri.startswith("s3://"):
             table_uri = "s3a://" + table_uri[len("s3://") :]
         return f"{table_uri}/{unquote(path)}"
+
+
+class Appender:
+    """Appends Arrow rows to one table through a ``DeltaTable`` kept open between commits.
+
+    A streaming sink commits every micro-batch: re-opening the table each time
+    replays its log, while an open table reads only the commits since its last
+    state. The version a commit landed in is the table's own state right after the
+    write, exact even when another writer committed in between.
+    """
+
+    def __init__(self, lake: Lake, spec: TableSpec):
+        self.lake = lake
+        self.spec = spec
+        self._table: DeltaTable | None = None
+
+    def table(self) -> DeltaTable:
+        """The table at its newest version (created if missing)."""
+        if self._table is None:
+            self.lake.ensure(self.spec)
+            self._table = self.lake.open(self.spec)
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def committed(self, app_id: str, txn_version: int) -> bool:
+        """Whether an append keyed ``(app_id, txn_version)`` (or a later one) is in the table."""
+        recorded = self.table().transaction_version(app_id)
+        return recorded is not None and recorded >= txn_version
+
+    def append(self, rows: pa.Table, app_id: str | None = None, txn_version: int | None = None) -> int:
+        """Commit ``rows``; returns the version the commit created."""
+        table = self.table()
+        write_deltalake(
+            table,
+            rows.select(self.spec.columns).cast(self.spec.schema),
+            mode="append",
+            partition_by=list(self.spec.partition_by) or None,
+            commit_properties=_commit_properties(app_id, txn_version),
+        )
+        return table.version()
+
+    def append_once(self, rows: pa.Table, app_id: str, txn_version: int) -> int | None:
+        """Commit ``rows`` keyed ``(app_id, txn_version)`` unless already in; returns the version that
+        carries the key: the new commit's, or on a replay the earlier one's (None if beyond the search)."""
+        if self.committed(app_id, txn_version):
+            return self.lake.commit_version(self.spec, app_id, txn_version)
+        return self.append(rows, app_id, txn_version)
 
 
 def _commit_properties(app_id: str | None, txn_version: int | None) -> CommitProperties | None:

@@ -1,15 +1,19 @@
-"""Read one published model version from the lake into a serving model folder.
+"""Read one model version from the lake into a serving model folder.
 
-Runs in a loader process that ``ModelStore`` starts at idle CPU priority, with
-the settings and registry row pickled on stdin, so the Python objects and CPU a
-million-user model costs neither hold the serving process's GIL nor take CPU
-time that requests want.
+The publish gate writes that folder into the lake (``publish_bundle``) before it
+records the model as published, so serving only maps (or, from object storage,
+copies) finished arrays. For a model published without one, serving builds the
+folder itself in a loader process (``main``) that it starts at idle CPU priority,
+so the Python objects and CPU a million-user model costs neither hold the serving
+process's GIL nor take CPU time that requests want.
 """
 
 from __future__ import annotations
 
 import pickle
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from scipy.sparse import csr_matrix
 
 from lambdarec.lake import Lake
@@ -24,9 +29,10 @@ from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 from serving.foldin import RegScaling, gram
 from serving.id_index import IdIndex
-from serving.model import write_model_dir
+from serving.model import META, write_model_dir
 
 
+BUNDLES = "_serving_models"  # lake folder of the published models' serving folders (not a Delta table)
 LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
 
 
@@ -40,6 +46,62 @@ def build_model_dir(settings: Settings, row: dict[str, Any], directory: Path) ->
     meta, arrays = model_arrays(Lake(settings), row, settings)
     write_model_dir(directory, meta, arrays)
     return time.perf_counter() - started
+
+
+def bundle_uri(settings: Settings, version: int) -> str:
+    """Where the publish gate puts model ``version``'s serving folder: beside the lake's tables."""
+    return f"{settings.lake_root.rstrip('/')}/{BUNDLES}/v{version}"
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a lake URI, or None when it names remote storage."""
+    if "://" not in uri:
+        return Path(uri)
+    return Path(uri.removeprefix("file://")) if uri.startswith("file://") else None
+
+
+def publish_bundle(settings: Settings, row: dict[str, Any]) -> float:
+    """Write the serving folder of model ``row`` into the lake, replacing any earlier attempt; returns seconds.
+
+    Local lakes get it by rename of a complete folder; object stores by copying
+    the folder, whose meta.json (written last by ``write_model_dir``) marks it complete.
+    """
+    started = time.perf_counter()
+    uri = bundle_uri(settings, int(row["model_version"]))
+    target = local_path(uri)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".building-", dir=target.parent if target else None) as scratch:
+        folder = Path(scratch) / "model"
+        build_model_dir(settings, row, folder)
+        if target is not None:
+            shutil.rmtree(target, ignore_errors=True)
+            folder.rename(target)
+        else:
+            copy_folder(folder, uri)
+    return time.perf_counter() - started
+
+
+def remove_bundle(settings: Settings, version: int) -> None:
+    """Delete model ``version``'s published serving folder, if any (servers' open maps stay valid)."""
+    uri = bundle_uri(settings, version)
+    target = local_path(uri)
+    if target is not None:
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+            filesystem.delete_dir(path)
+
+
+def copy_folder(source: str | Path, destination: str | Path) -> None:
+    """Copy a model folder between filesystems (a URI or a local path each), meta.json last."""
+    src_fs, src = pafs.FileSystem.from_uri(str(source)) if "://" in str(source) else (pafs.LocalFileSystem(), str(source))
+    dst_fs, dst = pafs.FileSystem.from_uri(str(destination)) if "://" in str(destination) else (pafs.LocalFileSystem(), str(destination))
+    dst_fs.create_dir(dst, recursive=True)
+    names = sorted((info.base_name for info in src_fs.get_file_info(pafs.FileSelector(src))), key=lambda n: n == META)
+    for name in names:
+        pafs.copy_files(f"{src}/{name}", f"{dst}/{name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -155,7 +217,7 @@ def _positions(lookup: np.ndarray, indexes: np.ndarray, kind: str, version: int)
     if len(indexes) and (
         indexes.min() < 0 or indexes.max() >= len(lookup) or (lookup[indexes] < 0).any()
     ):
-        raise ModelLoadError(f"model {version}: interactions name a {kind}_index with no factors")
+        raise ModelLoadError(f"model {version}: interactions name {kind}_index values that have no factors")
     return lookup[indexes]
 
 

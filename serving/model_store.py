@@ -1,11 +1,14 @@
 """Keeps the serving model in step with the registry, swapping versions atomically.
 
-A new version is built into a model folder by a separate, lower-priority loader
-process (``serving.model_build``), then memory-mapped here beside the serving
-model and swapped in with one reference assignment: a request sees the old model
-or the new one, never a mix, and the build never competes for this process's
-GIL. A failed load keeps the old model. Folders are cached per lake and version,
-so a restarted server (or a second one on the same host) maps them at once.
+A published model comes with a model folder of numpy arrays that the publish
+gate wrote into the lake; the store memory-maps it (copying it first when the
+lake is remote) beside the serving model, prepares the caches requests derive
+from it, and swaps it in with one reference assignment: a request sees the old
+model or the new one, never a mix. A model published without a folder gets one
+built by an idle-priority loader process (``serving.model_build``), so the work
+never competes with requests for this process's GIL. A failed load keeps the
+old model. Local copies are cached per lake and version, so a restarted server
+(or a second one on the same host) maps them at once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from batch.registry import latest_published
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from serving.model import Model, open_model, read_meta
-from serving.model_build import LOAD_ERROR_EXIT, ModelLoadError
+from serving.model_build import LOAD_ERROR_EXIT, ModelLoadError, bundle_uri, copy_folder, local_path
 
 __all__ = ["Model", "ModelLoadError", "ModelStore"]
 
@@ -96,15 +99,19 @@ class ModelStore:
             return True
 
     def _model_folder(self, row: dict[str, Any]) -> Path:
-        """The model's folder: from the cache when complete and current, else built now."""
+        """The model's folder: the lake's published one when the lake is local, else a local copy
+        (cached per lake and version) of the published one, or one built here when there is none."""
         version = int(row["model_version"])
+        published = local_path(bundle_uri(self.lake.settings, version))
+        if published is not None and self._is_complete(published, row):
+            return published
         folder = self._cache() / f"v{version}-{self._lake_key()}"
         if self._is_complete(folder, row):
             return folder
         shutil.rmtree(folder, ignore_errors=True)  # partial or stale; open maps of it stay valid
         building = folder.with_name(f".building-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            seconds = self._build_in_loader(row, building)
+            how = self._fill(row, building)
             try:
                 building.rename(folder)
             except OSError:  # another server on this host finished the same version first
@@ -112,8 +119,21 @@ class ModelStore:
                     raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
-        log.info("model folder built", extra={"model_version": version, "seconds": round(seconds, 2)})
+        log.info("model folder ready", extra={"model_version": version, "how": how})
         return folder
+
+    def _fill(self, row: dict[str, Any], building: Path) -> str:
+        """Copy the published folder from remote storage or, without one, build it; says which."""
+        if local_path(self.lake.settings.lake_root) is None:
+            try:
+                copy_folder(bundle_uri(self.lake.settings, int(row["model_version"])), building)
+                if self._is_complete(building, row):
+                    return "copied"
+            except OSError as exc:
+                log.info("no published model folder to copy", extra={"error": str(exc)})
+            shutil.rmtree(building, ignore_errors=True)
+        seconds = self._build_in_loader(row, building)
+        return f"built in {seconds:.1f} s"
 
     def _build_in_loader(self, row: dict[str, Any], folder: Path) -> float:
         """Run ``serving.model_build`` in a fresh interpreter at idle priority (nothing of this process is copied)."""

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 from pyspark.sql.streaming import StreamingQueryListener
 
-from lambdarec.lake import Lake
+from lambdarec.lake import Appender, Lake
 from lambdarec.settings import Settings
 from schemas.tables import SPEED_PROGRESS
 from schemas.topics import SPEED_UPDATE_KIND_PROGRESS
@@ -78,6 +78,7 @@ class ProgressRecorder(StreamingQueryListener):
     def __init__(self):
         self._watched: dict[str, tuple[Settings, bool]] = {}
         self._producers: dict[str, Any] = {}
+        self._appenders: dict[str, Appender] = {}
 
     def watch(self, query_id: str, settings: Settings, push: bool) -> None:
         self._watched[str(query_id)] = (settings, push)
@@ -105,9 +106,14 @@ class ProgressRecorder(StreamingQueryListener):
         from lambdarec.kafka_io import make_producer, send_all
 
         app = f"progress-{row['query_id']}"
-        if Lake(settings).append_arrow(SPEED_PROGRESS, pa.Table.from_pylist([row]), app_id=app,
-                                       txn_version=row["batch_id"]) is None or not push:
-            return  # a replayed batch (already recorded), or one that is not pushed
+        appender = self._appenders.get(settings.lake_root)
+        if appender is None:
+            appender = self._appenders[settings.lake_root] = Lake(settings).appender(SPEED_PROGRESS)
+        if appender.committed(app, row["batch_id"]):
+            return  # a replayed batch, already recorded
+        appender.append(pa.Table.from_pylist([row]), app, row["batch_id"])
+        if not push:
+            return
         producer = self._producers.get(settings.bootstrap_servers)
         if producer is None:
             producer = self._producers[settings.bootstrap_servers] = make_producer(settings)

@@ -22,9 +22,16 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdarec.lake import Lake
+from lambdarec.lake import Appender, Lake
 from lambdarec.settings import Settings
-from schemas.tables import DEAD_LETTER, EVENTS, SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
+from schemas.tables import (
+    DEAD_LETTER,
+    EVENTS,
+    SPEED_ITEM_TRENDING,
+    SPEED_USER_FEATURES,
+    SPEED_USER_INTERACTIONS,
+    TableSpec,
+)
 from schemas.topics import (
     SPEED_UPDATE_KIND_ITEM_TRENDING,
     SPEED_UPDATE_KIND_USER_FEATURES,
@@ -55,6 +62,7 @@ class Sink:
         self.checkpoint = checkpoint
         self._query_id: str | None = None
         self._producer = None
+        self._appenders: dict[str, Appender] = {}
 
     def query_id(self) -> str:
         if self._query_id is None:
@@ -63,6 +71,12 @@ class Sink:
 
     def app_id(self) -> str:
         return f"speed-{self.query_id()}"
+
+    def commit(self, spec: TableSpec, rows: pa.Table, batch_id: int) -> int | None:
+        """Append ``rows`` keyed (this query, ``batch_id``); the version that carries them."""
+        if spec.name not in self._appenders:
+            self._appenders[spec.name] = self.lake.appender(spec)
+        return self._appenders[spec.name].append_once(rows, self.app_id(), batch_id)
 
     def push(self, kind: str, batch_id: int, body: dict[str, Any]) -> None:
         """One speed-updates message; a replayed batch sends the same message again."""
@@ -104,20 +118,18 @@ class EventsSink(Sink):
         self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
 
     def _write(self, batch_id: int, events: pa.Table, dead: pa.Table, interactions: pa.Table) -> None:
-        app = self.app_id()
         if dead.num_rows:
-            self.lake.append_arrow(DEAD_LETTER, dead, app_id=app, txn_version=batch_id)
+            self.commit(DEAD_LETTER, dead, batch_id)
         late = dead.num_rows and pc.sum(pc.equal(dead.column("reason"), LATE)).as_py() or 0
         summary = {"event": "batch", "query": "events", "batch_id": batch_id, "events": events.num_rows,
                    "dead_letters": dead.num_rows, "late": late}
         if late:
             log.warning(json.dumps({"event": "late_events", "batch_id": batch_id, "late": late}))
         if events.num_rows:
-            self.lake.append_arrow(EVENTS, events, app_id=app, txn_version=batch_id)
-            events_version = self.lake.commit_version(EVENTS, app, batch_id)
+            events_version = self.commit(EVENTS, events, batch_id)
             stamped = self.stamp(interactions.append_column(
                 "events_version", pa.array([events_version] * interactions.num_rows, pa.int64())), batch_id)
-            self.lake.append_arrow(SPEED_USER_INTERACTIONS, stamped, app_id=app, txn_version=batch_id)
+            self.commit(SPEED_USER_INTERACTIONS, stamped, batch_id)
             rows = [_jsonable(row) for row in interactions.to_pylist()]
             self.push(SPEED_UPDATE_KIND_USER_INTERACTIONS, batch_id, {"events_version": events_version, "rows": rows})
             summary["events_version"] = events_version
@@ -157,13 +169,12 @@ class FeaturesSink(Sink):
         kinds = rows.column("kind")
         users = _user_table(rows.filter(pc.equal(kinds, "user")))
         items = _item_table(rows.filter(pc.equal(kinds, "item")))
-        app = self.app_id()
         for spec, table, kind in ((SPEED_USER_FEATURES, users, SPEED_UPDATE_KIND_USER_FEATURES),
                                   (SPEED_ITEM_TRENDING, items, SPEED_UPDATE_KIND_ITEM_TRENDING)):
             if not table.num_rows:
                 continue
             stamped = self.stamp(table, batch_id)
-            self.lake.append_arrow(spec, stamped, app_id=app, txn_version=batch_id)
+            self.commit(spec, stamped, batch_id)
             self.push(kind, batch_id, {"rows": [_jsonable(r) for r in stamped.to_pylist()]})
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id,
                              "users": users.num_rows, "items": items.num_rows}))

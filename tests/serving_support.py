@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from batch.registry import PUBLISHED, record_status
+from serving.model_build import publish_bundle
 from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
@@ -90,10 +91,12 @@ def write_model(
     source_events_version: int,
     item_vectors: dict[str, list[float]],
     ratings: dict[str, dict[str, float]],
+    bundle: bool = True,
 ) -> dict[str, np.ndarray]:
     """Publish a model over ``item_vectors`` trained on ``ratings`` (user -> item -> rating).
 
-    Returns the user vectors it stored.
+    With ``bundle`` its serving folder goes into the lake first, as the publish
+    gate does; without, serving has to build it. Returns the user vectors it stored.
     """
     item_ids = sorted(item_vectors)
     y = np.asarray([item_vectors[i] for i in item_ids], dtype=np.float32)
@@ -119,13 +122,16 @@ def write_model(
             }
         ),
     )
+    params = {"regParam": REG, "alpha": ALPHA, "rank": y.shape[1]}
+    if bundle:  # as the publish gate does
+        publish_bundle(lake.settings, {"model_version": version, "source_events_version": source_events_version, "params": params})
     record_status(
         lake,
         version,
         PUBLISHED,
         "written by a test",
         source_events_version=source_events_version,
-        params={"regParam": REG, "alpha": ALPHA, "rank": y.shape[1]},
+        params=params,
         n_users=len(user_ids),
         n_items=len(item_ids),
         n_interactions=len(rows),

@@ -120,7 +120,12 @@ def test_an_interrupted_run_is_resumed_on_its_own_events_version(spark, settings
     assert summary["written"][ITEM_FACTORS.name] is None
     assert summary["written"][USER_FACTORS.name] is not None
     assert lake.read_arrow(ITEM_FACTORS).num_rows == 1  # the killed run's commit, not a second copy
-    assert registry.current_statuses(lake)[1]["status"] == registry.PUBLISHED
+    # The stand-in survivor holds one item's factors, so the model's interactions name items without
+    # factors: the gate refuses what serving could not load, and nothing is published.
+    decided = registry.current_statuses(lake)[1]
+    assert decided["status"] == registry.REJECTED
+    assert decided["status_reason"] == "serving cannot load it: model 1: interactions name item_index values that have no factors"
+    assert registry.latest_published(lake) is None
 
 
 def test_a_failed_run_is_recorded_and_the_next_takes_a_new_version(spark, settings):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from batch import gate, registry
 from lambdarec.lake import Lake
 from schemas.tables import ITEM_FACTORS, MODELS, USER_FACTORS
+from serving.model import open_model
+from serving.model_build import bundle_uri, local_path
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +24,8 @@ def candidate(lake: Lake, version: int, vectors: list[list[float]], metrics=GOOD
             for i, v in enumerate(vectors)
         ]
         lake.append_arrow(spec, pa.Table.from_pylist(rows, schema=spec.schema))
-    registry.record_status(lake, version, registry.CANDIDATE, "trained", metrics=metrics, engine="spark-als")
+    registry.record_status(lake, version, registry.CANDIDATE, "trained", metrics=metrics, engine="spark-als",
+                           source_events_version=3, params={"regParam": 0.1, "alpha": 5.0})
 
 
 def test_a_sound_candidate_is_published_once(settings):
@@ -32,6 +36,28 @@ def test_a_sound_candidate_is_published_once(settings):
     assert gate.run(lake, settings, 1)["status"] == registry.PUBLISHED
     assert lake.read_arrow(MODELS).num_rows == rows
     assert registry.latest_published(lake)["engine"] == "spark-als"
+
+
+def test_publishing_writes_the_serving_folder_that_servers_map(settings):
+    lake = Lake(settings)
+    candidate(lake, 1, [[0.1, 0.2], [0.3, 0.4]])
+    gate.run(lake, settings, 1)
+    folder = local_path(bundle_uri(settings, 1))
+    model = open_model(folder, loaded_at=0.0)
+    assert (model.version, model.source_events_version, model.reg_param, model.alpha) == (1, 3, 0.1, 5.0)
+    assert np.allclose(model.user_factors, [[0.1, 0.2], [0.3, 0.4]])
+    assert model.item_positions["item-1"] == 1 and list(model.item_ids) == ["item-0", "item-1"]
+
+
+def test_a_candidate_serving_cannot_load_is_rejected(settings):
+    lake = Lake(settings)
+    candidate(lake, 1, [[0.1, 0.2], [0.3, 0.4]])
+    lake.append_arrow(ITEM_FACTORS, pa.Table.from_pylist(  # a second index for item-0
+        [{"model_version": 1, "item_index": 2, "item_id": "item-0", "factors": [0.1, 0.2]}], schema=ITEM_FACTORS.schema))
+    summary = gate.run(lake, settings, 1)
+    assert summary["status"] == registry.REJECTED
+    assert summary["status_reason"] == "serving cannot load it: model 1: item ids: duplicate id 'item-0'"
+    assert registry.latest_published(lake) is None
 
 
 def test_nan_factors_in_the_lake_are_caught_even_if_metrics_missed_them(settings):

@@ -151,3 +151,13 @@ def test_commit_version_finds_the_commit_of_a_transaction(settings):
     assert lake.commit_version(EVENTS, "q", 0) == 1
     assert lake.commit_version(EVENTS, "q", 1) == 3
     assert lake.commit_version(EVENTS, "q", 2) is None
+
+
+def test_a_kept_open_appender_reports_the_version_its_commit_created(settings):
+    lake = Lake(settings)
+    appender = lake.appender(EVENTS)
+    assert appender.append_once(event_rows(2), "q", 0) == 1
+    lake.append_arrow(EVENTS, event_rows(2, start=2))  # another writer: version 2
+    assert appender.append_once(event_rows(2, start=4), "q", 1) == 3
+    assert appender.append_once(event_rows(2, start=4), "q", 1) == 3  # a replay: the original commit's version
+    assert lake.version(EVENTS) == 3 and lake.read_arrow(EVENTS).num_rows == 6

@@ -1,6 +1,7 @@
-"""The id index behind model lookups, and the store's loader process and folder cache.
+"""The id index behind model lookups; the store's use of published model folders, and its
+loader process and folder cache for models published without one.
 
-The lake is real Delta on disk; the loader is the real ``python -m serving.model_build``.
+The lake is real Delta on disk; the loader is the real ``serving.model_build`` process.
 """
 
 import json
@@ -11,6 +12,7 @@ import pytest
 from lambdarec.lake import Lake
 from serving.id_index import IdIndex
 from serving.model import META
+from serving.model_build import bundle_uri, local_path
 from serving.model_store import ModelStore
 from tests.serving_support import write_model
 
@@ -48,7 +50,7 @@ def folders(settings):
 
 
 def test_a_second_store_maps_the_cached_folder_without_a_loader(settings, lake):
-    write_model(lake, 1, 5, ITEMS, RATINGS)
+    write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
     first = ModelStore(settings, lake)
     assert first.reload()
     second = ModelStore(settings, lake)
@@ -59,7 +61,7 @@ def test_a_second_store_maps_the_cached_folder_without_a_loader(settings, lake):
 
 
 def test_a_folder_that_does_not_match_the_registry_is_rebuilt(settings, lake):
-    write_model(lake, 1, 5, ITEMS, RATINGS)
+    write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
     ModelStore(settings, lake).reload()
     (folder,) = settings.model_cache_root.iterdir()
     meta = json.loads((folder / META).read_text())
@@ -73,7 +75,16 @@ def test_a_folder_that_does_not_match_the_registry_is_rebuilt(settings, lake):
 def test_only_the_newest_two_folders_are_kept(settings, lake):
     store = ModelStore(settings, lake)
     for version in (1, 2, 3):
-        write_model(lake, version, version, ITEMS, RATINGS)
+        write_model(lake, version, version, ITEMS, RATINGS, bundle=False)
         assert store.reload()
     assert folders(settings) == ["v2", "v3"]
     assert store.current.version == 3 and store.current.history(store.current.user_positions["u2"])[1].tolist() == [1.0, 3.0]
+
+
+def test_a_published_folder_in_a_local_lake_is_mapped_in_place(settings, lake):
+    write_model(lake, 1, 5, ITEMS, RATINGS)
+    store = ModelStore(settings, lake)
+    store._build_in_loader = lambda row, folder: pytest.fail("the published folder should have been used")
+    assert store.reload()
+    assert store.current.directory == local_path(bundle_uri(settings, 1))
+    assert not settings.model_cache_root.exists() or not any(settings.model_cache_root.iterdir())
