@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lambdarec.settings import Settings
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,10 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     # One BLAS thread: a request's matrix-vector product is too small to split, and numpy's
     # and scipy's OpenBLAS pools spinning on 2 cores slowed every request tenfold.
     threadpool_limits(1, user_api="blas")
+    # A model swap prepares the new model's caches on a worker thread beside the requests; numpy
+    # drops and retakes the GIL on every call, and the default 5 ms switch interval made each
+    # retake wait behind that thread.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(
         app,
         host=args.host or settings.serve_host,

@@ -40,16 +40,13 @@ class IdIndex:
         found = self.lookup([key])[0]
         return default if found < 0 else int(found)
 
-    def lookup(self, keys: Iterable[str]) -> np.ndarray:
-        """Positions of ``keys`` (vectorised), -1 where absent."""
-        encoded = [_encode(k) for k in keys]
-        if not encoded or len(self.keys) == 0:
-            return np.full(len(encoded), -1, dtype=np.int64)
-        wanted = np.array(encoded, dtype=bytes)
+    def lookup(self, keys: Iterable[str] | np.ndarray) -> np.ndarray:
+        """Positions of ``keys`` (vectorised), -1 where absent; ``keys`` may be ``encode``'s array."""
+        wanted = keys if isinstance(keys, np.ndarray) else encode(keys)
+        if len(wanted) == 0 or len(self.keys) == 0:
+            return np.full(len(wanted), -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        # a fixed-width byte array drops trailing NULs, so such a key could match a shorter id
-        exact = np.fromiter((not k.endswith(b"\0") for k in encoded), dtype=bool, count=len(encoded))
-        return np.where((self.keys[at] == wanted) & exact, self.positions[at], -1)
+        return np.where(self.keys[at] == wanted, self.positions[at], -1)
 
     def __getitem__(self, key: str) -> int:
         position = self.get(key)
@@ -74,7 +71,9 @@ def _fixed_width(ids: pa.Array) -> np.ndarray:
     data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if n else np.empty(0, dtype=np.uint8)
     lengths = np.diff(offsets)
     width = max(int(lengths.max(initial=0)), 1)
-    if np.any(data[offsets[1:][lengths > 0] - 1] == 0):
+    if n and lengths.min() == 0:
+        raise ValueError("ids must not be empty")
+    if np.any(data[offsets[1:] - 1] == 0):
         raise ValueError("ids must not end in a NUL character")
     if n and (lengths == width).all():  # e.g. pseudonyms: the bytes already are the array
         return data[offsets[0] : offsets[-1]].view(f"S{width}").copy()
@@ -83,6 +82,13 @@ def _fixed_width(ids: pa.Array) -> np.ndarray:
     padded = np.zeros((n, width), dtype=np.uint8)
     padded[inside] = data[(offsets[:-1, None] + columns)[inside]]
     return padded.view(f"S{width}").ravel()
+
+
+def encode(keys: Iterable[str]) -> np.ndarray:
+    """Ids as a fixed-width byte array for ``lookup``. The array would strip a trailing NUL, so such
+    an id could match a shorter one: it becomes the empty key instead, which no index holds."""
+    encoded = [_encode(k) for k in keys]
+    return np.array([b"" if k.endswith(b"\0") else k for k in encoded], dtype="S" if encoded else "S1")
 
 
 def _encode(key: str) -> bytes:

@@ -15,6 +15,7 @@ import numpy as np
 
 from lambdarec.lake import Lake
 from schemas.tables import ITEM_CATALOGUE
+from serving.id_index import encode
 from serving.model import Model
 from serving.new_items import Catalogue
 
@@ -30,6 +31,7 @@ class ItemAttributes:
         self.items: dict[str, dict[str, str]] = {}
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
+        self._encoded_members: dict[tuple, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def reload(self) -> bool:
@@ -67,6 +69,18 @@ class ItemAttributes:
             allowed &= either
         return allowed
 
+    def _encoded(self, name: str, value: str, members: set[str]) -> np.ndarray:
+        """The members of (name, value) as ``IdIndex`` keys, encoded once per catalogue version."""
+        key = (self.version, name, value)
+        encoded = self._encoded_members.get(key)
+        if encoded is None:
+            encoded = encode(sorted(members))
+            with self._lock:
+                if len(self._encoded_members) >= MASKS_KEPT:
+                    self._encoded_members.clear()
+                self._encoded_members[key] = encoded
+        return encoded
+
     def prepare(self, catalogue: Catalogue) -> None:
         """Build, for a model about to be swapped in, the masks the serving one has cached."""
         for _, version, name, value in list(self._masks):
@@ -88,7 +102,7 @@ class ItemAttributes:
         mask = self._masks.get(key)
         if mask is None:
             mask = np.zeros(len(model.item_ids), dtype=bool)
-            positions = model.item_positions.lookup(members)
+            positions = model.item_positions.lookup(self._encoded(name, value, members))
             mask[positions[positions >= 0]] = True
             with self._lock:
                 if len(self._masks) >= MASKS_KEPT:

@@ -33,11 +33,13 @@ def test_id_index_finds_every_id_and_nothing_else():
     assert IdIndex.build([]).get("a") is None
 
 
-def test_id_index_refuses_duplicates_and_trailing_nul():
+def test_id_index_refuses_duplicates_empty_ids_and_trailing_nul():
     with pytest.raises(ValueError, match="duplicate id 'a'"):
         IdIndex.build(["a", "b", "a"])
     with pytest.raises(ValueError, match="NUL"):
         IdIndex.build(["a\0"])
+    with pytest.raises(ValueError, match="empty"):
+        IdIndex.build(["a", ""])
 
 
 @pytest.fixture
