@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,7 @@ class Sink:
         self._query_id: str | None = None
         self._producer = None
         self._appenders: dict[str, Appender] = {}
+        self._timings: dict[str, int] = {}
 
     def query_id(self) -> str:
         if self._query_id is None:
@@ -105,8 +107,10 @@ class EventsSink(Sink):
     """
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        started = time.perf_counter()
         cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
         rows = to_sink_rows(mark_late(batch, cutoff_us), self.settings).toArrow()
+        self._timings = {"spark_ms": round(1000 * (time.perf_counter() - started))}
         valid = rows.filter(pc.is_null(rows.column("reason")))
         events = _struct_table(valid.column("event_row"))
         interactions = events.append_column("weight", valid.column("weight")).filter(
@@ -126,14 +130,18 @@ class EventsSink(Sink):
         if late:
             log.warning(json.dumps({"event": "late_events", "batch_id": batch_id, "late": late}))
         if events.num_rows:
+            started = time.perf_counter()
             events_version = self.commit(EVENTS, events, batch_id)
             stamped = self.stamp(interactions.append_column(
                 "events_version", pa.array([events_version] * interactions.num_rows, pa.int64())), batch_id)
             self.commit(SPEED_USER_INTERACTIONS, stamped, batch_id)
+            committed = time.perf_counter()
             rows = [_jsonable(row) for row in interactions.to_pylist()]
             self.push(SPEED_UPDATE_KIND_USER_INTERACTIONS, batch_id, {"events_version": events_version, "rows": rows})
+            self._timings.update(commit_ms=round(1000 * (committed - started)),
+                                 push_ms=round(1000 * (time.perf_counter() - committed)))
             summary["events_version"] = events_version
-        log.info(json.dumps(summary))
+        log.info(json.dumps({**summary, **self._timings}))  # where the batch's time went, beside Spark's own
 
     def _window_us(self) -> int:
         return int(interval_seconds(self.settings.speed_dedupe_window) * 1_000_000)
