@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -71,15 +72,7 @@ class ItemAttributes:
 
     def _encoded(self, name: str, value: str, members: set[str]) -> np.ndarray:
         """The members of (name, value) as ``IdIndex`` keys, encoded once per catalogue version."""
-        key = (self.version, name, value)
-        encoded = self._encoded_members.get(key)
-        if encoded is None:
-            encoded = encode(sorted(members))
-            with self._lock:
-                if len(self._encoded_members) >= MASKS_KEPT:
-                    self._encoded_members.clear()
-                self._encoded_members[key] = encoded
-        return encoded
+        return self._cached(self._encoded_members, (self.version, name, value), lambda: encode(sorted(members)))
 
     def prepare(self, catalogue: Catalogue) -> None:
         """Build, for a model about to be swapped in, the masks the serving one has cached."""
@@ -98,14 +91,22 @@ class ItemAttributes:
     def _model_mask(self, model: Model, name: str, value: str, members: set[str]) -> np.ndarray:
         """The mask over the model's items, cached per model and catalogue version (the speed view's
         new items change often and are few, so they are matched per request instead)."""
-        key = (model.version, self.version, name, value)
-        mask = self._masks.get(key)
-        if mask is None:
+
+        def build() -> np.ndarray:
             mask = np.zeros(len(model.item_ids), dtype=bool)
             positions = model.item_positions.lookup(self._encoded(name, value, members))
             mask[positions[positions >= 0]] = True
+            return mask
+
+        return self._cached(self._masks, (model.version, self.version, name, value), build)
+
+    def _cached(self, cache: dict[tuple, np.ndarray], key: tuple, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """``cache[key]``, built on a miss; a full cache starts over (filters repeat a lot)."""
+        found = cache.get(key)
+        if found is None:
+            found = build()
             with self._lock:
-                if len(self._masks) >= MASKS_KEPT:
-                    self._masks.clear()
-                self._masks[key] = mask
-        return mask
+                if len(cache) >= MASKS_KEPT:
+                    cache.clear()
+                cache[key] = found
+        return found

@@ -84,20 +84,21 @@ def publish_bundle(settings: Settings, row: dict[str, Any]) -> float:
 
 def remove_bundle(settings: Settings, version: int) -> None:
     """Delete model ``version``'s published serving folder, if any (servers' open maps stay valid)."""
-    uri = bundle_uri(settings, version)
-    target = local_path(uri)
-    if target is not None:
-        shutil.rmtree(target, ignore_errors=True)
-    else:
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
-            filesystem.delete_dir(path)
+    filesystem, path = _filesystem(bundle_uri(settings, version))
+    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+        filesystem.delete_dir(path)
+
+
+def _filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a URI or a local path."""
+    text = str(location)
+    return pafs.FileSystem.from_uri(text) if "://" in text else (pafs.LocalFileSystem(), text)
 
 
 def copy_folder(source: str | Path, destination: str | Path) -> None:
     """Copy a model folder between filesystems (a URI or a local path each), meta.json last."""
-    src_fs, src = pafs.FileSystem.from_uri(str(source)) if "://" in str(source) else (pafs.LocalFileSystem(), str(source))
-    dst_fs, dst = pafs.FileSystem.from_uri(str(destination)) if "://" in str(destination) else (pafs.LocalFileSystem(), str(destination))
+    src_fs, src = _filesystem(source)
+    dst_fs, dst = _filesystem(destination)
     dst_fs.create_dir(dst, recursive=True)
     names = sorted((info.base_name for info in src_fs.get_file_info(pafs.FileSelector(src))), key=lambda n: n == META)
     for name in names:

@@ -55,8 +55,7 @@ class ModelStore:
 
     def __init__(self, settings: Settings, lake: Lake | None = None, prepare: Callable[[Model], None] | None = None):
         """``prepare(model)`` builds what requests derive from a model (caches) before it is swapped in."""
-        self.settings = settings
-        self.lake = lake or Lake(settings)
+        self.lake = lake or Lake(settings)  # the lake's settings are the ones the store uses
         self.prepare = prepare
         self.current: Model | None = None
         self.last_error: str | None = None

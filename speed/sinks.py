@@ -64,7 +64,6 @@ class Sink:
         self._query_id: str | None = None
         self._producer = None
         self._appenders: dict[str, Appender] = {}
-        self._timings: dict[str, int] = {}
 
     def query_id(self) -> str:
         if self._query_id is None:
@@ -110,18 +109,19 @@ class EventsSink(Sink):
         started = time.perf_counter()
         cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
         rows = to_sink_rows(mark_late(batch, cutoff_us), self.settings).toArrow()
-        self._timings = {"spark_ms": round(1000 * (time.perf_counter() - started))}
+        timings = {"spark_ms": round(1000 * (time.perf_counter() - started))}
         valid = rows.filter(pc.is_null(rows.column("reason")))
         events = _struct_table(valid.column("event_row"))
         interactions = events.append_column("weight", valid.column("weight")).filter(
             pc.is_valid(valid.column("weight"))
         ).select(INTERACTION_COLUMNS)
         dead = _struct_table(rows.filter(pc.is_valid(rows.column("reason"))).column("dead_row"))
-        self._write(batch_id, events, dead, interactions)
+        self._write(batch_id, events, dead, interactions, timings)
         newest = pc.max(rows.column("ingest_ts")).value if rows.num_rows else None
         self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
 
-    def _write(self, batch_id: int, events: pa.Table, dead: pa.Table, interactions: pa.Table) -> None:
+    def _write(self, batch_id: int, events: pa.Table, dead: pa.Table, interactions: pa.Table,
+               timings: dict[str, int]) -> None:
         if dead.num_rows:
             self.commit(DEAD_LETTER, dead, batch_id)
         late = dead.num_rows and pc.sum(pc.equal(dead.column("reason"), LATE)).as_py() or 0
@@ -138,10 +138,10 @@ class EventsSink(Sink):
             committed = time.perf_counter()
             rows = [_jsonable(row) for row in interactions.to_pylist()]
             self.push(SPEED_UPDATE_KIND_USER_INTERACTIONS, batch_id, {"events_version": events_version, "rows": rows})
-            self._timings.update(commit_ms=round(1000 * (committed - started)),
+            timings.update(commit_ms=round(1000 * (committed - started)),
                                  push_ms=round(1000 * (time.perf_counter() - committed)))
             summary["events_version"] = events_version
-        log.info(json.dumps({**summary, **self._timings}))  # where the batch's time went, beside Spark's own
+        log.info(json.dumps({**summary, **timings}))  # where the batch's time went, beside Spark's own
 
     def _window_us(self) -> int:
         return int(interval_seconds(self.settings.speed_dedupe_window) * 1_000_000)
