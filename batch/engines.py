@@ -143,8 +143,14 @@ def confidence_matrix(users: np.ndarray, items: np.ndarray, ratings: np.ndarray,
     return matrix
 
 
-def fit_implicit(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, params: AlsParams) -> Factors:
-    """implicit's ALS (conjugate gradient), then an exact Cholesky solve of every user."""
+def fit_implicit(
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, params: AlsParams, use_cg: bool = True
+) -> Factors:
+    """implicit's ALS (conjugate gradient), then an exact Cholesky solve of every user.
+
+    ``use_cg=False`` solves every row exactly in each iteration too, as Spark ALS does
+    (slower; ``bench/train.py --implicit-exact`` compares the solvers with it).
+    """
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -157,6 +163,7 @@ def fit_implicit(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, para
             iterations=params.maxIter,
             random_state=params.seed,
             calculate_training_loss=False,
+            use_cg=use_cg,
         )
         model.fit(cui, show_progress=False)
         present_users = np.unique(users)

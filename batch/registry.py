@@ -26,8 +26,11 @@ JSON_FIELDS = ("params", "metrics")
 
 def _rows(lake: Lake) -> list[dict[str, Any]]:
     """Every registry row, oldest first."""
-    rows = lake.read_arrow(MODELS).to_pylist()
-    return sorted(rows, key=lambda row: row["recorded_at"])
+    return _oldest_first(lake.read_arrow(MODELS))
+
+
+def _oldest_first(registry: pa.Table) -> list[dict[str, Any]]:
+    return sorted(registry.to_pylist(), key=lambda row: row["recorded_at"])
 
 
 def current_statuses(lake: Lake) -> dict[int, dict[str, Any]]:
@@ -40,7 +43,13 @@ def latest_published(lake: Lake) -> dict[str, Any] | None:
 
     ``params`` and ``metrics`` come back parsed from JSON.
     """
-    published = [row for row in current_statuses(lake).values() if row["status"] == PUBLISHED]
+    return latest_published_in(lake.read_arrow(MODELS))
+
+
+def latest_published_in(registry: pa.Table) -> dict[str, Any] | None:
+    """``latest_published`` over the rows of a registry snapshot already read."""
+    statuses = {row["model_version"]: row for row in _oldest_first(registry)}
+    published = [row for row in statuses.values() if row["status"] == PUBLISHED]
     if not published:
         return None
     row = dict(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))

@@ -43,6 +43,7 @@ SIZES = {
 }
 EVAL_USERS = 5_000
 TIMINGS = ("total_s", "s_per_iteration", "setup_s", "total_s_per_iteration")
+EXACT_RATIO = "spark_over_implicit_exact_s_per_iteration"
 
 
 def dataset(size: str, seed: int):
@@ -95,7 +96,7 @@ def timed(fit, params: AlsParams, warm_up: bool) -> tuple[dict, Factors]:
             "setup_s": round(one - per_iteration, 3), "total_s_per_iteration": round(total / params.maxIter, 4)}, factors
 
 
-def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = True) -> dict:
+def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = True, exact: bool = False) -> dict:
     users, items, counts, test_users, test_items, n_users, n_items = dataset(size, seed)
     out = {"interactions": SIZES[size][0], "train_pairs": int(len(users)), "users": n_users, "items": n_items}
 
@@ -106,6 +107,9 @@ def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = T
         "peak_rss_mb": round(peak_rss_mb(), 1),
         **evaluate(implicit_factors, users, items, test_users, test_items, n_users, n_items, seed),
     }
+
+    if exact:  # implicit with Spark's solver (Cholesky per row): how much of the gap is the solver
+        out["implicit_exact"], _ = timed(lambda p: fit_implicit(users, items, counts, p, use_cg=False), params, warm_up)
 
     frame = spark.createDataFrame(
         pa.table({"user_index": users.astype(np.int32), "item_index": items.astype(np.int32),
@@ -124,21 +128,24 @@ def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = T
     }
     out["spark_over_implicit_s_per_iteration"] = round(out["spark"]["s_per_iteration"] / out["implicit"]["s_per_iteration"], 2)
     out["spark_over_implicit_total_s"] = round(out["spark"]["total_s"] / out["implicit"]["total_s"], 2)
+    if exact:
+        out[EXACT_RATIO] = round(out["spark"]["s_per_iteration"] / out["implicit_exact"]["s_per_iteration"], 2)
     return out
 
 
-def repeated(spark, size: str, params: AlsParams, seed: int, repeats: int) -> dict:
+def repeated(spark, size: str, params: AlsParams, seed: int, repeats: int, exact: bool = False) -> dict:
     """``bench_size`` ``repeats`` times on the same data: medians of the timings, each run's timings,
     and the quality figures (the same data and seed give the same models)."""
-    runs = [bench_size(spark, size, params, seed, warm_up=n == 0) for n in range(repeats)]
+    runs = [bench_size(spark, size, params, seed, warm_up=n == 0, exact=exact) for n in range(repeats)]
     if repeats == 1:
         return runs[0]
     out = dict(runs[0])
-    for engine in ("implicit", "spark"):
+    engines = ("implicit", "spark") + (("implicit_exact",) if exact else ())
+    for engine in engines:
         out[engine] = {**runs[0][engine], **{key: round(float(np.median([r[engine][key] for r in runs])), 4) for key in TIMINGS}}
-    for ratio in ("spark_over_implicit_s_per_iteration", "spark_over_implicit_total_s"):
+    for ratio in ("spark_over_implicit_s_per_iteration", "spark_over_implicit_total_s") + ((EXACT_RATIO,) if exact else ()):
         out[ratio] = round(float(np.median([r[ratio] for r in runs])), 2)
-    out["runs"] = [{engine: {key: run[engine][key] for key in TIMINGS} for engine in ("implicit", "spark")} for run in runs]
+    out["runs"] = [{engine: {key: run[engine][key] for key in TIMINGS} for engine in engines} for run in runs]
     return out
 
 
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=1, help="Fits per size; figures are then medians.")
+    parser.add_argument("--implicit-exact", action="store_true",
+                        help="Also time implicit with Spark's solver (an exact Cholesky solve per row, no CG).")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_spark(settings, "lambdarec-bench-train", extra)
     params = AlsParams(args.rank, args.reg, args.alpha, args.iterations, args.seed, checkpointInterval=5)
     try:
-        results = {size: repeated(spark, size, params, args.seed, args.repeats) for size in args.sizes}
+        results = {size: repeated(spark, size, params, args.seed, args.repeats, args.implicit_exact) for size in args.sizes}
         report = {
             "benchmark": "train",
             "engines": [SparkAls.name, ImplicitAls.name],

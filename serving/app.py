@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from lambdarec.settings import Settings, get_settings
 from serving import routes_events, routes_ops, routes_recommendations
 from serving.deps import Services
+from serving.idle_gate import CountRequests
 from serving.limits import BodySizeLimit
 from serving.metrics import RequestMetrics
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, include_in_schema=False)
     app.include_router(routes_ops.router)
     app.add_exception_handler(Exception, internal_error)
+    app.add_middleware(CountRequests, gate=services.idle_gate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=services.metrics)  # outermost: times 413s too
     return app

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings, get_settings
+from serving.idle_gate import IdleGate
 from serving.ingest import Ingestor
 from serving.item_attributes import ItemAttributes
 from serving.metrics import Metrics
@@ -36,17 +37,19 @@ class Services:
     rate_limiter: RateLimiter
     metrics: Metrics
     poller: Poller
+    idle_gate: IdleGate
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         lake = Lake(settings)
         speed_view, catalogues, attributes = SpeedView(settings), CatalogueCache(), ItemAttributes(lake)
+        idle_gate = IdleGate()
 
         def prepare(model: Model) -> None:
             """Build a new model's catalogue and cached filter masks before requests see it."""
-            attributes.prepare(catalogues.get(model, speed_view))
+            attributes.prepare(catalogues.get(model, speed_view, idle_gate.pause), idle_gate.pause)
 
-        model_store = ModelStore(settings, lake, prepare=prepare)
+        model_store = ModelStore(settings, lake, prepare=prepare, pause=idle_gate.pause)
         return cls(
             settings=settings,
             lake=lake,
@@ -58,6 +61,7 @@ class Services:
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
             poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload]),
+            idle_gate=idle_gate,
         )
 
     def catalogue(self) -> Catalogue | None:

@@ -74,10 +74,12 @@ class ItemAttributes:
         """The members of (name, value) as ``IdIndex`` keys, encoded once per catalogue version."""
         return self._cached(self._encoded_members, (self.version, name, value), lambda: encode(sorted(members)))
 
-    def prepare(self, catalogue: Catalogue) -> None:
-        """Build, for a model about to be swapped in, the masks the serving one has cached."""
+    def prepare(self, catalogue: Catalogue, pause: Callable[[], object] = lambda: None) -> None:
+        """Build, for a model about to be swapped in, the masks the serving one has cached;
+        ``pause()`` runs between masks (``serving.idle_gate``)."""
         for _, version, name, value in list(self._masks):
             if version == self.version:
+                pause()
                 self._mask(catalogue, name, value)
 
     def _mask(self, catalogue: Catalogue, name: str, value: str) -> np.ndarray:

@@ -8,6 +8,7 @@ so a swap under load neither holds the GIL nor doubles the server's heap.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from serving.foldin import RegScaling
 from serving.id_index import IdIndex
 
 FORMAT = 1  # bump when the folder layout changes; older folders are rebuilt
+TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap (about 0.3 ms)
 META = "meta.json"
 ARRAYS = (
     "item_ids",  # position -> item id (unicode array)
@@ -55,11 +57,15 @@ class Model:
     directory: Path
     loaded_at: float = field(compare=False)
 
-    def touch(self) -> None:
+    def touch(self, pause: Callable[[], object] = lambda: None) -> None:
         """Read the arrays every request scores against, so the first requests after a swap
-        find them in memory instead of faulting them in from the page cache."""
+        find them in memory instead of faulting them in from the page cache; ``pause()`` runs
+        between chunks (see ``serving.idle_gate``)."""
         for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys):
-            array.reshape(-1).view(np.uint8).max(initial=0)  # reads every page; numpy drops the GIL
+            flat = array.reshape(-1).view(np.uint8)
+            for start in range(0, len(flat), TOUCH_CHUNK_BYTES):
+                pause()
+                flat[start : start + TOUCH_CHUNK_BYTES].max(initial=0)  # reads every page of the chunk
 
     def history(self, user_position: int) -> tuple[np.ndarray, np.ndarray]:
         """The user's training items (positions) and ratings."""
@@ -87,13 +93,16 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
     return meta if meta.get("format") == FORMAT else None
 
 
-def open_model(directory: Path, loaded_at: float) -> Model:
-    """Memory-map a complete model folder."""
+def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = lambda: None) -> Model:
+    """Memory-map a complete model folder; ``pause()`` runs between arrays."""
     meta = read_meta(directory)
     if meta is None:
         raise FileNotFoundError(f"no model folder of format {FORMAT} at {directory}")
-    # np.asarray drops the memmap subclass (no copy), keeping per-request numpy calls plain
-    a = {name: np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)) for name in ARRAYS}
+    a = {}
+    for name in ARRAYS:
+        pause()
+        # np.asarray drops the memmap subclass (no copy), keeping per-request numpy calls plain
+        a[name] = np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False))
     return Model(
         version=int(meta["version"]),
         source_events_version=int(meta["source_events_version"]),

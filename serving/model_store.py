@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batch.registry import latest_published
+from batch.registry import latest_published_in
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
+from schemas.tables import MODELS
 from serving.model import Model, open_model, read_meta
 from serving.model_build import LOAD_ERROR_EXIT, ModelLoadError, bundle_uri, copy_folder, local_path
 
@@ -53,36 +54,55 @@ runpy.run_module("serving.model_build", run_name="__main__", alter_sys=True)
 class ModelStore:
     """Holds the serving model and keeps it in step with the registry."""
 
-    def __init__(self, settings: Settings, lake: Lake | None = None, prepare: Callable[[Model], None] | None = None):
-        """``prepare(model)`` builds what requests derive from a model (caches) before it is swapped in."""
+    def __init__(
+        self,
+        settings: Settings,
+        lake: Lake | None = None,
+        prepare: Callable[[Model], None] | None = None,
+        pause: Callable[[], object] = lambda: None,
+    ):
+        """``prepare(model)`` builds what requests derive from a model (caches) before it is swapped
+        in; ``pause()`` runs between the short steps of a load (``serving.idle_gate``)."""
         self.lake = lake or Lake(settings)  # the lake's settings are the ones the store uses
         self.prepare = prepare
+        self.pause = pause
         self.current: Model | None = None
         self.last_error: str | None = None
         self.last_checked_at: float | None = None
         self._reload_lock = threading.Lock()
+        self._registry = self.lake.follower(MODELS)
+        self._registry_seen: int | None = None  # the registry version the serving model reflects
 
     def reload(self) -> bool:
         """Load the published model if it differs from the serving one; True if swapped."""
         with self._reload_lock:
             try:
-                row = latest_published(self.lake)
+                self.pause()
+                registry = self._registry.follow()  # reads only new commits: polls stay cheap
+                seen = None if registry is None else registry.version()
+                if seen is None or seen == self._registry_seen:
+                    self.last_checked_at = time.time()
+                    return False
+                row = latest_published_in(self._registry.read(self.pause))
             except Exception as exc:
                 self.last_error = f"registry read failed: {exc}"
                 raise
             self.last_checked_at = time.time()
             serving = self.current
             if row is None or (serving is not None and serving.version == int(row["model_version"])):
+                self._registry_seen = seen
                 return False
             try:
-                model = open_model(self._model_folder(row), loaded_at=time.time())
-                model.touch()
+                model = open_model(self._model_folder(row), loaded_at=time.time(), pause=self.pause)
+                model.touch(self.pause)
+                self.pause()
                 if self.prepare is not None:
                     self.prepare(model)
             except Exception as exc:
                 self.last_error = f"loading model {row['model_version']} failed: {exc}"
                 raise
             self.current = model
+            self._registry_seen = seen  # a failed load leaves it, so the next poll retries
             self.last_error = None
             self._prune()
             log.info(

@@ -60,7 +60,8 @@ async def reload(services: Annotated[Services, Depends(get_services)]) -> JSONRe
     """Check the registry now and swap in a newly published model (the batch DAG calls this)."""
     store = services.model_store
     try:
-        changed = await run_in_threadpool(store.reload)
+        with services.idle_gate.outside():  # the swap pauses for the other requests, not this one
+            changed = await run_in_threadpool(store.reload)
     except Exception:
         return JSONResponse({"detail": store.last_error or "reload failed"}, status_code=500)
     model = store.current

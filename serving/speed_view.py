@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -27,7 +28,6 @@ from schemas.topics import (
     SPEED_UPDATE_KIND_USER_FEATURES,
     SPEED_UPDATE_KIND_USER_INTERACTIONS,
 )
-from serving.id_index import IdIndex
 from serving.speed_state import GLOBAL_SEGMENT, Interaction, Interactions, Profiles, Trending
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,16 @@ class SpeedView:
         with self._lock:
             return list(self._interactions.users.get(user_id, ()))
 
-    def unknown_item_users(self, known: IdIndex) -> tuple[int, dict[str, dict[str, float]]]:
-        """(generation, item -> user -> summed weight) for the items not in ``known``."""
+    def item_ids(self) -> tuple[int, list[str]]:
+        """(generation, every item the view has interactions with)."""
+        with self._lock:
+            return self._interactions.generation, list(self._interactions.item_users)
+
+    def item_users(self, items: Iterable[str]) -> dict[str, dict[str, float]]:
+        """item -> user -> summed weight, for those of ``items`` the view still has."""
         with self._lock:
             source = self._interactions.item_users
-            items = list(source)
-            missing = known.lookup(items) < 0  # one vectorised search, not a lookup per item
-            unknown = {item: dict(source[item]) for item, absent in zip(items, missing) if absent}
-            return self._interactions.generation, unknown
+            return {item: dict(source[item]) for item in items if item in source}
 
     @property
     def generation(self) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 from lambdarec.lake import Lake, UnsupportedTableError
 from schemas.tables import DEAD_LETTER, EVENTS
@@ -161,3 +162,32 @@ def test_a_kept_open_appender_reports_the_version_its_commit_created(settings):
     assert appender.append_once(event_rows(2, start=4), "q", 1) == 3
     assert appender.append_once(event_rows(2, start=4), "q", 1) == 3  # a replay: the original commit's version
     assert lake.version(EVENTS) == 3 and lake.read_arrow(EVENTS).num_rows == 6
+
+
+def test_a_follower_reads_only_the_files_added_since_its_last_read(settings):
+    lake = Lake(settings)
+    follower = lake.follower(EVENTS)
+    assert follower.follow() is None and follower.read().num_rows == 0
+    lake.append_arrow(EVENTS, event_rows(2))
+    lake.append_arrow(EVENTS, event_rows(2, start=2))
+    reads = []
+    follower.follow()
+    assert follower.read(lambda: reads.append(1)).num_rows == 4
+    assert len(reads) == len(files(lake))
+    before = files(lake)
+    lake.append_arrow(EVENTS, event_rows(3, start=4))
+    follower.follow()
+    assert rows_by_id(follower.read(lambda: reads.append(1))) == rows_by_id(lake.read_arrow(EVENTS))
+    assert len(reads) == len(files(lake))  # the first files were not read again
+    assert len(files(lake)) > len(before)
+    DeltaTable(lake.uri(EVENTS)).optimize.compact()
+    follower.follow()
+    assert rows_by_id(follower.read()) == rows_by_id(lake.read_arrow(EVENTS))
+
+
+def files(lake: Lake) -> list[str]:
+    return DeltaTable(lake.uri(EVENTS)).file_uris()
+
+
+def rows_by_id(table: pa.Table) -> list[dict]:
+    return sorted(table.select(EVENTS.columns).to_pylist(), key=lambda row: row["event_id"])

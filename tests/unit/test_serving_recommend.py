@@ -16,7 +16,7 @@ from serving.foldin import fold_in
 from serving.recommend import similar
 from serving.item_attributes import ItemAttributes
 from serving.model_store import ModelLoadError, ModelStore
-from serving.new_items import build
+from serving.new_items import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView
@@ -103,6 +103,8 @@ def test_a_broken_model_keeps_the_serving_one(store, lake):
         store.reload()
     assert store.current.version == 1
     assert "model 3" in store.last_error
+    with pytest.raises(ModelLoadError):  # retried on the next poll, though the registry did not change
+        store.reload()
 
 
 def test_inconsistent_factor_lengths_are_refused(settings, lake):
@@ -202,6 +204,21 @@ def test_a_new_item_is_folded_in_from_its_users_and_becomes_recommendable(store,
     assert "zz" not in names(recommend(model, view, "ua", k=11))  # ua has it: excluded
     nearest = similar(catalogue, ItemAttributes(Lake(settings)), "zz", Query(k=3))
     assert all(item.item_id.startswith("a") for item in nearest)  # ua's taste
+
+
+def test_the_cache_looks_each_speed_view_item_up_once_per_model(store, settings):
+    """The catalogue is rebuilt on every speed-view update; items already looked up are not searched again."""
+    model = store.current
+    view = SpeedView(settings)
+    cache = CatalogueCache()
+    looked_up = []
+    counting = model.item_positions.lookup
+    model.item_positions.lookup = lambda keys: looked_up.append(list(keys)) or counting(keys)
+    speed_rows(view, 11, [("ua", "zz", 8.0, "e1"), ("ua", "a1", 1.0, "e2")])
+    assert list(cache.get(model, view).new_ids) == ["zz"]
+    speed_rows(view, 12, [("uc", "zz", 1.0, "e3"), ("uc", "yy", 2.0, "e4")], batch_id=1)
+    assert list(cache.get(model, view).new_ids) == ["yy", "zz"]
+    assert sorted(map(sorted, looked_up)) == [["a1", "zz"], ["yy"]]
 
 
 def test_new_users_and_items_survive_a_model_swap_until_a_model_covers_them(store, settings, lake):
