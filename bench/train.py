@@ -11,7 +11,7 @@ Spark: the JVM), and recall@10 / nDCG@10 of each and of the popularity baseline 
 the same split. With --repeats, timings are medians and every run's are listed.
 Figures only, never a verdict. Spark runs local[2] (--master to change).
 
-    .venv/bin/python bench/train.py --sizes 100k 1m --rank 64 --iterations 10
+    .venv/bin/python bench/train.py --sizes 100k 1m --rank 64 --iterations 10 [--repeats 3] [--implicit-exact]
 """
 
 from __future__ import annotations

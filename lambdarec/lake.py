@@ -281,20 +281,25 @@ class Follower:
         """The rows of the snapshot ``follow()`` last returned, reading only the data files not read before.
 
         For a table that grows by appends (the model registry), a new version
-        costs one small file, not the whole table; ``pause()`` runs before each
-        file read (``serving.idle_gate``). Files that compaction removed drop out.
+        costs one small file, not the whole table: no dataset over every file is
+        built (that alone grew to ~5 ms of CPU at twenty files). ``pause()`` runs
+        before each file read (``serving.idle_gate``); files that compaction
+        removed drop out. Unpartitioned tables only: partition values are not in the files.
         """
+        if self.spec.partition_by:
+            raise ValueError(f"{self.spec.name} is partitioned; Follower.read reads unpartitioned tables")
         table = self._table
         if table is None:
             return self.spec.schema.empty_table()
-        dataset = table.to_pyarrow_dataset()
-        fragments = {fragment.path: fragment for fragment in dataset.get_fragments()}
-        self._rows = {path: rows for path, rows in self._rows.items() if path in fragments}
-        for path, fragment in fragments.items():
+        paths = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
+        self._rows = {path: rows for path, rows in self._rows.items() if path in set(paths)}
+        filesystem, base = pafs.FileSystem.from_uri(self.lake.uri(self.spec))
+        for path in paths:
             if path not in self._rows:
                 pause()
-                self._rows[path] = fragment.to_table(schema=dataset.schema)
-        return pa.concat_tables([self._rows[path] for path in fragments]) if fragments else dataset.schema.empty_table()
+                with filesystem.open_input_file(f"{base}/{unquote(path)}") as handle:
+                    self._rows[path] = pq.read_table(handle, schema=self.spec.schema)
+        return pa.concat_tables([self._rows[path] for path in paths]) if paths else self.spec.schema.empty_table()
 
 
 class Appender(Follower):

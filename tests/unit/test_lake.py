@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from batch.registry import PUBLISHED, TRAINING, record_status
 from lambdarec.lake import Lake, UnsupportedTableError
-from schemas.tables import DEAD_LETTER, EVENTS
+from schemas.tables import DEAD_LETTER, EVENTS, MODELS
 
 pytestmark = pytest.mark.unit
 
@@ -166,28 +167,23 @@ def test_a_kept_open_appender_reports_the_version_its_commit_created(settings):
 
 def test_a_follower_reads_only_the_files_added_since_its_last_read(settings):
     lake = Lake(settings)
-    follower = lake.follower(EVENTS)
+    follower = lake.follower(MODELS)
     assert follower.follow() is None and follower.read().num_rows == 0
-    lake.append_arrow(EVENTS, event_rows(2))
-    lake.append_arrow(EVENTS, event_rows(2, start=2))
+    record_status(lake, 1, TRAINING, "t")
+    record_status(lake, 1, PUBLISHED, "t")
     reads = []
     follower.follow()
-    assert follower.read(lambda: reads.append(1)).num_rows == 4
-    assert len(reads) == len(files(lake))
-    before = files(lake)
-    lake.append_arrow(EVENTS, event_rows(3, start=4))
+    assert follower.read(lambda: reads.append(1)).num_rows == 2 and len(reads) == 2
+    record_status(lake, 2, TRAINING, "t")
     follower.follow()
-    assert rows_by_id(follower.read(lambda: reads.append(1))) == rows_by_id(lake.read_arrow(EVENTS))
-    assert len(reads) == len(files(lake))  # the first files were not read again
-    assert len(files(lake)) > len(before)
-    DeltaTable(lake.uri(EVENTS)).optimize.compact()
+    assert rows(follower.read(lambda: reads.append(1))) == rows(lake.read_arrow(MODELS))
+    assert len(reads) == 3  # the first two files were not read again
+    DeltaTable(lake.uri(MODELS)).optimize.compact()
     follower.follow()
-    assert rows_by_id(follower.read()) == rows_by_id(lake.read_arrow(EVENTS))
+    assert rows(follower.read()) == rows(lake.read_arrow(MODELS))
+    with pytest.raises(ValueError, match="partitioned"):
+        lake.follower(EVENTS).read()
 
 
-def files(lake: Lake) -> list[str]:
-    return DeltaTable(lake.uri(EVENTS)).file_uris()
-
-
-def rows_by_id(table: pa.Table) -> list[dict]:
-    return sorted(table.select(EVENTS.columns).to_pylist(), key=lambda row: row["event_id"])
+def rows(table: pa.Table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda row: (row["model_version"], row["status"]))
