@@ -292,7 +292,8 @@ class Follower:
         if table is None:
             return self.spec.schema.empty_table()
         paths = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
-        self._rows = {path: rows for path, rows in self._rows.items() if path in set(paths)}
+        current = set(paths)
+        self._rows = {path: rows for path, rows in self._rows.items() if path in current}
         filesystem, base = pafs.FileSystem.from_uri(self.lake.uri(self.spec))
         for path in paths:
             if path not in self._rows:
