@@ -35,7 +35,11 @@ def _oldest_first(registry: pa.Table) -> list[dict[str, Any]]:
 
 def current_statuses(lake: Lake) -> dict[int, dict[str, Any]]:
     """Each model version's newest row."""
-    return {row["model_version"]: row for row in _rows(lake)}
+    return _newest_per_version(_rows(lake))
+
+
+def _newest_per_version(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {row["model_version"]: row for row in rows}
 
 
 def latest_published(lake: Lake) -> dict[str, Any] | None:
@@ -48,8 +52,7 @@ def latest_published(lake: Lake) -> dict[str, Any] | None:
 
 def latest_published_in(registry: pa.Table) -> dict[str, Any] | None:
     """``latest_published`` over the rows of a registry snapshot already read."""
-    statuses = {row["model_version"]: row for row in _oldest_first(registry)}
-    published = [row for row in statuses.values() if row["status"] == PUBLISHED]
+    published = [row for row in _newest_per_version(_oldest_first(registry)).values() if row["status"] == PUBLISHED]
     if not published:
         return None
     row = dict(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))

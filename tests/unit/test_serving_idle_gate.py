@@ -89,11 +89,18 @@ def test_a_swap_waits_for_requests_in_flight_and_completes_once_they_finish(sett
     """The store's steps run only between requests: with one in flight the swap stays pending."""
     write_model(lake, 1, 5, ITEMS, RATINGS)
     gate = IdleGate(max_wait_s=30)
-    store = ModelStore(settings, lake, pause=gate.pause)
+    at_gate = threading.Event()
+
+    def pause() -> bool:
+        at_gate.set()
+        return gate.pause()
+
+    store = ModelStore(settings, lake, pause=pause)
     gate.enter()
     loader = in_thread(store.reload)
-    time.sleep(0.5)
-    assert store.current is None, "the swap went ahead while a request was in flight"
+    assert at_gate.wait(30), "the swap never reached the gate"
+    loader.join(0.3)  # held at the gate for max_wait_s (30 s) unless the gate is broken
+    assert loader.is_alive() and store.current is None, "the swap went ahead while a request was in flight"
     gate.leave()
     loader.join(30)
     assert store.current is not None and store.current.version == 1
