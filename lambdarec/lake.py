@@ -20,7 +20,6 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -168,10 +167,6 @@ class Lake:
             return None
         return appender.append(table, app_id, txn_version)
 
-    def follower(self, spec: TableSpec) -> "Follower":
-        """A follower that keeps ``spec``'s table open to see new commits cheaply (serving's polls)."""
-        return Follower(self, spec)
-
     def appender(self, spec: TableSpec) -> "Appender":
         """An appender that keeps ``spec``'s table open between commits (streaming sinks)."""
         return Appender(self, spec)
@@ -250,74 +245,28 @@ class Lake:
         return f"{table_uri}/{unquote(path)}"
 
 
-class Follower:
-    """Follows one table's newest version through a ``DeltaTable`` kept open.
+class Appender:
+    """Appends Arrow rows to one table through a ``DeltaTable`` kept open between commits.
 
-    Re-opening a table replays its log (about 1.7 ms of CPU for a small table,
-    growing with its history); an open table reads only the commits since its
-    last state (about 0.4 ms when there are none).
+    A streaming sink commits every micro-batch: re-opening the table each time
+    replays its log, while an open table reads only the commits since its last
+    state. The version a commit landed in is the table's own state right after the
+    write, exact even when another writer committed in between.
     """
 
     def __init__(self, lake: Lake, spec: TableSpec):
         self.lake = lake
         self.spec = spec
         self._table: DeltaTable | None = None
-        self._rows: dict[str, pa.Table] = {}  # data file -> its rows, for read()
-
-    def follow(self) -> DeltaTable | None:
-        """The table at its newest version, or None while it does not exist."""
-        if self._table is not None:
-            try:
-                self._table.update_incremental()
-                return self._table
-            except Exception:  # the table was replaced under us (e.g. a lake restored from backup)
-                self._table = None
-        if not self.lake.exists(self.spec):
-            return None
-        self._table = self.lake.open(self.spec)
-        return self._table
-
-    def read(self, pause: Callable[[], object] = lambda: None) -> pa.Table:
-        """The rows of the snapshot ``follow()`` last returned, reading only the data files not read before.
-
-        For a table that grows by appends (the model registry), a new version
-        costs one small file, not the whole table: no dataset over every file is
-        built (that alone grew to ~5 ms of CPU at twenty files). ``pause()`` runs
-        before each file read (``serving.idle_gate``); files that compaction
-        removed drop out. Unpartitioned tables only: partition values are not in the files.
-        """
-        if self.spec.partition_by:
-            raise ValueError(f"{self.spec.name} is partitioned; Follower.read reads unpartitioned tables")
-        table = self._table
-        if table is None:
-            return self.spec.schema.empty_table()
-        paths = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
-        current = set(paths)
-        self._rows = {path: rows for path, rows in self._rows.items() if path in current}
-        filesystem, base = pafs.FileSystem.from_uri(self.lake.uri(self.spec))
-        for path in paths:
-            if path not in self._rows:
-                pause()
-                with filesystem.open_input_file(f"{base}/{unquote(path)}") as handle:
-                    self._rows[path] = pq.read_table(handle, schema=self.spec.schema)
-        return pa.concat_tables([self._rows[path] for path in paths]) if paths else self.spec.schema.empty_table()
-
-
-class Appender(Follower):
-    """Appends Arrow rows to one table through a ``DeltaTable`` kept open between commits.
-
-    A streaming sink commits every micro-batch; the version a commit landed in is
-    the table's own state right after the write, exact even when another writer
-    committed in between.
-    """
 
     def table(self) -> DeltaTable:
         """The table at its newest version (created if missing)."""
         if self._table is None:
             self.lake.ensure(self.spec)
-        table = self.follow()
-        assert table is not None  # ensured above
-        return table
+            self._table = self.lake.open(self.spec)
+        else:
+            self._table.update_incremental()
+        return self._table
 
     def committed(self, app_id: str, txn_version: int) -> bool:
         """Whether an append keyed ``(app_id, txn_version)`` (or a later one) is in the table."""

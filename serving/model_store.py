@@ -29,6 +29,7 @@ from typing import Any
 
 from batch.registry import latest_published_in
 from lambdarec.lake import Lake
+from lambdarec.log_tail import LogTail
 from lambdarec.settings import Settings
 from schemas.tables import MODELS
 from serving.model import Model, open_model, read_meta
@@ -70,7 +71,7 @@ class ModelStore:
         self.last_error: str | None = None
         self.last_checked_at: float | None = None
         self._reload_lock = threading.Lock()
-        self._registry = self.lake.follower(MODELS)
+        self._registry = LogTail(self.lake, MODELS)
         self._registry_seen: int | None = None  # the registry version the serving model reflects
 
     def reload(self) -> bool:
@@ -78,12 +79,12 @@ class ModelStore:
         with self._reload_lock:
             try:
                 self.pause()
-                registry = self._registry.follow()  # reads only new commits: polls stay cheap
-                seen = None if registry is None else registry.version()
+                seen = self._registry.poll(self.pause)  # reads only new commits: polls stay cheap
                 if seen is None or seen == self._registry_seen:
                     self.last_checked_at = time.time()
                     return False
-                row = latest_published_in(self._registry.read(self.pause))
+                self.pause()
+                row = latest_published_in(self._registry.rows())
             except Exception as exc:
                 self.last_error = f"registry read failed: {exc}"
                 raise
@@ -93,6 +94,7 @@ class ModelStore:
                 self._registry_seen = seen
                 return False
             try:
+                self.pause()
                 model = open_model(self._model_folder(row), loaded_at=time.time(), pause=self.pause)
                 model.touch(self.pause)
                 self.pause()

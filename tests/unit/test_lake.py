@@ -9,11 +9,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 
-from batch.registry import PUBLISHED, TRAINING, record_status
 from lambdarec.lake import Lake, UnsupportedTableError
-from schemas.tables import DEAD_LETTER, EVENTS, MODELS
+from schemas.tables import DEAD_LETTER, EVENTS
 
 pytestmark = pytest.mark.unit
 
@@ -163,27 +161,3 @@ def test_a_kept_open_appender_reports_the_version_its_commit_created(settings):
     assert appender.append_once(event_rows(2, start=4), "q", 1) == 3
     assert appender.append_once(event_rows(2, start=4), "q", 1) == 3  # a replay: the original commit's version
     assert lake.version(EVENTS) == 3 and lake.read_arrow(EVENTS).num_rows == 6
-
-
-def test_a_follower_reads_only_the_files_added_since_its_last_read(settings):
-    lake = Lake(settings)
-    follower = lake.follower(MODELS)
-    assert follower.follow() is None and follower.read().num_rows == 0
-    record_status(lake, 1, TRAINING, "t")
-    record_status(lake, 1, PUBLISHED, "t")
-    reads = []
-    follower.follow()
-    assert follower.read(lambda: reads.append(1)).num_rows == 2 and len(reads) == 2
-    record_status(lake, 2, TRAINING, "t")
-    follower.follow()
-    assert rows(follower.read(lambda: reads.append(1))) == rows(lake.read_arrow(MODELS))
-    assert len(reads) == 3  # the first two files were not read again
-    DeltaTable(lake.uri(MODELS)).optimize.compact()
-    follower.follow()
-    assert rows(follower.read()) == rows(lake.read_arrow(MODELS))
-    with pytest.raises(ValueError, match="partitioned"):
-        lake.follower(EVENTS).read()
-
-
-def rows(table: pa.Table) -> list[dict]:
-    return sorted(table.to_pylist(), key=lambda row: (row["model_version"], row["status"]))
