@@ -7,16 +7,22 @@ speed-view updates so the requested users go through fold-in. It starts an
 embedded broker and ``lambdarec serve`` (uvicorn, one worker) and drives it from
 a load generator in a separate process on loopback at fixed rates (open loop:
 latency counts from each request's scheduled time, so queueing is not hidden).
+The load generator is pinned to the last CPU (--no-pin-loadgen to leave it
+free): on a 2-core host the server's threads otherwise delay its sends, and
+that delay would count as serving latency.
 Each rate is offered for SETTLE_S + --seconds and only the last --seconds
 count: the load generator's first ~150 ms (a fresh process opening its 64
 connections) queue requests at any rate, and were most of the 300 rps p99.
-The swap phase publishes model 2, then offers load for 4 x --seconds and asks
-serving to reload after the first half; the "before" window is the second
-quarter (the first settles the load); ``--no-bundle`` publishes model 2
-without its serving folder, so serving builds it in its idle-priority loader.
+The swap phase writes models 2.. (--swaps of them), offers load, and after
+2 x --seconds publishes them one at a time, asking serving to reload after each.
+The "before" window runs from the end of the first --seconds (which settle the
+load) to the first swap; the requests scheduled while a reload ran are pooled as
+"during" (one swap's ~100 requests would make its p99 nearly their maximum).
+``--no-bundle`` publishes those models without their serving folders, so serving
+builds them in its idle-priority loader.
 Prints one JSON object.
 
-    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--no-bundle]
+    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--swaps 3] [--no-bundle]
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ CATEGORIES = 10
 FRESH_USERS = 2000  # users with speed-view interactions: their requests fold in
 CONNECTIONS = 64
 SETTLE_S = 1.0  # offered before each rate's counted window
+SWAP_GAP_S = 1.0  # between publishing a model and its swap, and after the swap
 
 
 def free_port() -> int:
@@ -71,7 +78,8 @@ def factors_column(matrix: np.ndarray) -> pa.Array:
 
 
 def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int, seed: int,
-                bundle: bool = True) -> None:
+                bundle: bool = True, register: bool = True) -> None:
+    """Write a model's tables (and serving folder) and, with ``register``, its registry row."""
     rng = np.random.default_rng(seed)
     item_ids = [f"item-{n}" for n in range(n_items)]
     users = [pseudonymise(f"user-{n}", lake.settings.pseudonym_key) for n in range(n_users)]
@@ -89,11 +97,21 @@ def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int,
         "user_index": pa.array(np.repeat(np.arange(n_users, dtype=np.int32), per_user)),
         "item_index": pa.array(rng.integers(0, n_items, rows, dtype=np.int32)),
         "rating": pa.array(rng.choice([1.0, 2.0, 4.0, 8.0], rows).astype(np.float32))}))
-    params = {"regParam": 0.05, "alpha": 10.0, "rank": rank}
     if bundle:  # as the publish gate does: the serving folder goes into the lake before the registry row
-        publish_bundle(lake.settings, {"model_version": version, "source_events_version": version * 10, "params": params})
-    record_status(lake, version, PUBLISHED, "bench", source_events_version=version * 10, params=params,
-                  n_users=n_users, n_items=n_items, n_interactions=rows)
+        publish_bundle(lake.settings, {"model_version": version, "source_events_version": version * 10,
+                                       "params": model_params(rank)})
+    if register:
+        publish(lake, version, n_items, n_users, rank, per_user)
+
+
+def model_params(rank: int) -> dict:
+    return {"regParam": 0.05, "alpha": 10.0, "rank": rank}
+
+
+def publish(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int) -> None:
+    """The registry row that publishes a written model: what the gate appends last."""
+    record_status(lake, version, PUBLISHED, "bench", source_events_version=version * 10, params=model_params(rank),
+                  n_users=n_users, n_items=n_items, n_interactions=n_users * per_user)
 
 
 def write_catalogue(lake: Lake, n_items: int) -> None:
@@ -183,7 +201,9 @@ async def _load(port: int, rate: float, seconds: float, paths: list[str], out: l
     await asyncio.gather(*tasks)
 
 
-def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue) -> None:
+def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     try:
         import uvloop
 
@@ -195,11 +215,11 @@ def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue) -> 
     queue.put(out)
 
 
-def offer(port: int, rate: float, seconds: float, paths: list[str], during=None) -> list:
-    """Run the load generator at ``rate`` for ``seconds``; ``during()`` runs here meanwhile."""
+def offer(port: int, rate: float, seconds: float, paths: list[str], cpus: set[int] | None, during=None) -> list:
+    """Run the load generator (on ``cpus`` if given) at ``rate`` for ``seconds``; ``during()`` runs here meanwhile."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=loadgen, args=(port, rate, seconds, paths, queue))
+    process = ctx.Process(target=loadgen, args=(port, rate, seconds, paths, queue, cpus))
     process.start()
     extra = during() if during else None
     results = queue.get()
@@ -234,6 +254,12 @@ def main() -> int:
     parser.add_argument("--rates", default="100,200,300,500")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--swap-rate", type=float, default=300.0)
+    parser.add_argument("--swaps", type=int, default=3,
+                        help="Models swapped in one after another under the same load; the requests during all "
+                             "swaps are pooled.")
+    parser.add_argument("--pin-loadgen", action=argparse.BooleanOptionalAction, default=True,
+                        help="Run the load generator on the last CPU only (default), as a client with its own CPU; "
+                             "unpinned, the server's threads delay its sends, and that delay counts as latency.")
     parser.add_argument("--no-bundle", action="store_true",
                         help="Publish the swapped-in model without its serving folder, so serving builds it itself.")
     args = parser.parse_args()
@@ -241,8 +267,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
     settings = Settings(root=root, embedded_broker_port=free_port())
     lake = Lake(settings)
+    cpus = {os.cpu_count() - 1} if args.pin_loadgen and os.cpu_count() > 1 else None
     figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count(),
-                    "settle_s": SETTLE_S}
+                     "loadgen_cpus": sorted(cpus) if cpus else "any", "settle_s": SETTLE_S}
     started = time.perf_counter()
     write_model(lake, 1, args.items, args.users, args.rank, args.per_user, seed=1)
     write_catalogue(lake, args.items)
@@ -269,10 +296,10 @@ def main() -> int:
         paths = [f"/v1/users/user-{u}/recommendations?k=10&filter=category:c{u % CATEGORIES}" for u in range(FRESH_USERS)]
         check = httpx.get(base + paths[0], timeout=10).json()
         figures["strategy"] = check["strategy"]
-        offer(port, 50, 2, paths)  # warm-up
+        offer(port, 50, 2, paths, cpus)  # warm-up
         rates = {}
         for rate in [float(r) for r in args.rates.split(",")]:
-            rates[str(int(rate))] = summary(after(offer(port, rate, SETTLE_S + args.seconds, paths), SETTLE_S))
+            rates[str(int(rate))] = summary(after(offer(port, rate, SETTLE_S + args.seconds, paths, cpus), SETTLE_S))
         figures["rates"] = rates
         under = [int(r) for r, s in rates.items() if s["p99_ms"] < 20 and s["error_rate"] == 0]
         figures["highest_rate_p99_under_20ms"] = max(under, default=None)
@@ -280,26 +307,42 @@ def main() -> int:
         figures["p50_over_floor"] = round(p50_300 / figures["floor_ms"]["numpy"], 2)
 
         started = time.perf_counter()
-        write_model(lake, 2, args.items, args.users, args.rank, args.per_user, seed=2, bundle=not args.no_bundle)
-        os.sync()  # publishing is done: its ~0.5 GB of dirty pages are on disk before the "before" window
-        figures["publish_model_2_s"] = round(time.perf_counter() - started, 1)
+        swapped = list(range(2, 2 + args.swaps))
+        for version in swapped:  # written now; each is published just before its swap
+            write_model(lake, version, args.items, args.users, args.rank, args.per_user, seed=version,
+                        bundle=not args.no_bundle, register=False)
+        os.sync()  # their ~0.5 GB each of dirty pages are on disk before the "before" window
+        figures["write_swapped_models_s"] = round(time.perf_counter() - started, 1)
 
-        def swap():
-            # the client (its TLS context alone is ~15 ms of CPU) is made before the timed window
+        def swaps() -> list:
+            # the client (its TLS context alone is ~15 ms of CPU) and its connection are made outside the windows
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
                 time.sleep(2 * args.seconds)  # the first --seconds settle the load and are not counted
-                began = time.perf_counter()
-                response = client.post("/admin/reload")
-                return began, time.perf_counter(), response.json()
+                windows = []
+                for version in swapped:
+                    publish(lake, version, args.items, args.users, args.rank, args.per_user)
+                    client.get("/health")  # connects: an idle keep-alive connection is closed after 5 s
+                    time.sleep(SWAP_GAP_S)
+                    began = time.perf_counter()
+                    response = client.post("/admin/reload")
+                    windows.append((version, began, time.perf_counter(), response.json()))
+                    time.sleep(SWAP_GAP_S)
+                return windows
 
-        results, (began, ended, reloaded) = offer(port, args.swap_rate, 4 * args.seconds, paths, during=swap)
-        before = [r for r in after(results, args.seconds) if r[0] + r[1] < began]
-        during = [r for r in results if began <= r[0] <= ended]
+        duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + 1)
+        results, windows = offer(port, args.swap_rate, duration, paths, cpus, during=swaps)
+        first = windows[0][1]
+        before = [r for r in after(results, args.seconds) if r[0] + r[1] < first]
+        per_swap = [[r for r in results if began <= r[0] <= ended] for _, began, ended, _ in windows]
+        during = [r for window in per_swap for r in window]
         figures["swap"] = {
             "rate": args.swap_rate,
             "serving_folder": "built by serving" if args.no_bundle else "published with the model",
-            "reload": reloaded,
-            "swap_s": round(ended - began, 2),
+            "swaps": [
+                {"model_version": version, "reload": reloaded, "swap_s": round(ended - began, 2),
+                 "requests": len(window), "max_ms": round(1000 * max((r[1] for r in window), default=0), 2)}
+                for (version, began, ended, reloaded), window in zip(windows, per_swap)
+            ],
             "before": summary(before),
             "during": summary(during) if during else None,
             "failed_requests": sum(1 for r in results if r[2] != 200),

@@ -18,7 +18,7 @@ from lambdarec.lake import Lake
 from schemas.tables import ITEM_CATALOGUE
 from serving.id_index import encode
 from serving.model import Model
-from serving.new_items import Catalogue
+from serving.new_items import LOOKUP_CHUNK, Catalogue
 
 MASKS_KEPT = 256  # (attribute, value) masks cached per model; filters repeat a lot
 
@@ -76,28 +76,32 @@ class ItemAttributes:
 
     def prepare(self, catalogue: Catalogue, pause: Callable[[], object] = lambda: None) -> None:
         """Build, for a model about to be swapped in, the masks the serving one has cached;
-        ``pause()`` runs between masks (``serving.idle_gate``)."""
+        ``pause()`` runs between chunks of lookups (``serving.idle_gate``)."""
         for _, version, name, value in list(self._masks):
             if version == self.version:
-                pause()
-                self._mask(catalogue, name, value)
+                self._model_mask(catalogue.model, name, value, pause)
 
     def _mask(self, catalogue: Catalogue, name: str, value: str) -> np.ndarray:
-        members = self._index.get((name, value), set())
-        model_part = self._model_mask(catalogue.model, name, value, members)
+        model_part = self._model_mask(catalogue.model, name, value)
         if not len(catalogue.new_ids):
             return model_part
+        members = self._index.get((name, value), set())
         new_part = np.fromiter((item in members for item in catalogue.new_ids), dtype=bool, count=len(catalogue.new_ids))
         return np.concatenate([model_part, new_part])
 
-    def _model_mask(self, model: Model, name: str, value: str, members: set[str]) -> np.ndarray:
+    def _model_mask(
+        self, model: Model, name: str, value: str, pause: Callable[[], object] = lambda: None
+    ) -> np.ndarray:
         """The mask over the model's items, cached per model and catalogue version (the speed view's
         new items change often and are few, so they are matched per request instead)."""
 
         def build() -> np.ndarray:
             mask = np.zeros(len(model.item_ids), dtype=bool)
-            positions = model.item_positions.lookup(self._encoded(name, value, members))
-            mask[positions[positions >= 0]] = True
+            members = self._encoded(name, value, self._index.get((name, value), set()))
+            for start in range(0, len(members), LOOKUP_CHUNK):
+                pause()
+                positions = model.item_positions.lookup(members[start : start + LOOKUP_CHUNK])
+                mask[positions[positions >= 0]] = True
             return mask
 
         return self._cached(self._masks, (model.version, self.version, name, value), build)

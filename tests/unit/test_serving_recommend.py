@@ -244,3 +244,22 @@ def test_new_users_and_items_survive_a_model_swap_until_a_model_covers_them(stor
     assert store.reload() is True
     assert recommend(store.current, view, "newbie", k=3).strategy == "model"
     assert build(store.current, view).new_positions == {}
+
+
+def test_masks_the_serving_model_uses_are_prepared_for_the_next_one_in_paused_chunks(store, settings, lake, monkeypatch):
+    monkeypatch.setattr("serving.item_attributes.LOOKUP_CHUNK", 2)
+    view = SpeedView(settings)
+    attributes = ItemAttributes(lake)
+    red = ["a1", "a3", "b0", "b4", "zz"]  # zz: in the catalogue table, in neither model
+    attributes.load([{"item_id": item, "updated_at": 1, "attributes": {"colour": "red"}} for item in red], version=1)
+    serving = build(store.current, view)
+    attributes.mask(serving, {"colour": {"red"}})
+    write_model(lake, 2, 11, {**ITEMS, "c0": [0.5, 0.5]}, RATINGS)
+    store.reload()
+    following = build(store.current, view)
+    pauses = []
+    attributes.prepare(following, lambda: pauses.append(1))
+    assert len(pauses) == 3  # five members, two per chunk
+    monkeypatch.setattr(attributes, "_encoded", lambda *a: pytest.fail("the prepared mask was built again"))
+    allowed = attributes.mask(following, {"colour": {"red"}})
+    assert sorted(following.item_id(p) for p in np.flatnonzero(allowed)) == ["a1", "a3", "b0", "b4"]
