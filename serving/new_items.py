@@ -143,14 +143,20 @@ def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None
 
 class CatalogueCache:
     """Catalogues of the serving model and of one being prepared for a swap, each rebuilt only
-    when the speed view changed."""
+    when the speed view changed.
+
+    Builds lock per model version: a swap's build pauses for requests in flight
+    (``serving.idle_gate``), and a request rebuilding the serving model's catalogue
+    must not wait behind it.
+    """
 
     KEPT = 2
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts below
         self._by_version: dict[int, Catalogue] = {}
         self._known: dict[int, KnownItems] = {}
+        self._building: dict[int, threading.Lock] = {}
 
     def get(self, model: Model, speed: SpeedView, pause: Callable[[], object] = lambda: None) -> Catalogue:
         """The catalogue of ``model`` at the view's generation; ``pause()`` runs between the steps
@@ -159,16 +165,20 @@ class CatalogueCache:
         if current is not None:
             return current
         with self._lock:
+            building = self._building.setdefault(model.version, threading.Lock())
+        with building:
             current = self._fresh(model, speed)
-            if current is None:
-                known = self._known.get(model.version)
-                if known is None or known.model is not model:
-                    known = KnownItems(model)
-                current = build(model, speed, known, pause)
+            if current is not None:
+                return current
+            known = self._known.get(model.version)
+            if known is None or known.model is not model:
+                known = KnownItems(model)
+            current = build(model, speed, known, pause)
+            with self._lock:
                 if model.version not in self._by_version and len(self._by_version) >= self.KEPT:
                     evicted = next(iter(self._by_version))  # the longest-held version
-                    del self._by_version[evicted]
-                    self._known.pop(evicted, None)
+                    for held in (self._by_version, self._known, self._building):
+                        held.pop(evicted, None)
                 self._by_version[model.version] = current
                 self._known[model.version] = known
             return current

@@ -4,6 +4,8 @@ The lake is real Delta on disk (delta-rs); the model tables are written with
 pyarrow by tests/serving_support.py.
 """
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -263,3 +265,32 @@ def test_masks_the_serving_model_uses_are_prepared_for_the_next_one_in_paused_ch
     monkeypatch.setattr(attributes, "_encoded", lambda *a: pytest.fail("the prepared mask was built again"))
     allowed = attributes.mask(following, {"colour": {"red"}})
     assert sorted(following.item_id(p) for p in np.flatnonzero(allowed)) == ["a1", "a3", "b0", "b4"]
+
+
+def test_a_paused_swap_build_does_not_hold_up_the_serving_catalogue(store, settings, lake):
+    """The swap's catalogue build waits for requests in flight; a request rebuilding the serving
+    model's catalogue meanwhile must not wait for it (that would stall both until the pause gives way)."""
+    view = SpeedView(settings)
+    cache = CatalogueCache()
+    serving = store.current
+    cache.get(serving, view)
+    write_model(lake, 2, 11, ITEMS, RATINGS)
+    store.reload()
+    speed_rows(view, 12, [("ua", "zz", 8.0, "e1")])
+    paused, release = threading.Event(), threading.Event()
+
+    def pause() -> None:
+        paused.set()
+        release.wait(30)
+
+    swap = threading.Thread(target=cache.get, args=(store.current, view, pause), daemon=True)
+    swap.start()
+    assert paused.wait(10)
+    rebuilt = threading.Thread(target=cache.get, args=(serving, view), daemon=True)
+    rebuilt.start()
+    rebuilt.join(5)
+    done = not rebuilt.is_alive()
+    release.set()
+    swap.join(10)
+    assert done, "the serving model's catalogue waited for the paused swap build"
+    assert list(cache.get(serving, view).new_ids) == ["zz"]
