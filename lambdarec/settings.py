@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     speed_features_trigger_ms: int = Field(
         5000, ge=0, description="Trigger interval of the speed features query (user features, trending); longer leaves the cores to the fold-in path."
     )
+    speed_dedupe_partitions: int = Field(
+        1, ge=1, description="State partitions of the events query's dedupe (fixed when its checkpoint is new); one keeps a micro-batch's dedupe to one task on a small machine."
+    )
     speed_features_partitions: int = Field(
         1, ge=1, description="State partitions of the speed features query (fixed when its checkpoint is new)."
     )

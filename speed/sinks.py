@@ -38,7 +38,7 @@ from schemas.topics import (
     SPEED_UPDATE_KIND_USER_FEATURES,
     SPEED_UPDATE_KIND_USER_INTERACTIONS,
 )
-from speed.transforms import LATE, interval_seconds, mark_late, to_sink_rows
+from speed.transforms import LATE, interval_seconds
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -107,15 +107,18 @@ class EventsSink(Sink):
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         started = time.perf_counter()
-        cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
-        rows = to_sink_rows(mark_late(batch, cutoff_us), self.settings).toArrow()
+        rows = batch.toArrow()  # the rows of speed.transforms.to_sink_rows
         timings = {"spark_ms": round(1000 * (time.perf_counter() - started))}
-        valid = rows.filter(pc.is_null(rows.column("reason")))
+        cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
+        reason = late_marked(rows, cutoff_us)
+        bad = pc.is_valid(reason)
+        valid = rows.filter(pc.invert(bad))
         events = _struct_table(valid.column("event_row"))
         interactions = events.append_column("weight", valid.column("weight")).filter(
             pc.is_valid(valid.column("weight"))
         ).select(INTERACTION_COLUMNS)
-        dead = _struct_table(rows.filter(pc.is_valid(rows.column("reason"))).column("dead_row"))
+        dead = _struct_table(rows.filter(bad).column("dead_row"))
+        dead = dead.set_column(dead.schema.get_field_index("reason"), "reason", reason.filter(bad))
         self._write(batch_id, events, dead, interactions, timings)
         newest = pc.max(rows.column("ingest_ts")).value if rows.num_rows else None
         self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
@@ -186,6 +189,17 @@ class FeaturesSink(Sink):
             self.push(kind, batch_id, {"rows": [_jsonable(r) for r in stamped.to_pylist()]})
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id,
                              "users": users.num_rows, "items": items.num_rows}))
+
+
+def late_marked(rows: pa.Table, cutoff_us: int | None) -> pa.ChunkedArray:
+    """``reason``, with ``late_past_watermark`` for valid records whose Kafka timestamp is before ``cutoff_us``."""
+    reason = rows.column("reason")
+    if cutoff_us is None:
+        return reason
+    ingest = rows.column("ingest_ts")
+    before = pc.less(ingest, pa.scalar(cutoff_us, pa.int64()).cast(ingest.type))
+    late = pc.fill_null(pc.and_kleene(pc.is_null(reason), before), False)
+    return pc.if_else(late, pa.scalar(LATE, reason.type), reason)
 
 
 def _struct_table(column: pa.ChunkedArray) -> pa.Table:

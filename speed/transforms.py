@@ -159,8 +159,9 @@ def to_sink_rows(parsed: "DataFrame", settings: Settings) -> "DataFrame":
     """Everything one micro-batch writes, as one DataFrame, so the sink needs one Spark action.
 
     Each record carries its ``events`` row, its ``dead_letter`` row, its implicit
-    weight and its Kafka timestamp; the sink splits them by ``reason`` in Arrow.
-    One action also means the stateful dedupe above runs once per batch.
+    weight and its Kafka timestamp; the sink marks late records and splits them
+    by ``reason`` in Arrow. One action also means the stateful dedupe above runs
+    once per batch.
     """
     from pyspark.sql import functions as F
 
@@ -190,16 +191,6 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
     return events.select(
         "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS
     ).filter(F.col("weight").isNotNull())
-
-
-def mark_late(parsed: "DataFrame", cutoff_us: int | None) -> "DataFrame":
-    """Give valid records whose Kafka timestamp is before ``cutoff_us`` the reason ``late_past_watermark``."""
-    from pyspark.sql import functions as F
-
-    if cutoff_us is None:
-        return parsed
-    late = F.col("reason").isNull() & (F.col("ingest_ts") < F.timestamp_micros(F.lit(cutoff_us)))
-    return parsed.withColumn("reason", F.when(late, F.lit(LATE)).otherwise(F.col("reason")))
 
 
 def interval_seconds(text: str) -> float:
