@@ -6,7 +6,9 @@ consented, deduplicated, not late), so the features equal a recomputation from
 ``events``. A batch the events query replays after a crash is pushed again; the
 event_id dedupe here drops it. State lives in the RocksDB state store, one value
 per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
-idle (``transformWithStateInPandas`` TTL).
+idle (``transformWithState`` TTL). The row-based API, not the pandas one: per
+entity, pandas frames in and out cost more than the state itself (about 6 ms
+against 1.5 ms per entity, measured on 2 cores).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pandas as pd
+from pyspark.sql import Row
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
 
 from lambdarec.settings import Settings
@@ -75,7 +77,7 @@ def feature_rows(accepted: "DataFrame", settings: Settings) -> "DataFrame":
     """Updated feature rows (``kind`` 'user' or 'item') for the entities a micro-batch touched."""
     processor = FeatureProcessor(settings.speed_session_gap_s, settings.speed_trending_window_s,
                                  settings.speed_state_ttl_s * 1000)
-    return entity_rows(accepted).groupBy("entity").transformWithStateInPandas(
+    return entity_rows(accepted).groupBy("entity").transformWithState(
         statefulProcessor=processor, outputStructType=OUTPUT_SCHEMA, outputMode="Update", timeMode="ProcessingTime"
     )
 
@@ -89,10 +91,11 @@ class FeatureProcessor(StatefulProcessor):
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.state = handle.getValueState("features", "state string", self.ttl_ms)
 
-    def handleInputRows(self, key, rows: Iterator[pd.DataFrame], timerValues) -> Iterator[pd.DataFrame]:
+    def handleInputRows(self, key, rows: Iterator[Row], timerValues) -> Iterator[Row]:
         kind, *rest = key[0].split(SEP)
-        events = pd.concat(list(rows)).to_dict("records")
-        previous = json.loads(self.state.get()[0]) if self.state.exists() else None
+        events = [row.asDict() for row in rows]
+        stored = self.state.get()  # None without state: one round trip to the state server, not two
+        previous = json.loads(stored[0]) if stored else None
         if kind == "u":
             state = features.fold_user(previous or features.new_user(), events)
             row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
@@ -102,4 +105,4 @@ class FeatureProcessor(StatefulProcessor):
             state = features.fold_item(previous or features.new_item(), events, self.window_s)
             row = {"kind": "item", **features.item_trending((segment_type, segment), item_id, state, self.window_s)}
         self.state.update((json.dumps(state),))
-        yield pd.DataFrame([{column: row.get(column) for column in OUTPUT_COLUMNS}])
+        yield Row(**{column: row.get(column) for column in OUTPUT_COLUMNS})
