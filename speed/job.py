@@ -4,7 +4,7 @@ Run it as a user would: ``spark-submit speed/job.py`` (or ``lambdarec speed``).
 It runs two Structured Streaming queries in one driver, both checkpointed:
 
 - the events query (fast trigger) reads ``events`` through the ``lambdarec_kafka``
-  source, validates, drops no-consent events, deduplicates by event_id (RocksDB state) and
+  source, validates, drops no-consent events, deduplicates by event_id and
   commits ``events``, ``dead_letter`` and ``speed_user_interactions``, then
   pushes the interactions serving folds in (``speed.sinks.EventsSink``);
 - the features query (slower trigger) follows those pushes on ``speed-updates``
@@ -51,14 +51,7 @@ FEATURES_QUERY_NAME = "lambdarec_speed_features"
 # FAIR: each query schedules in a pool of its own (see _start). The longer socket timeout
 # lets Python workers start on a saturated machine instead of failing the query.
 JOB_CONF = {"spark.scheduler.mode": "FAIR", "spark.python.authenticate.socketTimeout": "120s"}
-# Both queries keep their state in RocksDB, off the JVM heap: the default provider holds a whole
-# state version in the heap (10 minutes of event ids for dedupe). Changelog checkpointing commits
-# only a batch's changes; snapshots are taken in the background.
-ROCKSDB_STATE = {
-    "spark.sql.streaming.stateStore.providerClass":
-        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
-    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
-}
+ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
 def checkpoint_location(settings: Settings) -> str:
@@ -145,8 +138,7 @@ def run(spark: "SparkSession", settings: Settings, available_now: bool = False) 
     """Start the events query and return it; ``available_now`` processes what is there, then stops."""
     prepare(spark, settings)
     checkpoint = checkpoint_location(settings)
-    partitions = str(settings.speed_dedupe_partitions)
-    with session_conf(spark, {**ROCKSDB_STATE, "spark.sql.shuffle.partitions": partitions}):
+    with session_conf(spark, {"spark.sql.shuffle.partitions": str(settings.speed_dedupe_partitions)}):
         query = _start(build_stream(spark, settings), QUERY_NAME, checkpoint, EventsSink(settings, checkpoint),
                        settings.speed_trigger_ms, available_now)
     progress.watch(spark, query, settings, push=True)
@@ -161,10 +153,10 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     checkpoint = features_checkpoint_location(settings)
     updates = kafka_stream(spark, settings, settings.topic_speed_updates)
     rows = feature_rows(interactions(updates, settings), settings)
-    # A single state partition keeps each features batch to one task, leaving the other core to
-    # the events query that serving's freshness waits on.
-    partitions = str(settings.speed_features_partitions)
-    with session_conf(spark, {**ROCKSDB_STATE, "spark.sql.shuffle.partitions": partitions}):
+    # RocksDB holds the per-entity state; a single state partition keeps each features batch to
+    # one task, leaving the other core to the events query that serving's freshness waits on.
+    with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,
+                              "spark.sql.shuffle.partitions": str(settings.speed_features_partitions)}):
         query = _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
                        settings.speed_features_trigger_ms, available_now)
     progress.watch(spark, query, settings, push=False)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
-from pathlib import Path
 
 import pytest
 
 from lambdarec.lake import Lake
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
-from speed.job import checkpoint_location, features_checkpoint_location, run, run_features
+from speed.job import run, run_features
 from speed.recompute import current, recompute
 from tests.integration.test_speed_job import produce, run_to_end, speed_updates
 from tests.spark.test_speed_transforms import message
@@ -65,13 +63,6 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
 
     kinds = {u["kind"] for u in speed_updates(settings)}
     assert kinds == {"user_interactions", "user_features", "item_trending", "progress"}
-
-    # Both queries keep their state in RocksDB and commit it as changelogs.
-    for checkpoint in (checkpoint_location(settings), features_checkpoint_location(settings)):
-        folder = Path(checkpoint.removeprefix("file://"))
-        conf = json.loads((folder / "offsets" / "0").read_text().splitlines()[1])["conf"]
-        assert conf["spark.sql.streaming.stateStore.providerClass"].endswith("RocksDBStateStoreProvider")
-        assert list((folder / "state").rglob("*.changelog")), f"no state changelog under {folder}"
 
     # Running again from the checkpoints finds nothing new and commits nothing.
     lake = Lake(settings)
