@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the
-# virtual environment from pyproject.toml on first use.
+# virtual environment from pyproject.toml and resolve the JVM jars (Maven Central)
+# on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ DURATION ?= 300
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit venv airflow clean
+.PHONY: demo test unit venv jars blas airflow clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +18,19 @@ $(BIN)/lambdarec: pyproject.toml
 
 venv: $(BIN)/lambdarec
 
-demo: venv
+# Kafka broker, Spark's Kafka connector and Delta: pinned in lambdarec/jvm/pom.xml, fetched
+# once with mvn into .jars/ (LAMBDAREC_JARS_DIR to move it) and reused while the pom is unchanged.
+jars: venv
+	@$(BIN)/lambdarec jars
+
+# Spark ALS silently falls back to a ~3x slower Java BLAS without a native one.
+blas:
+	@/sbin/ldconfig -p | grep -q libopenblas || echo "NOTE: no native BLAS found; Spark ALS will use Java BLAS (about 3x slower). Install it with: sudo apt-get install libopenblas0-pthread"
+
+demo: jars blas
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json
 
-test: venv
+test: jars blas
 	$(BIN)/pytest
 
 unit: venv
@@ -31,7 +41,7 @@ AIRFLOW_PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json
 
 # Airflow standalone (API server + UI, scheduler, dag-processor, SQLite) on dags/.
 # The admin password is generated once into $(AIRFLOW_PASSWORDS) and printed here.
-airflow: venv
+airflow: jars
 	mkdir -p $(AIRFLOW_HOME)
 	@test -s $(AIRFLOW_PASSWORDS) || $(BIN)/python -c "import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
 	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)  login: admin  password: $$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"

@@ -15,6 +15,7 @@ import sys
 from lambdarec.settings import Settings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark Kafka connector, Delta) with Maven."),
     "broker": ("lambdarec.broker", "Run the embedded Kafka-compatible broker (Tansu) on loopback."),
     "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         "", description="Spark streaming checkpoints. Empty means <root>/checkpoints."
     )
 
+    jars_dir: str = Field(
+        "",
+        description="Folder of the JVM jars (Kafka broker, Spark's Kafka connector, Delta) that "
+        "`lambdarec jars` resolves from Maven Central. Empty means .jars/ beside the lambdarec package.",
+    )
+
     kafka_bootstrap_servers: str = Field(
         "",
         description="Kafka bootstrap servers. Empty means the embedded Tansu broker on loopback.",
@@ -197,6 +203,10 @@ class Settings(BaseSettings):
     @property
     def model_cache_root(self) -> Path:
         return Path(self.serve_model_cache_dir) if self.serve_model_cache_dir else self.root / "serving-models"
+
+    @property
+    def jars_root(self) -> Path:
+        return Path(self.jars_dir) if self.jars_dir else Path(__file__).resolve().parent.parent / ".jars"
 
     @property
     def bootstrap_servers(self) -> str:

@@ -1,4 +1,9 @@
-"""The one place Spark sessions are built, so every job and test gets the same settings."""
+"""The one place Spark sessions are built, so every job and test gets the same settings.
+
+Every session has Delta Lake (``format("delta")``, MERGE, time travel, OPTIMIZE,
+VACUUM) and Spark's Kafka connector (``format("kafka")``) from the jars that
+``lambdarec jars`` resolves (``lambdarec.jars``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from lambdarec import jars
 from lambdarec.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,10 +40,12 @@ def build_spark(settings: Settings, app_name: str, extra_conf: dict[str, str] | 
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.python.worker.reuse": "true",
+        **DELTA_CONF,
     }
     if not _under_spark_submit():
         conf.update(
             {
+                "spark.jars": ",".join(jars.classpath(settings, "spark")),
                 "spark.master": settings.spark_master,
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.ui.enabled": "false",
@@ -51,6 +59,18 @@ def build_spark(settings: Settings, app_name: str, extra_conf: dict[str, str] | 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+# Delta in every session. New tables keep deletion vectors and column mapping off (Delta 4.4's
+# defaults, pinned here) so delta-rs readers (serving, DuckDB, status) can read every table;
+# the log is replayed in a couple of tasks, not 50, on a small machine.
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    "spark.databricks.delta.properties.defaults.columnMapping.mode": "none",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
 
 
 def _under_spark_submit() -> bool:

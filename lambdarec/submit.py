@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from lambdarec import jars
 from lambdarec.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,8 @@ def spark_submit_command(settings: Settings, script: str, args: list[str] | None
         "spark.driver.bindAddress=127.0.0.1",
         "--conf",
         f"spark.sql.shuffle.partitions={settings.spark_shuffle_partitions}",
+        "--jars",
+        ",".join(jars.classpath(settings, "spark")),
         job_script(script),
         *(args or []),
     ]
