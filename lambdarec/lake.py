@@ -1,11 +1,12 @@
-"""Delta Lake I/O for every layer, through delta-rs, with a bridge to Spark.
+"""Delta Lake I/O for every layer: delta-spark in Spark jobs, delta-rs everywhere else.
 
-No Maven repository is reachable here, so Spark cannot load the Delta jars.
-Instead Spark writes plain Parquet files into the table's folder and delta-rs
-commits them as ``add`` actions in one transaction. Readers get the snapshot's
-file list (Spark) or a pyarrow dataset (DuckDB, serving). Where the Delta jars
-*are* on the classpath (a cluster), Spark writes through ``format("delta")``
-instead; both paths produce the same Delta protocol tables.
+Spark jobs read with ``format("delta")`` (a pinned version is time travel,
+``versionAsOf``) and append with ``format("delta")``; MERGE, DELETE, OPTIMIZE and
+VACUUM run through delta-spark in the jobs that need them. Readers outside Spark
+(serving, DuckDB, status) and writers outside Spark (the speed sinks' appenders,
+the importer, the registry when no session is at hand) use delta-rs. Tables keep
+deletion vectors and column mapping off (``lambdarec.spark`` pins the session
+defaults) so delta-rs reads every one; ``check_readable`` refuses any that is not.
 
 Every append can carry an app transaction ``(app_id, txn_version)``: the
 commit records it atomically with the data, and an append whose transaction
@@ -17,19 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction
 
 from lambdarec.settings import Settings
 from schemas.tables import TableSpec
@@ -41,9 +37,10 @@ log = logging.getLogger(__name__)
 
 # Reader features whose absence of handling cannot change which rows a reader sees.
 SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"})
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-# commitInfo key naming the app transaction a commit carried, so it can be found again.
+# commitInfo key naming the app transaction a commit carried, so it can be found again
+# (delta-rs writes it into commitInfo, delta-spark into the JSON of commitInfo.userMetadata).
 TXN_METADATA_KEY = "lambdarec.txn"
+WRITE_METADATA_KEY = "lambdarec.write"  # a delta-spark append's own id, to find the version it created
 
 
 class UnsupportedTableError(RuntimeError):
@@ -105,7 +102,7 @@ class Lake:
             return None
         wanted = f"{app_id}:{txn_version}"
         for entry in DeltaTable(self.uri(spec)).history(search):
-            if entry.get(TXN_METADATA_KEY) == wanted:
+            if entry.get(TXN_METADATA_KEY) == wanted or _metadata(entry).get(TXN_METADATA_KEY) == wanted:
                 return entry["version"]
         return None
 
@@ -122,35 +119,14 @@ class Lake:
         return self.dataset(spec, version).to_table(filter=filter)
 
     def read_spark(self, spark: "SparkSession", spec: TableSpec, version: int | None = None) -> "DataFrame":
-        """The pinned snapshot as a Spark DataFrame with the spec's columns.
-
-        Spark reads exactly the snapshot's data files; partition values come from
-        the Delta log, not from folder names, as the protocol requires.
-        """
-        from pyspark.sql import functions as F
-        from pyspark.sql.types import StructType
-
-        schema = spark_schema(spec)
+        """The snapshot at ``version`` (latest if None, time travel otherwise) as a Spark DataFrame
+        with the spec's columns; empty with the spec's schema if the table is missing."""
         if not self.exists(spec):
-            return spark.createDataFrame([], schema)
-        table = self.open(spec, version)
-        data_fields = [f for f in schema.fields if f.name not in spec.partition_by]
-        groups: dict[tuple, list[str]] = defaultdict(list)
-        for action in pa.table(table.get_add_actions(flatten=True)).to_pylist():
-            key = tuple(action.get(f"partition.{col}") for col in spec.partition_by)
-            groups[key].append(self._file_uri(spec, action["path"]))
-        if not groups:
-            return spark.createDataFrame([], schema)
-        frames = []
-        for key, files in groups.items():
-            frame = spark.read.schema(StructType(data_fields)).parquet(*files)
-            for col, value in zip(spec.partition_by, key):
-                frame = frame.withColumn(col, F.lit(value).cast(schema[col].dataType))
-            frames.append(frame.select(*spec.columns))
-        result = frames[0]
-        for frame in frames[1:]:
-            result = result.unionByName(frame)
-        return result
+            return spark.createDataFrame([], spark_schema(spec))
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(spark_path(self.uri(spec))).select(*spec.columns)
 
     # -- writes ------------------------------------------------------------------
 
@@ -178,71 +154,36 @@ class Lake:
         app_id: str | None = None,
         txn_version: int | None = None,
     ) -> int | None:
-        """Append a Spark DataFrame in one commit; None if the transaction is already in.
+        """Append a Spark DataFrame in one delta-spark commit; None if the transaction is already in.
 
-        Spark writes Parquet into a fresh folder inside the table; files that a
-        crash leaves uncommitted are invisible to readers and removed by vacuum.
+        The commit carries the app transaction (``txnAppId``/``txnVersion``: Delta skips
+        a write whose transaction it has recorded) and, in its ``userMetadata``, the
+        transaction and a write id, by which the version it created is found.
         """
+        _commit_properties(app_id, txn_version)  # both or neither
         if app_id is not None and self.committed(spec, app_id, txn_version):
             return None
         self.ensure(spec)
-        df = conform(df, spec)
-        if delta_jars_available(df.sparkSession):
-            return self._append_with_delta_spark(spec, df, app_id, txn_version)
-        write_dir = f"data/{uuid.uuid4().hex}"
-        df.write.partitionBy(*spec.partition_by).parquet(f"{self.uri(spec)}/{write_dir}")
-        actions = self._add_actions(spec, write_dir)
-        DeltaTable(self.uri(spec)).create_write_transaction(
-            actions,
-            mode="append",
-            schema=spec.schema,
-            partition_by=list(spec.partition_by) or None,
-            commit_properties=_commit_properties(app_id, txn_version),
+        write_id = uuid.uuid4().hex
+        writer = (
+            conform(df, spec)
+            .write.format("delta")
+            .mode("append")
+            .partitionBy(*spec.partition_by)
+            .option("userMetadata", json.dumps(_user_metadata(app_id, txn_version, write_id)))
         )
-        return self.version(spec)
-
-    def _append_with_delta_spark(
-        self, spec: TableSpec, df: "DataFrame", app_id: str | None, txn_version: int | None
-    ) -> int | None:
-        writer = df.write.format("delta").mode("append").partitionBy(*spec.partition_by)
         if app_id is not None:
             writer = writer.option("txnAppId", app_id).option("txnVersion", txn_version)
-        writer.save(self.uri(spec))
-        return self.version(spec)
+        writer.save(spark_path(self.uri(spec)))
+        return self._write_version(spec, write_id)
 
-    def _add_actions(self, spec: TableSpec, write_dir: str) -> list[AddAction]:
-        filesystem, base = pafs.FileSystem.from_uri(self.uri(spec))
-        selector = pafs.FileSelector(f"{base}/{write_dir}", recursive=True)
-        now_ms = int(time.time() * 1000)
-        actions = []
-        for info in filesystem.get_file_info(selector):
-            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-                continue
-            relative = info.path[len(base) + 1 :]
-            with filesystem.open_input_file(info.path) as handle:
-                num_rows = pq.ParquetFile(handle).metadata.num_rows
-            actions.append(
-                AddAction(
-                    path=relative,
-                    size=info.size,
-                    partition_values=_partition_values(relative, spec.partition_by),
-                    modification_time=now_ms,
-                    data_change=True,
-                    stats=json.dumps({"numRecords": num_rows}),
-                )
-            )
-        return actions
-
-    def _file_uri(self, spec: TableSpec, path: str) -> str:
-        """A data file's absolute URI as Spark's Hadoop filesystems expect it."""
-        if "://" in path or path.startswith("/"):
-            return path
-        table_uri = self.uri(spec)
-        if "://" not in table_uri:
-            table_uri = f"file://{table_uri}"
-        elif table_uri.startswith("s3://"):
-            table_uri = "s3a://" + table_uri[len("s3://") :]
-        return f"{table_uri}/{unquote(path)}"
+    def _write_version(self, spec: TableSpec, write_id: str, search: int = 50) -> int | None:
+        """The version whose commit carries ``write_id``; None if Delta skipped the write
+        (its transaction was recorded by another writer after our check)."""
+        for entry in DeltaTable(self.uri(spec)).history(search):
+            if _metadata(entry).get(WRITE_METADATA_KEY) == write_id:
+                return entry["version"]
+        return None
 
 
 class Appender:
@@ -304,18 +245,28 @@ def _commit_properties(app_id: str | None, txn_version: int | None) -> CommitPro
     )
 
 
-def _partition_values(relative_path: str, partition_by: tuple[str, ...]) -> dict[str, str | None]:
-    """Partition values from Spark's ``col=value`` folders (Spark escapes values like URLs)."""
-    found: dict[str, str | None] = {}
-    for segment in relative_path.split("/")[:-1]:
-        name, sep, value = segment.partition("=")
-        if sep and name in partition_by:
-            value = unquote(value)
-            found[name] = None if value == HIVE_NULL else value
-    missing = set(partition_by) - set(found)
-    if missing:
-        raise RuntimeError(f"Spark output {relative_path} lacks partition folders for {sorted(missing)}")
+def _user_metadata(app_id: str | None, txn_version: int | None, write_id: str) -> dict[str, str]:
+    found = {WRITE_METADATA_KEY: write_id}
+    if app_id is not None:
+        found[TXN_METADATA_KEY] = f"{app_id}:{txn_version}"
     return found
+
+
+def _metadata(entry: dict[str, Any]) -> dict[str, Any]:
+    """The lambdarec keys a delta-spark commit stored as JSON in its ``userMetadata``."""
+    text = entry.get("userMetadata")
+    if not text:
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def spark_path(uri: str) -> str:
+    """A table URI as Spark's Hadoop filesystems name it (``s3://`` is ``s3a://`` there)."""
+    return "s3a://" + uri[len("s3://") :] if uri.startswith("s3://") else uri
 
 
 def check_readable(table: DeltaTable, name: str) -> None:
@@ -336,15 +287,6 @@ def check_readable(table: DeltaTable, name: str) -> None:
             f"{sorted(unsupported)} (e.g. deletionVectors); lambdarec would return wrong rows. "
             "Purge them (REORG TABLE ... APPLY (PURGE)) or disable the feature."
         )
-
-
-def delta_jars_available(spark: "SparkSession") -> bool:
-    """True where delta-spark's classes are on the JVM classpath (clusters), never here."""
-    try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-    except Exception:  # py4j raises a generic error for ClassNotFoundException
-        return False
-    return True
 
 
 def spark_schema(spec: TableSpec):
