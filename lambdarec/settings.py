@@ -49,14 +49,37 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = Field(
         "",
-        description="Kafka bootstrap servers. Empty means the embedded Tansu broker on loopback.",
+        description="Kafka bootstrap servers. Empty means the embedded Apache Kafka broker on loopback "
+        "(`lambdarec broker`).",
     )
-    embedded_broker_port: int = Field(19092, description="Port of the embedded broker.")
+    embedded_broker_port: int = Field(
+        19092, ge=1, le=65535, description="Loopback port of the embedded broker's PLAINTEXT listener (clients)."
+    )
+    embedded_controller_port: int = Field(
+        19093, ge=1, le=65535,
+        description="Loopback port of the embedded broker's KRaft controller listener (only the broker itself "
+        "connects to it); must differ from embedded_broker_port.",
+    )
+    embedded_broker_heap: str = Field(
+        "512m", pattern=r"^[1-9][0-9]*[mMgG]$",
+        description="Most heap the embedded broker's JVM may use (-Xmx; it starts at half of it). "
+        "512m holds a laptop's or CI's event rates; raise it for bigger loads.",
+    )
     topic_events: str = Field("events", description="Topic the ingestion API produces to.")
     topic_speed_updates: str = Field(
         "speed-updates", description="Topic the speed layer pushes serving updates to."
     )
     topic_partitions: int = Field(2, ge=1, description="Partitions for topics the platform creates.")
+    topic_replication_factor: int = Field(
+        1, ge=1,
+        description="Replication factor of the topics the platform creates; 1 for the single-node embedded "
+        "broker, 3 on a real cluster.",
+    )
+    topic_retention_ms: int = Field(
+        7 * 86_400_000, ge=-1,
+        description="retention.ms of the topics the platform creates (events, speed-updates): how long Kafka "
+        "keeps records (default 7 days; -1 = forever). The speed job must read events within it.",
+    )
 
     pseudonym_key: SecretStr = Field(
         SecretStr("lambdarec-dev-key-change-me"),
@@ -78,7 +101,26 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_driver_memory: str = Field("2g", description="Driver memory for spark-submit jobs.")
 
-    speed_trigger_ms: int = Field(250, ge=0, description="Speed job micro-batch trigger interval.")
+    speed_spark_master: str = Field(
+        "local[4]",
+        description="Spark master of the speed job. Its real-time query holds one task slot per events "
+        "partition for as long as it runs, so local mode needs events partitions + 2 slots (threads, "
+        "not cores: the real-time tasks mostly wait on Kafka).",
+    )
+    speed_realtime: bool = Field(
+        True,
+        description="Run the real-time query (Spark real-time mode: Kafka events -> validate -> Kafka "
+        "speed-updates) that carries fresh events to serving in milliseconds, beside the micro-batch "
+        "query that lands them in Delta exactly once.",
+    )
+    speed_realtime_batch: str = Field(
+        "5 minutes",
+        description="Length of one real-time-mode batch: how often the real-time query checkpoints its "
+        "offsets (what a restart re-sends at most; serving drops repeated event ids).",
+    )
+    speed_trigger_ms: int = Field(
+        1000, ge=0, description="Micro-batch interval of the events query (Delta events, dead letters)."
+    )
     speed_max_offsets_per_trigger: int = Field(
         20_000, ge=1, description="Most Kafka records one micro-batch admits."
     )

@@ -1,4 +1,4 @@
-"""The embedded broker and the Kafka helpers, against a real Tansu over a socket."""
+"""The embedded broker (a single-node Kafka) and the Kafka helpers, over a socket."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import sys
 import time
 
 import pytest
-from kafka import TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from lambdarec import kafka_io
 from lambdarec.broker import BrokerError, EmbeddedBroker, PortInUseError
-from tests.plugins.broker import free_port
+from tests.plugins.broker import broker_ports, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -86,18 +87,17 @@ def test_send_all_reports_an_undeliverable_record(broker_settings):
         producer.close()
 
 
-def test_end_offsets_alone_miss_tansus_newest_batch_but_partition_end_offsets_do_not(broker_settings):
+def test_end_offsets_count_every_record_of_every_batch(broker_settings):
     produce_batches(broker_settings, "events", 0, batches=3, size=10)
     consumer = kafka_io.make_consumer(broker_settings.bootstrap_servers)
     tps = [TopicPartition("events", 0), TopicPartition("events", 1)]
     try:
         listed = consumer.end_offsets(tps)
-        true_end = kafka_io.partition_end_offsets(consumer, tps)
+        compat = kafka_io.partition_end_offsets(consumer, tps)
+        assert set(consumer.assignment()) == set(tps)  # callers seek right after
     finally:
         consumer.close()
-    # Tansu 0.6.0: ListOffsets(latest) is the last batch's base offset + 1 (20 + 1), not 30.
-    assert listed[tps[0]] == 21
-    assert true_end == {tps[0]: 30, tps[1]: 0}
+    assert listed == compat == {tps[0]: 30, tps[1]: 0}
 
 
 def test_partition_end_offsets_follow_new_data_on_a_reused_consumer(broker_settings):
@@ -111,6 +111,89 @@ def test_partition_end_offsets_follow_new_data_on_a_reused_consumer(broker_setti
     finally:
         consumer.close()
     assert (first, second) == (4, 10)
+
+
+def topic_config(settings, topic: str, key: str) -> dict:
+    """One config entry of a topic as the broker describes it: value, config_source, ..."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        response = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})])
+    finally:
+        admin.close()
+    return response["topic"][topic][key]
+
+
+def test_topics_get_partitions_replication_and_retention_from_settings(broker_settings):
+    settings = broker_settings.model_copy(update={"topic_retention_ms": 3_600_000, "topic_partitions": 3})
+    assert kafka_io.ensure_topics(settings, ["retained"]) == ["retained"]
+    assert topic_config(settings, "retained", "retention.ms")["value"] == "3600000"
+    events_retention = topic_config(settings, "events", "retention.ms")
+    assert (events_retention["value"], events_retention["config_source"]) == (
+        str(7 * 86_400_000), "DYNAMIC_TOPIC_CONFIG")  # set on the topic, not the broker's default
+    consumer = kafka_io.make_consumer(settings.bootstrap_servers)
+    try:
+        assert consumer.partitions_for_topic("retained") == {0, 1, 2}
+    finally:
+        consumer.close()
+    with pytest.raises(Exception, match="(?i)replication"):  # one node cannot hold two replicas
+        kafka_io.ensure_topics(settings.model_copy(update={"topic_replication_factor": 2}), ["twice"])
+
+
+def test_embedded_broker_refuses_a_replication_factor_above_one(settings):
+    with pytest.raises(BrokerError, match="single node"):
+        EmbeddedBroker(settings.model_copy(update={"topic_replication_factor": 3}))
+
+
+def test_listeners_are_loopback_only_and_storage_is_formatted_once(embedded_broker):
+    config = embedded_broker.config_path.read_text()
+    assert "process.roles=broker,controller" in config
+    assert f"listeners=PLAINTEXT://127.0.0.1:{embedded_broker.port},CONTROLLER://127.0.0.1:{embedded_broker.controller_port}" in config
+    cluster_id = embedded_broker.cluster_id()
+    meta = (embedded_broker.data_dir / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}" in meta
+    embedded_broker.stop()
+    with EmbeddedBroker(embedded_broker.settings) as again:
+        assert again.cluster_id() == cluster_id
+        assert (again.data_dir / "meta.properties").read_text() == meta
+    assert embedded_broker.log_path.read_text().count("Formatting metadata directory") == 1
+
+
+def consume_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning up to its end now."""
+    consumer = kafka_io.make_consumer(bootstrap)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        consumer.seek_to_beginning()
+        records, deadline = [], time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end within {timeout_s}s"
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_restart_keeps_every_acknowledged_record(embedded_broker, how):
+    settings = embedded_broker.settings
+    produce_batches(settings, "events", 0, batches=4, size=25)
+    produce_batches(settings, "events", 1, batches=1, size=10)
+    pid = embedded_broker.pid
+    if how == "sigkill":
+        os.kill(pid, signal.SIGKILL)
+        embedded_broker._process.wait(timeout=10)
+        assert not embedded_broker.running()
+    embedded_broker.stop()
+    with EmbeddedBroker(settings) as again:
+        assert again.pid != pid
+        records = consume_all(again.bootstrap_servers, "events")
+        produce_batches(settings, "events", 0, batches=1, size=5)  # and it takes new ones after them
+        assert len(consume_all(again.bootstrap_servers, "events")) == 115
+    values = sorted(r.value.decode() for r in records)
+    assert values == sorted([f"{b}-{i}" for b in range(4) for i in range(25)] + [f"0-{i}" for i in range(10)])
 
 
 def test_wait_for_broker_gives_up_with_the_address_when_nothing_listens():
@@ -127,11 +210,21 @@ def test_broker_refuses_when_a_cluster_is_configured(settings):
 def test_broker_refuses_a_port_that_is_taken(embedded_broker):
     with pytest.raises(PortInUseError, match=str(embedded_broker.port)):
         EmbeddedBroker(embedded_broker.settings).start()
+    other_root = embedded_broker.settings.model_copy(update={
+        "root": embedded_broker.settings.root / "other", "embedded_broker_port": free_port(),
+    })
+    with pytest.raises(PortInUseError, match=f"{embedded_broker.controller_port}.*CONTROLLER_PORT"):
+        EmbeddedBroker(other_root).start()
     assert embedded_broker.running()
 
 
+def test_broker_refuses_one_port_for_both_listeners(settings):
+    with pytest.raises(BrokerError, match="two ports"):
+        EmbeddedBroker(settings.model_copy(update={"embedded_broker_port": 20000, "embedded_controller_port": 20000}))
+
+
 def test_stop_ends_the_process_and_frees_the_port(settings):
-    broker = EmbeddedBroker(settings.model_copy(update={"embedded_broker_port": free_port()})).start()
+    broker = EmbeddedBroker(settings.model_copy(update=broker_ports())).start()
     pid = broker.pid
     broker.stop()
     assert not broker.running()
@@ -142,10 +235,12 @@ def test_stop_ends_the_process_and_frees_the_port(settings):
 
 
 def test_cli_runs_the_broker_until_sigint_and_exits_zero(tmp_path):
-    port = free_port()
+    ports = broker_ports()
+    port = ports["embedded_broker_port"]
     env = {**os.environ, "LAMBDAREC_ROOT": str(tmp_path), "LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS": ""}
     process = subprocess.Popen(
-        [sys.executable, "-m", "lambdarec.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "lambdarec.cli", "broker", "--port", str(port),
+         "--controller-port", str(ports["embedded_controller_port"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
     )
     try:
@@ -153,6 +248,8 @@ def test_cli_runs_the_broker_until_sigint_and_exits_zero(tmp_path):
         assert ready, "the broker printed nothing within 60 s"
         line = json.loads(process.stdout.readline())
         assert line["event"] == "broker_ready" and line["bootstrap_servers"] == f"127.0.0.1:{port}"
+        assert line["controller_port"] == ports["embedded_controller_port"]
+        jvm = line["pid"]
         consumer = kafka_io.make_consumer(line["bootstrap_servers"])
         try:
             assert {"events", "speed-updates"} <= consumer.topics()
@@ -161,6 +258,8 @@ def test_cli_runs_the_broker_until_sigint_and_exits_zero(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         assert json.loads(process.stdout.readline())["event"] == "broker_stopped"
+        with pytest.raises(ProcessLookupError):
+            os.kill(jvm, 0)  # the JVM was stopped and reaped, not left behind
     finally:
         if process.poll() is None:
             process.kill()
