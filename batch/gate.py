@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -23,6 +23,9 @@ from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, USER_FACTORS
 from serving.model_build import ModelLoadError, publish_bundle
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("lambdarec.batch.gate")
 DECIDED = (registry.PUBLISHED, registry.REJECTED)
@@ -66,8 +69,10 @@ def nan_vectors(lake: Lake, model_version: int) -> int:
     return bad
 
 
-def run(lake: Lake, settings: Settings, model_version: int) -> dict[str, Any]:
-    """Publish or reject the candidate ``model_version``; a decided model is returned as is."""
+def run(lake: Lake, settings: Settings, model_version: int, spark: "SparkSession | None" = None) -> dict[str, Any]:
+    """Publish or reject the candidate ``model_version``; a decided model is returned as is.
+
+    Inside a Spark job (``spark`` given) the decision is appended through delta-spark."""
     current = registry.current_statuses(lake).get(model_version)
     if current is None:
         raise LookupError(f"model version {model_version} is not in the registry")
@@ -83,7 +88,7 @@ def run(lake: Lake, settings: Settings, model_version: int) -> dict[str, Any]:
     fields["metrics"] = metrics
     if status == registry.PUBLISHED:
         status, reason = _with_serving_folder(settings, {**current, "params": json.loads(current["params"] or "{}")}, reason)
-    registry.record_status(lake, model_version, status, reason, app_id=f"gate-{status}", **fields)
+    registry.record_status(lake, model_version, status, reason, app_id=f"gate-{status}", spark=spark, **fields)
     log.info(json.dumps({"event": "gate_decided", "model_version": model_version, "status": status, "reason": reason}))
     return _summary(registry.current_statuses(lake)[model_version])
 

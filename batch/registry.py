@@ -2,19 +2,24 @@
 
 Each status change is a new row; a model's current status is its newest row.
 Nothing is updated in place, so the history of what was served when survives,
-and a publish is one atomic append. Serving imports this module: no Spark here.
+and a publish is one atomic append (serving tails the table's log expecting append
+commits only). Spark jobs pass their session and append through delta-spark; other
+callers append through delta-rs. Serving imports this module: no Spark imported here.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from lambdarec.lake import Lake
 from schemas.tables import MODELS
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 TRAINING = "training"
 CANDIDATE = "candidate"
@@ -82,6 +87,7 @@ def record_status(
     reason: str,
     *,
     app_id: str | None = None,
+    spark: "SparkSession | None" = None,
     **fields: Any,
 ) -> bool:
     """Append one status row; False if ``app_id`` already recorded this version.
@@ -89,6 +95,7 @@ def record_status(
     ``fields`` fill the other registry columns (``metrics``/``params`` may be dicts;
     they are stored as JSON). With ``app_id`` the append is keyed by the Delta app
     transaction ``(app_id, version)``, so a re-run job records each status once.
+    With ``spark`` (a Spark job's session) the row is appended through delta-spark.
     """
     unknown = set(fields) - set(MODELS.columns)
     if unknown:
@@ -106,4 +113,7 @@ def record_status(
     )
     table = pa.Table.from_pylist([row], schema=MODELS.schema)
     txn_version = version if app_id else None
-    return lake.append_arrow(MODELS, table, app_id=app_id, txn_version=txn_version) is not None
+    if spark is None:
+        return lake.append_arrow(MODELS, table, app_id=app_id, txn_version=txn_version) is not None
+    frame = spark.createDataFrame(table).coalesce(1)  # one data file per row: serving reads each file
+    return lake.append_spark(MODELS, frame, app_id=app_id, txn_version=txn_version) is not None

@@ -4,7 +4,10 @@
 (``spark-submit batch/train.py [--events-version N] [--run-key K] [--engine implicit]``);
 ``command`` is ``lambdarec train``, which launches the same job through spark-submit.
 
-Every write is keyed by the Delta app transaction ``(train-<table>, model_version)``.
+Every write goes through delta-spark (factor tables and interactions as appends,
+the id mappings as an insert-only MERGE, registry rows as appends) and is keyed by
+the Delta app transaction ``(train-<table>, model_version)``. The snapshot is the
+pinned ``events`` version, read by time travel (``versionAsOf``).
 The registry gets a ``training`` row before any factor is written, so a job
 killed midway is resumed by the next run under the same model version and the
 same events version, and writes nothing twice. A scheduler passes its data
@@ -114,8 +117,10 @@ def claim(
     events_version: int | None = None,
     model_version: int | None = None,
     run_key: str | None = None,
+    spark: "SparkSession | None" = None,
 ) -> tuple[int, int, dict[str, Any]]:
-    """Pin (model_version, events_version) and record the ``training`` row; no Spark needed."""
+    """Pin (model_version, events_version) and record the ``training`` row; no Spark needed
+    (a Spark job passes its session and the row goes through delta-spark)."""
     model_version, events_version = plan(lake, events_version, model_version, run_key)
     base = {
         "source_events_version": events_version,
@@ -123,7 +128,7 @@ def claim(
         "params": recorded_params(settings, run_key),
     }
     registry.record_status(
-        lake, model_version, registry.TRAINING, "training started", app_id=app_id("models-training"), **base
+        lake, model_version, registry.TRAINING, "training started", app_id=app_id("models-training"), spark=spark, **base
     )
     return model_version, events_version, base
 
@@ -138,7 +143,7 @@ def run(
 ) -> dict[str, Any]:
     """Train and evaluate one model, record it as a candidate, then (``publish``) gate it."""
     lake = Lake(settings)
-    model_version, events_version, base = claim(lake, settings, events_version, model_version, run_key)
+    model_version, events_version, base = claim(lake, settings, events_version, model_version, run_key, spark)
     status = registry.current_statuses(lake)[model_version]
     if status["status"] not in (registry.TRAINING, registry.FAILED):
         _log("train_skipped", model_version=model_version, status=status["status"])
@@ -146,7 +151,7 @@ def run(
                    "status_reason": status["status_reason"], "source_events_version": events_version,
                    "metrics": json.loads(status["metrics"] or "{}"), "written": {}}
         if publish and status["status"] == registry.CANDIDATE:
-            summary.update(gate.run(lake, settings, model_version))
+            summary.update(gate.run(lake, settings, model_version, spark))
         return summary
     _log("train_started", model_version=model_version, events_version=events_version)
     try:
@@ -155,6 +160,7 @@ def run(
         owned = registry.current_statuses(lake).get(model_version, {}).get("status") == registry.TRAINING
         if not owned:  # a failed redo must not unpublish a finished model
             raise
+        # Through delta-rs: the failure may have been the Spark session's own.
         registry.record_status(
             lake,
             model_version,
@@ -165,7 +171,7 @@ def run(
         )
         raise
     if publish:
-        summary.update(gate.run(lake, settings, model_version))
+        summary.update(gate.run(lake, settings, model_version, spark))
     _log("train_finished", model_version=model_version, status=summary["status"], reason=summary["status_reason"])
     return summary
 
@@ -206,8 +212,8 @@ class Prepared:
     def from_split(cls, spark, lake: Lake, train_events, test_events, events, rate, model_version: int) -> "Prepared":
         train_ratings = rate(train_events).cache()
         ids = train_ratings.select("user_id", "item_id").toArrow()
-        users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version)
-        items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version)
+        users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version, spark)
+        items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version, spark)
         train = with_indices(train_ratings, spark.createDataFrame(users), spark.createDataFrame(items))
         train = train.select("user_index", "item_index", "rating").cache()
         return cls(train_events, train_ratings, rate(test_events), rate(events), users, items, train, rate)
@@ -231,7 +237,7 @@ def _train(
     events_version: int,
     base: dict[str, Any],
 ) -> dict[str, Any]:
-    events = lake.read_spark(spark, EVENTS, events_version)
+    events = lake.read_spark(spark, EVENTS, events_version)  # time travel to the pinned version
     data = Prepared.from_events(spark, lake, events, settings, model_version)
     try:
         counts = {
@@ -251,13 +257,15 @@ def _train(
         factors = chosen.fit(spark, data.train, params, checkpoints)
         metrics = {**_evaluate(factors, data, settings), **_coverage(factors, data)}
         _log("train_evaluated", model_version=model_version, **metrics)
+        user_rows = _factor_rows(USER_FACTORS, model_version, factors.user_index, factors.users, data.users)
+        item_rows = _factor_rows(ITEM_FACTORS, model_version, factors.item_index, factors.items, data.items)
         written = {
-            USER_FACTORS.name: lake.append_arrow(
-                USER_FACTORS, _factor_rows(USER_FACTORS, model_version, factors.user_index, factors.users, data.users),
+            USER_FACTORS.name: lake.append_spark(
+                USER_FACTORS, spark.createDataFrame(user_rows),
                 app_id=app_id(USER_FACTORS.name), txn_version=model_version,
             ),
-            ITEM_FACTORS.name: lake.append_arrow(
-                ITEM_FACTORS, _factor_rows(ITEM_FACTORS, model_version, factors.item_index, factors.items, data.items),
+            ITEM_FACTORS.name: lake.append_spark(
+                ITEM_FACTORS, spark.createDataFrame(item_rows),
                 app_id=app_id(ITEM_FACTORS.name), txn_version=model_version,
             ),
             MODEL_INTERACTIONS.name: lake.append_spark(
@@ -271,7 +279,7 @@ def _train(
     fields = {**base, **counts, "metrics": metrics}
     registry.record_status(
         lake, model_version, registry.CANDIDATE, "trained and evaluated",
-        app_id=app_id("models-candidate"), **fields,
+        app_id=app_id("models-candidate"), spark=spark, **fields,
     )
     return {
         "model_version": model_version,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -177,6 +179,47 @@ class Lake:
         writer.save(spark_path(self.uri(spec)))
         return self._write_version(spec, write_id)
 
+    def insert_new_spark(
+        self,
+        spec: TableSpec,
+        df: "DataFrame",
+        app_id: str | None = None,
+        txn_version: int | None = None,
+    ) -> int | None:
+        """Insert the rows of ``df`` whose keys (``spec.keys``) the table lacks: a Delta MERGE with
+        only ``whenNotMatchedInsertAll``, keyed by the app transaction like ``append_spark``.
+        Returns the version the MERGE created; None if the transaction is already in."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        if app_id is not None and self.committed(spec, app_id, txn_version):
+            return None
+        self.ensure(spec)
+        spark = df.sparkSession
+        on = " AND ".join(f"t.`{key}` <=> s.`{key}`" for key in spec.keys)
+        with delta_transaction(spark, app_id, txn_version) as write_id:
+            target = SparkDeltaTable.forPath(spark, spark_path(self.uri(spec))).alias("t")
+            target.merge(conform(df, spec).alias("s"), on).whenNotMatchedInsertAll().execute()
+        return self._write_version(spec, write_id)
+
+    def delete_spark(
+        self,
+        spark: "SparkSession",
+        spec: TableSpec,
+        condition: str,
+        app_id: str | None = None,
+        txn_version: int | None = None,
+    ) -> int | None:
+        """Delete the rows matching the SQL ``condition`` through delta-spark (files rewritten:
+        deletion vectors are off). Returns the version created; None if nothing matched, the
+        table is missing or the transaction is already in."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        if not self.exists(spec) or (app_id is not None and self.committed(spec, app_id, txn_version)):
+            return None
+        with delta_transaction(spark, app_id, txn_version) as write_id:
+            SparkDeltaTable.forPath(spark, spark_path(self.uri(spec))).delete(condition)
+        return self._write_version(spec, write_id)
+
     def _write_version(self, spec: TableSpec, write_id: str, search: int = 50) -> int | None:
         """The version whose commit carries ``write_id``; None if Delta skipped the write
         (its transaction was recorded by another writer after our check)."""
@@ -243,6 +286,37 @@ def _commit_properties(app_id: str | None, txn_version: int | None) -> CommitPro
         app_transactions=[Transaction(app_id, txn_version)],
         custom_metadata={TXN_METADATA_KEY: f"{app_id}:{txn_version}"},
     )
+
+
+@contextmanager
+def delta_transaction(spark: "SparkSession", app_id: str | None, txn_version: int | None) -> Iterator[str]:
+    """Session settings that key the delta-spark DML (MERGE, DELETE) run inside: the app
+    transaction (``spark.databricks.delta.write.txnAppId``/``txnVersion``) and the commit's
+    ``userMetadata``. Yields the write id the commit carries. One DML at a time per session."""
+    _commit_properties(app_id, txn_version)  # both or neither
+    write_id = uuid.uuid4().hex
+    settings = {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(_user_metadata(app_id, txn_version, write_id))}
+    if app_id is not None:
+        settings["spark.databricks.delta.write.txnAppId"] = app_id
+        settings["spark.databricks.delta.write.txnVersion"] = str(txn_version)
+    with session_conf(spark, settings):
+        yield write_id
+
+
+@contextmanager
+def session_conf(spark: "SparkSession", settings: dict[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the block only, restoring what was there before."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _user_metadata(app_id: str | None, txn_version: int | None, write_id: str) -> dict[str, str]:
