@@ -155,6 +155,8 @@ class EmbeddedBroker:
         """SIGTERM, then SIGKILL after ``stop_timeout_s``; safe to call twice."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
+            if self._archive is not None:
+                self._archive.discard()  # a JVM that died on its own may have left half an archive
             return
         process.terminate()
         try:
