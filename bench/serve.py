@@ -265,7 +265,7 @@ def main() -> int:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
-    settings = Settings(root=root, embedded_broker_port=free_port())
+    settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port())
     lake = Lake(settings)
     cpus = {os.cpu_count() - 1} if args.pin_loadgen and os.cpu_count() > 1 else None
     figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count(),

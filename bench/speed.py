@@ -1,20 +1,24 @@
 """Speed-layer benchmark: steady event rates through the real broker, speed job and serving.
 
-Starts the embedded broker, ``spark-submit speed/job.py`` and ``lambdarec serve``
-as real processes in a temporary root, then for each offered rate:
+Starts the embedded broker (Apache Kafka), ``spark-submit speed/job.py`` and
+``lambdarec serve`` as real processes in a temporary root, then for each offered rate:
 
 - produces events to ``events`` at that rate for ``--seconds`` (the API's path
   minus HTTP, so the offered load is not capped by one uvicorn worker);
-- follows ``speed-updates`` as serving does and times each event from produce
-  to its ``user_interactions`` row (``speed_view_latency_ms``);
-- meanwhile a probe user POSTs an event to serving every ``--probe-every-s`` and
-  times until that user's recommendation response counts it
-  (``e2e_freshness_ms``).
+- follows ``speed-updates`` as serving does and times each event from produce to
+  its first ``interaction`` message (``speed_view_latency_ms``: the real-time
+  query) and to its versioned one (``delta_latency_ms``: landed in Delta by the
+  events query);
+- meanwhile probe users POST an event to serving and time until that user's
+  recommendations change (``e2e_freshness_ms``), one after another, at least
+  ``--min-probes`` per rate;
+- samples the CPU time of every process (broker, speed job JVM and its Python
+  workers, serving, this load generator) over the rate's window.
 
 Prints one JSON object: per-rate figures, the driver's peak memory, and the
 highest rate whose e2e p95 stayed under 1 s.
 
-    .venv/bin/python bench/speed.py --rates 1000,2500,5000 --seconds 20
+    .venv/bin/python bench/speed.py --rates 1000,3000,5000,8000 --seconds 20
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offse
 from lambdarec.lake import Lake
 from lambdarec.processes import lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
-from lambdarec.submit import spark_submit_command, spark_submit_env
+from lambdarec.submit import spark_submit_env, speed_job_command
 from schemas.tables import SPEED_PROGRESS
-from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
+from schemas.topics import SPEED_UPDATE_KIND_INTERACTION
 
 TYPES = ("view", "click", "add_to_cart", "purchase")
 
@@ -61,11 +65,12 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 class UpdatesFollower(threading.Thread):
-    """Follows speed-updates from its current end; records when each event_id first shows up."""
+    """Follows speed-updates from its current end; records when each event_id first shows up,
+    unversioned (real-time query) and versioned (landed in Delta by the events query)."""
 
     def __init__(self, settings: Settings):
         super().__init__(daemon=True)
-        self.settings, self.seen, self.stop = settings, {}, threading.Event()
+        self.settings, self.seen, self.landed, self.stop = settings, {}, {}, threading.Event()
         self.consumer = make_consumer(settings.bootstrap_servers, fetch_max_wait_ms=5)
         topic = settings.topic_speed_updates
         tps = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
@@ -79,9 +84,10 @@ class UpdatesFollower(threading.Thread):
                 now = time.monotonic()
                 for record in records:
                     update = json.loads(record.value)
-                    if update.get("kind") == SPEED_UPDATE_KIND_USER_INTERACTIONS:
-                        for row in update["rows"]:
-                            self.seen.setdefault(row["event_id"], now)
+                    if update.get("kind") == SPEED_UPDATE_KIND_INTERACTION:
+                        self.seen.setdefault(update["event_id"], now)
+                        if "events_version" in update:
+                            self.landed.setdefault(update["event_id"], now)
 
 
 def event(user: str, item: str) -> dict:
@@ -108,21 +114,52 @@ def offer(settings: Settings, rate: int, seconds: float, sent: dict[str, float])
     return count
 
 
-def probe(api: str, stop: threading.Event, every_s: float, out: list[float]) -> None:
-    """POST one event for a probe user, then poll until its recommendations count it."""
+def probe(api: str, stop: threading.Event, out: list[float]) -> None:
+    """POST one event for a fresh probe user, then poll until its recommendations count it; repeat."""
     with httpx.Client(base_url=api, timeout=10) as client:
         while not stop.is_set():
             user = f"probe-{uuid.uuid4().hex[:8]}"
-            before = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+            before = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
             started = time.monotonic()
-            client.post("/events", json=event(user, "item-1")).raise_for_status()
+            client.post("/v1/events", json=event(user, "item-1")).raise_for_status()
             while time.monotonic() - started < 30:
-                after = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
+                after = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
                 if after.get("fresh_interactions", 0) > before.get("fresh_interactions", 0):
                     out.append((time.monotonic() - started) * 1000)
                     break
-                stop.wait(0.01)  # poll interval, so probing does not starve the job of CPU
-            stop.wait(every_s)
+                stop.wait(0.005)  # poll interval, so probing does not starve the job of CPU
+            stop.wait(0.05)
+
+
+class CpuSampler:
+    """CPU seconds per process group between ``start`` and ``stop``, as cores used."""
+
+    def __init__(self, groups: dict[str, int]):
+        self.groups = groups  # name -> root pid (its children count with it)
+
+    def _times(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.groups.items():
+            total = 0.0
+            try:
+                root = psutil.Process(pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    try:
+                        times = proc.cpu_times()
+                        total += times.user + times.system
+                    except psutil.NoSuchProcess:
+                        continue
+            except psutil.NoSuchProcess:
+                pass
+            out[name] = total
+        return out
+
+    def start(self) -> None:
+        self._started, self._first = time.monotonic(), self._times()
+
+    def stop(self) -> dict[str, float]:
+        elapsed, last = time.monotonic() - self._started, self._times()
+        return {name: round((last[name] - self._first[name]) / elapsed, 2) for name in last}
 
 
 def driver_peak_mb(job) -> float:
@@ -139,60 +176,79 @@ def driver_peak_mb(job) -> float:
     return round(total / 1024, 1)
 
 
-def measure(settings: Settings, api: str, rate: int, seconds: float, probe_every_s: float) -> dict:
+def measure(settings: Settings, api: str, rate: int, seconds: float, min_probes: int, cpu: CpuSampler) -> dict:
     follower = UpdatesFollower(settings)
     follower.start()
     sent: dict[str, float] = {}
     freshness: list[float] = []
     stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(api, stop, probe_every_s, freshness), daemon=True)
+    prober = threading.Thread(target=probe, args=(api, stop, freshness), daemon=True)
+    wall_started = dt.datetime.now(dt.timezone.utc)
+    cpu.start()
     prober.start()
     started = time.monotonic()
     count = offer(settings, rate, seconds, sent)
     offered_s = time.monotonic() - started
     wait_for(lambda: len(follower.seen.keys() & sent.keys()) >= count, 120, "every event on speed-updates",
              interval_s=0.1)
+    cores = cpu.stop()
+    wait_for(lambda: len(freshness) >= min_probes, 120, f"{min_probes} freshness probes", interval_s=0.1)
     stop.set()
     prober.join(30)
+    wait_for(lambda: len(follower.landed.keys() & sent.keys()) >= count, 300, "every event landed in Delta",
+             interval_s=0.2)
     follower.stop.set()
     follower.join(5)
     last = max(follower.seen[e] for e in sent)
-    latency = [(follower.seen[e] - t) * 1000 for e, t in sent.items()]
+    landed_last = max(follower.landed[e] for e in sent)
     return {
         "offered_rate": round(count / offered_s, 1),
         "sustained_rate": round(count / (last - started), 1),
-        "speed_view_latency_ms": percentiles(latency),
+        "landed_rate": round(count / (landed_last - started), 1),
+        "speed_view_latency_ms": percentiles([(follower.seen[e] - t) * 1000 for e, t in sent.items()]),
+        "delta_latency_ms": percentiles([(follower.landed[e] - t) * 1000 for e, t in sent.items()]),
         "e2e_freshness_ms": percentiles(freshness),
+        "max_source_lag": max_lag_since(settings, wall_started),
+        "cpu_cores": cores,
     }
+
+
+def max_lag_since(settings: Settings, since: dt.datetime) -> int | None:
+    """The largest source lag the events query recorded since ``since``."""
+    progress = Lake(settings).read_arrow(SPEED_PROGRESS).to_pylist()
+    lags = [row["source_lag"] for row in progress if row["source_lag"] is not None and row["recorded_at"] >= since]
+    return max(lags, default=None)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", default="1000,2500,5000", help="Offered rates (events/s), comma-separated.")
+    parser.add_argument("--rates", default="1000,3000,5000,8000", help="Offered rates (events/s), comma-separated.")
     parser.add_argument("--seconds", type=float, default=20.0, help="How long each rate is offered.")
-    parser.add_argument("--probe-every-s", type=float, default=0.25, help="Pause between freshness probes.")
+    parser.add_argument("--min-probes", type=int, default=20, help="Fewest freshness probes per rate.")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-speed-"))
-    settings = Settings(root=root, embedded_broker_port=free_port(), serve_port=free_port())
+    settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
+                        serve_port=free_port())
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
-    with EmbeddedBroker(settings):
-        job = start_child("speed", spark_submit_command(settings, "speed/job.py"), root / "logs", env)
+    with EmbeddedBroker(settings) as broker:
+        job = start_child("speed", speed_job_command(settings), root / "logs", env)
         serving = start_child("serving", lambdarec_command("serve"), root / "logs", env)
+        cpu = CpuSampler({"broker": broker.pid, "speed_job": job.process.pid, "serving": serving.process.pid,
+                          "load_generator": psutil.Process().pid})
         try:
             wait_for(lambda: job.check_alive() or '"event": "started"' in job.log_path.read_text(), 300,
                      "the speed job")
             wait_for(lambda: serving.check_alive() or httpx.get(f"{api}/health", timeout=1).status_code == 200,
                      120, "serving")
-            measure(settings, api, 200, 5, args.probe_every_s)  # warm-up: JIT, Python workers, first commits
+            measure(settings, api, 200, 5, 3, cpu)  # warm-up: JIT, Python workers, first commits
             runs = {}
             for rate in (int(r) for r in args.rates.split(",")):
-                runs[str(rate)] = measure(settings, api, rate, args.seconds, args.probe_every_s)
-            lags = [r for r in Lake(settings).read_arrow(SPEED_PROGRESS).column("source_lag").to_pylist() if r is not None]
-            under = [int(r) for r, f in runs.items() if (f["e2e_freshness_ms"]["p95"] or 1e9) < 1000]
+                runs[str(rate)] = measure(settings, api, rate, args.seconds, args.min_probes, cpu)
+            under = [int(r) for r, f in runs.items()
+                     if (f["e2e_freshness_ms"]["p95"] or 1e9) <= 1000 and f["sustained_rate"] >= 0.98 * int(r)]
             print(json.dumps({
                 "runs": runs,
-                "max_source_lag": max(lags, default=None),
                 "driver_peak_memory_mb": driver_peak_mb(job),
                 "max_rate_with_e2e_p95_under_1s": max(under, default=None),
                 "seconds_per_rate": args.seconds,

@@ -15,8 +15,8 @@ import sys
 from lambdarec.settings import Settings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark Kafka connector, Delta) with Maven."),
-    "broker": ("lambdarec.broker", "Run the embedded Kafka-compatible broker (Tansu) on loopback."),
+    "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark's Kafka connector, Delta) with Maven."),
+    "broker": ("lambdarec.broker", "Run the embedded single-node Apache Kafka broker (KRaft) on loopback."),
     "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
     "train": ("batch.train", "Train, evaluate and publish an ALS model from the lake."),

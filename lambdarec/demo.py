@@ -33,7 +33,7 @@ from lambdarec.generator import World, item_id
 from lambdarec.lake import Lake
 from lambdarec.processes import Child, StageError, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
-from lambdarec.submit import spark_submit_command, spark_submit_env
+from lambdarec.submit import spark_submit_command, spark_submit_env, speed_job_command
 from schemas.tables import DEAD_LETTER, EVENTS
 
 # Records injected straight into Kafka, bypassing the API, to show the dead-letter path.
@@ -87,7 +87,7 @@ class Demo:
         say(f"  broker at {self.settings.bootstrap_servers}")
 
     def start_speed(self) -> None:
-        child = self._start("speed", spark_submit_command(self.settings, "speed/job.py"))
+        child = self._start("speed", speed_job_command(self.settings))
         wait_for(lambda: child.check_alive() or '"event": "started"' in child.log_path.read_text(),
                  self.remaining(180), "the speed job to start its query", interval_s=0.2)
 
@@ -312,6 +312,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "lake_uri": "",
             "checkpoint_dir": "",
             "embedded_broker_port": free_port(settings.embedded_broker_port),
+            "embedded_controller_port": free_port(settings.embedded_controller_port),
             "serve_port": free_port(settings.serve_port),
             "serve_model_poll_s": 2.0,
             "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     speed_dedupe_window: str = Field(
         "10 minutes", description="Watermark delay within which a repeated event_id is dropped."
     )
+    speed_view_replay_s: int = Field(
+        900, ge=0,
+        description="How far back serving replays speed-updates on start, after loading the Delta speed "
+        "tables: longer than the events query takes to land an event in Delta.",
+    )
     speed_recent_items: int = Field(
         50, ge=1, description="Recent interactions kept per user in the speed view."
     )

@@ -36,12 +36,14 @@ def job_script(relative: str) -> str:
     return str(PROJECT_ROOT / relative)
 
 
-def spark_submit_command(settings: Settings, script: str, args: list[str] | None = None) -> list[str]:
+def spark_submit_command(
+    settings: Settings, script: str, args: list[str] | None = None, master: str | None = None
+) -> list[str]:
     """A spark-submit command line for ``script`` (a path relative to the project root)."""
     return [
         spark_submit_executable(),
         "--master",
-        settings.spark_master,
+        master or settings.spark_master,
         "--driver-memory",
         settings.spark_driver_memory,
         "--conf",
@@ -77,3 +79,8 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
         # pydantic-settings reads complex fields (event weights) as JSON.
         env[f"LAMBDAREC_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return env
+
+
+def speed_job_command(settings: Settings, args: list[str] | None = None) -> list[str]:
+    """``spark-submit speed/job.py`` on the speed job's own master (its real-time query holds slots)."""
+    return spark_submit_command(settings, "speed/job.py", args, master=settings.speed_spark_master)

@@ -9,6 +9,12 @@ events stay ordered within a partition.
 Delta commits, each carrying ``kind``, ``query_id`` and ``batch_id`` so a replayed
 batch is recognised and ignored downstream:
 
+- ``interaction``: one accepted event, flat: ``{event_id, user_id, item_id,
+  event_type, weight, occurred_at, country, device}`` and, once the event is in
+  Delta, ``events_version`` (the ``events`` version holding it). Key: the user id.
+  The real-time query sends each event within milliseconds without a version
+  (at least once); the events query sends it again with its version after the
+  Delta commit. Serving keeps one copy per event id and takes the version.
 - ``user_interactions``: ``{"events_version", "rows": [{user_id, item_id,
   event_type, weight, occurred_at, event_id, country, device}, ...]}`` (rows of
   ``speed_user_interactions``, plus the event's country and device, which the
@@ -31,6 +37,7 @@ from __future__ import annotations
 from lambdarec.settings import Settings
 
 SPEED_UPDATE_KIND_USER_INTERACTIONS = "user_interactions"
+SPEED_UPDATE_KIND_INTERACTION = "interaction"
 SPEED_UPDATE_KIND_USER_FEATURES = "user_features"
 SPEED_UPDATE_KIND_ITEM_TRENDING = "item_trending"
 SPEED_UPDATE_KIND_PROGRESS = "progress"

@@ -114,7 +114,8 @@ def _fresh(
         position = catalogue.position(interaction.item_id)
         if position is None:
             continue
-        if interaction.events_version <= model.source_events_version and position in trained:
+        in_snapshot = interaction.events_version is not None and interaction.events_version <= model.source_events_version
+        if in_snapshot and position in trained:
             continue
         fresh[position] = fresh.get(position, 0.0) + interaction.weight
         count += 1

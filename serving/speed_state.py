@@ -10,7 +10,7 @@ Callers hold the view's lock.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 GLOBAL_SEGMENT = ("global", "*")
@@ -24,7 +24,7 @@ class Interaction:
     weight: float
     occurred_at: str
     event_id: str
-    events_version: int
+    events_version: int | None  # None: seen on the real-time path, not yet known to be in Delta
 
 
 class Interactions:
@@ -39,9 +39,13 @@ class Interactions:
         self.newest_occurred_at: str | None = None
 
     def add(self, user_id: str, interaction: Interaction) -> bool:
+        """Add an event once per event id; a repeat only fills in the Delta version a first copy lacked."""
         recent = self.users.setdefault(user_id, deque())
-        if any(seen.event_id == interaction.event_id for seen in recent):
-            return False
+        for index, seen in enumerate(recent):
+            if seen.event_id == interaction.event_id:
+                if seen.events_version is None and interaction.events_version is not None:
+                    recent[index] = replace(seen, events_version=interaction.events_version)
+                return False
         if len(recent) == self.recent_items:
             self._forget(user_id, recent.popleft())
         recent.append(interaction)

@@ -2,10 +2,12 @@
 
 On start the view bootstraps from the Delta speed tables (the speed job commits
 a batch there before it pushes it), then follows every partition of
-``speed-updates`` from the beginning with ``assign()`` (no consumer group: Tansu
-has none, and serving keeps its own position). A batch already loaded from a
-table, a replayed update (same kind, query, batch and key) and a repeated event
-id change nothing, so a restart under steady event flow loses and doubles nothing.
+``speed-updates`` with ``assign()`` from ``speed_view_replay_s`` before the
+bootstrap (no consumer group: each serving process keeps its own position and
+its own view). The replay covers what the real-time query sent that was not yet
+in Delta. A batch already loaded from a table, a replayed update (same kind,
+query, batch and key) and a repeated event id change nothing, so a restart under
+steady event flow loses and doubles nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 from lambdarec.kafka_io import make_consumer
 from lambdarec.settings import Settings
 from schemas.topics import (
+    SPEED_UPDATE_KIND_INTERACTION,
     SPEED_UPDATE_KIND_ITEM_TRENDING,
     SPEED_UPDATE_KIND_PROGRESS,
     SPEED_UPDATE_KIND_USER_FEATURES,
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
 RETRY_S = (0.5, 5.0)  # first and longest wait between reconnects; doubles while failing
 KINDS = (
+    SPEED_UPDATE_KIND_INTERACTION,
     SPEED_UPDATE_KIND_USER_INTERACTIONS,
     SPEED_UPDATE_KIND_USER_FEATURES,
     SPEED_UPDATE_KIND_ITEM_TRENDING,
@@ -78,6 +82,8 @@ class SpeedView:
         kind = update.get("kind")
         if kind not in KINDS:
             return 0
+        if kind == SPEED_UPDATE_KIND_INTERACTION:
+            return self._apply_interaction(update)
         try:
             query_id, batch_id = str(update["query_id"]), int(update["batch_id"])
             rows = [update["progress"]] if kind == SPEED_UPDATE_KIND_PROGRESS else list(update["rows"])
@@ -96,6 +102,25 @@ class SpeedView:
                 self.events_version, self.batch_id = events_version, batch_id
             self.last_update_at = time.time()
         return changed
+
+    def _apply_interaction(self, row: dict[str, Any]) -> int:
+        """One event from the real-time query (no version yet) or the events query (with its version).
+
+        The first copy of an event id counts; a later copy only adds the version
+        the event landed in, so a repeat from the at-least-once path changes nothing.
+        """
+        try:
+            version = row.get("events_version")
+            user, interaction = _interaction(row, None if version is None else int(version))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadUpdate(f"malformed interaction: {exc!r}") from exc
+        with self._lock:
+            changed = self._interactions.add(user, interaction)
+            if interaction.events_version is not None and (
+                    self.events_version is None or interaction.events_version > self.events_version):
+                self.events_version = interaction.events_version
+            self.last_update_at = time.time()
+        return int(changed)
 
     def load_batch(self, kind: str, query_id: str, batch_id: int, rows: list[dict[str, Any]]) -> int:
         """Apply one batch read from its Delta table; the same batch on the topic is then skipped."""
@@ -216,7 +241,6 @@ class SpeedView:
         while not self._stop.is_set():
             consumer = None
             try:
-                # earliest: a memory-only broker that restarted starts its offsets again at 0
                 consumer = make_consumer(
                     self.settings.bootstrap_servers,
                     client_id="lambdarec-serving-speed-view",
@@ -245,12 +269,24 @@ class SpeedView:
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         with self._lock:
+            new = [tp for tp in assigned if tp.partition not in self._offsets]
+        starts = self._replay_starts(consumer, new)
+        with self._lock:
             for tp in assigned:
-                self._offsets.setdefault(tp.partition, 0)
+                self._offsets.setdefault(tp.partition, starts.get(tp.partition, 0))
                 consumer.seek(tp, self._offsets[tp.partition])
         self.following = True
         log.info("speed view following", extra={"topic": topic, "partitions": sorted(partitions)})
         return True
+
+    def _replay_starts(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[int, int]:
+        """First offsets at most ``speed_view_replay_s`` before now (a partition's end if none is that new)."""
+        if not partitions:
+            return {}
+        since_ms = int((time.time() - self.settings.speed_view_replay_s) * 1000)
+        found = consumer.offsets_for_times({tp: since_ms for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        return {tp.partition: (found[tp].offset if found.get(tp) else ends[tp]) for tp in partitions}
 
     def _poll_until_stopped(self, consumer: KafkaConsumer) -> None:
         while not self._stop.is_set():
@@ -288,12 +324,15 @@ def _checked(row: dict[str, Any], *required: str) -> dict[str, Any]:
 
 def _interaction(row: dict[str, Any], events_version: int | None) -> tuple[str, Interaction]:
     version = row.get("events_version", events_version)
+    weight = float(row["weight"])
+    if weight != weight:  # NaN
+        raise ValueError("weight is NaN")
     return str(row["user_id"]), Interaction(
         item_id=str(row["item_id"]),
         event_type=str(row["event_type"]),
-        weight=float(row["weight"]),
+        weight=weight,
         occurred_at=str(row["occurred_at"]),
         event_id=str(row["event_id"]),
-        events_version=int(version),
+        events_version=None if version is None else int(version),
     )
 

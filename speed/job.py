@@ -1,20 +1,23 @@
-"""The speed layer's streaming job: Kafka ``events`` → Delta tables → ``speed-updates``.
+"""The speed layer's streaming job: Kafka ``events`` → Delta tables and ``speed-updates``.
 
 Run it as a user would: ``spark-submit speed/job.py`` (or ``lambdarec speed``).
-It runs two Structured Streaming queries in one driver, both checkpointed:
+It runs three Structured Streaming queries in one driver, each checkpointed:
 
-- the events query (fast trigger) reads ``events`` through the ``lambdarec_kafka``
-  source, validates, drops no-consent events, deduplicates by event_id and
-  commits ``events``, ``dead_letter`` and ``speed_user_interactions``, then
-  pushes the interactions serving folds in (``speed.sinks.EventsSink``);
-- the features query (slower trigger) follows those pushes on ``speed-updates``
-  and keeps per-user and per-item state in the RocksDB state store
-  (``speed.stateful``), committing ``speed_user_features`` and
-  ``speed_item_trending`` (``speed.sinks.FeaturesSink``).
+- the real-time query (``trigger(realTime=...)``, Spark's real-time mode) reads
+  ``events`` with Spark's Kafka source, validates with built-in functions, drops
+  no-consent events and writes each accepted event to ``speed-updates`` through
+  the Kafka sink within milliseconds: the path serving's fold-in waits on. It
+  keeps no state, so it is at least once; serving drops repeated event ids;
+- the events query (micro-batches) reads the same records, deduplicates by
+  event_id and commits ``events``, ``dead_letter`` and ``speed_user_interactions``
+  exactly once through delta-spark, then sends each event again with the
+  ``events`` version that holds it (``speed.sinks.EventsSink``);
+- the features query (slower trigger) streams ``events`` from Delta and keeps
+  per-user and per-item state in the RocksDB state store (``speed.stateful``),
+  committing ``speed_user_features`` and ``speed_item_trending``
+  (``speed.sinks.FeaturesSink``).
 
-Keeping the stateful work out of the events query keeps serving's fold-in path
-as short as one micro-batch. A listener records each batch's progress
-(``speed.progress``).
+A listener records each micro-batch's progress (``speed.progress``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ from schemas.tables import (
 )
 from speed import progress
 from speed.sinks import EventsSink, FeaturesSink
-from speed.transforms import consented, parse_records, to_sink_rows
+from speed.transforms import (
+    consented,
+    interaction_messages,
+    parse_records,
+    realtime_interactions,
+    to_sink_rows,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -48,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdarec.speed")
 QUERY_NAME = "lambdarec_speed"
 FEATURES_QUERY_NAME = "lambdarec_speed_features"
+REALTIME_QUERY_NAME = "lambdarec_speed_realtime"
 # FAIR: each query schedules in a pool of its own (see _start). The longer socket timeout
 # lets Python workers start on a saturated machine instead of failing the query.
 JOB_CONF = {"spark.scheduler.mode": "FAIR", "spark.python.authenticate.socketTimeout": "120s"}
@@ -62,20 +72,28 @@ def features_checkpoint_location(settings: Settings) -> str:
     return f"{settings.checkpoint_root}/speed_features"
 
 
-def kafka_stream(spark: "SparkSession", settings: Settings, topic: str) -> "DataFrame":
-    """A topic as a stream of records, with the speed settings' offsets policy and admission limit."""
-    from speed.kafka_source import register
+def realtime_checkpoint_location(settings: Settings) -> str:
+    return f"{settings.checkpoint_root}/speed_realtime"
 
-    register(spark)
-    return (
-        spark.readStream.format("lambdarec_kafka")
-        .option("bootstrap.servers", settings.bootstrap_servers)
-        .option("topic", topic)
+
+def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: bool = True) -> "DataFrame":
+    """The events topic as a stream of records (Spark's Kafka source, offsets in the checkpoint).
+
+    ``failOnDataLoss`` is deliberate (``speed_fail_on_data_loss``): offsets the
+    checkpoint holds that the broker no longer has stop the query rather than
+    skip records silently. ``maxOffsetsPerTrigger`` bounds a micro-batch; real-time
+    mode reads continuously and takes no such limit.
+    """
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .option("subscribe", settings.topic_events)
         .option("startingOffsets", settings.speed_starting_offsets)
         .option("failOnDataLoss", str(settings.speed_fail_on_data_loss).lower())
-        .option("maxOffsetsPerTrigger", str(settings.speed_max_offsets_per_trigger))
-        .load()
     )
+    if admission_limit:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.speed_max_offsets_per_trigger))
+    return reader.load()
 
 
 def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
@@ -87,7 +105,7 @@ def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
     part of the plan, built once here: built per batch inside the sink, its
     py4j calls and analysis cost 130–260 ms of every micro-batch.
     """
-    parsed = consented(parse_records(kafka_stream(spark, settings, settings.topic_events), settings))
+    parsed = consented(parse_records(kafka_stream(spark, settings), settings))
     deduplicated = (
         parsed.withWatermark("seen_at", settings.speed_dedupe_window)
         .dropDuplicatesWithinWatermark(["dedupe_key"])
@@ -102,6 +120,61 @@ def _start(stream: "DataFrame", name: str, checkpoint: str, sink, trigger_ms: in
     writer = stream.writeStream.queryName(name).option("checkpointLocation", checkpoint).foreachBatch(sink)
     trigger = {"availableNow": True} if available_now else {"processingTime": f"{trigger_ms} milliseconds"}
     return writer.trigger(**trigger).start()
+
+
+def run_realtime(spark: "SparkSession", settings: Settings) -> "StreamingQuery":
+    """Start the real-time query: events → validate, consent → ``interaction`` messages on speed-updates.
+
+    Stateless and built from built-in functions only, as real-time mode requires;
+    it holds one task slot per events partition for as long as it runs.
+    """
+    check_task_slots(spark, settings)
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", REALTIME_QUERY_NAME)
+    messages = interaction_messages(realtime_interactions(
+        parse_records(kafka_stream(spark, settings, admission_limit=False), settings), settings))
+    return (
+        messages.writeStream.queryName(REALTIME_QUERY_NAME)
+        .format("kafka")
+        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .option("topic", settings.topic_speed_updates)
+        .option("checkpointLocation", realtime_checkpoint_location(settings))
+        .outputMode("update")
+        .trigger(realTime=settings.speed_realtime_batch)
+        .start()
+    )
+
+
+def task_slots(spark: "SparkSession") -> int:
+    """Tasks this application runs at once: N of ``local[N]`` (cores for ``local[*]``), else executor cores."""
+    import os
+    import re
+
+    master = spark.sparkContext.master
+    local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
+    if local:
+        return os.cpu_count() or 1 if local.group(1) == "*" else int(local.group(1))
+    if master == "local":
+        return 1
+    return spark.sparkContext.defaultParallelism
+
+
+def check_task_slots(spark: "SparkSession", settings: Settings) -> None:
+    """Refuse to start real-time mode where it would take every task slot and starve the other queries."""
+    from lambdarec.kafka_io import make_consumer
+
+    consumer = make_consumer(settings.bootstrap_servers)
+    try:
+        partitions = len(consumer.partitions_for_topic(settings.topic_events) or ()) or settings.topic_partitions
+    finally:
+        consumer.close()
+    slots = task_slots(spark)
+    if slots < partitions + 2:
+        raise RuntimeError(
+            f"the real-time query holds {partitions} task slots (one per partition of {settings.topic_events!r}) "
+            f"and the micro-batch queries need 2 more, but this Spark application has {slots}. Raise the slots "
+            f"(LAMBDAREC_SPEED_SPARK_MASTER=local[{partitions + 2}] or more executor cores) or turn the real-time "
+            "query off (LAMBDAREC_SPEED_REALTIME=false)."
+        )
 
 
 def prepare(spark: "SparkSession", settings: Settings) -> None:
@@ -151,8 +224,7 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
 
     prepare(spark, settings)
     checkpoint = features_checkpoint_location(settings)
-    updates = kafka_stream(spark, settings, settings.topic_speed_updates)
-    rows = feature_rows(interactions(updates, settings), settings)
+    rows = feature_rows(interactions(spark, settings), settings)
     # RocksDB holds the per-entity state; a single state partition keeps each features batch to
     # one task, leaving the other core to the events query that serving's freshness waits on.
     with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,
@@ -175,10 +247,12 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from lambdarec.spark import build_spark
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    spark = build_spark(settings, "lambdarec-speed", JOB_CONF)
-    queries = [run(spark, settings, available_now=args.available_now)]
-    if not args.available_now:  # a catch-up run has no pushes of its own to wait for
-        queries.append(run_features(spark, settings))
+    speed_settings = settings.model_copy(update={"spark_master": settings.speed_spark_master})
+    spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
+    queries = [run(spark, settings, available_now=args.available_now),
+               run_features(spark, settings, available_now=args.available_now)]
+    if settings.speed_realtime and not args.available_now:  # a catch-up run only lands what is there
+        queries.append(run_realtime(spark, settings))
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))

@@ -27,20 +27,24 @@ log = logging.getLogger("lambdarec.speed")
 
 
 def source_lag(sources: list[Any]) -> int | None:
-    """Records the broker had that the batch did not process, summed over sources and partitions."""
+    """Records the broker had that the batch did not process, summed over Kafka sources and partitions.
+
+    Spark's Kafka source writes offsets as ``{topic: {partition: offset}}``;
+    sources without a latest offset (Delta) have no lag to report.
+    """
     lag, known = 0, False
     for source in sources:
-        if not source.latestOffset or not source.endOffset:
+        if not source.latestOffset or not source.endOffset or not source.description.startswith("Kafka"):
             continue
         try:
             latest, end = json.loads(source.latestOffset), json.loads(source.endOffset)
         except ValueError:
             log.warning("event=progress_offsets_unreadable latest=%r end=%r", source.latestOffset, source.endOffset)
             continue
-        if not isinstance(latest, dict) or not isinstance(end, dict):
-            continue
-        lag += sum(max(int(latest[p]) - int(end.get(p, 0)), 0) for p in latest)
-        known = True
+        for topic, partitions in latest.items():
+            done = end.get(topic, {})
+            lag += sum(max(int(offset) - int(done.get(p, 0)), 0) for p, offset in partitions.items())
+            known = True
     return lag if known else None
 
 

@@ -1,29 +1,24 @@
-"""foreachBatch sinks of the speed queries: exactly-once Delta commits, then a push to serving.
+"""foreachBatch sinks of the micro-batch queries: exactly-once Delta commits, then speed-updates.
 
-Every Delta append is keyed by the app transaction (``speed-<query id>``,
-batch id), so a batch replayed after a crash — even between the Delta commit
-and Spark's commit log — writes nothing twice. Only after the commits does the
-batch go to serving on ``speed-updates``; a replay re-sends the same message,
-which serving recognises by (kind, query_id, batch_id).
+Every Delta append goes through delta-spark with Delta's app transaction
+(``txnAppId`` ``speed-<query id>``, ``txnVersion`` the batch id): a table that has
+recorded the transaction skips the write, so a batch replayed after a crash —
+even between the Delta commits and Spark's commit log — writes nothing twice.
+Only after the commits does the batch go to serving on ``speed-updates``; a
+replay sends the same messages again, which serving recognises.
 
-Micro-batches are bounded by ``maxOffsetsPerTrigger``, so their rows come to
-the driver as Arrow and delta-rs commits them directly, sparing a Spark write
-job per table per batch.
+Each batch is persisted while its tables are written, so the source and the
+dedupe state are read once per batch, not once per table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from lambdarec.lake import Appender, Lake
+from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import (
     DEAD_LETTER,
@@ -33,25 +28,16 @@ from schemas.tables import (
     SPEED_USER_INTERACTIONS,
     TableSpec,
 )
-from schemas.topics import (
-    SPEED_UPDATE_KIND_ITEM_TRENDING,
-    SPEED_UPDATE_KIND_USER_FEATURES,
-    SPEED_UPDATE_KIND_USER_INTERACTIONS,
-)
-from speed.transforms import LATE, interval_seconds
+from schemas.topics import SPEED_UPDATE_KIND_ITEM_TRENDING, SPEED_UPDATE_KIND_USER_FEATURES
+from speed.checkpoint_files import CheckpointFiles
+from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 log = logging.getLogger("lambdarec.speed")
 FRONTIERS_KEPT = 20
-INTERACTION_COLUMNS = ["user_id", "item_id", "event_type", "weight", "occurred_at", "event_id", "country", "device"]
-
-
-def query_id_of(checkpoint: str) -> str:
-    """A query's id from its checkpoint: stable across restarts of the same query."""
-    metadata = Path(checkpoint.removeprefix("file://")) / "metadata"
-    return json.loads(metadata.read_text().splitlines()[0])["id"]
+FRONTIER_DIR = "lambdarec_frontier"
 
 
 class Sink:
@@ -61,38 +47,52 @@ class Sink:
         self.settings = settings
         self.lake = Lake(settings)
         self.checkpoint = checkpoint
+        self._files: CheckpointFiles | None = None
         self._query_id: str | None = None
         self._producer = None
-        self._appenders: dict[str, Appender] = {}
+
+    def files(self, batch: "DataFrame") -> CheckpointFiles:
+        if self._files is None:
+            self._files = CheckpointFiles(batch.sparkSession, self.checkpoint)
+        return self._files
 
     def query_id(self) -> str:
         if self._query_id is None:
-            self._query_id = query_id_of(self.checkpoint)
+            if self._files is None:
+                raise RuntimeError("the query id is read from the checkpoint once a batch has arrived")
+            self._query_id = self._files.query_id()
         return self._query_id
 
     def app_id(self) -> str:
         return f"speed-{self.query_id()}"
 
-    def commit(self, spec: TableSpec, rows: pa.Table, batch_id: int) -> int | None:
-        """Append ``rows`` keyed (this query, ``batch_id``); the version that carries them."""
-        if spec.name not in self._appenders:
-            self._appenders[spec.name] = self.lake.appender(spec)
-        return self._appenders[spec.name].append_once(rows, self.app_id(), batch_id)
+    def commit(self, spec: TableSpec, rows: "DataFrame", batch_id: int) -> int | None:
+        """Append ``rows`` keyed (this query, ``batch_id``); the table version that carries them."""
+        version = self.lake.append_spark(spec, rows, self.app_id(), batch_id)
+        return version if version is not None else self.lake.commit_version(spec, self.app_id(), batch_id)
+
+    def stamped(self, rows: "DataFrame", batch_id: int) -> "DataFrame":
+        from pyspark.sql import functions as F
+
+        return rows.withColumn("query_id", F.lit(self.query_id())).withColumn("batch_id", F.lit(batch_id).cast("long"))
+
+    def send(self, messages: "DataFrame") -> None:
+        """Write (key, value) rows to speed-updates through Spark's Kafka sink (idempotent, acks=all)."""
+        (messages.write.format("kafka")
+         .option("kafka.bootstrap.servers", self.settings.bootstrap_servers)
+         .option("kafka.acks", "all")
+         .option("kafka.enable.idempotence", "true")
+         .option("topic", self.settings.topic_speed_updates)
+         .save())
 
     def push(self, kind: str, batch_id: int, body: dict[str, Any]) -> None:
-        """One speed-updates message; a replayed batch sends the same message again."""
+        """One batch-wide speed-updates message; a replayed batch sends the same message again."""
         from lambdarec.kafka_io import make_producer, send_all
 
         if self._producer is None:
             self._producer = make_producer(self.settings, max_request_size=16 * 1024 * 1024)
         message = {"kind": kind, "query_id": self.query_id(), "batch_id": batch_id, **body}
         send_all(self._producer, self.settings.topic_speed_updates, [(None, json.dumps(message).encode())])
-
-    def stamp(self, table: pa.Table, batch_id: int) -> pa.Table:
-        n = table.num_rows
-        return table.append_column("query_id", pa.array([self.query_id()] * n, pa.string())).append_column(
-            "batch_id", pa.array([batch_id] * n, pa.int64())
-        )
 
 
 class EventsSink(Sink):
@@ -102,145 +102,136 @@ class EventsSink(Sink):
     behind the newest timestamp of earlier batches: its duplicates may no longer
     be in the dedupe state, so it is dead-lettered (raw bytes kept, for a replay)
     rather than risk a duplicate or be dropped. That frontier is stored per batch
-    in the checkpoint, so a replayed batch is classified exactly as before.
+    beside the checkpoint, so a replayed batch is classified exactly as before.
     """
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        started = time.perf_counter()
-        rows = batch.toArrow()  # the rows of speed.transforms.to_sink_rows
-        timings = {"spark_ms": round(1000 * (time.perf_counter() - started))}
-        cutoff_us = None if (frontier := self._frontier_before(batch_id)) is None else frontier - self._window_us()
-        reason = late_marked(rows, cutoff_us)
-        bad = pc.is_valid(reason)
-        valid = rows.filter(pc.invert(bad))
-        events = _struct_table(valid.column("event_row"))
-        interactions = events.append_column("weight", valid.column("weight")).filter(
-            pc.is_valid(valid.column("weight"))
-        ).select(INTERACTION_COLUMNS)
-        dead = _struct_table(rows.filter(bad).column("dead_row"))
-        dead = dead.set_column(dead.schema.get_field_index("reason"), "reason", reason.filter(bad))
-        self._write(batch_id, events, dead, interactions, timings)
-        newest = pc.max(rows.column("ingest_ts")).value if rows.num_rows else None
-        self._save_frontier(batch_id, max(x for x in (frontier, newest, -1) if x is not None))
+        from pyspark.sql import functions as F
 
-    def _write(self, batch_id: int, events: pa.Table, dead: pa.Table, interactions: pa.Table,
-               timings: dict[str, int]) -> None:
-        if dead.num_rows:
+        started = time.perf_counter()
+        files = self.files(batch)
+        frontier = self._frontier_before(files, batch_id)
+        cutoff_us = None if frontier is None else frontier - self._window_us()
+        rows = batch.withColumn("reason", late_reason(cutoff_us)).persist()
+        try:
+            summary = rows.agg(
+                F.count(F.when(F.col("reason").isNull(), 1)).alias("events"),
+                F.count(F.when(F.col("reason").isNotNull(), 1)).alias("dead_letters"),
+                F.count(F.when(F.col("reason") == LATE, 1)).alias("late"),
+                F.unix_micros(F.max("ingest_ts")).alias("newest"),
+            ).first().asDict()
+            timings = {"read_ms": _ms_since(started)}
+            self._write(rows, batch_id, summary, timings)
+        finally:
+            rows.unpersist()
+        self._save_frontier(files, batch_id, max(x for x in (frontier, summary["newest"], -1) if x is not None))
+        log.info(json.dumps({"event": "batch", "query": "events", "batch_id": batch_id,
+                             **{k: v for k, v in summary.items() if k != "newest"}, **timings}))
+
+    def _write(self, rows: "DataFrame", batch_id: int, summary: dict[str, Any], timings: dict[str, int]) -> None:
+        from pyspark.sql import functions as F
+
+        if summary["late"]:
+            log.warning(json.dumps({"event": "late_events", "batch_id": batch_id, "late": summary["late"]}))
+        if summary["dead_letters"]:
+            dead = rows.filter(F.col("reason").isNotNull()).select(
+                F.col("dead_row").withField("reason", F.col("reason")).alias("d")).select("d.*")
             self.commit(DEAD_LETTER, dead, batch_id)
-        late = dead.num_rows and pc.sum(pc.equal(dead.column("reason"), LATE)).as_py() or 0
-        summary = {"event": "batch", "query": "events", "batch_id": batch_id, "events": events.num_rows,
-                   "dead_letters": dead.num_rows, "late": late}
-        if late:
-            log.warning(json.dumps({"event": "late_events", "batch_id": batch_id, "late": late}))
-        if events.num_rows:
-            started = time.perf_counter()
-            events_version = self.commit(EVENTS, events, batch_id)
-            stamped = self.stamp(interactions.append_column(
-                "events_version", pa.array([events_version] * interactions.num_rows, pa.int64())), batch_id)
-            self.commit(SPEED_USER_INTERACTIONS, stamped, batch_id)
-            committed = time.perf_counter()
-            rows = [_jsonable(row) for row in interactions.to_pylist()]
-            self.push(SPEED_UPDATE_KIND_USER_INTERACTIONS, batch_id, {"events_version": events_version, "rows": rows})
-            timings.update(commit_ms=round(1000 * (committed - started)),
-                                 push_ms=round(1000 * (time.perf_counter() - committed)))
-            summary["events_version"] = events_version
-        log.info(json.dumps({**summary, **timings}))  # where the batch's time went, beside Spark's own
+        if not summary["events"]:
+            return
+        started = time.perf_counter()
+        valid = rows.filter(F.col("reason").isNull())
+        events_version = self.commit(EVENTS, valid.select("event_row.*"), batch_id)
+        interactions = valid.filter(F.col("weight").isNotNull()).select(
+            *[F.col(f"event_row.{name}").alias(name) for name in ("user_id", "item_id", "event_type")],
+            "weight",
+            *[F.col(f"event_row.{name}").alias(name) for name in ("occurred_at", "event_id", *CONTEXT_COLUMNS)],
+        )
+        version = F.lit(events_version).cast("long")
+        self.commit(SPEED_USER_INTERACTIONS, self.stamped(interactions.withColumn("events_version", version), batch_id),
+                    batch_id)
+        committed = time.perf_counter()
+        self.send(interaction_messages(interactions, version))
+        timings.update(commit_ms=round(1000 * (committed - started)), push_ms=_ms_since(committed),
+                       events_version=events_version)
 
     def _window_us(self) -> int:
         return int(interval_seconds(self.settings.speed_dedupe_window) * 1_000_000)
 
-    def _frontier_dir(self) -> Path:
-        return Path(self.checkpoint.removeprefix("file://")) / "lambdarec_frontier"
-
-    def _frontier_before(self, batch_id: int) -> int | None:
+    @staticmethod
+    def _frontier_before(files: CheckpointFiles, batch_id: int) -> int | None:
         """Newest Kafka timestamp (µs) of the batches before ``batch_id``, None before the first."""
-        folder = self._frontier_dir()
-        earlier = [int(p.name) for p in folder.glob("[0-9]*") if int(p.name) < batch_id] if folder.exists() else []
+        earlier = [int(name) for name in files.list(FRONTIER_DIR) if name.isdigit() and int(name) < batch_id]
         if not earlier:
             return None
-        value = int((folder / str(max(earlier))).read_text())
+        value = int(files.read(f"{FRONTIER_DIR}/{max(earlier)}"))
         return value if value >= 0 else None
 
-    def _save_frontier(self, batch_id: int, value: int) -> None:
-        folder = self._frontier_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{batch_id}.tmp"
-        tmp.write_text(str(value))
-        os.replace(tmp, folder / str(batch_id))
-        for old in folder.glob("[0-9]*"):
-            if int(old.name) < batch_id - FRONTIERS_KEPT:
-                old.unlink(missing_ok=True)
+    @staticmethod
+    def _save_frontier(files: CheckpointFiles, batch_id: int, value: int) -> None:
+        files.write(f"{FRONTIER_DIR}/{batch_id}", str(value))
+        for name in files.list(FRONTIER_DIR):
+            if name.isdigit() and int(name) < batch_id - FRONTIERS_KEPT:
+                files.delete(f"{FRONTIER_DIR}/{name}")
 
 
 class FeaturesSink(Sink):
     """Features query: ``speed_user_features`` and ``speed_item_trending`` changelogs, then pushes."""
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
-        rows = batch.toArrow()
-        kinds = rows.column("kind")
-        users = _user_table(rows.filter(pc.equal(kinds, "user")))
-        items = _item_table(rows.filter(pc.equal(kinds, "item")))
-        for spec, table, kind in ((SPEED_USER_FEATURES, users, SPEED_UPDATE_KIND_USER_FEATURES),
-                                  (SPEED_ITEM_TRENDING, items, SPEED_UPDATE_KIND_ITEM_TRENDING)):
-            if not table.num_rows:
-                continue
-            stamped = self.stamp(table, batch_id)
-            self.commit(spec, stamped, batch_id)
-            self.push(kind, batch_id, {"rows": [_jsonable(r) for r in stamped.to_pylist()]})
-        log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id,
-                             "users": users.num_rows, "items": items.num_rows}))
+        from pyspark.sql import functions as F
+
+        self.files(batch)
+        rows = batch.persist()
+        try:
+            users = self.stamped(user_rows(rows.filter(F.col("kind") == "user")), batch_id)
+            items = self.stamped(item_rows(rows.filter(F.col("kind") == "item")), batch_id)
+            counts = {}
+            for spec, table, kind in ((SPEED_USER_FEATURES, users, SPEED_UPDATE_KIND_USER_FEATURES),
+                                      (SPEED_ITEM_TRENDING, items, SPEED_UPDATE_KIND_ITEM_TRENDING)):
+                arrow = table.toArrow()
+                counts[spec.name] = arrow.num_rows
+                if not arrow.num_rows:
+                    continue
+                self.commit(spec, table, batch_id)
+                self.push(kind, batch_id, {"rows": [_jsonable(r) for r in arrow.to_pylist()]})
+        finally:
+            rows.unpersist()
+        log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id, **counts}))
 
 
-def late_marked(rows: pa.Table, cutoff_us: int | None) -> pa.ChunkedArray:
-    """``reason``, with ``late_past_watermark`` for valid records whose Kafka timestamp is before ``cutoff_us``."""
-    reason = rows.column("reason")
-    if cutoff_us is None:
-        return reason
-    ingest = rows.column("ingest_ts")
-    before = pc.less(ingest, pa.scalar(cutoff_us, pa.int64()).cast(ingest.type))
-    late = pc.fill_null(pc.and_kleene(pc.is_null(reason), before), False)
-    return pc.if_else(late, pa.scalar(LATE, reason.type), reason)
+def user_rows(rows: "DataFrame") -> "DataFrame":
+    """``speed_user_features`` columns from the features processor's output."""
+    from pyspark.sql import functions as F
+
+    counts = "map<string,bigint>"  # the processor writes counts as JSON objects
+    return rows.select(
+        "user_id",
+        F.timestamp_micros("last_seen").alias("last_seen"),
+        "session_id",
+        F.timestamp_micros("session_start").alias("session_start"),
+        "session_events",
+        F.from_json("counts_1h", counts).alias("counts_1h"),
+        F.from_json("counts_24h", counts).alias("counts_24h"),
+        "country",
+        "device",
+    )
 
 
-def _struct_table(column: pa.ChunkedArray) -> pa.Table:
-    """A table from a column of structs, one table column per struct field."""
-    structs = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
-    return pa.Table.from_arrays(structs.flatten(), names=[field.name for field in column.type])
+def item_rows(rows: "DataFrame") -> "DataFrame":
+    """``speed_item_trending`` columns from the features processor's output."""
+    from pyspark.sql import functions as F
+
+    return rows.select(
+        "segment_type", "segment",
+        F.timestamp_micros("window_start").alias("window_start"),
+        F.timestamp_micros("window_end").alias("window_end"),
+        "item_id", "events", "weight",
+    )
 
 
-def _micros(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.cast(column, pa.timestamp("us", tz="UTC"))
-
-
-def _counts(column: pa.ChunkedArray) -> pa.Array:
-    return pa.array([[tuple(p) for p in json.loads(v)] for v in column.to_pylist()], pa.map_(pa.string(), pa.int64()))
-
-
-def _user_table(rows: pa.Table) -> pa.Table:
-    spec = SPEED_USER_FEATURES.schema
-    return pa.table({
-        "user_id": rows.column("user_id"),
-        "last_seen": _micros(rows.column("last_seen")),
-        "session_id": rows.column("session_id"),
-        "session_start": _micros(rows.column("session_start")),
-        "session_events": rows.column("session_events"),
-        "counts_1h": _counts(rows.column("counts_1h")),
-        "counts_24h": _counts(rows.column("counts_24h")),
-        "country": rows.column("country"),
-        "device": rows.column("device"),
-    }).cast(pa.schema([spec.field(n) for n in spec.names if n not in ("query_id", "batch_id")]))
-
-
-def _item_table(rows: pa.Table) -> pa.Table:
-    return pa.table({
-        "segment_type": rows.column("segment_type"),
-        "segment": rows.column("segment"),
-        "window_start": _micros(rows.column("window_start")),
-        "window_end": _micros(rows.column("window_end")),
-        "item_id": rows.column("item_id"),
-        "events": rows.column("events"),
-        "weight": rows.column("weight"),
-    })
+def _ms_since(started: float) -> int:
+    return round(1000 * (time.perf_counter() - started))
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """The features query's stream: accepted interactions → keyed Spark state → feature rows.
 
-It reads the ``user_interactions`` updates the events query pushes to
-``speed-updates``. Those are exactly the rows committed to ``events`` (valid,
-consented, deduplicated, not late), so the features equal a recomputation from
-``events``. A batch the events query replays after a crash is pushed again; the
-event_id dedupe here drops it. State lives in the RocksDB state store, one value
+It streams the Delta ``events`` table (delta-spark's streaming source, its
+position in the checkpoint), whose rows the events query committed exactly once
+(valid, consented, deduplicated, not late), so the features equal a
+recomputation from ``events`` and need no dedupe of their own. State lives in the RocksDB state store, one value
 per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
 idle (``transformWithState`` TTL). The row-based API, not the pandas one: per
 entity, pandas frames in and out cost more than the state itself (about 6 ms
@@ -20,18 +19,16 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Row
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
 
+from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from schemas.topics import SPEED_UPDATE_KIND_USER_INTERACTIONS
+from schemas.tables import EVENTS
 from speed import features
+from speed.transforms import to_user_interactions
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 SEP = "\x1f"
-UPDATE_SCHEMA = (
-    "kind string, query_id string, batch_id long, rows array<struct<user_id: string, item_id: string, "
-    "event_type: string, weight: double, occurred_at: string, event_id: string, country: string, device: string>>"
-)
 OUTPUT_SCHEMA = (
     "kind string, user_id string, last_seen long, session_id string, session_start long, session_events long, "
     "counts_1h string, counts_24h string, country string, device string, segment_type string, segment string, "
@@ -40,21 +37,17 @@ OUTPUT_SCHEMA = (
 OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
 
 
-def interactions(updates: "DataFrame", settings: Settings) -> "DataFrame":
-    """speed-updates records → one row per accepted interaction, deduplicated by event_id."""
+def interactions(spark: "SparkSession", settings: Settings) -> "DataFrame":
+    """The ``events`` table as a stream of weighted interactions (``occurred_at`` in µs).
+
+    Commits that only rewrite files (OPTIMIZE) carry no new data; commits that
+    change existing rows (an erasure's DELETE) are skipped, not replayed.
+    """
     from pyspark.sql import functions as F
 
-    parsed = updates.select(F.from_json(F.col("value").cast("string"), UPDATE_SCHEMA).alias("u"))
-    rows = parsed.filter(F.col("u.kind") == SPEED_UPDATE_KIND_USER_INTERACTIONS).select(F.explode("u.rows").alias("r"))
-    return (
-        rows.select(
-            "r.user_id", "r.item_id", "r.event_type", "r.weight", "r.event_id", "r.country", "r.device",
-            F.unix_micros(F.to_timestamp("r.occurred_at")).alias("occurred_at"),
-        )
-        .withColumn("seen_at", F.current_timestamp())
-        .withWatermark("seen_at", settings.speed_dedupe_window)
-        .dropDuplicatesWithinWatermark(["event_id"])
-    )
+    events = (spark.readStream.format("delta").option("skipChangeCommits", "true")
+              .load(Lake(settings).uri(EVENTS)))
+    return to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
 
 
 def entity_rows(accepted: "DataFrame") -> "DataFrame":
@@ -99,7 +92,7 @@ class FeatureProcessor(StatefulProcessor):
         if kind == "u":
             state = features.fold_user(previous or features.new_user(), events)
             row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
-            row["counts_1h"], row["counts_24h"] = json.dumps(row["counts_1h"]), json.dumps(row["counts_24h"])
+            row["counts_1h"], row["counts_24h"] = json.dumps(dict(row["counts_1h"])), json.dumps(dict(row["counts_24h"]))
         else:
             segment_type, segment, item_id = rest
             state = features.fold_item(previous or features.new_item(), events, self.window_s)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from lambdarec.feedback import event_weight
 from lambdarec.settings import Settings
 from schemas.events import EVENT_TYPES, SCHEMA_VERSION, spark_message_schema
+from schemas.topics import SPEED_UPDATE_KIND_INTERACTION
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -155,6 +156,16 @@ def to_dead_letters(parsed: "DataFrame") -> "DataFrame":
     return parsed.filter(F.col("reason").isNotNull()).select(*_dead_letter_columns())
 
 
+def late_reason(cutoff_us: int | None) -> "Column":
+    """``reason``, with ``late_past_watermark`` for valid records whose Kafka timestamp is before ``cutoff_us``."""
+    from pyspark.sql import functions as F
+
+    if cutoff_us is None:
+        return F.col("reason")
+    before = F.col("ingest_ts") < F.timestamp_micros(F.lit(cutoff_us))
+    return F.when(F.col("reason").isNull() & before, F.lit(LATE)).otherwise(F.col("reason"))
+
+
 def to_sink_rows(parsed: "DataFrame", settings: Settings) -> "DataFrame":
     """Everything one micro-batch writes, as one DataFrame, so the sink needs one Spark action.
 
@@ -191,6 +202,31 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
     return events.select(
         "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS
     ).filter(F.col("weight").isNotNull())
+
+
+def interaction_messages(rows: "DataFrame", events_version: "Column | None" = None) -> "DataFrame":
+    """``speed-updates`` records (key: user id, value: one ``interaction`` message) for the Kafka sink.
+
+    ``rows`` has the columns of ``to_user_interactions``. The real-time query sends
+    them without ``events_version`` (not yet in Delta); the events query sends the
+    same event again with the ``events`` version that holds it, which tells serving
+    when a model trained on that version already has it.
+    """
+    from pyspark.sql import functions as F
+
+    fields = [F.lit(SPEED_UPDATE_KIND_INTERACTION).alias("kind"), "event_id", "user_id", "item_id", "event_type",
+              "weight", F.date_format("occurred_at", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSxxx").alias("occurred_at"),
+              *CONTEXT_COLUMNS]
+    if events_version is not None:
+        fields.append(events_version.alias("events_version"))
+    return rows.select(F.col("user_id").cast("binary").alias("key"), F.to_json(F.struct(*fields)).alias("value"))
+
+
+def realtime_interactions(parsed: "DataFrame", settings: Settings) -> "DataFrame":
+    """Valid, consented records as ``to_user_interactions`` rows, with no state: what real-time mode allows."""
+    from pyspark.sql import functions as F
+
+    return to_user_interactions(to_events(consented(parsed)), settings).filter(F.col("weight").isNotNull())
 
 
 def interval_seconds(text: str) -> float:

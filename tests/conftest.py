@@ -29,11 +29,12 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def spark():
-    """One local[2] Spark session for the whole run, UI off."""
+    """One Spark session for the whole run, UI off: 2 shuffle partitions, and local[4] because the
+    speed job's real-time query holds a task slot per events partition (threads, not cores)."""
     from lambdarec.spark import build_spark
 
     session = build_spark(
-        Settings(spark_shuffle_partitions=2),
+        Settings(spark_shuffle_partitions=2, spark_master="local[4]"),
         "lambdarec-tests",
         {"spark.default.parallelism": "2", "spark.sql.adaptive.enabled": "false"},
     )

@@ -1,5 +1,5 @@
 """The serving API end to end: a real uvicorn server over a socket, a real embedded
-broker (Tansu), and a model in a real Delta lake on disk."""
+broker (Apache Kafka), and a model in a real Delta lake on disk."""
 
 from __future__ import annotations
 

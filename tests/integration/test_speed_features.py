@@ -1,4 +1,4 @@
-"""The features query end to end: events query → speed-updates → RocksDB state → Delta speed tables."""
+"""The features query end to end: events query → Delta `events` stream → RocksDB state → Delta speed tables."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     assert items[("country", "FR", "i1")]["events"] == 1
 
     kinds = {u["kind"] for u in speed_updates(settings)}
-    assert kinds == {"user_interactions", "user_features", "item_trending", "progress"}
+    assert kinds == {"interaction", "user_features", "item_trending", "progress"}
 
     # Running again from the checkpoints finds nothing new and commits nothing.
     lake = Lake(settings)

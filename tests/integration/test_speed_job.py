@@ -2,7 +2,8 @@
 
 Covers exactly-once into Delta (a batch replayed after a crash between the Delta
 commit and Spark's commit log writes nothing twice), dedupe by event_id, dead
-letters, and the push of each batch to ``speed-updates``.
+letters, the versioned ``interaction`` messages the events query sends after its
+commits, and the real-time query's unversioned ones.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from kafka import TopicPartition
 
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets, send_all
 from lambdarec.lake import Lake
+from lambdarec.processes import wait_for
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_INTERACTIONS
-from speed.job import checkpoint_location, run
+from speed.job import checkpoint_location, run, run_realtime
 from tests.spark.test_speed_transforms import message
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -71,10 +73,9 @@ def test_events_land_exactly_once_with_dead_letters_and_updates(spark, broker_se
     speed_rows = lake.read_arrow(SPEED_USER_INTERACTIONS)
     assert sorted(speed_rows.column("event_id").to_pylist()) == sorted(ids)
 
-    updates = [u for u in speed_updates(settings) if u["kind"] == "user_interactions"]
-    pushed = [row["event_id"] for update in updates for row in update["rows"]]
-    assert sorted(pushed) == sorted(ids)
-    assert {u["events_version"] for u in updates} <= set(speed_rows.column("events_version").to_pylist())
+    updates = [u for u in speed_updates(settings) if u["kind"] == "interaction"]
+    assert sorted(u["event_id"] for u in updates) == sorted(ids)
+    assert {u["events_version"] for u in updates} == set(speed_rows.column("events_version").to_pylist())
 
     # A second run from the same checkpoint finds nothing new and writes nothing.
     versions = {spec.name: lake.version(spec) for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS)}
@@ -102,3 +103,27 @@ def test_batch_replayed_after_crash_between_delta_and_spark_commit_writes_nothin
     assert events.num_rows == 25
     assert len(set(events.column("event_id").to_pylist())) == 25
     assert lake.read_arrow(SPEED_USER_INTERACTIONS).num_rows == 25
+
+
+def test_the_realtime_query_sends_each_valid_consented_event_within_its_batch(spark, broker_settings):
+    settings = broker_settings
+    good = [message(event_id=str(uuid.uuid4()), user_id=f"u_{i % 3}") for i in range(10)]
+    refused = message(context={"consent": False})
+    produce(settings, [*good, b"{broken", message(event_type="teleport"), refused])
+    query = run_realtime(spark, settings)
+    try:
+        expected = {json.loads(v)["event_id"] for v in good}
+        wait_for(lambda: {u["event_id"] for u in speed_updates(settings)} >= expected, 120,
+                 "the real-time query's interaction messages")
+        later = message(event_id=str(uuid.uuid4()))
+        produce(settings, [later])
+        wait_for(lambda: json.loads(later)["event_id"] in {u["event_id"] for u in speed_updates(settings)}, 60,
+                 "an event sent while the real-time query runs")
+    finally:
+        query.stop()
+    updates = speed_updates(settings)
+    assert {u["kind"] for u in updates} == {"interaction"}
+    assert all("events_version" not in u for u in updates)  # not in Delta yet: serving folds it in as fresh
+    assert {u["event_id"] for u in updates} == expected | {json.loads(later)["event_id"]}
+    first = next(u for u in updates if u["event_id"] == json.loads(good[0])["event_id"])
+    assert (first["user_id"], first["item_id"], first["event_type"], first["weight"]) == ("u_0", "item-1", "purchase", 8.0)

@@ -24,7 +24,7 @@ import pytest
 
 from lambdarec.lake import Lake
 from lambdarec.processes import Child, lambdarec_command, start_child, wait_for
-from lambdarec.submit import spark_submit_command, spark_submit_env
+from lambdarec.submit import spark_submit_env, speed_job_command
 from schemas.tables import EVENTS, SPEED_USER_INTERACTIONS
 from speed.recompute import current, recompute
 from tests.plugins.broker import free_port
@@ -99,7 +99,7 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(spark, embedded_broker, 
                  120, "serving /health")
         sender.start()
         for kill in range(KILLS + 1):
-            job = start_child(f"speed-{kill}", spark_submit_command(settings, "speed/job.py"), logs, env)
+            job = start_child(f"speed-{kill}", speed_job_command(settings), logs, env)
             if kill == KILLS:
                 break
             target = rows(lake, EVENTS) + rng.randint(20, 400)

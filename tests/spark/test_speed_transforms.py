@@ -8,7 +8,15 @@ import uuid
 
 import pytest
 
-from speed.transforms import consented, parse_records, to_dead_letters, to_events, to_user_interactions
+from speed.transforms import (
+    LATE,
+    consented,
+    late_reason,
+    parse_records,
+    to_dead_letters,
+    to_events,
+    to_user_interactions,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -83,3 +91,12 @@ def test_interaction_weights_follow_settings(spark, settings):
     weights = [row.weight for row in to_user_interactions(events, settings).orderBy("occurred_at", "event_type").collect()]
     w = settings.event_weights
     assert sorted(weights) == sorted([w["view"], w["purchase"], w["rating"] * 3.0])
+
+
+def test_only_valid_records_before_the_cutoff_become_late(spark):
+    from pyspark.sql import functions as F
+
+    rows = spark.createDataFrame([(None, 999), (None, 1000), (None, 1001), ("malformed_json", 5)],
+                                 "reason string, us long").withColumn("ingest_ts", F.timestamp_micros("us"))
+    assert [r[0] for r in rows.select(late_reason(1000)).collect()] == [LATE, None, None, "malformed_json"]
+    assert [r[0] for r in rows.select(late_reason(None)).collect()] == [None, None, None, "malformed_json"]

@@ -125,3 +125,32 @@ def test_malformed_rows_of_the_new_kinds_are_rejected(view):
         view.apply({"kind": "item_trending", "query_id": "q", "batch_id": 0, "rows": [{"item_id": "a"}]})
     with pytest.raises(BadUpdate, match="progress"):
         view.apply({"kind": "progress", "query_id": "q", "batch_id": 0})
+
+
+def interaction(event_id, user="u1", item="a", weight=2.0, events_version=None):
+    message = {"kind": "interaction", "event_id": event_id, "user_id": user, "item_id": item,
+               "event_type": "click", "weight": weight, "occurred_at": "2024-01-01T00:00:00.000000+00:00"}
+    return message if events_version is None else {**message, "events_version": events_version}
+
+
+def test_a_realtime_interaction_counts_once_and_takes_its_version_when_it_lands(view):
+    assert view.apply(interaction("e1")) == 1
+    assert view.apply(interaction("e1")) == 0  # at-least-once repeat from the real-time path
+    assert [(i.item_id, i.events_version) for i in view.interactions("u1")] == [("a", None)]
+    assert view.apply(interaction("e1", events_version=7)) == 0  # the events query's copy, after its commit
+    assert [(i.item_id, i.weight, i.events_version) for i in view.interactions("u1")] == [("a", 2.0, 7)]
+    assert view.position()["events_version"] == 7
+    assert view.popular(5) == [("a", 2.0)]  # its weight counted once
+
+
+def test_a_versioned_copy_first_makes_the_realtime_copy_a_no_op(view):
+    assert view.apply(interaction("e2", events_version=3)) == 1
+    assert view.apply(interaction("e2")) == 0
+    assert [i.events_version for i in view.interactions("u1")] == [3]
+
+
+def test_a_malformed_interaction_is_a_bad_update(view):
+    with pytest.raises(BadUpdate):
+        view.apply({"kind": "interaction", "event_id": "e3", "user_id": "u1"})
+    with pytest.raises(BadUpdate):
+        view.apply(interaction("e4", weight=float("nan")))

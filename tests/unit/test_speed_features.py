@@ -62,9 +62,14 @@ def test_segments_are_global_and_country():
 
 
 def test_source_lag_sums_latest_minus_processed_per_partition():
-    sources = [SimpleNamespace(latestOffset='{"0": 120, "1": 40}', endOffset='{"0": 100, "1": 40}')]
+    kafka = "KafkaV2[Subscribe[events]]"
+    sources = [SimpleNamespace(description=kafka, latestOffset='{"events": {"0": 120, "1": 40}}',
+                               endOffset='{"events": {"0": 100, "1": 40}}')]
     assert source_lag(sources) == 20
-    assert source_lag([SimpleNamespace(latestOffset=None, endOffset='{"0": 1}')]) is None
+    assert source_lag([SimpleNamespace(description=kafka, latestOffset=None, endOffset='{"events": {"0": 1}}')]) is None
+    delta = SimpleNamespace(description="DeltaSource[file:/lake/events]", latestOffset=None,
+                            endOffset='{"sourceVersion": 1, "reservoirVersion": 2, "index": -1}')
+    assert source_lag([delta]) is None
 
 
 def test_progress_row_from_a_query_progress():
@@ -72,7 +77,8 @@ def test_progress_row_from_a_query_progress():
         id="q", name="lambdarec_speed", runId="r", batchId=7, timestamp="2026-01-01T00:00:00.000Z",
         numInputRows=500, inputRowsPerSecond=1000.0, processedRowsPerSecond=None, batchDuration=250,
         eventTime={"watermark": "2026-01-01T00:00:00.000Z"},
-        sources=[SimpleNamespace(latestOffset='{"0": 900}', endOffset='{"0": 880}')],
+        sources=[SimpleNamespace(description="KafkaV2[Subscribe[events]]", latestOffset='{"events": {"0": 900}}',
+                                 endOffset='{"events": {"0": 880}}')],
     )
     row = progress_row(progress)
     assert (row["batch_id"], row["rows_in"], row["batch_duration_ms"], row["source_lag"]) == (7, 500, 250, 20)

@@ -1,0 +1,65 @@
+"""Small files a query keeps beside its Spark checkpoint, through Hadoop's FileSystem.
+
+The checkpoint may be on local disk, HDFS or object storage (``s3a://``), so
+these go through the same Hadoop filesystem Spark uses for the checkpoint
+itself, never through a local path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class CheckpointFiles:
+    """Read, write (atomically where the filesystem can), list and delete files under a checkpoint."""
+
+    def __init__(self, spark: "SparkSession", root: str):
+        self._jvm = spark._jvm
+        self._root = self._jvm.org.apache.hadoop.fs.Path(root)
+        self._fs = self._root.getFileSystem(spark._jsc.hadoopConfiguration())
+
+    def _path(self, name: str):
+        return self._jvm.org.apache.hadoop.fs.Path(self._root, name)
+
+    def read(self, name: str) -> str | None:
+        path = self._path(name)
+        if not self._fs.exists(path):
+            return None
+        stream = self._fs.open(path)
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)).decode()
+        finally:
+            stream.close()
+
+    def write(self, name: str, text: str) -> None:
+        """Write to a temporary name, then rename over ``name`` (atomic on HDFS and local disks)."""
+        path, tmp = self._path(name), self._path(f"{name}.tmp")
+        stream = self._fs.create(tmp, True)
+        try:
+            stream.write(bytearray(text.encode()))
+        finally:
+            stream.close()
+        if self._fs.exists(path):
+            self._fs.delete(path, False)
+        if not self._fs.rename(tmp, path):
+            raise OSError(f"could not rename {tmp} to {path}")
+
+    def list(self, folder: str) -> list[str]:
+        path = self._path(folder)
+        if not self._fs.exists(path):
+            return []
+        return [status.getPath().getName() for status in self._fs.listStatus(path)]
+
+    def delete(self, name: str) -> None:
+        self._fs.delete(self._path(name), False)
+
+    def query_id(self) -> str:
+        """The query's id from the checkpoint's ``metadata``: stable across restarts of the same query."""
+        text = self.read("metadata")
+        if text is None:
+            raise FileNotFoundError(f"no metadata in checkpoint {self._root}")
+        return json.loads(text.splitlines()[0])["id"]
