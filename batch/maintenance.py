@@ -1,63 +1,96 @@
-"""Lake housekeeping: compact small files, vacuum unreferenced ones, expire old models.
+"""Lake housekeeping, a Spark job: compact small files, vacuum unreferenced ones, expire old models.
+
+``run`` holds the logic on an injected session; ``main`` is the spark-submit entry
+(``spark-submit batch/maintenance.py [--step compact|vacuum|expire ...]``), which
+the maintenance DAG runs one step per task.
 
 The speed layer appends many small files (one commit per micro-batch), which
-slows every reader; compaction rewrites them into fewer, larger ones without
-changing a row. Vacuum then deletes files no snapshot within the retention
-window references (and files a killed Spark write left uncommitted). Expiry
-removes the factor data and serving folders of models beyond the retention count; the champion is
-always kept, and the registry keeps every model's history as ``expired`` rows.
+slows every reader; compaction (Delta's ``OPTIMIZE``) rewrites them into fewer,
+larger ones without changing a row. ``VACUUM`` then deletes files no snapshot
+within the retention window references (and files a killed Spark write left
+uncommitted). Expiry deletes (a Delta ``DELETE``) the factor data of models beyond
+the retention count and their serving folders; the champion is always kept, and
+the registry keeps every model's history as ``expired`` rows. Deletion vectors are
+off, so a DELETE rewrites files and every table stays readable by delta-rs.
 All three are safe to re-run: a second pass finds nothing to do.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 from batch import registry
-from lambdarec.lake import Lake
+from lambdarec.lake import Lake, session_conf, spark_path
 from lambdarec.settings import Settings
 from schemas.tables import ALL_TABLES, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
 from serving.model_build import remove_bundle
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("lambdarec.batch.maintenance")
 
 EXPIRED = "expired"
 MODEL_DATA = (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS)
+STEPS = ("compact", "vacuum", "expire")
+DELTA_DEFAULT_RETENTION_HOURS = 168  # below this, delta-spark refuses a VACUUM unless its check is off
 
 
-def compact(lake: Lake, specs: list[TableSpec] | None = None) -> dict[str, dict[str, Any]]:
-    """Bin-pack each table's small files; returns delta-rs's figures per table that changed."""
+def compact(spark: "SparkSession", lake: Lake, specs: list[TableSpec] | None = None) -> dict[str, dict[str, int]]:
+    """``OPTIMIZE`` (bin-packing) each table; returns the file counts per table that changed."""
+    from delta.tables import DeltaTable
+
     done = {}
     for spec in specs or list(ALL_TABLES.values()):
-        if lake.exists(spec):
-            figures = DeltaTable(lake.uri(spec)).optimize.compact()
-            if figures.get("numFilesRemoved"):
-                done[spec.name] = {k: figures[k] for k in ("numFilesAdded", "numFilesRemoved")}
+        if not lake.exists(spec):
+            continue
+        metrics = DeltaTable.forPath(spark, spark_path(lake.uri(spec))).optimize().executeCompaction().first()["metrics"]
+        if metrics["numFilesRemoved"]:
+            done[spec.name] = {"numFilesAdded": metrics["numFilesAdded"], "numFilesRemoved": metrics["numFilesRemoved"]}
     _log("compacted", tables=done)
     return done
 
 
-def vacuum(lake: Lake, retention_hours: int, specs: list[TableSpec] | None = None) -> dict[str, int]:
-    """Delete files unreferenced for ``retention_hours``; returns how many went per table.
+def vacuum(
+    spark: "SparkSession", lake: Lake, retention_hours: int, specs: list[TableSpec] | None = None
+) -> dict[str, int]:
+    """``VACUUM`` files unreferenced for ``retention_hours``; returns how many went per table.
 
     Readers pinned to a snapshot older than the window (a long training run) would
-    lose their files, so keep the window above the longest run.
+    lose their files, so keep the window above the longest run. Delta's own check
+    against windows below 7 days is turned off for this call only. File listing runs
+    in as many tasks as the shuffle (Spark's default of up to 10,000 tasks made a
+    tiny table's vacuum take ~36 s instead of ~4 s on two cores).
     """
+    conf = {"spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(2, lake.settings.spark_shuffle_partitions))}
+    if retention_hours < DELTA_DEFAULT_RETENTION_HOURS:
+        conf["spark.databricks.delta.retentionDurationCheck.enabled"] = "false"
     removed = {}
-    for spec in specs or list(ALL_TABLES.values()):
-        if lake.exists(spec):
-            files = DeltaTable(lake.uri(spec)).vacuum(
-                retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False
-            )
+    with session_conf(spark, conf):
+        for spec in specs or list(ALL_TABLES.values()):
+            if not lake.exists(spec):
+                continue
+            before = lake.version(spec)
+            spark.sql(f"VACUUM delta.`{spark_path(lake.uri(spec))}` RETAIN {int(retention_hours)} HOURS").collect()
+            files = _vacuumed_files(lake, spec, before)
             if files:
-                removed[spec.name] = len(files)
+                removed[spec.name] = files
     _log("vacuumed", retention_hours=retention_hours, tables=removed)
     return removed
+
+
+def _vacuumed_files(lake: Lake, spec: TableSpec, before: int | None) -> int:
+    """Files deleted, as the ``VACUUM END`` commit made after version ``before`` records them."""
+    for entry in lake.open(spec).history(4):
+        if entry["version"] > (before if before is not None else -1) and entry.get("operation") == "VACUUM END":
+            return int((entry.get("operationMetrics") or {}).get("numDeletedFiles", 0))
+    return 0
 
 
 def expirable(statuses: dict[int, dict[str, Any]], keep: int, champion: int | None) -> list[int]:
@@ -66,33 +99,72 @@ def expirable(statuses: dict[int, dict[str, Any]], keep: int, champion: int | No
     return sorted(v for v in statuses if v not in newest and v != champion and statuses[v]["status"] != EXPIRED)
 
 
-def expire_models(lake: Lake, keep: int) -> list[int]:
-    """Remove the factor data of models beyond the retention count; returns the versions expired."""
+def expire_models(spark: "SparkSession", lake: Lake, keep: int) -> list[int]:
+    """Delete the factor data of models beyond the retention count; returns the versions expired."""
     champion = registry.latest_published(lake)
     versions = expirable(registry.current_statuses(lake), keep, champion and champion["model_version"])
     for version in versions:
         for spec in MODEL_DATA:
             only = pc.field("model_version") == version
             if lake.exists(spec) and lake.read_arrow(spec, filter=only).num_rows:
-                DeltaTable(lake.uri(spec)).delete(f"model_version = {version}")
+                lake.delete_spark(
+                    spark, spec, f"model_version = {int(version)}", app_id=f"expire-{spec.name}", txn_version=version
+                )
         remove_bundle(lake.settings, version)
-        registry.record_status(lake, version, EXPIRED, f"beyond the retention of {keep} models")
+        registry.record_status(
+            lake, version, EXPIRED, f"beyond the retention of {keep} models", app_id="maintenance-expired", spark=spark
+        )
     _log("models_expired", keep=keep, versions=versions)
     return versions
 
 
-def run(settings: Settings, steps: tuple[str, ...] = ("compact", "vacuum", "expire")) -> dict[str, Any]:
+def run(spark: "SparkSession", settings: Settings, steps: tuple[str, ...] = STEPS) -> dict[str, Any]:
     """The maintenance DAG's work, one step per task."""
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown maintenance steps {sorted(unknown)}; choose from {list(STEPS)}")
     lake = Lake(settings)
     out: dict[str, Any] = {}
     if "compact" in steps:
-        out["compacted"] = compact(lake)
+        out["compacted"] = compact(spark, lake)
     if "vacuum" in steps:
-        out["vacuumed"] = vacuum(lake, settings.vacuum_retention_hours)
+        out["vacuumed"] = vacuum(spark, lake, settings.vacuum_retention_hours)
     if "expire" in steps:
-        out["expired"] = expire_models(lake, settings.model_retention)
+        out["expired"] = expire_models(spark, lake, settings.model_retention)
     return out
 
 
 def _log(event: str, **fields: Any) -> None:
     log.info(json.dumps({"event": event, **fields}, default=str))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="batch/maintenance.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--step",
+        dest="steps",
+        action="append",
+        choices=STEPS,
+        help="Run this step (repeatable; default: all, in order).",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """spark-submit entry point: wiring only."""
+    from lambdarec.spark import build_spark
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    settings = Settings()
+    spark = build_spark(settings, "lambdarec-maintenance")
+    try:
+        summary = run(spark, settings, tuple(args.steps or STEPS))
+    finally:
+        spark.stop()
+    print(json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,9 @@
 """Airflow DAG: daily lake housekeeping (compact small files, vacuum, expire old models).
 
-The logic is ``batch/maintenance.py``; each step is its own task so a failed
-vacuum can be retried without redoing the compaction. Every step is safe to
-re-run. Nothing heavy is imported when the file is parsed.
+The logic is ``batch/maintenance.py``, a Spark job (Delta's OPTIMIZE, VACUUM and
+DELETE through delta-spark); each step is its own ``spark-submit`` from a bash
+task, so a failed vacuum can be retried without redoing the compaction. Every
+step is safe to re-run. Nothing heavy is imported when the file is parsed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,36 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import dag, task
 
 
-def _step(name: str) -> dict:
-    from batch import maintenance
-    from lambdarec.settings import Settings
+def submit(step: str) -> str:
+    """The bash line that spark-submits ``batch/maintenance.py --step <step>``.
 
-    return maintenance.run(Settings(), (name,))
+    The job gets the worker's ``LAMBDAREC_*`` variables (inherited), an absolute
+    lake root and this interpreter for its Python workers. Secrets stay out of the
+    logged command.
+    """
+    import shlex
+    import sys
+
+    from lambdarec.settings import Settings
+    from lambdarec.submit import PROJECT_ROOT, spark_submit_command
+
+    settings = Settings()
+    env = {
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "LAMBDAREC_ROOT": str(settings.root.resolve()),
+    }
+    command = spark_submit_command(settings, "batch/maintenance.py", ["--step", step])
+    return " ".join(
+        [
+            "cd",
+            shlex.quote(str(PROJECT_ROOT)),
+            "&&",
+            "exec env",
+            *(shlex.quote(f"{name}={value}") for name, value in env.items()),
+            shlex.join(command),
+        ]
+    )
 
 
 @dag(
@@ -32,23 +58,23 @@ def _step(name: str) -> dict:
         "retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=2),
     },
-    tags=["lambdarec", "maintenance"],
+    tags=["lambdarec", "maintenance", "spark"],
 )
 def lambdarec_maintenance():
-    @task(task_id="compact")
-    def compact() -> dict:
-        """Rewrite each table's small files into larger ones (rows unchanged)."""
-        return _step("compact")
+    @task.bash(task_id="compact")
+    def compact() -> str:
+        """OPTIMIZE: rewrite each table's small files into larger ones (rows unchanged)."""
+        return submit("compact")
 
-    @task(task_id="vacuum")
-    def vacuum() -> dict:
-        """Delete files no snapshot within LAMBDAREC_VACUUM_RETENTION_HOURS references."""
-        return _step("vacuum")
+    @task.bash(task_id="vacuum")
+    def vacuum() -> str:
+        """VACUUM files no snapshot within LAMBDAREC_VACUUM_RETENTION_HOURS references."""
+        return submit("vacuum")
 
-    @task(task_id="expire_models")
-    def expire_models() -> dict:
-        """Drop factor data beyond LAMBDAREC_MODEL_RETENTION models (never the champion)."""
-        return _step("expire")
+    @task.bash(task_id="expire_models")
+    def expire_models() -> str:
+        """DELETE factor data beyond LAMBDAREC_MODEL_RETENTION models (never the champion)."""
+        return submit("expire")
 
     compact() >> vacuum() >> expire_models()
 

@@ -76,6 +76,23 @@ def test_factor_tables_hold_one_row_per_user_and_item(trained):
     assert pc.max(interactions.column("item_index")).as_py() < summary["n_items"]
 
 
+def test_the_job_writes_through_delta_spark_keyed_by_its_transactions(trained):
+    from deltalake import DeltaTable
+
+    _, lake, summary = trained
+    for spec in (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS):
+        assert summary["written"][spec.name] is not None
+        commit = DeltaTable(lake.uri(spec)).history(1)[0]
+        assert "Delta-Lake" in commit["engineInfo"] and commit["operation"] == "WRITE"
+        assert lake.commit_version(spec, train.app_id(spec.name), 1) == summary["written"][spec.name]
+    for spec in (USER_IDS, ITEM_IDS):  # new ids: an insert-only MERGE keyed by id
+        commit = DeltaTable(lake.uri(spec)).history(1)[0]
+        assert commit["operation"] == "MERGE" and "Delta-Lake" in commit["engineInfo"]
+        assert lake.committed(spec, f"idmap-{spec.name}", 1)
+    registry_commits = DeltaTable(lake.uri(MODELS)).history(3)
+    assert all("Delta-Lake" in c["engineInfo"] and c["operation"] == "WRITE" for c in registry_commits)
+
+
 def test_rerun_of_the_same_model_version_writes_nothing(spark, trained):
     settings, lake, _ = trained
     before = {spec.name: lake.version(spec) for spec in OUTPUTS}

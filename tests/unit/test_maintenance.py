@@ -1,56 +1,60 @@
-"""Lake housekeeping on real Delta tables (delta-rs, no JVM)."""
+"""Lake housekeeping without a JVM: which models expire, the job's arguments, the DAG's command.
+
+OPTIMIZE, VACUUM and DELETE themselves run through delta-spark: tests/spark/test_delta_readable.py.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import importlib.util
+import shlex
 
-import pyarrow as pa
 import pytest
 
 from batch import maintenance, registry
-from lambdarec.generator import bronze_table, generate_events
-from lambdarec.lake import Lake
-from schemas.tables import EVENTS, ITEM_FACTORS, MODELS
+from lambdarec.submit import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit
 
 
-def n_files(lake) -> int:
-    return len(lake.open(EVENTS).file_uris())
+def statuses(*pairs):
+    return {version: {"status": status} for version, status in pairs}
 
 
-def test_compaction_keeps_every_row_and_vacuum_then_frees_the_old_files(settings):
-    lake = Lake(settings)
-    events = generate_events(300, 20, 30, 3, seed=1, end=datetime(2025, 3, 1, tzinfo=UTC))
-    for start in range(0, 300, 30):  # ten small appends, as micro-batches would make
-        lake.append_arrow(EVENTS, bronze_table(events[start : start + 30], settings))
-    before = sorted(lake.read_arrow(EVENTS).column("event_id").to_pylist())
-    files_before = n_files(lake)
-    done = maintenance.compact(lake, [EVENTS])
-    assert done["events"]["numFilesRemoved"] == files_before
-    assert n_files(lake) < files_before
-    assert sorted(lake.read_arrow(EVENTS).column("event_id").to_pylist()) == before
-    assert maintenance.compact(lake, [EVENTS]) == {}  # nothing left to do
-    assert maintenance.vacuum(lake, 0, [EVENTS]) == {"events": files_before}
-    assert sorted(lake.read_arrow(EVENTS).column("event_id").to_pylist()) == before
+def test_expiry_keeps_the_newest_models_and_the_champion():
+    found = statuses((1, registry.PUBLISHED), (2, registry.REJECTED), (3, registry.REJECTED),
+                     (4, registry.FAILED), (5, registry.REJECTED))
+    assert maintenance.expirable(found, keep=2, champion=1) == [2, 3]
+    assert maintenance.expirable(found, keep=2, champion=None) == [1, 2, 3]
+    assert maintenance.expirable(found, keep=10, champion=1) == []
 
 
-def factors(lake, version):
-    row = {"model_version": version, "item_index": 0, "item_id": "item-0", "factors": [0.1, 0.2]}
-    lake.append_arrow(ITEM_FACTORS, pa.Table.from_pylist([row], schema=ITEM_FACTORS.schema))
+def test_expired_models_are_not_expired_again():
+    found = statuses((1, maintenance.EXPIRED), (2, maintenance.EXPIRED), (3, registry.PUBLISHED), (4, registry.REJECTED))
+    assert maintenance.expirable(found, keep=1, champion=3) == []
 
 
-def test_expiry_keeps_the_newest_models_and_the_champion(settings):
-    lake = Lake(settings)
-    for version, status in enumerate([registry.PUBLISHED, registry.REJECTED, registry.REJECTED, registry.FAILED, registry.REJECTED], 1):
-        factors(lake, version)
-        registry.record_status(lake, version, status, "test")
-    assert maintenance.expire_models(lake, keep=2) == [2, 3]
-    kept = sorted(set(lake.read_arrow(ITEM_FACTORS).column("model_version").to_pylist()))
-    assert kept == [1, 4, 5]  # 1 is the champion
-    statuses = registry.current_statuses(lake)
-    assert [statuses[v]["status"] for v in (2, 3)] == [maintenance.EXPIRED] * 2
-    assert registry.latest_published(lake)["model_version"] == 1
-    rows = lake.read_arrow(MODELS).num_rows
-    assert maintenance.expire_models(lake, keep=2) == []
-    assert lake.read_arrow(MODELS).num_rows == rows
+def test_the_job_runs_all_steps_by_default_or_the_ones_named():
+    assert maintenance.parse_args([]).steps is None
+    assert maintenance.parse_args(["--step", "vacuum", "--step", "expire"]).steps == ["vacuum", "expire"]
+    with pytest.raises(SystemExit):
+        maintenance.parse_args(["--step", "defrag"])
+
+
+def test_an_unknown_step_is_a_clear_error_before_any_work(settings):
+    with pytest.raises(ValueError, match="unknown maintenance steps"):
+        maintenance.run(None, settings, ("defrag",))
+
+
+def test_each_dag_task_spark_submits_one_step_without_secrets(settings, monkeypatch):
+    monkeypatch.setenv("LAMBDAREC_ROOT", str(settings.root))
+    monkeypatch.setenv("LAMBDAREC_PSEUDONYM_KEY", "very-secret-key")
+    spec = importlib.util.spec_from_file_location("maintenance_dag", PROJECT_ROOT / "dags" / "lambdarec_maintenance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    line = module.submit("vacuum")
+    words = shlex.split(line)
+    assert words[:2] == ["cd", str(PROJECT_ROOT)]
+    assert any(word.endswith("spark-submit") for word in words)
+    assert words[-3:] == [str(PROJECT_ROOT / "batch" / "maintenance.py"), "--step", "vacuum"]
+    assert f"LAMBDAREC_ROOT={settings.root.resolve()}" in words
+    assert "very-secret-key" not in line
