@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdarec.speed")
 FRONTIERS_KEPT = 20
 FRONTIER_DIR = "lambdarec_frontier"
+PUSH_ROWS = 1000  # rows per speed-updates message: about 300 KB, well under Kafka's 1 MB default
 
 
 class Sink:
@@ -85,14 +86,17 @@ class Sink:
          .option("topic", self.settings.topic_speed_updates)
          .save())
 
-    def push(self, kind: str, batch_id: int, body: dict[str, Any]) -> None:
-        """One batch-wide speed-updates message; a replayed batch sends the same message again."""
+    def push(self, kind: str, batch_id: int, rows: list[dict[str, Any]]) -> None:
+        """A batch's rows as speed-updates messages of at most ``PUSH_ROWS`` rows each, keyed by chunk
+        number, so a replayed batch sends the same messages and no message nears Kafka's size limit."""
         from lambdarec.kafka_io import make_producer, send_all
 
         if self._producer is None:
-            self._producer = make_producer(self.settings, max_request_size=16 * 1024 * 1024)
-        message = {"kind": kind, "query_id": self.query_id(), "batch_id": batch_id, **body}
-        send_all(self._producer, self.settings.topic_speed_updates, [(None, json.dumps(message).encode())])
+            self._producer = make_producer(self.settings)
+        head = {"kind": kind, "query_id": self.query_id(), "batch_id": batch_id}
+        messages = [(str(n).encode(), json.dumps({**head, "rows": rows[start:start + PUSH_ROWS]}).encode())
+                    for n, start in enumerate(range(0, len(rows), PUSH_ROWS))]
+        send_all(self._producer, self.settings.topic_speed_updates, messages)
 
 
 class EventsSink(Sink):
@@ -128,32 +132,36 @@ class EventsSink(Sink):
         log.info(json.dumps({"event": "batch", "query": "events", "batch_id": batch_id,
                              **{k: v for k, v in summary.items() if k != "newest"}, **timings}))
 
-    def _write(self, rows: "DataFrame", batch_id: int, summary: dict[str, Any], timings: dict[str, int]) -> None:
+    def _write(self, rows: "DataFrame", batch_id: int, summary: dict[str, Any], timings: dict[str, Any]) -> None:
         from pyspark.sql import functions as F
 
         if summary["late"]:
             log.warning(json.dumps({"event": "late_events", "batch_id": batch_id, "late": summary["late"]}))
         if summary["dead_letters"]:
+            started = time.perf_counter()
             dead = rows.filter(F.col("reason").isNotNull()).select(
                 F.col("dead_row").withField("reason", F.col("reason")).alias("d")).select("d.*")
             self.commit(DEAD_LETTER, dead, batch_id)
+            timings["dead_letter_ms"] = _ms_since(started)
         if not summary["events"]:
             return
         started = time.perf_counter()
         valid = rows.filter(F.col("reason").isNull())
         events_version = self.commit(EVENTS, valid.select("event_row.*"), batch_id)
+        timings["events_ms"] = _ms_since(started)
         interactions = valid.filter(F.col("weight").isNotNull()).select(
             *[F.col(f"event_row.{name}").alias(name) for name in ("user_id", "item_id", "event_type")],
             "weight",
             *[F.col(f"event_row.{name}").alias(name) for name in ("occurred_at", "event_id", *CONTEXT_COLUMNS)],
         )
         version = F.lit(events_version).cast("long")
+        started = time.perf_counter()
         self.commit(SPEED_USER_INTERACTIONS, self.stamped(interactions.withColumn("events_version", version), batch_id),
                     batch_id)
-        committed = time.perf_counter()
+        timings["interactions_ms"] = _ms_since(started)
+        started = time.perf_counter()
         self.send(interaction_messages(interactions, version))
-        timings.update(commit_ms=round(1000 * (committed - started)), push_ms=_ms_since(committed),
-                       events_version=events_version)
+        timings.update(push_ms=_ms_since(started), events_version=events_version)
 
     def _window_us(self) -> int:
         return int(interval_seconds(self.settings.speed_dedupe_window) * 1_000_000)
@@ -194,7 +202,7 @@ class FeaturesSink(Sink):
                 if not arrow.num_rows:
                     continue
                 self.commit(spec, table, batch_id)
-                self.push(kind, batch_id, {"rows": [_jsonable(r) for r in arrow.to_pylist()]})
+                self.push(kind, batch_id, [_jsonable(r) for r in arrow.to_pylist()])
         finally:
             rows.unpersist()
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id, **counts}))

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import pytest
 
 from lambdarec.lake import Lake
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
-from speed.job import run, run_features
+from speed.job import run_features
 from speed.recompute import current, recompute
 from tests.integration.test_speed_job import produce, run_to_end, speed_updates
 from tests.spark.test_speed_transforms import message
+from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -60,6 +60,9 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     assert (a["country"], a["device"]) == ("DE", "ios")
     assert items[("*", "*", "i1")]["events"] == 2  # 1 h window ending after minute 95: the two views
     assert items[("country", "FR", "i1")]["events"] == 1
+
+    for spec in (SPEED_USER_FEATURES, SPEED_ITEM_TRENDING):  # delta-spark wrote them; delta-rs reads them
+        assert assert_delta_rs_reads_what_spark_reads(spark, Lake(settings), spec) > 0
 
     kinds = {u["kind"] for u in speed_updates(settings)}
     assert kinds == {"interaction", "user_features", "item_trending", "progress"}

@@ -19,6 +19,7 @@ from kafka import TopicPartition
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets, send_all
 from lambdarec.lake import Lake
 from lambdarec.processes import wait_for
+from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_INTERACTIONS
 from speed.job import checkpoint_location, run, run_realtime
 from tests.spark.test_speed_transforms import message
@@ -76,6 +77,9 @@ def test_events_land_exactly_once_with_dead_letters_and_updates(spark, broker_se
     updates = [u for u in speed_updates(settings) if u["kind"] == "interaction"]
     assert sorted(u["event_id"] for u in updates) == sorted(ids)
     assert {u["events_version"] for u in updates} == set(speed_rows.column("events_version").to_pylist())
+
+    for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS):  # delta-spark wrote them; delta-rs reads them
+        assert assert_delta_rs_reads_what_spark_reads(spark, lake, spec) > 0
 
     # A second run from the same checkpoint finds nothing new and writes nothing.
     versions = {spec.name: lake.version(spec) for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS)}
