@@ -34,7 +34,7 @@ from tqdm import tqdm
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
-from schemas.events import EVENT_TYPES
+from schemas.events import EVENT_TYPES, event_row
 from schemas.tables import EVENTS
 
 ID_NAMESPACE = uuid.UUID("6d1f3c2e-8f0a-4b7e-9a51-3c0e2f4d5b17")
@@ -104,25 +104,25 @@ def to_events(rows: pa.Table, settings: Settings, event_type: str, source: str) 
     received = datetime.now(UTC)
     pseudonyms: dict[str, str] = {}
     seen: dict[tuple, int] = {}
-    out: dict[str, list[Any]] = {name: [] for name in EVENTS.columns}
-    rows_in = zip(users, items, types, values.to_pylist(), occurred.to_pylist())
+    out: list[dict[str, Any]] = []
+    rows_in = zip(users, items, types, values.to_pylist(), occurred.to_pylist(), strict=True)
     for user, item, etype, value, at in tqdm(rows_in, total=len(users), unit="row", file=sys.stderr, disable=None):
         key = (user, item, etype, value, at.isoformat())
         seen[key] = seen.get(key, -1) + 1
-        out["event_id"].append(str(uuid.uuid5(ID_NAMESPACE, json.dumps([*key, seen[key]]))))
         if user not in pseudonyms:
             pseudonyms[user] = pseudonymise(user, settings.pseudonym_key)
-        out["user_id"].append(pseudonyms[user])
-        out["item_id"].append(item)
-        out["event_type"].append(etype)
-        out["value"].append(value)
-        out["occurred_at"].append(at)
-        out["received_at"].append(received)
-        out["context"].append([("source", source)])
-        out["event_date"].append(at.date())
-        for name in ("device", "country", "kafka_topic", "kafka_partition", "kafka_offset"):
-            out[name].append(None)
-    return pa.table(out, schema=EVENTS.schema)
+        message = {
+            "event_id": str(uuid.uuid5(ID_NAMESPACE, json.dumps([*key, seen[key]]))),
+            "user_id": pseudonyms[user],
+            "item_id": item,
+            "event_type": etype,
+            "value": value,
+            "occurred_at": at,
+            "received_at": received,
+            "context": {"source": source},
+        }
+        out.append(event_row(message))
+    return pa.Table.from_pylist(out, schema=EVENTS.schema)
 
 
 def _timestamps(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:

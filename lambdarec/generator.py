@@ -192,41 +192,28 @@ def bronze_table(events: list[dict], settings: Settings) -> "pa.Table":
     """The ``events`` lake rows the speed layer would write for these events.
 
     For seeding a lake without the stream (tests, benchmarks): user ids are
-    pseudonymised with the settings' key, Kafka coordinates are left empty.
+    pseudonymised with the settings' key, each event is received when it occurred,
+    Kafka coordinates are left empty, and events without consent are left out, as
+    the speed layer leaves them out. The row itself is ``schemas.events.event_row``.
     """
     import pyarrow as pa
 
     from lambdarec.pseudonym import pseudonymise
+    from schemas.events import consented, event_row
     from schemas.tables import EVENTS
 
-    rows = []
-    for event in events:
-        occurred = datetime.fromisoformat(event["occurred_at"])
-        context = event["context"]
-        rows.append(
+    rows = [
+        event_row(
             {
-                "event_id": event["event_id"],
+                **event,
                 "user_id": pseudonymise(event["user_id"], settings.pseudonym_key),
-                "item_id": event["item_id"],
-                "event_type": event["event_type"],
-                "value": event["value"],
-                "occurred_at": occurred,
-                "received_at": occurred,
-                "device": context.get("device"),
-                "country": context.get("country"),
-                "context": [(key, _context_text(value)) for key, value in context.items()],
-                "kafka_topic": None,
-                "kafka_partition": None,
-                "kafka_offset": None,
-                "event_date": occurred.date(),
+                "received_at": event.get("received_at") or event["occurred_at"],
             }
         )
+        for event in events
+        if consented(event.get("context"))
+    ]
     return pa.Table.from_pylist(rows, schema=EVENTS.schema)
-
-
-def _context_text(value: object) -> str:
-    """Context values as the lake's string map holds them (JSON spelling for booleans)."""
-    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _batches(events: Iterator[dict], size: int) -> Iterator[list[dict]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal, get_args
@@ -99,3 +99,82 @@ def spark_message_schema():
             StructField("context", MapType(StringType(), StringType())),
         ]
     )
+
+
+# --- One event message -> one ``events`` row (schemas.tables.EVENTS) ------------------------
+#
+# The speed layer (Spark expressions in ``speed/transforms.py``), the importer and the
+# generator all write ``events`` rows; they share these constants, and the two Python
+# writers share ``event_row``. ``tests/spark/test_event_row_contract.py`` checks that the
+# Spark path and ``event_row`` give identical rows for the same messages.
+
+CONTEXT_COLUMNS: tuple[str, ...] = ("device", "country")
+"""Context keys lifted out into ``events`` columns of the same name."""
+
+CONSENT_KEY = "consent"
+CONSENT_REFUSED = "false"
+"""A message whose ``context.consent`` reads ``false`` (any case) reaches no table."""
+
+CONTEXT_DROPPED: tuple[str, ...] = (*CONTEXT_COLUMNS, CONSENT_KEY)
+"""Context keys left out of the ``context`` map: the lifted columns, and consent (only valid rows are kept)."""
+
+
+def context_text(value: Any) -> str | None:
+    """A context value as the ``events`` string map holds it: strings as they are, other
+    JSON values in their compact JSON spelling (``true``, ``3``), as Spark's ``from_json``
+    reads a JSON value into a string map; null stays null."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def consented(context: dict[str, Any] | None) -> bool:
+    """Whether a message's context allows it into the lake (no consent key means yes)."""
+    consent = context_text((context or {}).get(CONSENT_KEY))
+    return consent is None or consent.lower() != CONSENT_REFUSED
+
+
+def _utc(value: datetime | str) -> datetime:
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {value!r}")
+    return parsed.astimezone(UTC)
+
+
+def event_row(
+    message: dict[str, Any],
+    ingest_ts: datetime | None = None,
+    kafka_topic: str | None = None,
+    kafka_partition: int | None = None,
+    kafka_offset: int | None = None,
+) -> dict[str, Any]:
+    """The ``events`` row of one valid, consented, pseudonymised message (``Event.to_message``).
+
+    ``occurred_at``/``received_at`` may be ISO-8601 text (as on the topic) or aware
+    datetimes; they become UTC. ``received_at`` falls back to ``ingest_ts`` (the Kafka
+    record's timestamp in the speed layer). ``event_date`` is the UTC date of ``occurred_at``.
+    The ``context`` map is a dict (null when the message has none, as in Spark); Arrow
+    and Spark both take a dict as a map value.
+    """
+    given = message.get("context")
+    context = given or {}
+    occurred = _utc(message["occurred_at"])
+    received = message.get("received_at")
+    value = message.get("value")
+    return {
+        "event_id": message["event_id"],
+        "user_id": message["user_id"],
+        "item_id": message["item_id"],
+        "event_type": message["event_type"],
+        "value": None if value is None else float(value),
+        "occurred_at": occurred,
+        "received_at": _utc(received) if received is not None else ingest_ts,
+        **{name: context_text(context.get(name)) for name in CONTEXT_COLUMNS},
+        "context": None
+        if given is None
+        else {key: context_text(v) for key, v in context.items() if key not in CONTEXT_DROPPED},
+        "kafka_topic": kafka_topic,
+        "kafka_partition": kafka_partition,
+        "kafka_offset": kafka_offset,
+        "event_date": occurred.date(),
+    }

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 from lambdarec.feedback import event_weight
 from lambdarec.settings import Settings
-from schemas.events import EVENT_TYPES, SCHEMA_VERSION, spark_message_schema
+from schemas.events import (
+    CONSENT_KEY,
+    CONSENT_REFUSED,
+    CONTEXT_COLUMNS,
+    CONTEXT_DROPPED,
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    spark_message_schema,
+)
 from schemas.topics import SPEED_UPDATE_KIND_INTERACTION
 
 if TYPE_CHECKING:
@@ -20,7 +28,6 @@ if TYPE_CHECKING:
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 REQUIRED_FIELDS = ("event_id", "user_id", "item_id", "event_type", "occurred_at")
-CONTEXT_COLUMNS = ("device", "country")
 LATE = "late_past_watermark"
 
 
@@ -101,16 +108,21 @@ def consented(parsed: "DataFrame") -> "DataFrame":
     """Drop valid events whose context says the user gave no consent; they reach no table."""
     from pyspark.sql import functions as F
 
-    consent = F.lower(F.col("event.context")["consent"])
-    return parsed.filter(F.col("reason").isNotNull() | consent.isNull() | (consent != "false"))
+    consent = F.lower(F.col("event.context")[CONSENT_KEY])
+    return parsed.filter(F.col("reason").isNotNull() | consent.isNull() | (consent != CONSENT_REFUSED))
 
 
 def _event_columns() -> list["Column"]:
-    """Columns of an ``events`` row, computed from a parsed record."""
+    """Columns of an ``events`` row, computed from a parsed record.
+
+    The Spark spelling of ``schemas.events.event_row``, from its constants; the
+    contract test ``tests/spark/test_event_row_contract.py`` holds the two together.
+    ``from_json`` already reads every context value as text, as ``context_text`` does.
+    """
     from pyspark.sql import functions as F
 
     occurred = F.col("event.occurred_at").cast("timestamp")
-    context = F.map_filter("event.context", lambda k, _: ~k.isin("device", "country", "consent"))
+    context = F.map_filter("event.context", lambda k, _: ~k.isin(*CONTEXT_DROPPED))
     return [
         F.col("event.event_id").alias("event_id"),
         F.col("event.user_id").alias("user_id"),
