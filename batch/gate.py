@@ -4,7 +4,7 @@ A candidate is published when its factors hold no NaN, it covers enough of the
 active users and items, it beats the popularity baseline on its own holdout, and
 its gate metric is at least the champion's minus a tolerance. Anything else is
 recorded as ``rejected`` with the reason, and serving keeps the champion.
-Publishing writes the model's serving folder into the lake (so servers map finished
+Publishing writes the model's bundle into the lake (so servers map finished
 arrays instead of building them), then one registry append, so it is atomic; the decision is keyed by the
 app transaction ``(gate-<status>, model_version)``, so re-running it records nothing twice.
 """
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.lake import Lake
+from lambdarec.model_bundle import ModelLoadError, publish_model_bundle
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, USER_FACTORS
-from serving.model_build import ModelLoadError, publish_bundle
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -87,20 +87,20 @@ def run(lake: Lake, settings: Settings, model_version: int, spark: "SparkSession
     fields = {name: current[name] for name in current if name not in ("model_version", "status", "status_reason", "recorded_at")}
     fields["metrics"] = metrics
     if status == registry.PUBLISHED:
-        status, reason = _with_serving_folder(settings, {**current, "params": json.loads(current["params"] or "{}")}, reason)
+        status, reason = _with_model_bundle(settings, {**current, "params": json.loads(current["params"] or "{}")}, reason)
     registry.record_status(lake, model_version, status, reason, app_id=f"gate-{status}", spark=spark, **fields)
     log.info(json.dumps({"event": "gate_decided", "model_version": model_version, "status": status, "reason": reason}))
     return _summary(registry.current_statuses(lake)[model_version])
 
 
-def _with_serving_folder(settings: Settings, row: dict[str, Any], reason: str) -> tuple[str, str]:
-    """Write the model's serving folder into the lake before it is published; a model serving
+def _with_model_bundle(settings: Settings, row: dict[str, Any], reason: str) -> tuple[str, str]:
+    """Write the model's bundle into the lake before it is published; a model serving
     could not load is rejected instead."""
     try:
-        seconds = publish_bundle(settings, row)
+        seconds = publish_model_bundle(settings, row)
     except ModelLoadError as exc:
         return registry.REJECTED, f"serving cannot load it: {exc}"
-    log.info(json.dumps({"event": "serving_folder_written", "model_version": row["model_version"], "seconds": round(seconds, 2)}))
+    log.info(json.dumps({"event": "model_bundle_written", "model_version": row["model_version"], "seconds": round(seconds, 2)}))
     return registry.PUBLISHED, reason
 
 

@@ -9,7 +9,7 @@ slows every reader; compaction (Delta's ``OPTIMIZE``) rewrites them into fewer,
 larger ones without changing a row. ``VACUUM`` then deletes files no snapshot
 within the retention window references (and files a killed Spark write left
 uncommitted). Expiry deletes (a Delta ``DELETE``) the factor data of models beyond
-the retention count and their serving folders; the champion is always kept, and
+the retention count and their model bundles; the champion is always kept, and
 the registry keeps every model's history as ``expired`` rows. Deletion vectors are
 off, so a DELETE rewrites files and every table stays readable by delta-rs.
 All three are safe to re-run: a second pass finds nothing to do.
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.lake import Lake, session_conf, spark_path
+from lambdarec.model_bundle import remove_model_bundle
 from lambdarec.settings import Settings
 from schemas.tables import ALL_TABLES, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
-from serving.model_build import remove_bundle
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -110,7 +110,7 @@ def expire_models(spark: "SparkSession", lake: Lake, keep: int) -> list[int]:
                 lake.delete_spark(
                     spark, spec, f"model_version = {int(version)}", app_id=f"expire-{spec.name}", txn_version=version
                 )
-        remove_bundle(lake.settings, version)
+        remove_model_bundle(lake.settings, version)
         registry.record_status(
             lake, version, EXPIRED, f"beyond the retention of {keep} models", app_id="maintenance-expired", spark=spark
         )

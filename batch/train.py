@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from batch import gate, idmap, registry, tuning
+from batch import gate, idmap, tuning
 from batch.engines import AlsParams, Factors, engine
 from batch.evaluate import Holdout, compare_to_popularity
 from batch.interactions import holdout_pairs, implicit_ratings, split_holdout, with_indices
+from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, USER_FACTORS, USER_IDS
@@ -319,7 +320,7 @@ def _interactions(train: "DataFrame", model_version: int) -> "DataFrame":
 def _factor_rows(spec, model_version: int, index: np.ndarray, vectors: np.ndarray, mapping: pa.Table) -> pa.Table:
     """One factor table's rows: (model_version, index, id, factors), ids looked up in the mapping."""
     id_col, index_col = idmap.columns(USER_IDS if spec is USER_FACTORS else ITEM_IDS)
-    lookup = dict(zip(mapping.column(index_col).to_pylist(), mapping.column(id_col).to_pylist()))
+    lookup = dict(zip(mapping.column(index_col).to_pylist(), mapping.column(id_col).to_pylist(), strict=True))
     rank = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
     offsets = pa.array(np.arange(0, (len(index) + 1) * rank, rank, dtype=np.int32))

@@ -29,7 +29,7 @@ def candidates(space: dict[str, list[float]], method: str, trials: int, seed: in
     if method not in ("grid", "random"):
         raise ValueError(f"tuning method must be grid or random, got {method!r}")
     names = sorted(space)
-    grid = [dict(zip(names, values)) for values in itertools.product(*(space[n] for n in names))]
+    grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
     if method == "random":
         grid = [grid[i] for i in np.random.default_rng(seed).permutation(len(grid))]
     return grid[:trials]

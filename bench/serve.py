@@ -1,7 +1,7 @@
 """Serving latency under fixed offered load, plus a model swap under load.
 
 Builds a model of 100k items x 64 factors and 1M users in a temporary lake
-(pyarrow, no Spark), publishes it as the publish gate does (serving folder into
+(pyarrow, no Spark), publishes it as the publish gate does (model bundle into
 the lake, then the registry row), and adds an item catalogue for filters and
 speed-view updates so the requested users go through fold-in. It starts an
 embedded broker and ``lambdarec serve`` (uvicorn, one worker) and drives it from
@@ -18,7 +18,7 @@ The swap phase writes models 2.. (--swaps of them), offers load, and after
 The "before" window runs from the end of the first --seconds (which settle the
 load) to the first swap; the requests scheduled while a reload ran are pooled as
 "during" (one swap's ~100 requests would make its p99 nearly their maximum).
-``--no-bundle`` publishes those models without their serving folders, so serving
+``--no-bundle`` publishes those models without their model bundles, so serving
 builds them in its idle-priority loader.
 Prints one JSON object.
 
@@ -47,15 +47,15 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batch.registry import PUBLISHED, record_status  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
+from lambdarec.model_bundle import publish_model_bundle  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
+from lambdarec.registry import PUBLISHED, record_status  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS  # noqa: E402
-from serving.model_build import publish_bundle  # noqa: E402
 
 TOKEN = "bench-admin-token"
 CATEGORIES = 10
@@ -79,7 +79,7 @@ def factors_column(matrix: np.ndarray) -> pa.Array:
 
 def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int, seed: int,
                 bundle: bool = True, register: bool = True) -> None:
-    """Write a model's tables (and serving folder) and, with ``register``, its registry row."""
+    """Write a model's tables (and model bundle) and, with ``register``, its registry row."""
     rng = np.random.default_rng(seed)
     item_ids = [f"item-{n}" for n in range(n_items)]
     users = [pseudonymise(f"user-{n}", lake.settings.pseudonym_key) for n in range(n_users)]
@@ -97,8 +97,8 @@ def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int,
         "user_index": pa.array(np.repeat(np.arange(n_users, dtype=np.int32), per_user)),
         "item_index": pa.array(rng.integers(0, n_items, rows, dtype=np.int32)),
         "rating": pa.array(rng.choice([1.0, 2.0, 4.0, 8.0], rows).astype(np.float32))}))
-    if bundle:  # as the publish gate does: the serving folder goes into the lake before the registry row
-        publish_bundle(lake.settings, {"model_version": version, "source_events_version": version * 10,
+    if bundle:  # as the publish gate does: the model bundle goes into the lake before the registry row
+        publish_model_bundle(lake.settings, {"model_version": version, "source_events_version": version * 10,
                                        "params": model_params(rank)})
     if register:
         publish(lake, version, n_items, n_users, rank, per_user)
@@ -261,7 +261,7 @@ def main() -> int:
                         help="Run the load generator on the last CPU only (default), as a client with its own CPU; "
                              "unpinned, the server's threads delay its sends, and that delay counts as latency.")
     parser.add_argument("--no-bundle", action="store_true",
-                        help="Publish the swapped-in model without its serving folder, so serving builds it itself.")
+                        help="Publish the swapped-in model without its model bundle, so serving builds it itself.")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
@@ -337,11 +337,11 @@ def main() -> int:
         during = [r for window in per_swap for r in window]
         figures["swap"] = {
             "rate": args.swap_rate,
-            "serving_folder": "built by serving" if args.no_bundle else "published with the model",
+            "model_bundle": "built by serving" if args.no_bundle else "published with the model",
             "swaps": [
                 {"model_version": version, "reload": reloaded, "swap_s": round(ended - began, 2),
                  "requests": len(window), "max_ms": round(1000 * max((r[1] for r in window), default=0), 2)}
-                for (version, began, ended, reloaded), window in zip(windows, per_swap)
+                for (version, began, ended, reloaded), window in zip(windows, per_swap, strict=True)
             ],
             "before": summary(before),
             "during": summary(during) if during else None,

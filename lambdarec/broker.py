@@ -39,7 +39,7 @@ from pathlib import Path
 from lambdarec import jars, kafka_io
 from lambdarec.processes import die_with_parent
 from lambdarec.settings import Settings
-from schemas.topics import platform_topics
+
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class EmbeddedBroker:
             )
         try:
             kafka_io.wait_for_broker(self.bootstrap_servers, self.startup_timeout_s, check=self._check_alive)
-            kafka_io.ensure_topics(self.settings, platform_topics(self.settings), self.settings.topic_partitions)
+            kafka_io.ensure_topics(self.settings, kafka_io.platform_topics(self.settings), self.settings.topic_partitions)
         except BaseException:
             self.stop()
             raise
@@ -402,7 +402,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "event": "broker_ready",
             "bootstrap_servers": broker.bootstrap_servers,
             "controller_port": broker.controller_port,
-            "topics": platform_topics(settings),
+            "topics": kafka_io.platform_topics(settings),
             "partitions": settings.topic_partitions,
             "pid": broker.pid,
             "data": str(broker.data_dir),

@@ -132,7 +132,7 @@ class Demo:
                  self.remaining(60), "the injected bad records in dead_letter", interval_s=0.25)
 
     def train(self) -> dict[str, Any]:
-        from batch.registry import latest_published
+        from lambdarec.registry import latest_published
 
         child = self._start("train", spark_submit_command(self.settings, "batch/train.py"))
         code = wait_for(lambda: child.process.poll() is not None and (child.process.returncode,),

@@ -108,6 +108,11 @@ def send_all(
     return delivered
 
 
+def platform_topics(settings: Settings) -> list[str]:
+    """Every topic the platform creates on start (names from settings; formats in ``schemas.topics``)."""
+    return [settings.topic_events, settings.topic_speed_updates]
+
+
 def ensure_topics(
     settings: Settings,
     topics: Sequence[str],

@@ -114,7 +114,7 @@ class Lake:
         """A pyarrow dataset of the pinned snapshot, for DuckDB and serving."""
         return self.open(spec, version).to_pyarrow_dataset()
 
-    def read_arrow(self, spec: TableSpec, version: int | None = None, filter: Any = None) -> pa.Table:
+    def read_arrow(self, spec: TableSpec, version: int | None = None, filter: Any = None) -> pa.Table:  # noqa: A002 - pyarrow's name
         """The snapshot as an Arrow table (empty with the spec's schema if the table is missing)."""
         if not self.exists(spec):
             return spec.schema.empty_table()

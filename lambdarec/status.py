@@ -36,7 +36,7 @@ def latest_progress(lake: Lake) -> dict[str, dict[str, Any]]:
 
 def collect(settings: Settings) -> dict[str, Any]:
     """The status as one JSON-ready object."""
-    from batch.registry import latest_published
+    from lambdarec.registry import latest_published
 
     lake = Lake(settings)
     model = latest_published(lake)
@@ -63,7 +63,7 @@ def render_table(status: dict[str, Any]) -> str:
         lines.append("  (no progress recorded yet: is the speed job running?)")
     else:
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-        lines += ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in rows]
+        lines += ["  " + "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     model = status["published_model"]
     lines += ["", "published model: " + ("none" if model is None else
               f"v{model['model_version']} from events v{model['source_events_version']} ({model['engine']}), "

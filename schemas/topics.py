@@ -34,15 +34,8 @@ one partition in order.
 
 from __future__ import annotations
 
-from lambdarec.settings import Settings
-
 SPEED_UPDATE_KIND_USER_INTERACTIONS = "user_interactions"
 SPEED_UPDATE_KIND_INTERACTION = "interaction"
 SPEED_UPDATE_KIND_USER_FEATURES = "user_features"
 SPEED_UPDATE_KIND_ITEM_TRENDING = "item_trending"
 SPEED_UPDATE_KIND_PROGRESS = "progress"
-
-
-def platform_topics(settings: Settings) -> list[str]:
-    """Every topic the platform creates on start."""
-    return [settings.topic_events, settings.topic_speed_updates]

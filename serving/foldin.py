@@ -12,23 +12,16 @@ against the final item factors reproduces Spark's stored user vector:
 The same equations with users and items swapped give a new item's vector from
 the users who interacted with it (the symmetric fold-in). An engine that does not
 scale regularisation by the interaction count (``implicit``) uses
-``reg_scaling="constant"``: ``regParam * I``.
+``reg_scaling="constant"``: ``regParam * I``. The Gram matrices ``YtY`` and ``XtX``
+come with the model bundle (``lambdarec.model_bundle.gram``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
-RegScaling = Literal["per_interaction", "constant"]
-
-
-def gram(factors: np.ndarray) -> np.ndarray:
-    """YtY in float64, computed once per model."""
-    y = np.asarray(factors, dtype=np.float64)
-    return y.T @ y
+from lambdarec.model_bundle import RegScaling
 
 
 def normal_equations(

@@ -16,7 +16,7 @@ import numpy as np
 
 from lambdarec.lake import Lake
 from schemas.tables import ITEM_CATALOGUE
-from serving.id_index import encode
+from lambdarec.id_index import encode
 from serving.model import Model
 from serving.new_items import LOOKUP_CHUNK, Catalogue
 

@@ -1,36 +1,23 @@
-"""The batch view in memory: one published model version as a folder of numpy arrays.
+"""The batch view in memory: one published model version, opened from its model bundle.
 
-A loader process writes the folder (``serving.model_build``); the server opens
-it with memory maps. Opening is a few file opens and no per-user Python objects,
-so a swap under load neither holds the GIL nor doubles the server's heap.
+The bundle (``lambdarec.model_bundle``) is a folder of numpy arrays that the publish
+gate or a loader process writes; the server opens it with memory maps. Opening is a
+few file opens and no per-user Python objects, so a swap under load neither holds
+the GIL nor doubles the server's heap.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from serving.foldin import RegScaling
-from serving.id_index import IdIndex
+from lambdarec.id_index import IdIndex
+from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
 
-FORMAT = 1  # bump when the folder layout changes; older folders are rebuilt
 TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap (about 0.3 ms)
-META = "meta.json"
-ARRAYS = (
-    "item_ids",  # position -> item id (unicode array)
-    "item_keys", "item_key_positions",  # IdIndex over item ids
-    "user_keys", "user_key_positions",  # IdIndex over user ids
-    "item_factors", "user_factors",  # Y (n_items x rank), X (n_users x rank), float32
-    "yty", "xtx",  # Gram matrices, float64; XtX serves the symmetric fold-in of new items
-    "item_norms",  # |y_i|, for cosine similarity
-    "history_indptr", "history_items", "history_ratings",  # users' training ratings, CSR
-    "popularity",  # per item: sum of training ratings
-)
 
 
 @dataclass(frozen=True)
@@ -73,31 +60,11 @@ class Model:
         return self.history_items[start:end], self.history_ratings[start:end]
 
 
-def write_model_dir(directory: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Write a model folder; the caller renames it into place when complete."""
-    missing = set(ARRAYS) - set(arrays)
-    if missing:
-        raise ValueError(f"model arrays missing: {sorted(missing)}")
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ARRAYS:
-        np.save(directory / f"{name}.npy", arrays[name], allow_pickle=False)
-    (directory / META).write_text(json.dumps({**meta, "format": FORMAT}))
-
-
-def read_meta(directory: Path) -> dict[str, Any] | None:
-    """The folder's metadata, or None if it is absent or from another format."""
-    try:
-        meta = json.loads((directory / META).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if meta.get("format") == FORMAT else None
-
-
 def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = lambda: None) -> Model:
-    """Memory-map a complete model folder; ``pause()`` runs between arrays."""
+    """Memory-map a complete model bundle; ``pause()`` runs between arrays."""
     meta = read_meta(directory)
     if meta is None:
-        raise FileNotFoundError(f"no model folder of format {FORMAT} at {directory}")
+        raise FileNotFoundError(f"no model bundle of format {FORMAT} at {directory}")
     a = {}
     for name in ARRAYS:
         pause()

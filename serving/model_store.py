@@ -1,13 +1,13 @@
 """Keeps the serving model in step with the registry, swapping versions atomically.
 
-A published model comes with a model folder of numpy arrays that the publish
-gate wrote into the lake; the store memory-maps it (copying it first when the
-lake is remote) beside the serving model, prepares the caches requests derive
+A published model comes with a model bundle (``lambdarec.model_bundle``) that the
+publish gate wrote into the lake; the store memory-maps it (copying it first when
+the lake is remote) beside the serving model, prepares the caches requests derive
 from it, and swaps it in with one reference assignment: a request sees the old
-model or the new one, never a mix. A model published without a folder gets one
-built by an idle-priority loader process (``serving.model_build``), so the work
-never competes with requests for this process's GIL. A failed load keeps the
-old model. Local copies are cached per lake and version, so a restarted server
+model or the new one, never a mix. A model published without a bundle gets one
+built by an idle-priority loader process (``python -m lambdarec.model_bundle``), so
+the work never competes with requests for this process's GIL. A failed load keeps
+the old model. Local bundles are cached per lake and version, so a restarted server
 (or a second one on the same host) maps them at once.
 """
 
@@ -27,19 +27,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from batch.registry import latest_published_in
 from lambdarec.lake import Lake
 from lambdarec.log_tail import LogTail
+from lambdarec.model_bundle import (
+    LOAD_ERROR_EXIT,
+    ModelLoadError,
+    copy_model_bundle,
+    local_path,
+    model_bundle_uri,
+    read_meta,
+)
+from lambdarec.registry import latest_published_in
 from lambdarec.settings import Settings
 from schemas.tables import MODELS
-from serving.model import Model, open_model, read_meta
-from serving.model_build import LOAD_ERROR_EXIT, ModelLoadError, bundle_uri, copy_folder, local_path
+from serving.model import Model, open_model
 
 __all__ = ["Model", "ModelLoadError", "ModelStore"]
 
 log = logging.getLogger(__name__)
-KEPT_FOLDERS = 2  # the serving version and the one before it
-# Runs serving.model_build as __main__ after dropping to SCHED_IDLE (nice 19 where there is none),
+KEPT_BUNDLES = 2  # the serving version and the one before it
+# Runs lambdarec.model_bundle as __main__ after dropping to SCHED_IDLE (nice 19 where there is none),
 # before any heavy import: on a 2-core host even a nice-10 loader took a third of the request
 # throughput, while an idle-class one runs only on CPU time that requests leave unused.
 LOADER_BOOTSTRAP = """
@@ -48,7 +55,7 @@ try:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 except (AttributeError, OSError):
     os.nice(19)
-runpy.run_module("serving.model_build", run_name="__main__", alter_sys=True)
+runpy.run_module("lambdarec.model_bundle", run_name="__main__", alter_sys=True)
 """
 
 
@@ -95,7 +102,7 @@ class ModelStore:
                 return False
             try:
                 self.pause()
-                model = open_model(self._model_folder(row), loaded_at=time.time(), pause=self.pause)
+                model = open_model(self._model_bundle(row), loaded_at=time.time(), pause=self.pause)
                 model.touch(self.pause)
                 self.pause()
                 if self.prepare is not None:
@@ -119,47 +126,47 @@ class ModelStore:
             )
             return True
 
-    def _model_folder(self, row: dict[str, Any]) -> Path:
-        """The model's folder: the lake's published one when the lake is local, else a local copy
+    def _model_bundle(self, row: dict[str, Any]) -> Path:
+        """The model's bundle: the lake's published one when the lake is local, else a local copy
         (cached per lake and version) of the published one, or one built here when there is none."""
         version = int(row["model_version"])
-        published = local_path(bundle_uri(self.lake.settings, version))
+        published = local_path(model_bundle_uri(self.lake.settings, version))
         if published is not None and self._is_complete(published, row):
             return published
-        folder = self._cache() / f"v{version}-{self._lake_key()}"
-        if self._is_complete(folder, row):
-            return folder
-        shutil.rmtree(folder, ignore_errors=True)  # partial or stale; open maps of it stay valid
-        building = folder.with_name(f".building-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        bundle = self._cache() / f"v{version}-{self._lake_key()}"
+        if self._is_complete(bundle, row):
+            return bundle
+        shutil.rmtree(bundle, ignore_errors=True)  # partial or stale; open maps of it stay valid
+        building = bundle.with_name(f".building-{bundle.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             how = self._fill(row, building)
             try:
-                building.rename(folder)
+                building.rename(bundle)
             except OSError:  # another server on this host finished the same version first
-                if not self._is_complete(folder, row):
+                if not self._is_complete(bundle, row):
                     raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
-        log.info("model folder ready", extra={"model_version": version, "how": how})
-        return folder
+        log.info("model bundle ready", extra={"model_version": version, "how": how})
+        return bundle
 
     def _fill(self, row: dict[str, Any], building: Path) -> str:
-        """Copy the published folder from remote storage or, without one, build it; says which."""
+        """Copy the published bundle from remote storage or, without one, build it; says which."""
         if local_path(self.lake.settings.lake_root) is None:
             try:
-                copy_folder(bundle_uri(self.lake.settings, int(row["model_version"])), building)
+                copy_model_bundle(model_bundle_uri(self.lake.settings, int(row["model_version"])), building)
                 if self._is_complete(building, row):
                     return "copied"
             except OSError as exc:
-                log.info("no published model folder to copy", extra={"error": str(exc)})
+                log.info("no published model bundle to copy", extra={"error": str(exc)})
             shutil.rmtree(building, ignore_errors=True)
         seconds = self._build_in_loader(row, building)
         return f"built in {seconds:.1f} s"
 
-    def _build_in_loader(self, row: dict[str, Any], folder: Path) -> float:
-        """Run ``serving.model_build`` in a fresh interpreter at idle priority (nothing of this process is copied)."""
+    def _build_in_loader(self, row: dict[str, Any], bundle: Path) -> float:
+        """Run ``lambdarec.model_bundle`` in a fresh interpreter at idle priority (nothing of this process is copied)."""
         done = subprocess.run(
-            [sys.executable, "-c", LOADER_BOOTSTRAP, str(folder)],
+            [sys.executable, "-c", LOADER_BOOTSTRAP, str(bundle)],
             input=pickle.dumps((self.lake.settings, row)),
             capture_output=True,
             check=False,
@@ -172,8 +179,8 @@ class ModelStore:
             raise ModelLoadError(f"model {row['model_version']}: loader exited {done.returncode}: {last}")
         return float(done.stdout.split()[-1])  # the seconds, printed last
 
-    def _is_complete(self, folder: Path, row: dict[str, Any]) -> bool:
-        meta = read_meta(folder)
+    def _is_complete(self, bundle: Path, row: dict[str, Any]) -> bool:
+        meta = read_meta(bundle)
         return (
             meta is not None
             and meta.get("version") == int(row["model_version"])
@@ -182,13 +189,13 @@ class ModelStore:
         )
 
     def _prune(self) -> None:
-        """Remove this lake's folders older than the newest ``KEPT_FOLDERS`` versions."""
-        folders = sorted(
+        """Remove this lake's cached bundles older than the newest ``KEPT_BUNDLES`` versions."""
+        bundles = sorted(
             self._cache().glob(f"v*-{self._lake_key()}"),
             key=lambda path: int(path.name[1:].split("-", 1)[0]),
         )
-        for folder in folders[:-KEPT_FOLDERS]:
-            shutil.rmtree(folder, ignore_errors=True)
+        for bundle in bundles[:-KEPT_BUNDLES]:
+            shutil.rmtree(bundle, ignore_errors=True)
 
     def _cache(self) -> Path:
         root = self.lake.settings.model_cache_root

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.foldin import fold_in, fold_in_rows, gram
+from lambdarec.model_bundle import gram
+from serving.foldin import fold_in, fold_in_rows
 from serving.model import Model
 from serving.speed_view import SpeedView
 
@@ -83,7 +84,7 @@ class KnownItems:
         for start in range(0, len(new), LOOKUP_CHUNK):
             pause()
             chunk = new[start : start + LOOKUP_CHUNK]
-            self._known.update(zip(chunk, (self.model.item_positions.lookup(chunk) >= 0).tolist()))
+            self._known.update(zip(chunk, (self.model.item_positions.lookup(chunk) >= 0).tolist(), strict=True))
         return [item for item in items if not self._known[item]]
 
 

@@ -103,7 +103,7 @@ def test_kill_9_of_the_component_three_times_loses_and_duplicates_no_acknowledge
     try:
         for kill in range(KILLS):
             target = producer.acked() + ACKS_BETWEEN_KILLS
-            wait_for(lambda: producer.error is None and producer.acked() >= target, 120,
+            wait_for(lambda target=target: producer.error is None and producer.acked() >= target, 120,
                      f"{ACKS_BETWEEN_KILLS} more acknowledged records before kill {kill + 1}")
             component.kill_9()
             component.start()
@@ -136,7 +136,7 @@ def test_kill_9_of_lambdarec_broker_takes_the_jvm_and_frees_the_ports(component)
     jvm = component.jvm_pid
     component.kill_9()  # asserts the JVM died with it
     for port in component.ports.values():
-        wait_for(lambda: port_free(port), 5, f"port {port} to be free after the broker died")
+        wait_for(lambda port=port: port_free(port), 5, f"port {port} to be free after the broker died")
     component.start()  # same root, same ports
     assert component.jvm_pid != jvm
     assert read_values(component.settings) == [b"before"]

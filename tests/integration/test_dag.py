@@ -17,11 +17,11 @@ import pytest
 
 from pydantic import SecretStr
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, MODELS
-from tests.serving_support import serving
+from tests.support.serving import serving
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 
 from lambdarec import generator
 from lambdarec.settings import Settings
-from tests.integration.test_serving import read_topic, serving
+from tests.support.serving import read_topic, serving
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +33,5 @@ def test_generated_events_are_all_accepted_and_on_the_topic(broker_settings, cap
 
 def test_a_refused_batch_stops_with_the_servers_answer(broker_settings):
     oversized = str(broker_settings.ingest_max_batch + 1)
-    with serving(broker_settings) as client:
-        with pytest.raises(RuntimeError, match="answered 413"):
-            generate(broker_settings, str(client.base_url), "--batch-size", oversized)
+    with serving(broker_settings) as client, pytest.raises(RuntimeError, match="answered 413"):
+        generate(broker_settings, str(client.base_url), "--batch-size", oversized)

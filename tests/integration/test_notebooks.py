@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS

@@ -13,14 +13,12 @@ import uuid
 import httpx
 import pytest
 from pydantic import SecretStr
-from kafka import TopicPartition
 
-from lambdarec.kafka_io import make_consumer, make_producer, send_all
+from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
-from lambdarec.settings import Settings
 from tests.plugins.broker import free_port
-from tests.serving_support import DEADLINE_S, serving, speed_update, wait_until, write_model
+from tests.support.serving import DEADLINE_S, read_topic, serving, speed_update, wait_until, write_model
 
 pytestmark = pytest.mark.integration
 
@@ -40,26 +38,6 @@ def event(user_id: str, item_id: str, **overrides) -> dict:
         "occurred_at": "2024-05-01T12:00:00+00:00",
         **overrides,
     }
-
-
-def read_topic(settings: Settings, topic: str, expected: int) -> list:
-    """Every record on ``topic``, read with assign() from the beginning (no consumer group)."""
-    consumer = make_consumer(settings.bootstrap_servers, auto_offset_reset="earliest")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list = []
-
-        def drained():
-            for batch in consumer.poll(timeout_ms=100).values():
-                records.extend(batch)
-            return len(records) >= expected
-
-        wait_until(drained, f"{expected} records on {topic}")
-        return records
-    finally:
-        consumer.close()
 
 
 def test_posted_events_land_on_the_topic_pseudonymised(broker_settings):

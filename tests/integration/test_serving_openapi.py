@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from lambdarec.lake import Lake
-from tests.serving_support import serving, wait_until, write_model
+from tests.support.serving import serving, wait_until, write_model
 
 pytestmark = pytest.mark.integration
 

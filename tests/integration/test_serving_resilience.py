@@ -25,7 +25,7 @@ from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import SPEED_USER_INTERACTIONS
 from serving.app import create_app
-from tests.serving_support import serving, speed_update, wait_until, write_model
+from tests.support.serving import serving, speed_update, wait_until, write_model
 
 pytestmark = pytest.mark.integration
 

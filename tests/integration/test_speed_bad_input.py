@@ -14,8 +14,7 @@ from lambdarec.lake import Lake
 from schemas.tables import DEAD_LETTER, EVENTS
 from speed.job import run
 from speed.transforms import LATE
-from tests.integration.test_speed_job import produce
-from tests.spark.test_speed_transforms import BAD, message
+from tests.support.speed import BAD, message, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

@@ -10,8 +10,7 @@ from lambdarec.lake import Lake
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
 from speed.job import run_features
 from speed.recompute import current, recompute
-from tests.integration.test_speed_job import produce, run_to_end, speed_updates
-from tests.spark.test_speed_transforms import message
+from tests.support.speed import message, produce, run_to_end, speed_updates
 from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]

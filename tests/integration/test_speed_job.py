@@ -14,48 +14,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import TopicPartition
 
-from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets, send_all
 from lambdarec.lake import Lake
 from lambdarec.processes import wait_for
 from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_INTERACTIONS
-from speed.job import checkpoint_location, run, run_realtime
-from tests.spark.test_speed_transforms import message
+from speed.job import checkpoint_location, run_realtime
+from tests.support.speed import message, produce, run_to_end, speed_updates
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
-
-
-def produce(settings, values: list[bytes]) -> None:
-    producer = make_producer(settings)
-    try:
-        send_all(producer, settings.topic_events, [(None, v) for v in values])
-    finally:
-        producer.close(timeout=5)
-
-
-def run_to_end(spark, settings) -> None:
-    query = run(spark, settings, available_now=True)
-    query.awaitTermination(180)
-    assert query.exception() is None
-    assert not query.isActive
-
-
-def speed_updates(settings) -> list[dict]:
-    consumer = make_consumer(settings.bootstrap_servers)
-    try:
-        partitions = [TopicPartition(settings.topic_speed_updates, p)
-                      for p in consumer.partitions_for_topic(settings.topic_speed_updates)]
-        ends = partition_end_offsets(consumer, partitions)
-        consumer.seek_to_beginning()
-        out = []
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            for records in consumer.poll(timeout_ms=500).values():
-                out.extend(json.loads(r.value) for r in records)
-        return out
-    finally:
-        consumer.close()
 
 
 def test_events_land_exactly_once_with_dead_letters_and_updates(spark, broker_settings):

@@ -10,8 +10,7 @@ import pytest
 from lambdarec.lake import Lake
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_INTERACTIONS
 from speed.job import checkpoint_location
-from tests.integration.test_speed_job import produce, run_to_end
-from tests.spark.test_speed_transforms import message
+from tests.support.speed import message, produce, run_to_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

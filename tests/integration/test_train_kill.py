@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from lambdarec.submit import PROJECT_ROOT, spark_submit_command, spark_submit_env
 from schemas.tables import EVENTS, MODELS
 from serving.model_store import ModelStore
-from tests.serving_support import wait_until
+from tests.support.serving import wait_until
 
 pytestmark = pytest.mark.integration
 

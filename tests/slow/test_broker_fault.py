@@ -99,7 +99,7 @@ def test_broker_killed_three_times_under_api_traffic_loses_and_duplicates_nothin
         sender.start()
         for kill in range(KILLS):
             target = len(sender.accepted) + ACCEPTED_BETWEEN_KILLS
-            wait_for(lambda: landed() >= 1 and len(sender.accepted) >= target, 240,
+            wait_for(lambda target=target: landed() >= 1 and len(sender.accepted) >= target, 240,
                      f"{ACCEPTED_BETWEEN_KILLS} more accepted events before kill {kill + 1}", interval_s=0.2)
             broker.kill_9()
             broker.start()

@@ -103,7 +103,7 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(spark, embedded_broker, 
             if kill == KILLS:
                 break
             target = rows(lake, EVENTS) + rng.randint(20, 400)
-            until(lambda: rows(lake, EVENTS) >= target, f"events to reach {target} before kill {kill + 1}",
+            until(lambda target=target: rows(lake, EVENTS) >= target, f"events to reach {target} before kill {kill + 1}",
                   job, sender)
             time.sleep(rng.uniform(0, 2))  # a random moment within the next batches (fault timing, not a sync)
             os.killpg(job.process.pid, signal.SIGKILL)

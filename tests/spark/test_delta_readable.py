@@ -9,7 +9,8 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-from batch import maintenance, registry, train
+from batch import maintenance, train
+from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings

@@ -16,7 +16,8 @@ import pytest
 from batch.engines import AlsParams, ImplicitAls, SparkAls, confidence_matrix
 from batch.evaluate import Holdout, compare_to_popularity
 from lambdarec.generator import World
-from serving.foldin import fold_in, gram
+from lambdarec.model_bundle import gram
+from serving.foldin import fold_in
 
 pytestmark = pytest.mark.spark
 
@@ -34,13 +35,13 @@ def planted_rows():
         last.setdefault(user, []).append(position)
     test = {p for positions in last.values() if len(positions) > 4 for p in positions[-len(positions) // 5 :]}
     is_test = np.array([p in test for p in range(len(users))])
-    pairs = {(u, i) for u, i in zip(users[~is_test], items[~is_test])}
+    pairs = {(u, i) for u, i in zip(users[~is_test], items[~is_test], strict=True)}
     ratings = {}
-    for u, i in zip(users[~is_test], items[~is_test]):
+    for u, i in zip(users[~is_test], items[~is_test], strict=True):
         ratings[(u, i)] = ratings.get((u, i), 0.0) + 1.0
     ratings[next(iter(sorted(ratings)))] = -2.0  # one dislike: confidence without preference
     rows = [(int(u), int(i), float(r)) for (u, i), r in sorted(ratings.items())]
-    held = sorted({(int(u), int(i)) for u, i in zip(users[is_test], items[is_test]) if (u, i) not in pairs})
+    held = sorted({(int(u), int(i)) for u, i in zip(users[is_test], items[is_test], strict=True) if (u, i) not in pairs})
     return rows, held
 
 
@@ -75,7 +76,7 @@ class EngineContract:
         position = {item: p for p, item in enumerate(factors.item_index.tolist())}
         yty = gram(factors.items)
         worst = 0.0
-        for u, stored in zip(factors.user_index.tolist(), factors.users):
+        for u, stored in zip(factors.user_index.tolist(), factors.users, strict=True):
             mine = [(position[i], r) for uu, i, r in rows if uu == u]
             ratings = np.array([r for _, r in mine])
             n_u = max(int((ratings > 0).sum()), 1)

@@ -7,7 +7,7 @@ from deltalake import DeltaTable
 
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, USER_FACTORS
-from tests.unit.test_lake import event_rows
+from tests.support.lake import event_rows
 
 pytestmark = pytest.mark.spark
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from batch import gate, registry, train
+from batch import gate, train
+from lambdarec import registry
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, MODELS
 from serving.model_store import ModelStore
-from tests.spark.test_train import seed_lake, small_settings
+from tests.support.lake import seed_lake, small_settings
 
 pytestmark = pytest.mark.spark
 

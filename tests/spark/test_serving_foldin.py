@@ -8,7 +8,8 @@ back. This pins serving's normal equations to Spark's definition.
 import numpy as np
 import pytest
 
-from serving.foldin import fold_in, gram
+from lambdarec.model_bundle import gram
+from serving.foldin import fold_in
 
 pytestmark = pytest.mark.spark
 

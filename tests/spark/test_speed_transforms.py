@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import uuid
 
 import pytest
 
@@ -17,26 +14,9 @@ from speed.transforms import (
     to_events,
     to_user_interactions,
 )
+from tests.support.speed import BAD, NOW, message
 
 pytestmark = pytest.mark.spark
-
-NOW = dt.datetime.now(dt.timezone.utc)
-
-
-def message(**overrides) -> bytes:
-    body = {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "user_id": "u_abc",
-        "item_id": "item-1",
-        "event_type": "purchase",
-        "value": None,
-        "occurred_at": NOW.isoformat(),
-        "received_at": NOW.isoformat(),
-        "context": {"device": "ios", "country": "DE", "consent": True, "campaign": "x"},
-    }
-    body.update(overrides)
-    return json.dumps(body).encode()
 
 
 def records(spark, values: list[bytes | None]):
@@ -44,19 +24,6 @@ def records(spark, values: list[bytes | None]):
     return spark.createDataFrame(
         rows, "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
     )
-
-
-BAD = {
-    b"{not json": "malformed_json",
-    message(event_id="not-a-uuid"): "invalid_field:event_id",
-    message(event_type="teleport"): "unknown_event_type:teleport",
-    message(occurred_at="2026-11-26T10:00:00"): "invalid_field:occurred_at",
-    message(occurred_at=(NOW + dt.timedelta(hours=2)).isoformat()): "occurred_at_in_future",
-    message(user_id=""): "invalid_field:user_id",
-    message(item_id=None): "missing_field:item_id",
-    message(schema_version=2): "unsupported_schema_version:2",
-    message(context={"country": "germany"}): "invalid_field:context.country",
-}
 
 
 def test_every_bad_record_gets_its_reason_and_good_ones_pass(spark, settings):

@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batch import registry, train
+from batch import train
+from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
-from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, MODELS, USER_FACTORS, USER_IDS
+from tests.support.lake import END, seed_lake, small_settings
 
 pytestmark = pytest.mark.spark
 
-END = datetime(2025, 3, 1, tzinfo=UTC)
 OUTPUTS = (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS, MODELS)
-
-
-def small_settings(root) -> Settings:
-    return Settings(root=root, spark_shuffle_partitions=2, als_rank=16, als_iterations=8)
-
-
-def seed_lake(settings: Settings, seed: int = 3, n_events: int = 4000) -> Lake:
-    lake = Lake(settings)
-    events = generate_events(n_events, n_users=150, n_items=300, n_clusters=6, seed=seed, end=END)
-    lake.append_arrow(EVENTS, bronze_table(events, settings))
-    return lake
 
 
 @pytest.fixture(scope="module")

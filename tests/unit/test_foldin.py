@@ -7,7 +7,8 @@ tests/spark/test_serving_foldin.py.
 import numpy as np
 import pytest
 
-from serving.foldin import fold_in, gram, top_k
+from lambdarec.model_bundle import gram
+from serving.foldin import fold_in, top_k
 
 pytestmark = pytest.mark.unit
 

@@ -6,11 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch import gate, registry
+from batch import gate
+from lambdarec import registry
 from lambdarec.lake import Lake
+from lambdarec.model_bundle import local_path, model_bundle_uri
 from schemas.tables import ITEM_FACTORS, MODELS, USER_FACTORS
 from serving.model import open_model
-from serving.model_build import bundle_uri, local_path
 
 pytestmark = pytest.mark.unit
 
@@ -38,12 +39,12 @@ def test_a_sound_candidate_is_published_once(settings):
     assert registry.latest_published(lake)["engine"] == "spark-als"
 
 
-def test_publishing_writes_the_serving_folder_that_servers_map(settings):
+def test_publishing_writes_the_model_bundle_that_servers_map(settings):
     lake = Lake(settings)
     candidate(lake, 1, [[0.1, 0.2], [0.3, 0.4]])
     gate.run(lake, settings, 1)
-    folder = local_path(bundle_uri(settings, 1))
-    model = open_model(folder, loaded_at=0.0)
+    bundle = local_path(model_bundle_uri(settings, 1))
+    model = open_model(bundle, loaded_at=0.0)
     assert (model.version, model.source_events_version, model.reg_param, model.alpha) == (1, 3, 0.1, 5.0)
     assert np.allclose(model.user_factors, [[0.1, 0.2], [0.3, 0.4]])
     assert model.item_positions["item-1"] == 1 and list(model.item_ids) == ["item-0", "item-1"]

@@ -49,7 +49,7 @@ def test_most_events_stay_in_the_users_cluster(world, events):
     # affinity 0.85 plus the stray events that land in the own cluster by chance (1/10 of 0.15)
     assert 0.83 <= np.mean(own) <= 0.90
     per_user = Counter(e["user_id"] for e in events)
-    in_own = Counter(e["user_id"] for e, hit in zip(events, own) if hit)
+    in_own = Counter(e["user_id"] for e, hit in zip(events, own, strict=True) if hit)
     active = [u for u, n in per_user.items() if n >= 5]
     assert np.mean([in_own[u] / per_user[u] > 0.5 for u in active]) > 0.95
 
@@ -74,7 +74,7 @@ def test_times_fall_in_the_window_and_increase_per_user(events):
     times = [datetime.fromisoformat(e["occurred_at"]) for e in events]
     assert min(times) >= END - timedelta(days=7) and max(times) < END
     last: dict[str, datetime] = {}
-    for event, at in zip(events, times):
+    for event, at in zip(events, times, strict=True):
         assert at > last.get(event["user_id"], datetime.min.replace(tzinfo=UTC))
         last[event["user_id"]] = at
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 
 def as_dict(table):
-    return dict(zip(table.column("user_id").to_pylist(), table.column("user_index").to_pylist()))
+    return dict(zip(table.column("user_id").to_pylist(), table.column("user_index").to_pylist(), strict=True))
 
 
 def test_new_ids_are_numbered_after_the_old_ones_and_old_ones_keep_theirs(settings):

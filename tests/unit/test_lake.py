@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -12,33 +11,9 @@ import pytest
 
 from lambdarec.lake import Lake, UnsupportedTableError
 from schemas.tables import DEAD_LETTER, EVENTS
+from tests.support.lake import event_rows
 
 pytestmark = pytest.mark.unit
-
-NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
-
-
-def event_rows(n: int, start: int = 0) -> pa.Table:
-    rows = [
-        {
-            "event_id": f"e{i}",
-            "user_id": f"u{i % 3}",
-            "item_id": f"i{i % 5}",
-            "event_type": "view",
-            "value": None,
-            "occurred_at": NOW,
-            "received_at": NOW,
-            "device": "web",
-            "country": "DE",
-            "context": [("campaign", "x")],
-            "kafka_topic": "events",
-            "kafka_partition": 0,
-            "kafka_offset": i,
-            "event_date": (NOW + dt.timedelta(days=i % 2)).date(),
-        }
-        for i in range(start, start + n)
-    ]
-    return pa.Table.from_pylist(rows, schema=EVENTS.schema)
 
 
 def test_missing_table_reads_as_empty_with_schema(settings):
@@ -73,7 +48,7 @@ def test_pinned_version_reads_that_snapshot(settings):
 def test_dataset_is_queryable_from_duckdb(settings):
     lake = Lake(settings)
     lake.append_arrow(EVENTS, event_rows(8))
-    events = lake.dataset(EVENTS)
+    events = lake.dataset(EVENTS)  # noqa: F841 - read by DuckDB below
     by_date = duckdb.sql(
         "select event_date, count(*) from events group by event_date order by event_date"
     ).fetchall()

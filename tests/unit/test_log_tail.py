@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from batch.registry import PUBLISHED, TRAINING, record_status
+from lambdarec.registry import PUBLISHED, TRAINING, record_status
 from lambdarec.lake import Lake
 from lambdarec.log_tail import LogTail
 from schemas.tables import EVENTS, MODELS

@@ -10,7 +10,8 @@ import shlex
 
 import pytest
 
-from batch import maintenance, registry
+from batch import maintenance
+from lambdarec import registry
 from lambdarec.submit import PROJECT_ROOT
 
 pytestmark = pytest.mark.unit

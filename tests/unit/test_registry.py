@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch import registry
+from lambdarec import registry
 from lambdarec.lake import Lake
 from schemas.tables import MODELS
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from lambdarec.lake import Lake
 from serving.idle_gate import CountRequests, IdleGate
 from serving.model_store import ModelStore
-from tests.serving_support import write_model
+from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit
 

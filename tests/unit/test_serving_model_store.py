@@ -1,7 +1,7 @@
-"""The id index behind model lookups; the store's use of published model folders, and its
-loader process and folder cache for models published without one.
+"""The id index behind model lookups; the store's use of published model bundles, and its
+loader process and bundle cache for models published without one.
 
-The lake is real Delta on disk; the loader is the real ``serving.model_build`` process.
+The lake is real Delta on disk; the loader is the real ``lambdarec.model_bundle`` process.
 """
 
 import json
@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
-from serving.id_index import IdIndex
-from serving.model import META
-from serving.model_build import bundle_uri, local_path
+from lambdarec.model_bundle import META, local_path, model_bundle_uri
 from serving.model_store import ModelStore
-from tests.serving_support import write_model
+from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit
 
@@ -47,46 +46,46 @@ def lake(settings):
     return Lake(settings)
 
 
-def folders(settings):
+def bundles(settings):
     return sorted(p.name.split("-")[0] for p in settings.model_cache_root.iterdir())
 
 
-def test_a_second_store_maps_the_cached_folder_without_a_loader(settings, lake):
+def test_a_second_store_maps_the_cached_bundle_without_a_loader(settings, lake):
     write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
     first = ModelStore(settings, lake)
     assert first.reload()
     second = ModelStore(settings, lake)
-    second._build_in_loader = lambda row, folder: pytest.fail("the cached folder should have been used")
+    second._build_in_loader = lambda row, bundle: pytest.fail("the cached bundle should have been used")
     assert second.reload()
     assert second.current.directory == first.current.directory
     assert np.array_equal(second.current.user_factors, first.current.user_factors)
 
 
-def test_a_folder_that_does_not_match_the_registry_is_rebuilt(settings, lake):
+def test_a_bundle_that_does_not_match_the_registry_is_rebuilt(settings, lake):
     write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
     ModelStore(settings, lake).reload()
-    (folder,) = settings.model_cache_root.iterdir()
-    meta = json.loads((folder / META).read_text())
-    (folder / META).write_text(json.dumps({**meta, "source_events_version": 99}))
+    (bundle,) = settings.model_cache_root.iterdir()
+    meta = json.loads((bundle / META).read_text())
+    (bundle / META).write_text(json.dumps({**meta, "source_events_version": 99}))
     store = ModelStore(settings, lake)
     assert store.reload()
     assert store.current.source_events_version == 5
-    assert json.loads((folder / META).read_text())["source_events_version"] == 5
+    assert json.loads((bundle / META).read_text())["source_events_version"] == 5
 
 
-def test_only_the_newest_two_folders_are_kept(settings, lake):
+def test_only_the_newest_two_bundles_are_kept(settings, lake):
     store = ModelStore(settings, lake)
     for version in (1, 2, 3):
         write_model(lake, version, version, ITEMS, RATINGS, bundle=False)
         assert store.reload()
-    assert folders(settings) == ["v2", "v3"]
+    assert bundles(settings) == ["v2", "v3"]
     assert store.current.version == 3 and store.current.history(store.current.user_positions["u2"])[1].tolist() == [1.0, 3.0]
 
 
-def test_a_published_folder_in_a_local_lake_is_mapped_in_place(settings, lake):
+def test_a_published_bundle_in_a_local_lake_is_mapped_in_place(settings, lake):
     write_model(lake, 1, 5, ITEMS, RATINGS)
     store = ModelStore(settings, lake)
-    store._build_in_loader = lambda row, folder: pytest.fail("the published folder should have been used")
+    store._build_in_loader = lambda row, bundle: pytest.fail("the published bundle should have been used")
     assert store.reload()
-    assert store.current.directory == local_path(bundle_uri(settings, 1))
+    assert store.current.directory == local_path(model_bundle_uri(settings, 1))
     assert not settings.model_cache_root.exists() or not any(settings.model_cache_root.iterdir())

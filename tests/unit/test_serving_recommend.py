@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.registry import PUBLISHED, record_status
+from lambdarec.registry import PUBLISHED, record_status
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_FACTORS
@@ -22,7 +22,7 @@ from serving.new_items import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView
-from tests.serving_support import ALPHA, REG, write_model
+from tests.support.serving import ALPHA, REG, write_model
 
 pytestmark = pytest.mark.unit
 

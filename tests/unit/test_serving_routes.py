@@ -15,7 +15,7 @@ from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_CATALOGUE
 from serving.app import create_app
-from tests.serving_support import write_model
+from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit
 

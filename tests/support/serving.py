@@ -18,16 +18,17 @@ import numpy as np
 import pyarrow as pa
 import uvicorn
 from fastapi import FastAPI
+from kafka import TopicPartition
 
-from batch.registry import PUBLISHED, record_status
-from serving.model_build import publish_bundle
-from lambdarec.kafka_io import make_producer, send_all
+from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
+from lambdarec.model_bundle import gram, publish_model_bundle
+from lambdarec.processes import wait_for
+from lambdarec.registry import PUBLISHED, record_status
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 from serving.app import create_app
-from serving.foldin import fold_in, gram
-from lambdarec.processes import wait_for
+from serving.foldin import fold_in
 from tests.plugins.broker import free_port
 
 REG, ALPHA = 0.1, 5.0
@@ -69,6 +70,26 @@ def serving(settings: Settings, app: FastAPI | None = None) -> Iterator[httpx.Cl
         thread.join(DEADLINE_S)
 
 
+def read_topic(settings: Settings, topic: str, expected: int) -> list:
+    """Every record on ``topic``, read with assign() from the beginning (no consumer group)."""
+    consumer = make_consumer(settings.bootstrap_servers, auto_offset_reset="earliest")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []
+
+        def drained():
+            for batch in consumer.poll(timeout_ms=100).values():
+                records.extend(batch)
+            return len(records) >= expected
+
+        wait_until(drained, f"{expected} records on {topic}")
+        return records
+    finally:
+        consumer.close()
+
+
 def speed_update(settings: Settings, user: str, batch_id: int, events_version: int, items: list[str]) -> None:
     """Push one user_interactions update to speed-updates, as the speed job would."""
     rows = [
@@ -95,7 +116,7 @@ def write_model(
 ) -> dict[str, np.ndarray]:
     """Publish a model over ``item_vectors`` trained on ``ratings`` (user -> item -> rating).
 
-    With ``bundle`` its serving folder goes into the lake first, as the publish
+    With ``bundle`` its model bundle goes into the lake first, as the publish
     gate does; without, serving has to build it. Returns the user vectors it stored.
     """
     item_ids = sorted(item_vectors)
@@ -124,7 +145,7 @@ def write_model(
     )
     params = {"regParam": REG, "alpha": ALPHA, "rank": y.shape[1]}
     if bundle:  # as the publish gate does
-        publish_bundle(lake.settings, {"model_version": version, "source_events_version": source_events_version, "params": params})
+        publish_model_bundle(lake.settings, {"model_version": version, "source_events_version": source_events_version, "params": params})
     record_status(
         lake,
         version,

@@ -4,7 +4,11 @@ Each status change is a new row; a model's current status is its newest row.
 Nothing is updated in place, so the history of what was served when survives,
 and a publish is one atomic append (serving tails the table's log expecting append
 commits only). Spark jobs pass their session and append through delta-spark; other
-callers append through delta-rs. Serving imports this module: no Spark imported here.
+callers append through delta-rs.
+
+It lives in the core because every layer uses it: batch jobs (training, the
+publish gate, maintenance) write it, serving follows it, and ``lambdarec status``
+and the demo read it. No Spark is imported here.
 """
 
 from __future__ import annotations

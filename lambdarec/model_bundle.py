@@ -1,22 +1,33 @@
-"""Read one model version from the lake into a serving model folder.
+"""The model bundle: one model version as a folder of numpy arrays that serving memory-maps.
 
-The publish gate writes that folder into the lake (``publish_bundle``) before it
-records the model as published, so serving only maps (or, from object storage,
-copies) finished arrays. For a model published without one, serving builds the
-folder itself in a loader process (``main``) that it starts at idle CPU priority,
-so the Python objects and CPU a million-user model costs neither hold the serving
-process's GIL nor take CPU time that requests want.
+A bundle holds everything a server scores with (``ARRAYS``: factors, Gram matrices,
+sorted id lookups, training interactions, popularity) and a ``meta.json``, written
+last, that marks it complete. Batch and serving share it through this module:
+
+- the publish gate (``batch.gate``) writes a model's bundle into the lake at
+  ``<lake>/_model_bundles/v<N>`` (``publish_model_bundle``) before it records the
+  model as published, so servers map (or, from object storage, copy) finished arrays;
+- maintenance (``batch.maintenance``) removes expired models' bundles
+  (``remove_model_bundle``);
+- serving opens a bundle (``serving.model``) and, for a model published without
+  one, builds it in a loader process (``python -m lambdarec.model_bundle``, see
+  ``main``) that it starts at idle CPU priority, so the Python objects and CPU a
+  million-user model costs neither hold the serving process's GIL nor take CPU
+  time that requests want.
+
+No Spark is imported here: serving imports this module.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,33 +35,71 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from scipy.sparse import csr_matrix
 
+from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
-from serving.foldin import RegScaling, gram
-from serving.id_index import IdIndex
-from serving.model import META, write_model_dir
 
-
-BUNDLES = "_serving_models"  # lake folder of the published models' serving folders (not a Delta table)
+FORMAT = 1  # bump when the bundle layout changes; older bundles are rebuilt
+META = "meta.json"
+ARRAYS = (
+    "item_ids",  # position -> item id (unicode array)
+    "item_keys", "item_key_positions",  # IdIndex over item ids
+    "user_keys", "user_key_positions",  # IdIndex over user ids
+    "item_factors", "user_factors",  # Y (n_items x rank), X (n_users x rank), float32
+    "yty", "xtx",  # Gram matrices, float64; XtX serves the symmetric fold-in of new items
+    "item_norms",  # |y_i|, for cosine similarity
+    "history_indptr", "history_items", "history_ratings",  # users' training ratings, CSR
+    "popularity",  # per item: sum of training ratings
+)
+MODEL_BUNDLES = "_model_bundles"  # lake folder of the published models' bundles (not a Delta table)
 LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
+
+# Whether regParam is scaled by each row's interaction count (Spark ALS) or not (``implicit``).
+RegScaling = Literal["per_interaction", "constant"]
+
+
+def gram(factors: np.ndarray) -> np.ndarray:
+    """YtY in float64, computed once per model."""
+    y = np.asarray(factors, dtype=np.float64)
+    return y.T @ y
+
+
+def write_model_bundle(directory: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write a model bundle, ``meta.json`` last; the caller renames it into place when complete."""
+    missing = set(ARRAYS) - set(arrays)
+    if missing:
+        raise ValueError(f"model arrays missing: {sorted(missing)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ARRAYS:
+        np.save(directory / f"{name}.npy", arrays[name], allow_pickle=False)
+    (directory / META).write_text(json.dumps({**meta, "format": FORMAT}))
+
+
+def read_meta(directory: Path) -> dict[str, Any] | None:
+    """The bundle's metadata, or None if it is absent, incomplete or from another format."""
+    try:
+        meta = json.loads((directory / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == FORMAT else None
 
 
 class ModelLoadError(RuntimeError):
     """The registry names a model whose tables are missing or inconsistent."""
 
 
-def build_model_dir(settings: Settings, row: dict[str, Any], directory: Path) -> float:
-    """Write model ``row`` (a registry row) as a model folder at ``directory``; returns seconds taken."""
+def build_model_bundle(settings: Settings, row: dict[str, Any], directory: Path) -> float:
+    """Write model ``row`` (a registry row) as a model bundle at ``directory``; returns seconds taken."""
     started = time.perf_counter()
     meta, arrays = model_arrays(Lake(settings), row, settings)
-    write_model_dir(directory, meta, arrays)
+    write_model_bundle(directory, meta, arrays)
     return time.perf_counter() - started
 
 
-def bundle_uri(settings: Settings, version: int) -> str:
-    """Where the publish gate puts model ``version``'s serving folder: beside the lake's tables."""
-    return f"{settings.lake_root.rstrip('/')}/{BUNDLES}/v{version}"
+def model_bundle_uri(settings: Settings, version: int) -> str:
+    """Where the publish gate puts model ``version``'s bundle: beside the lake's tables."""
+    return f"{settings.lake_root.rstrip('/')}/{MODEL_BUNDLES}/v{version}"
 
 
 def local_path(uri: str) -> Path | None:
@@ -60,31 +109,31 @@ def local_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("file://")) if uri.startswith("file://") else None
 
 
-def publish_bundle(settings: Settings, row: dict[str, Any]) -> float:
-    """Write the serving folder of model ``row`` into the lake, replacing any earlier attempt; returns seconds.
+def publish_model_bundle(settings: Settings, row: dict[str, Any]) -> float:
+    """Write the bundle of model ``row`` into the lake, replacing any earlier attempt; returns seconds.
 
     Local lakes get it by rename of a complete folder; object stores by copying
-    the folder, whose meta.json (written last by ``write_model_dir``) marks it complete.
+    the folder, whose meta.json (written last by ``write_model_bundle``) marks it complete.
     """
     started = time.perf_counter()
-    uri = bundle_uri(settings, int(row["model_version"]))
+    uri = model_bundle_uri(settings, int(row["model_version"]))
     target = local_path(uri)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".building-", dir=target.parent if target else None) as scratch:
-        folder = Path(scratch) / "model"
-        build_model_dir(settings, row, folder)
+        bundle = Path(scratch) / "model"
+        build_model_bundle(settings, row, bundle)
         if target is not None:
             shutil.rmtree(target, ignore_errors=True)
-            folder.rename(target)
+            bundle.rename(target)
         else:
-            copy_folder(folder, uri)
+            copy_model_bundle(bundle, uri)
     return time.perf_counter() - started
 
 
-def remove_bundle(settings: Settings, version: int) -> None:
-    """Delete model ``version``'s published serving folder, if any (servers' open maps stay valid)."""
-    filesystem, path = _filesystem(bundle_uri(settings, version))
+def remove_model_bundle(settings: Settings, version: int) -> None:
+    """Delete model ``version``'s published bundle, if any (servers' open maps stay valid)."""
+    filesystem, path = _filesystem(model_bundle_uri(settings, version))
     if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
         filesystem.delete_dir(path)
 
@@ -95,8 +144,8 @@ def _filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(text) if "://" in text else (pafs.LocalFileSystem(), text)
 
 
-def copy_folder(source: str | Path, destination: str | Path) -> None:
-    """Copy a model folder between filesystems (a URI or a local path each), meta.json last."""
+def copy_model_bundle(source: str | Path, destination: str | Path) -> None:
+    """Copy a model bundle between filesystems (a URI or a local path each), meta.json last."""
     src_fs, src = _filesystem(source)
     dst_fs, dst = _filesystem(destination)
     dst_fs.create_dir(dst, recursive=True)
@@ -223,10 +272,10 @@ def _positions(lookup: np.ndarray, indexes: np.ndarray, kind: str, version: int)
 
 
 def main(argv: list[str]) -> int:
-    """``python -m serving.model_build FOLDER`` with pickled ``(settings, row)`` on stdin."""
+    """``python -m lambdarec.model_bundle DIRECTORY`` with pickled ``(settings, row)`` on stdin."""
     settings, row = pickle.load(sys.stdin.buffer)
     try:
-        seconds = build_model_dir(settings, row, Path(argv[0]))
+        seconds = build_model_bundle(settings, row, Path(argv[0]))
     except ModelLoadError as exc:
         print(exc, file=sys.stderr)
         return LOAD_ERROR_EXIT

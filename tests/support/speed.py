@@ -1,0 +1,80 @@
+"""Test helpers for the speed layer: event messages as producers send them, and a speed job run on a broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+from kafka import TopicPartition
+
+from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets, send_all
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def message(**overrides) -> bytes:
+    """One valid ``events`` record (the event v1 fields as serving produces them), with ``overrides``."""
+    body = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "user_id": "u_abc",
+        "item_id": "item-1",
+        "event_type": "purchase",
+        "value": None,
+        "occurred_at": NOW.isoformat(),
+        "received_at": NOW.isoformat(),
+        "context": {"device": "ios", "country": "DE", "consent": True, "campaign": "x"},
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+# Bad records and the dead-letter reason the speed layer gives each.
+BAD = {
+    b"{not json": "malformed_json",
+    message(event_id="not-a-uuid"): "invalid_field:event_id",
+    message(event_type="teleport"): "unknown_event_type:teleport",
+    message(occurred_at="2026-11-26T10:00:00"): "invalid_field:occurred_at",
+    message(occurred_at=(NOW + dt.timedelta(hours=2)).isoformat()): "occurred_at_in_future",
+    message(user_id=""): "invalid_field:user_id",
+    message(item_id=None): "missing_field:item_id",
+    message(schema_version=2): "unsupported_schema_version:2",
+    message(context={"country": "germany"}): "invalid_field:context.country",
+}
+
+
+def produce(settings, values: list[bytes]) -> None:
+    """Send ``values`` to the events topic, unkeyed, and wait for every acknowledgement."""
+    producer = make_producer(settings)
+    try:
+        send_all(producer, settings.topic_events, [(None, v) for v in values])
+    finally:
+        producer.close(timeout=5)
+
+
+def run_to_end(spark, settings) -> None:
+    """Run the speed job's events query over everything on the topic now, then stop."""
+    from speed.job import run
+
+    query = run(spark, settings, available_now=True)
+    query.awaitTermination(180)
+    assert query.exception() is None
+    assert not query.isActive
+
+
+def speed_updates(settings) -> list[dict]:
+    """Every message on the speed-updates topic so far, decoded."""
+    consumer = make_consumer(settings.bootstrap_servers)
+    try:
+        partitions = [TopicPartition(settings.topic_speed_updates, p)
+                      for p in consumer.partitions_for_topic(settings.topic_speed_updates)]
+        ends = partition_end_offsets(consumer, partitions)
+        consumer.seek_to_beginning()
+        out = []
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            for records in consumer.poll(timeout_ms=500).values():
+                out.extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
