@@ -22,11 +22,11 @@ import numpy as np
 from serving.foldin import contributions, normal_equations, solve, top_k
 from serving.item_attributes import ItemAttributes
 from serving.new_items import Catalogue
-from serving.speed_state import GLOBAL_SEGMENT, Interaction
+from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
+from serving.speed_state import Interaction
 from serving.speed_view import SpeedView
 
 EXPLAIN_TOP = 3  # "because you ..." items per recommendation
-SEGMENT_ATTRIBUTES = ("country", "device")
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def trending(
     speed: SpeedView, segments: list[tuple[str, str]], k: int, keep=lambda item: True
 ) -> tuple[list[Scored], str, str | None, str | None] | None:
     """(items, strategy, segment label, window start) from the first of ``segments`` with items
-    ``keep`` accepts, else from global trending; None if nothing trends."""
+    ``keep`` accepts, else from global trending; None if nothing trends. Every segment ranks
+    the same sliding window (``speed_trending_window_s`` ending at the speed layer's newest minute)."""
     for segment in [*segments, GLOBAL_SEGMENT]:
         ranked, window = speed.trending(segment, k=1_000_000)
         items = [Scored(item, score) for item, score in ranked if keep(item)][:k]

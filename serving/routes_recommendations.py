@@ -129,7 +129,8 @@ async def get_trending(
     device: Device = None,
     filter: Filters = [],  # noqa: B006, A002
 ) -> TrendingResponse:
-    """Trending items of a segment (country, else device), else global, from the speed layer's windows."""
+    """Trending items of a segment (country, else device), else global: each item's events in the
+    speed layer's sliding window (the last ``speed_trending_window_s``, starting at ``window_start``)."""
     segments = [(name, value) for name, value in (("country", country), ("device", device)) if value]
     filters = _filters(filter)
     found = rec.trending(

@@ -17,21 +17,23 @@ import pyarrow as pa
 
 from lambdarec.lake import Lake
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_PROGRESS, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS, TableSpec
-from schemas.topics import (
-    SPEED_UPDATE_KIND_ITEM_TRENDING,
-    SPEED_UPDATE_KIND_PROGRESS,
-    SPEED_UPDATE_KIND_USER_FEATURES,
-    SPEED_UPDATE_KIND_USER_INTERACTIONS,
+from schemas.speed_updates import (
+    KIND_ITEM_TRENDING,
+    KIND_PROGRESS,
+    KIND_USER_FEATURES,
+    KIND_USER_INTERACTIONS,
+    progress_row,
+    row,
 )
 from serving.speed_view import SpeedView
 
 log = logging.getLogger(__name__)
 
 TABLES: dict[str, TableSpec] = {
-    SPEED_UPDATE_KIND_USER_INTERACTIONS: SPEED_USER_INTERACTIONS,
-    SPEED_UPDATE_KIND_USER_FEATURES: SPEED_USER_FEATURES,
-    SPEED_UPDATE_KIND_ITEM_TRENDING: SPEED_ITEM_TRENDING,
-    SPEED_UPDATE_KIND_PROGRESS: SPEED_PROGRESS,
+    KIND_USER_INTERACTIONS: SPEED_USER_INTERACTIONS,
+    KIND_USER_FEATURES: SPEED_USER_FEATURES,
+    KIND_ITEM_TRENDING: SPEED_ITEM_TRENDING,
+    KIND_PROGRESS: SPEED_PROGRESS,
 }
 
 
@@ -44,7 +46,7 @@ def bootstrap(lake: Lake, view: SpeedView) -> dict[str, int]:
             continue
         table = lake.read_arrow(spec, version)
         loaded = 0
-        for (query_id, batch_id), rows in _batches(table):
+        for (query_id, batch_id), rows in _batches(kind, table):
             view.load_batch(kind, query_id, batch_id, rows)
             loaded += len(rows)
         versions[spec.name] = version
@@ -52,11 +54,11 @@ def bootstrap(lake: Lake, view: SpeedView) -> dict[str, int]:
     return versions
 
 
-def _batches(table: pa.Table) -> list[tuple[tuple[str, int], list[dict[str, Any]]]]:
-    """Rows grouped by (query_id, batch_id), batches in order, timestamps as RFC 3339 text."""
+def _batches(kind: str, table: pa.Table) -> list[tuple[tuple[str, int], list[dict[str, Any]]]]:
+    """Rows grouped by (query_id, batch_id), batches in order, each row in its message form
+    (``schemas.speed_updates``: the same timestamps and maps as on the topic)."""
+    as_message = progress_row if kind == KIND_PROGRESS else lambda values: row(kind, values)
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for row in table.to_pylist():
-        groups[(str(row["query_id"]), int(row["batch_id"]))].append(
-            {name: value.isoformat() if hasattr(value, "isoformat") else value for name, value in row.items()}
-        )
+    for values in table.to_pylist():
+        groups[(str(values["query_id"]), int(values["batch_id"]))].append(as_message(values))
     return sorted(groups.items(), key=lambda entry: (entry[0][1], entry[0][0]))

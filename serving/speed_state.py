@@ -13,8 +13,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-GLOBAL_SEGMENT = ("global", "*")
-TRENDING_WINDOWS_KEPT = 3  # newest windows per segment; older ones no longer rank anything
+from schemas.speed_updates import GLOBAL_SEGMENT, timestamp, timestamp_us
+
+__all__ = ["GLOBAL_SEGMENT", "Interaction", "Interactions", "Profiles", "Trending"]
 
 
 @dataclass(frozen=True)
@@ -79,40 +80,68 @@ class Profiles:
 
 
 class Trending:
-    """Item counts per (segment_type, segment) and window; the newest batch per key wins."""
+    """Items trending per (segment_type, segment) over one sliding window common to every item.
 
-    def __init__(self) -> None:
-        self.segments: dict[tuple[str, str], dict[str, dict[str, dict[str, Any]]]] = {}
-        self._ranked: dict[tuple[str, str], list[tuple[str, float]]] = {}  # newest window, ranked
+    Rows are an item's count in one minute of one segment (``item_trending``); the
+    newest batch per (segment, item, minute) wins. The window is the last
+    ``window_s`` ending at the newest minute any row has (the speed layer's
+    event-time now), the same boundaries for every item and segment; an item ranks
+    by the sum of its minutes in it, and minutes that slid out are dropped.
+    """
+
+    def __init__(self, window_s: int) -> None:
+        self.window_us = int(window_s) * 1_000_000
+        self.end_us: int | None = None  # end of the newest minute seen
+        self.segments: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+        self._ranked: dict[tuple[str, str], list[tuple[str, float]]] = {}  # for the current end
+        self._ranked_end: int | None = None
+
+    def start_us(self) -> int | None:
+        return None if self.end_us is None else self.end_us - self.window_us
 
     def add(self, row: dict[str, Any]) -> None:
+        minute, end = timestamp_us(row["window_start"]), timestamp_us(row["window_end"])
+        if self.end_us is None or end > self.end_us:
+            self.end_us = end
+        if minute < self.end_us - self.window_us:
+            return  # slid out of the window already
         segment = (str(row["segment_type"]), str(row["segment"]))
-        windows = self.segments.setdefault(segment, {})
-        window = str(row["window_start"])
-        if window not in windows and len(windows) >= TRENDING_WINDOWS_KEPT and window < min(windows):
-            return  # older than every window kept
-        self._ranked.pop(segment, None)
-        items = windows.setdefault(window, {})
-        current = items.get(str(row["item_id"]))
+        minutes = self.segments.setdefault(segment, {}).setdefault(str(row["item_id"]), {})
+        current = minutes.get(minute)
         if current is None or _newer(row, current):
-            items[str(row["item_id"])] = row
-        while len(windows) > TRENDING_WINDOWS_KEPT:
-            del windows[min(windows)]
+            minutes[minute] = row
+            self._ranked.pop(segment, None)
 
     def top(self, segment: tuple[str, str], k: int, exclude: set[str]) -> tuple[list[tuple[str, float]], str | None]:
-        """The newest window's items by weight (then events, then id), and that window's start."""
-        windows = self.segments.get(segment)
-        if not windows:
+        """The segment's items by weight (then events, then id) in the window, and the window's start."""
+        items = self.segments.get(segment)
+        if not items or self.end_us is None:
             return [], None
-        window = max(windows)
+        if self._ranked_end != self.end_us:
+            self._ranked, self._ranked_end = {}, self.end_us
         ranked = self._ranked.get(segment)
         if ranked is None:
-            rows = sorted(
-                windows[window].values(),
-                key=lambda r: (-float(r["weight"] or 0), -int(r["events"] or 0), str(r["item_id"])),
-            )
-            ranked = self._ranked[segment] = [(str(r["item_id"]), float(r["weight"] or 0)) for r in rows]
-        return [entry for entry in ranked if entry[0] not in exclude][:k], window
+            ranked = self._ranked[segment] = self._rank(items, self.end_us - self.window_us)
+        if not ranked:
+            return [], None
+        return [entry for entry in ranked if entry[0] not in exclude][:k], timestamp(self.end_us - self.window_us)
+
+    @staticmethod
+    def _rank(items: dict[str, dict[int, dict[str, Any]]], start: int) -> list[tuple[str, float]]:
+        totals = []
+        for item in list(items):
+            minutes = items[item]
+            for minute in [m for m in minutes if m < start]:
+                del minutes[minute]  # slid out: no later window reads it
+            if not minutes:
+                del items[item]
+                continue
+            events = sum(int(r["events"] or 0) for r in minutes.values())
+            weight = sum(float(r["weight"] or 0) for r in minutes.values())
+            if events:
+                totals.append((-weight, -events, item))
+        totals.sort()
+        return [(item, round(-weight, 9)) for weight, _, item in totals]
 
 
 def _newer(row: dict[str, Any], current: dict[str, Any]) -> bool:

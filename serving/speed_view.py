@@ -12,7 +12,6 @@ steady event flow loses and doubles nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,30 +23,24 @@ from kafka import KafkaConsumer, TopicPartition
 
 from lambdarec.kafka_io import make_consumer
 from lambdarec.settings import Settings
-from schemas.topics import (
-    SPEED_UPDATE_KIND_INTERACTION,
-    SPEED_UPDATE_KIND_ITEM_TRENDING,
-    SPEED_UPDATE_KIND_PROGRESS,
-    SPEED_UPDATE_KIND_USER_FEATURES,
-    SPEED_UPDATE_KIND_USER_INTERACTIONS,
+from schemas.speed_updates import (
+    GLOBAL_SEGMENT,
+    KIND_INTERACTION,
+    KIND_ITEM_TRENDING,
+    KIND_PROGRESS,
+    KIND_USER_FEATURES,
+    KIND_USER_INTERACTIONS,
+    BadUpdate,
+    decode,
+    decode_rows,
 )
-from serving.speed_state import GLOBAL_SEGMENT, Interaction, Interactions, Profiles, Trending
+from serving.speed_state import Interaction, Interactions, Profiles, Trending
 
 log = logging.getLogger(__name__)
 
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
 RETRY_S = (0.5, 5.0)  # first and longest wait between reconnects; doubles while failing
-KINDS = (
-    SPEED_UPDATE_KIND_INTERACTION,
-    SPEED_UPDATE_KIND_USER_INTERACTIONS,
-    SPEED_UPDATE_KIND_USER_FEATURES,
-    SPEED_UPDATE_KIND_ITEM_TRENDING,
-    SPEED_UPDATE_KIND_PROGRESS,
-)
-
-
-class BadUpdate(ValueError):
-    """A speed-updates record that is not a well-formed update."""
+__all__ = ["BadUpdate", "SpeedView"]  # BadUpdate: the contract's (schemas.speed_updates)
 
 
 class SpeedView:
@@ -58,7 +51,7 @@ class SpeedView:
         self._lock = threading.Lock()
         self._interactions = Interactions(settings.speed_recent_items)
         self._profiles = Profiles()
-        self._trending = Trending()
+        self._trending = Trending(settings.speed_trending_window_s)
         self._progress: dict[str, Any] | None = None
         self._seen_updates: OrderedDict[tuple, None] = OrderedDict()
         self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
@@ -75,21 +68,19 @@ class SpeedView:
 
     # -- applying updates ----------------------------------------------------------
 
-    def apply(self, update: dict[str, Any], key: bytes | None = None) -> int:
-        """Apply one decoded update; returns how many rows changed the view."""
-        if not isinstance(update, dict):
-            raise BadUpdate("a speed update must be a JSON object")
-        kind = update.get("kind")
-        if kind not in KINDS:
+    def apply(self, update: bytes | str | dict[str, Any], key: bytes | None = None) -> int:
+        """Apply one update (the record's bytes, or its decoded JSON); returns how many rows changed
+        the view. It is checked by the contract's decoder (``BadUpdate`` if malformed); kinds the
+        contract does not know are ignored."""
+        message = decode(update)
+        if message is None:
             return 0
-        if kind == SPEED_UPDATE_KIND_INTERACTION:
-            return self._apply_interaction(update)
-        try:
-            query_id, batch_id = str(update["query_id"]), int(update["batch_id"])
-            rows = [update["progress"]] if kind == SPEED_UPDATE_KIND_PROGRESS else list(update["rows"])
-            events_version = int(update["events_version"]) if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadUpdate(f"malformed {kind} update: {exc!r}") from exc
+        kind = message["kind"]
+        if kind == KIND_INTERACTION:
+            return self._apply_interaction(message)
+        query_id, batch_id = message["query_id"], message["batch_id"]
+        rows = [message["progress"]] if kind == KIND_PROGRESS else message["rows"]
+        events_version = message.get("events_version")
         with self._lock:
             update_id = (kind, query_id, batch_id, key)
             if update_id in self._seen_updates or (kind, query_id, batch_id) in self._bootstrapped:
@@ -109,11 +100,7 @@ class SpeedView:
         The first copy of an event id counts; a later copy only adds the version
         the event landed in, so a repeat from the at-least-once path changes nothing.
         """
-        try:
-            version = row.get("events_version")
-            user, interaction = _interaction(row, None if version is None else int(version))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadUpdate(f"malformed interaction: {exc!r}") from exc
+        user, interaction = _interaction(row, row.get("events_version"))
         with self._lock:
             changed = self._interactions.add(user, interaction)
             if interaction.events_version is not None and (
@@ -123,11 +110,13 @@ class SpeedView:
         return int(changed)
 
     def load_batch(self, kind: str, query_id: str, batch_id: int, rows: list[dict[str, Any]]) -> int:
-        """Apply one batch read from its Delta table; the same batch on the topic is then skipped."""
+        """Apply one batch read from its Delta table (rows in message form, ``schemas.speed_updates.row``);
+        the same batch on the topic is then skipped."""
+        rows = [rows[0]] if kind == KIND_PROGRESS else decode_rows(kind, rows)
         with self._lock:
             self._bootstrapped.add((kind, query_id, batch_id))
             events_version = None
-            if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS and rows:
+            if kind == KIND_USER_INTERACTIONS and rows:
                 events_version = max(int(row["events_version"]) for row in rows)
                 if self.events_version is None or events_version >= self.events_version:
                     self.events_version, self.batch_id = events_version, batch_id
@@ -136,24 +125,19 @@ class SpeedView:
     def _apply_rows(
         self, kind: str, rows: list[dict[str, Any]], events_version: int | None, query_id: str, batch_id: int
     ) -> int:
-        """Apply a batch's rows; feature and trending rows are stamped with their batch if they lack it."""
-        try:
-            if kind in (SPEED_UPDATE_KIND_USER_FEATURES, SPEED_UPDATE_KIND_ITEM_TRENDING):
-                rows = [{"query_id": query_id, "batch_id": batch_id, **_checked(row)} for row in rows]
-            if kind == SPEED_UPDATE_KIND_USER_INTERACTIONS:
-                parsed = [_interaction(row, events_version) for row in rows]
-                return sum(self._interactions.add(user, interaction) for user, interaction in parsed)
-            if kind == SPEED_UPDATE_KIND_USER_FEATURES:
-                for row in rows:
-                    self._profiles.add(_checked(row, "user_id"))
-            elif kind == SPEED_UPDATE_KIND_ITEM_TRENDING:
-                for row in rows:
-                    self._trending.add(_checked(row, "segment_type", "segment", "window_start", "item_id"))
-            elif kind == SPEED_UPDATE_KIND_PROGRESS:
-                self._progress = _checked(rows[0], "batch_id")
-            return len(rows)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BadUpdate(f"malformed {kind} row: {exc!r}") from exc
+        """Apply a batch's decoded rows, stamped with their batch."""
+        if kind == KIND_USER_INTERACTIONS:
+            parsed = [_interaction(row, events_version) for row in rows]
+            return sum(self._interactions.add(user, interaction) for user, interaction in parsed)
+        if kind == KIND_USER_FEATURES:
+            for row in rows:
+                self._profiles.add({**row, "query_id": query_id, "batch_id": batch_id})
+        elif kind == KIND_ITEM_TRENDING:
+            for row in rows:
+                self._trending.add({**row, "query_id": query_id, "batch_id": batch_id})
+        elif kind == KIND_PROGRESS:
+            self._progress = rows[0]
+        return len(rows)
 
     # -- reading -------------------------------------------------------------------
 
@@ -304,8 +288,8 @@ class SpeedView:
 
     def _apply_record(self, record) -> None:
         try:
-            self.apply(json.loads(record.value), record.key)
-        except (ValueError, TypeError) as exc:  # BadUpdate and JSON errors are ValueErrors
+            self.apply(record.value, record.key)
+        except BadUpdate as exc:
             self.bad_records += 1
             log.warning(
                 "skipped a bad speed update",
@@ -313,26 +297,15 @@ class SpeedView:
             )
 
 
-def _checked(row: dict[str, Any], *required: str) -> dict[str, Any]:
-    if not isinstance(row, dict):
-        raise TypeError("a row must be a JSON object")
-    missing = [name for name in required if row.get(name) is None]
-    if missing:
-        raise KeyError(", ".join(missing))
-    return row
-
-
 def _interaction(row: dict[str, Any], events_version: int | None) -> tuple[str, Interaction]:
-    version = row.get("events_version", events_version)
-    weight = float(row["weight"])
-    if weight != weight:  # NaN
-        raise ValueError("weight is NaN")
-    return str(row["user_id"]), Interaction(
-        item_id=str(row["item_id"]),
-        event_type=str(row["event_type"]),
-        weight=weight,
-        occurred_at=str(row["occurred_at"]),
-        event_id=str(row["event_id"]),
+    """A decoded interaction row; its own ``events_version`` wins over its batch's."""
+    version = row.get("events_version")
+    version = events_version if version is None else version
+    return row["user_id"], Interaction(
+        item_id=row["item_id"],
+        event_type=row["event_type"],
+        weight=row["weight"],
+        occurred_at=row["occurred_at"],
+        event_id=row["event_id"],
         events_version=None if version is None else int(version),
     )
-

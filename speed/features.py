@@ -5,6 +5,15 @@ it (``recompute``) call the same functions, so they cannot drift apart. A state
 is a set of per-minute buckets plus "newest event" fields; buckets merge by
 addition and are pruned relative to the newest event time, so the result does
 not depend on the order or batching in which events arrive.
+
+Trending is emitted per (segment, item, minute): a batch emits the minutes its
+events changed, each with the item's full count in that minute. An item keeps
+the minutes of the trending window ending at the minute after its own newest
+event, so a minute inside the window ending after the newest event of the whole
+stream is never pruned from any item's state: the newest row emitted for such
+a minute is the count of every event in it, whatever the batching. Serving sums
+each item's minutes over that common window (``schemas.speed_updates``), and
+``speed.recompute`` checks exactly those minutes.
 """
 
 from __future__ import annotations
@@ -13,10 +22,13 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from schemas.speed_updates import GLOBAL_SEGMENT, segments
+
+__all__ = ["GLOBAL_SEGMENT", "segments"]  # re-exported: the contract's segment names
+
 MINUTE_US = 60_000_000
 HOUR_US = 3600 * 1_000_000
 DAY_US = 24 * HOUR_US
-GLOBAL = ("*", "*")
 
 
 def minute_of(ts_us: int) -> int:
@@ -91,26 +103,40 @@ def fold_item(state: dict[str, Any], events: Iterable[Mapping[str, Any]], window
     return state
 
 
-def item_trending(segment: tuple[str, str], item_id: str, state: Mapping[str, Any], window_s: int) -> dict[str, Any]:
-    """The item's count and weight in the window ending at the minute after its newest event."""
-    start, end = _window(state["last"], window_s)
-    live = [b for m, b in state["buckets"].items() if int(m) >= start]
-    return {
-        "segment_type": segment[0],
-        "segment": segment[1],
-        "window_start": start,
-        "window_end": end,
-        "item_id": item_id,
-        "events": sum(b[0] for b in live),
-        "weight": round(sum(b[1] for b in live), 9),
-    }
+def touched_minutes(events: Iterable[Mapping[str, Any]]) -> set[int]:
+    """The minutes (µs) a batch of events falls in."""
+    return {minute_of(int(e["occurred_at"])) for e in events}
+
+
+def item_minutes(segment: tuple[str, str], item_id: str, state: Mapping[str, Any],
+                 minutes: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """The item's trending rows, one per minute: its count and weight in that minute.
+
+    ``minutes`` limits them to those a batch touched (the rest are unchanged);
+    minutes already pruned from the state (older than the item's window) have no row.
+    """
+    wanted = sorted(int(m) for m in state["buckets"]) if minutes is None else sorted(
+        m for m in minutes if str(m) in state["buckets"])
+    rows = []
+    for minute in wanted:
+        events, weight = state["buckets"][str(minute)]
+        rows.append({
+            "segment_type": segment[0],
+            "segment": segment[1],
+            "window_start": minute,
+            "window_end": minute + MINUTE_US,
+            "item_id": item_id,
+            "events": events,
+            "weight": round(weight, 9),
+        })
+    return rows
+
+
+def item_window_start(newest_minute_us: int, window_s: int) -> int:
+    """First minute of the trending window that ends after ``newest_minute_us``."""
+    return _window(newest_minute_us, window_s)[0]
 
 
 def _window(last_us: int, window_s: int) -> tuple[int, int]:
     end = minute_of(last_us) + MINUTE_US
     return end - window_s * 1_000_000, end
-
-
-def segments(country: str | None) -> list[tuple[str, str]]:
-    """The trending segments an event counts in: global, and its country when known."""
-    return [GLOBAL] if not country else [GLOBAL, ("country", country)]

@@ -4,6 +4,12 @@ The fault test and operators compare ``current()`` (the newest changelog row per
 user and per item segment in the Delta speed tables) with ``recompute()`` (the
 same folds of ``speed.features`` over every row of ``events``): after any
 crash and replay they must be equal.
+
+Trending rows are per (segment, item, minute). Both sides keep, per item in a
+segment, the minutes of the window ending after the item's newest event: the
+minutes the streaming state can never have pruned (see ``speed.features``), so
+their newest rows hold every event, however the stream was batched. Older minutes
+are history the table keeps and no trending window reads.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from speed.transforms import to_user_interactions
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-Views = tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]]]
+ItemKey = tuple[str, str, str, int]  # segment_type, segment, item_id, minute (µs)
+Views = tuple[dict[str, dict[str, Any]], dict[ItemKey, dict[str, Any]]]
 
 
 def recompute(spark: "SparkSession", settings: Settings) -> Views:
@@ -35,7 +42,7 @@ def recompute(spark: "SparkSession", settings: Settings) -> Views:
     by_item: dict[tuple, list] = defaultdict(list)
     for row in rows.toArrow().to_pylist():
         by_user[row["user_id"]].append(row)
-        for segment in features.segments(row["country"]):
+        for segment in features.segments(row["country"], row["device"]):
             by_item[(*segment, row["item_id"])].append(row)
     users = {
         user: _comparable(features.user_features(user, features.fold_user(features.new_user(), evs),
@@ -43,11 +50,11 @@ def recompute(spark: "SparkSession", settings: Settings) -> Views:
         for user, evs in by_user.items()
     }
     window = settings.speed_trending_window_s
-    items = {
-        key: _comparable(features.item_trending(key[:2], key[2], features.fold_item(features.new_item(), evs, window),
-                                                window))
-        for key, evs in by_item.items()
-    }
+    items = {}
+    for key, evs in by_item.items():
+        state = features.fold_item(features.new_item(), evs, window)
+        for row in features.item_minutes(key[:2], key[2], state):
+            items[(*key, row["window_start"])] = _comparable(row)
     return users, items
 
 
@@ -57,9 +64,16 @@ def current(settings: Settings) -> Views:
     users: dict[str, dict] = {}
     for row in _newest_first(lake.read_arrow(SPEED_USER_FEATURES)):
         users.setdefault(row["user_id"], _comparable(row))
-    items: dict[tuple, dict] = {}
+    minutes: dict[ItemKey, dict] = {}
     for row in _newest_first(lake.read_arrow(SPEED_ITEM_TRENDING)):
-        items.setdefault((row["segment_type"], row["segment"], row["item_id"]), _comparable(row))
+        row = _comparable(row)
+        minutes.setdefault((row["segment_type"], row["segment"], row["item_id"], row["window_start"]), row)
+    newest: dict[tuple[str, str, str], int] = {}
+    for key in minutes:
+        newest[key[:3]] = max(newest.get(key[:3], key[3]), key[3])
+    window = settings.speed_trending_window_s
+    items = {key: row for key, row in minutes.items()
+             if key[3] >= features.item_window_start(newest[key[:3]], window)}
     return users, items
 
 

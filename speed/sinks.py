@@ -28,7 +28,7 @@ from schemas.tables import (
     SPEED_USER_INTERACTIONS,
     TableSpec,
 )
-from schemas.topics import SPEED_UPDATE_KIND_ITEM_TRENDING, SPEED_UPDATE_KIND_USER_FEATURES
+from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, encode_rows
 from speed.checkpoint_files import CheckpointFiles
 from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
 
@@ -87,14 +87,15 @@ class Sink:
          .save())
 
     def push(self, kind: str, batch_id: int, rows: list[dict[str, Any]]) -> None:
-        """A batch's rows as speed-updates messages of at most ``PUSH_ROWS`` rows each, keyed by chunk
-        number, so a replayed batch sends the same messages and no message nears Kafka's size limit."""
+        """A batch's rows as speed-updates messages (``schemas.speed_updates.encode_rows``) of at most
+        ``PUSH_ROWS`` rows each, keyed by chunk number, so a replayed batch sends the same messages
+        and no message nears Kafka's size limit."""
         from lambdarec.kafka_io import make_producer, send_all
 
         if self._producer is None:
             self._producer = make_producer(self.settings)
-        head = {"kind": kind, "query_id": self.query_id(), "batch_id": batch_id}
-        messages = [(str(n).encode(), json.dumps({**head, "rows": rows[start:start + PUSH_ROWS]}).encode())
+        query_id = self.query_id()
+        messages = [(str(n).encode(), encode_rows(kind, query_id, batch_id, rows[start:start + PUSH_ROWS]))
                     for n, start in enumerate(range(0, len(rows), PUSH_ROWS))]
         send_all(self._producer, self.settings.topic_speed_updates, messages)
 
@@ -195,14 +196,14 @@ class FeaturesSink(Sink):
             users = self.stamped(user_rows(rows.filter(F.col("kind") == "user")), batch_id)
             items = self.stamped(item_rows(rows.filter(F.col("kind") == "item")), batch_id)
             counts = {}
-            for spec, table, kind in ((SPEED_USER_FEATURES, users, SPEED_UPDATE_KIND_USER_FEATURES),
-                                      (SPEED_ITEM_TRENDING, items, SPEED_UPDATE_KIND_ITEM_TRENDING)):
+            for spec, table, kind in ((SPEED_USER_FEATURES, users, KIND_USER_FEATURES),
+                                      (SPEED_ITEM_TRENDING, items, KIND_ITEM_TRENDING)):
                 arrow = table.toArrow()
                 counts[spec.name] = arrow.num_rows
                 if not arrow.num_rows:
                     continue
                 self.commit(spec, table, batch_id)
-                self.push(kind, batch_id, [_jsonable(r) for r in arrow.to_pylist()])
+                self.push(kind, batch_id, arrow.to_pylist())
         finally:
             rows.unpersist()
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id, **counts}))
@@ -227,7 +228,8 @@ def user_rows(rows: "DataFrame") -> "DataFrame":
 
 
 def item_rows(rows: "DataFrame") -> "DataFrame":
-    """``speed_item_trending`` columns from the features processor's output."""
+    """``speed_item_trending`` columns from the features processor's output: one row per
+    (segment, item, minute), the window being that minute."""
     from pyspark.sql import functions as F
 
     return rows.select(
@@ -240,15 +242,3 @@ def item_rows(rows: "DataFrame") -> "DataFrame":
 
 def _ms_since(started: float) -> int:
     return round(1000 * (time.perf_counter() - started))
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _json_value(v) for k, v in row.items()}
-
-
-def _json_value(value: Any) -> Any:
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if isinstance(value, list):  # a map column arrives as [(key, value), ...]
-        return dict(value)
-    return value

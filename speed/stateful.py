@@ -21,6 +21,7 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
+from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
 from schemas.tables import EVENTS
 from speed import features
 from speed.transforms import to_user_interactions
@@ -51,14 +52,16 @@ def interactions(spark: "SparkSession", settings: Settings) -> "DataFrame":
 
 
 def entity_rows(accepted: "DataFrame") -> "DataFrame":
-    """Each interaction once per entity it updates: its user, and its item globally and per country."""
+    """Each interaction once per entity it updates: its user, and its item in each of its trending
+    segments (``schemas.speed_updates.segments``: global, and per country and device when known)."""
     from pyspark.sql import functions as F
 
     item = lambda segment_type, segment: F.concat_ws(SEP, F.lit("i"), segment_type, segment, "item_id")  # noqa: E731
     entities = F.array(
         F.concat_ws(SEP, F.lit("u"), "user_id"),
-        item(F.lit(features.GLOBAL[0]), F.lit(features.GLOBAL[1])),
-        F.when(F.col("country").isNotNull(), item(F.lit("country"), F.col("country"))),
+        item(F.lit(GLOBAL_SEGMENT[0]), F.lit(GLOBAL_SEGMENT[1])),
+        *[F.when(F.col(name).isNotNull() & (F.col(name) != ""), item(F.lit(name), F.col(name)))
+          for name in SEGMENT_ATTRIBUTES],
     )
     return accepted.select(
         F.explode(F.filter(entities, lambda e: e.isNotNull())).alias("entity"),
@@ -76,7 +79,8 @@ def feature_rows(accepted: "DataFrame", settings: Settings) -> "DataFrame":
 
 
 class FeatureProcessor(StatefulProcessor):
-    """Folds an entity's new interactions into its state and emits its current feature row."""
+    """Folds an entity's new interactions into its state and emits its current feature row
+    (a user's), or the rows of the minutes the interactions changed (an item's in a segment)."""
 
     def __init__(self, session_gap_s: int, window_s: int, ttl_ms: int):
         self.session_gap_s, self.window_s, self.ttl_ms = session_gap_s, window_s, ttl_ms
@@ -96,6 +100,10 @@ class FeatureProcessor(StatefulProcessor):
         else:
             segment_type, segment, item_id = rest
             state = features.fold_item(previous or features.new_item(), events, self.window_s)
-            row = {"kind": "item", **features.item_trending((segment_type, segment), item_id, state, self.window_s)}
+            self.state.update((json.dumps(state),))
+            for minute in features.item_minutes((segment_type, segment), item_id, state,
+                                                features.touched_minutes(events)):
+                yield Row(**{column: {"kind": "item", **minute}.get(column) for column in OUTPUT_COLUMNS})
+            return
         self.state.update((json.dumps(state),))
         yield Row(**{column: row.get(column) for column in OUTPUT_COLUMNS})

@@ -1,11 +1,12 @@
 """Bootstrapping the speed view from the Delta speed tables (real Delta on disk)."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
 
 from lambdarec.lake import Lake
+from schemas.speed_updates import GLOBAL_SEGMENT
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
 from serving.speed_bootstrap import bootstrap
 from serving.speed_view import SpeedView
@@ -31,16 +32,18 @@ def test_bootstrap_loads_every_table_then_the_topic_adds_only_newer_batches(sett
         [{"user_id": "u1", "last_seen": T0, "country": "DE", "device": "ios", "query_id": "q1", "batch_id": 1}],
         schema=SPEED_USER_FEATURES.schema))
     lake.append_arrow(SPEED_ITEM_TRENDING, pa.Table.from_pylist(
-        [{"segment_type": "global", "segment": "*", "window_start": T0, "window_end": T0, "item_id": "a",
-          "events": 2, "weight": 2.0, "query_id": "q1", "batch_id": 1}], schema=SPEED_ITEM_TRENDING.schema))
+        [{"segment_type": GLOBAL_SEGMENT[0], "segment": GLOBAL_SEGMENT[1], "window_start": T0,
+          "window_end": T0 + timedelta(minutes=1), "item_id": "a", "events": 2, "weight": 2.0, "query_id": "q1",
+          "batch_id": 1}], schema=SPEED_ITEM_TRENDING.schema))
 
     view = SpeedView(settings)
     versions = bootstrap(lake, view)
     assert versions == {"speed_user_interactions": 2, "speed_user_features": 1, "speed_item_trending": 1}
     assert [i.item_id for i in view.interactions("u1")] == ["a", "b"]
-    assert view.interactions("u1")[0].occurred_at == "2024-05-01T12:00:00+00:00"
+    assert view.interactions("u1")[0].occurred_at == "2024-05-01T12:00:00.000000+00:00"  # the contract's text
     assert view.profile("u1")["country"] == "DE"
-    assert view.trending() == ([("a", 2.0)], "2024-05-01T12:00:00+00:00")
+    assert view.profile("u1")["last_seen"] == "2024-05-01T12:00:00.000000+00:00"
+    assert view.trending() == ([("a", 2.0)], "2024-05-01T11:01:00.000000+00:00")  # the hour ending 12:01
     assert view.position()["events_version"] == 4
 
     replayed = {"kind": "user_interactions", "query_id": "q1", "batch_id": 1, "events_version": 4, "rows": [

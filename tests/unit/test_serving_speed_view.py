@@ -1,7 +1,10 @@
 """The speed view's bookkeeping: dedupe, replays, the recent window, popularity."""
 
+from datetime import UTC, datetime
+
 import pytest
 
+from schemas.speed_updates import GLOBAL_SEGMENT, encode_interaction, encode_progress, encode_rows, timestamp, timestamp_us
 from serving.speed_view import BadUpdate, SpeedView
 
 pytestmark = pytest.mark.unit
@@ -80,24 +83,54 @@ def test_other_kinds_are_ignored_and_malformed_updates_rejected(view):
         view.apply(["not", "an", "object"])
 
 
-def trending(batch_id, window, item, weight, segment=("global", "*"), query_id="q1"):
+HOUR = "2024-05-01T12:00:00.000000+00:00"
+
+
+def minute(offset: int) -> str:
+    """The contract's text for HOUR + ``offset`` minutes."""
+    return timestamp(timestamp_us(HOUR) + offset * 60_000_000)
+
+
+def trending(batch_id, at, item, weight, segment=GLOBAL_SEGMENT, query_id="q1", events=1):
+    """An item_trending message: ``item``'s count in the minute starting ``at`` minutes after HOUR."""
     return {"kind": "item_trending", "query_id": query_id, "batch_id": batch_id, "rows": [
-        {"segment_type": segment[0], "segment": segment[1], "window_start": window, "window_end": window + "+1h",
-         "item_id": item, "events": 1, "weight": weight}]}
+        {"segment_type": segment[0], "segment": segment[1], "window_start": minute(at), "window_end": minute(at + 1),
+         "item_id": item, "events": events, "weight": weight}]}
 
 
-def test_trending_keeps_the_newest_batch_per_item_and_ranks_the_newest_window(view):
-    view.apply(trending(0, "w1", "a", 5.0))
-    view.apply(trending(2, "w1", "b", 3.0))
-    view.apply(trending(1, "w1", "b", 9.0))  # an older batch arriving late changes nothing
-    assert view.trending(k=5) == ([("a", 5.0), ("b", 3.0)], "w1")
-    view.apply(trending(3, "w2", "c", 1.0))
-    assert view.trending(k=5) == ([("c", 1.0)], "w2")
-    assert view.trending(("country", "DE"), k=5) == ([], None)
-    for n, window in enumerate(["w3", "w4", "w5"]):
-        view.apply(trending(4 + n, window, "d", 1.0))
-    view.apply(trending(9, "w0", "old", 1.0))  # older than every window kept: dropped
-    assert view.trending(k=5)[1] == "w5"
+def test_an_item_busy_all_hour_outranks_one_touched_once_in_the_last_minute(view):
+    for n, at in enumerate(range(0, 40)):  # 400 interactions over 40 minutes of the hour
+        view.apply(trending(n, at, "busy", 10.0, events=10))
+    view.apply(trending(50, 59, "fresh", 3.0))  # once, in the newest minute
+    ranked, window_start = view.trending(k=5)
+    assert ranked == [("busy", 400.0), ("fresh", 3.0)]
+    assert window_start == HOUR  # the hour ending after minute 59, the same for every item
+
+
+def test_trending_slides_with_the_newest_minute_and_drops_what_slid_out(view):
+    view.apply(trending(0, 0, "a", 5.0))
+    view.apply(trending(1, 30, "b", 3.0))
+    view.apply(trending(2, 30, "a", 1.0, segment=("country", "DE")))
+    assert view.trending(k=5) == ([("a", 5.0), ("b", 3.0)], minute(-29))  # the hour ending after minute 30
+    view.apply(trending(3, 61, "c", 1.0))  # the window now starts at minute 2: a's minute 0 slid out
+    assert view.trending(k=5) == ([("b", 3.0), ("c", 1.0)], minute(2))
+    assert view.trending(("country", "DE"), k=5) == ([("a", 1.0)], minute(2))  # one window for every segment
+    view.apply(trending(4, 0, "late", 9.0))  # a minute older than the window: ignored
+    view.apply(trending(5, 95, "d", 1.0))
+    assert view.trending(k=5) == ([("c", 1.0), ("d", 1.0)], minute(36))
+    assert view.trending(("country", "DE"), k=5) == ([], None)  # nothing in DE this hour
+    assert view.trending(("device", "ios"), k=5) == ([], None)
+
+
+def test_trending_keeps_the_newest_batch_per_item_and_minute(view):
+    view.apply(trending(2, 10, "b", 3.0))
+    view.apply(trending(1, 10, "b", 9.0))  # an older batch arriving late changes nothing
+    view.apply(trending(3, 11, "b", 1.0))
+    view.apply(trending(0, 10, "a", 2.0))
+    assert view.trending(k=5, exclude={"x"}) == ([("b", 4.0), ("a", 2.0)], minute(-48))
+    view.apply(trending(0, 10, "b", 0.5, query_id="q2"))  # a restarted job's row replaces it
+    assert view.trending(k=1) == ([("a", 2.0)], minute(-48))
+    assert view.trending(k=5, exclude={"a"})[0] == [("b", 1.5)]
 
 
 def test_profiles_and_progress(view):
@@ -154,3 +187,33 @@ def test_a_malformed_interaction_is_a_bad_update(view):
         view.apply({"kind": "interaction", "event_id": "e3", "user_id": "u1"})
     with pytest.raises(BadUpdate):
         view.apply(interaction("e4", weight=float("nan")))
+
+
+def test_the_view_takes_the_bytes_the_contract_encodes(view):
+    at = datetime(2024, 5, 1, 12, 30, 15, 250, tzinfo=UTC)
+    event = {"event_id": "e1", "user_id": "u1", "item_id": "a", "event_type": "click", "weight": 2.0,
+             "occurred_at": at, "country": "DE", "device": None}
+    assert view.apply(encode_interaction(event)) == 1
+    assert view.apply(encode_interaction(event, events_version=4), key=b"u1") == 0
+    assert [(i.occurred_at, i.events_version) for i in view.interactions("u1")] == [
+        ("2024-05-01T12:30:15.000250+00:00", 4)]
+    rows = [{"segment_type": "device", "segment": "ios", "window_start": at.replace(second=0, microsecond=0),
+             "window_end": at.replace(minute=31, second=0, microsecond=0), "item_id": "a", "events": 2,
+             "weight": 3.0, "query_id": "ignored", "batch_id": 99}]
+    assert view.apply(encode_rows("item_trending", "q1", 0, rows), key=b"0") == 1
+    assert view.trending(("device", "ios")) == ([("a", 3.0)], "2024-05-01T11:31:00.000000+00:00")
+    progress = {"batch_id": 3, "source_lag": 5, "recorded_at": at}
+    assert view.apply(encode_progress("q1", 3, progress)) == 1
+    assert view.position()["speed_job_lag_records"] == 5
+
+
+def test_records_that_break_the_contract_are_bad_updates(view):
+    for record in (b"{broken", b"\xff", b"null", b'{"kind": "interaction", "event_id": "e1"}',
+                   b'{"kind": "item_trending", "query_id": "q", "batch_id": 1.5, "rows": []}',
+                   b'{"kind": "interaction", "event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view",'
+                   b' "weight": NaN, "occurred_at": "2024-05-01T12:00:00Z"}',
+                   b'{"kind": "interaction", "event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view",'
+                   b' "weight": 1, "occurred_at": "yesterday"}'):
+        with pytest.raises(BadUpdate):
+            view.apply(record)
+    assert view.apply(b'{"kind": "something_newer"}') == 0  # a newer producer's kind: ignored

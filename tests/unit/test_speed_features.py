@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from schemas.speed_updates import GLOBAL_SEGMENT
+from serving import speed_state as serving_speed_state
 from speed import features
 from speed.progress import progress_row, source_lag
 from speed.transforms import interval_seconds
@@ -49,16 +51,42 @@ def test_user_features_do_not_depend_on_order_or_batching():
         assert features.user_features("u", state, 1800) == expected
 
 
-def test_item_trending_counts_the_window_ending_after_the_newest_event():
-    state = features.fold_item(features.new_item(), [ev(0, weight=2.0), ev(30), ev(75, weight=0.5)], 3600)
-    row = features.item_trending(("*", "*"), "i1", state, 3600)
-    assert (row["window_start"], row["window_end"]) == (T0 + 16 * MIN, T0 + 76 * MIN)
-    assert (row["events"], row["weight"]) == (2, 1.5)
+def test_item_minutes_are_its_counts_per_minute_within_its_window():
+    state = features.fold_item(features.new_item(), [ev(0, weight=2.0), ev(30), ev(30.5, n=1), ev(75, weight=0.5)],
+                               3600)
+    rows = features.item_minutes(GLOBAL_SEGMENT, "i1", state)
+    assert [(r["window_start"], r["window_end"], r["events"], r["weight"]) for r in rows] == [
+        (T0 + 30 * MIN, T0 + 31 * MIN, 2, 2.0),  # minute 0 is outside the hour ending after minute 75
+        (T0 + 75 * MIN, T0 + 76 * MIN, 1, 0.5),
+    ]
+    assert {(r["segment_type"], r["segment"], r["item_id"]) for r in rows} == {("global", "*", "i1")}
+    touched = features.touched_minutes([ev(75), ev(0)])  # minute 0 was pruned: no row for it
+    assert [r["window_start"] for r in features.item_minutes(GLOBAL_SEGMENT, "i1", state, touched)] == [T0 + 75 * MIN]
 
 
-def test_segments_are_global_and_country():
-    assert features.segments("DE") == [("*", "*"), ("country", "DE")]
-    assert features.segments(None) == [("*", "*")]
+def test_item_minutes_in_the_newest_window_do_not_depend_on_batching():
+    events = [ev(m, n=i, weight=0.1 * i) for i, m in enumerate([0, 5, 5, 50, 61, 70, 70, 119, 120, 121])]
+    expected = {r["window_start"]: r for r in features.item_minutes(GLOBAL_SEGMENT, "i", features.fold_item(
+        features.new_item(), events, 3600))}
+    rng = random.Random(11)
+    for _ in range(20):
+        rng.shuffle(events)
+        state, emitted = features.new_item(), {}
+        cut = sorted(rng.sample(range(1, len(events)), 3))  # four non-empty batches
+        for part in (events[:cut[0]], events[cut[0]:cut[1]], events[cut[1]:cut[2]], events[cut[2]:]):
+            state = json.loads(json.dumps(features.fold_item(state, part, 3600)))
+            for row in features.item_minutes(GLOBAL_SEGMENT, "i", state, features.touched_minutes(part)):
+                emitted[row["window_start"]] = row  # the newest row per minute, as the changelog keeps
+        newest = max(emitted)
+        live = {m: r for m, r in emitted.items() if m >= features.item_window_start(newest, 3600)}
+        assert live == expected
+
+
+def test_segments_are_global_country_and_device_with_the_contracts_names():
+    assert features.segments("DE", "ios") == [GLOBAL_SEGMENT, ("country", "DE"), ("device", "ios")]
+    assert features.segments(None, "web") == [("global", "*"), ("device", "web")]
+    assert features.segments(None, None) == [("global", "*")]
+    assert GLOBAL_SEGMENT == serving_speed_state.GLOBAL_SEGMENT  # one constant, both layers
 
 
 def test_source_lag_sums_latest_minus_processed_per_partition():
