@@ -20,7 +20,7 @@ from schemas.events import (
     SCHEMA_VERSION,
     spark_message_schema,
 )
-from schemas.topics import SPEED_UPDATE_KIND_INTERACTION
+from schemas.speed_updates import INTERACTION_FIELDS, KIND_INTERACTION, SPARK_TIMESTAMP_PATTERN
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -219,6 +219,9 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
 def interaction_messages(rows: "DataFrame", events_version: "Column | None" = None) -> "DataFrame":
     """``speed-updates`` records (key: user id, value: one ``interaction`` message) for the Kafka sink.
 
+    The message is ``schemas.speed_updates``' ``interaction``, built with Spark functions:
+    the contract's field names, its timestamp text (the session is UTC).
+
     ``rows`` has the columns of ``to_user_interactions``. The real-time query sends
     them without ``events_version`` (not yet in Delta); the events query sends the
     same event again with the ``events`` version that holds it, which tells serving
@@ -226,9 +229,10 @@ def interaction_messages(rows: "DataFrame", events_version: "Column | None" = No
     """
     from pyspark.sql import functions as F
 
-    fields = [F.lit(SPEED_UPDATE_KIND_INTERACTION).alias("kind"), "event_id", "user_id", "item_id", "event_type",
-              "weight", F.date_format("occurred_at", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSxxx").alias("occurred_at"),
-              *CONTEXT_COLUMNS]
+    fields = [F.lit(KIND_INTERACTION).alias("kind")] + [
+        F.date_format(name, SPARK_TIMESTAMP_PATTERN).alias(name) if name == "occurred_at" else F.col(name)
+        for name in INTERACTION_FIELDS
+    ]
     if events_version is not None:
         fields.append(events_version.alias("events_version"))
     return rows.select(F.col("user_id").cast("binary").alias("key"), F.to_json(F.struct(*fields)).alias("value"))

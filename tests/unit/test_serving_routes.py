@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
+from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, encode_rows, segments
 from schemas.tables import ITEM_CATALOGUE
 from serving.app import create_app
 from tests.support.serving import write_model
@@ -50,9 +51,9 @@ def apply(app, kind, rows, batch_id=0, **extra):
 
 
 def trending_row(segment_type, segment, item, weight):
-    return {"segment_type": segment_type, "segment": segment, "window_start": "2024-05-01T12:00:00+00:00",
-            "window_end": "2024-05-01T13:00:00+00:00", "item_id": item, "events": 1, "weight": weight,
-            "query_id": "q", "batch_id": 0}
+    """``item``'s count in the minute 12:59 of 2024-05-01."""
+    return {"segment_type": segment_type, "segment": segment, "window_start": "2024-05-01T12:59:00.000000+00:00",
+            "window_end": "2024-05-01T13:00:00.000000+00:00", "item_id": item, "events": 1, "weight": weight}
 
 
 def ids(body):
@@ -132,7 +133,7 @@ def test_include_exclude_exclude_seen_and_attribute_filters(app, client, setting
 
 
 def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client, settings):
-    apply(app, "item_trending", [trending_row("global", "*", "b3", 5.0), trending_row("global", "*", "a4", 9.0),
+    apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "b3", 5.0), trending_row(*GLOBAL_SEGMENT, "a4", 9.0),
                                  trending_row("country", "DE", "b2", 7.0), trending_row("device", "ios", "a3", 2.0)])
     carol = pseudonymise("carol", settings.pseudonym_key)
     apply(app, "user_features", [{"user_id": carol, "country": "DE", "device": "ios"}], batch_id=1)
@@ -149,8 +150,71 @@ def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client
 
     trending = client.get("/v1/trending", params={"country": "DE"}).json()
     assert (trending["strategy"], trending["segment"], ids(trending)) == ("trending_segment", "country:DE", ["b2"])
-    assert trending["window_start"] == "2024-05-01T12:00:00+00:00"
+    assert trending["window_start"] == "2024-05-01T12:00:00.000000+00:00"  # the hour ending 13:00
     assert ids(client.get("/v1/trending", params={"k": 1}).json()) == ["a4"]
+
+
+class _State:
+    """The processor's value state, held in a dict as Spark's state store would hold it."""
+
+    def __init__(self, store, key):
+        self.store, self.key = store, key
+
+    def get(self):
+        return self.store.get(self.key)
+
+    def update(self, value):
+        self.store[self.key] = value
+
+
+def speed_trending_messages(settings, batches):
+    """``item_trending`` messages as the features query makes them: ``FeatureProcessor`` (no Spark)
+    folds each batch per entity (an item in each of its event's segments) and emits minute rows,
+    pushed with the contract's encoder as the features sink pushes them."""
+    from pyspark.sql import Row
+
+    from speed.features import MINUTE_US
+    from speed.stateful import OUTPUT_COLUMNS, SEP, FeatureProcessor
+
+    processor = FeatureProcessor(settings.speed_session_gap_s, settings.speed_trending_window_s, 0)
+    store: dict = {}
+    for batch_id, events in enumerate(batches):
+        by_entity: dict = {}
+        for item, minute, weight, country, device in events:
+            for segment in segments(country, device):
+                by_entity.setdefault(SEP.join(["i", *segment, item]), []).append(Row(
+                    occurred_at=T0_US + minute * MINUTE_US, event_type="click", weight=weight,
+                    event_id=f"{item}-{minute}-{len(by_entity)}", country=country, device=device))
+        rows = []
+        for entity, entity_rows in by_entity.items():
+            processor.state = _State(store, entity)
+            rows += [dict(zip(OUTPUT_COLUMNS, out)) for out in processor.handleInputRows((entity,), iter(entity_rows),
+                                                                                     None)]
+        yield encode_rows(KIND_ITEM_TRENDING, "features-q", batch_id, rows)
+
+
+T0_US = 1_714_564_800 * 1_000_000  # 2024-05-01T12:00Z
+
+
+def test_trending_from_the_speed_layers_rows_globally_per_country_and_per_device(app, client, settings):
+    busy = [("b1", m, 1.0, "DE", "ios") for m in range(0, 40) for _ in range(10)]  # 400 in the hour
+    batches = [busy, [("a1", 59, 3.0, "FR", "web")], [("a2", 59, 2.0, None, "ios"), ("b1", 10, 1.0, "DE", "ios")]]
+    for message in speed_trending_messages(settings, batches):
+        app.state.services.speed_view.apply(message, key=b"0")
+
+    def trending(**params):
+        body = client.get("/v1/trending", params=params).json()
+        return body["strategy"], body["segment"], [(i["item_id"], i["score"]) for i in body["items"]], \
+            body["window_start"]
+
+    hour = "2024-05-01T12:00:00.000000+00:00"  # the hour ending after minute 59, for every segment
+    assert trending() == ("trending_global", None, [("b1", 401.0), ("a1", 3.0), ("a2", 2.0)], hour)
+    assert trending(country="DE") == ("trending_segment", "country:DE", [("b1", 401.0)], hour)
+    assert trending(device="ios") == ("trending_segment", "device:ios", [("b1", 401.0), ("a2", 2.0)], hour)
+    assert trending(device="web") == ("trending_segment", "device:web", [("a1", 3.0)], hour)
+    assert trending(country="US")[:2] == ("trending_global", None)
+    body = client.get("/v1/users/stranger/recommendations", params={"device": "web"}).json()
+    assert (body["strategy"], ids(body)) == ("trending_segment", ["a1"])
 
 
 def test_similar_items_and_unknown_items(client):
