@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from lambdarec.popularity import item_popularity
+
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -22,6 +24,8 @@ class Holdout:
     """What a model is judged on.
 
     ``train``: (users x items) training interactions; never recommended back.
+    ``weights``: the same interactions' summed training weights, when known: the
+    popularity baseline counts only users with a positive weight, as serving does.
     ``truth``: (users x items) held-out pairs whose item the model knows.
     ``n_relevant``: held-out items per user, counting items the model never saw
     (they cannot be hit, but hiding them would flatter recall).
@@ -30,6 +34,7 @@ class Holdout:
     train: sparse.csr_matrix
     truth: sparse.csr_matrix
     n_relevant: np.ndarray
+    weights: sparse.csr_matrix | None = None
 
     @classmethod
     def from_pairs(
@@ -40,8 +45,13 @@ class Holdout:
         train_items: np.ndarray,
         test_users: np.ndarray,
         test_items: np.ndarray,
+        train_weights: np.ndarray | None = None,
     ) -> "Holdout":
-        """Build from index arrays; a test item index of -1 means "unknown to the model"."""
+        """Build from index arrays; a test item index of -1 means "unknown to the model".
+
+        ``train_weights``: each training pair's weight (the interactions' ``rating``);
+        without them every training pair counts as a positive interaction.
+        """
         train_users, train_items, test_users, test_items = (
             np.asarray(a, dtype=np.int64) for a in (train_users, train_items, test_users, test_items)
         )
@@ -54,7 +64,12 @@ class Holdout:
         )
         truth.data[:] = 1.0  # duplicate pairs would have summed
         n_relevant = np.bincount(test_users, minlength=n_users)
-        return cls(train=train, truth=truth, n_relevant=n_relevant)
+        weights = None
+        if train_weights is not None:
+            weights = sparse.csr_matrix(
+                (np.asarray(train_weights, dtype=np.float64), (train_users, train_items)), shape=(n_users, n_items)
+            )
+        return cls(train=train, truth=truth, n_relevant=n_relevant, weights=weights)
 
     @property
     def users(self) -> np.ndarray:
@@ -68,8 +83,8 @@ def factor_scorer(user_factors: np.ndarray, item_factors: np.ndarray) -> Scorer:
 
 
 def popularity_scorer(train: sparse.csr_matrix) -> Scorer:
-    """Every user gets the same ranking: items by how many training users touched them."""
-    counts = np.asarray((train > 0).sum(axis=0), dtype=np.float64).ravel()
+    """Every user gets the same ranking: ``lambdarec.popularity.item_popularity``, what serving serves."""
+    counts = item_popularity(train)
     return lambda users: np.tile(counts, (len(users), 1))
 
 
@@ -122,7 +137,8 @@ def compare_to_popularity(
 ) -> dict[str, float]:
     """The model's and the popularity baseline's metrics on the same split, prefixed."""
     model = ranking_metrics(factor_scorer(user_factors, item_factors), holdout, k)
-    baseline = ranking_metrics(popularity_scorer(holdout.train), holdout, k)
+    weights = holdout.weights if holdout.weights is not None else holdout.train
+    baseline = ranking_metrics(popularity_scorer(weights), holdout, k)
     n_eval_users = model.pop("n_eval_users")
     baseline.pop("n_eval_users")
     metrics = {f"model_{name}": value for name, value in model.items()}

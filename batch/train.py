@@ -342,7 +342,7 @@ def _evaluate(factors: Factors, data: Prepared, settings: Settings) -> dict[str,
     spark = data.train.sparkSession
     n_users = int(max(data.users.column("user_index").to_pylist(), default=-1)) + 1
     n_items = int(max(data.items.column("item_index").to_pylist(), default=-1)) + 1
-    seen = data.train.select("user_index", "item_index").toPandas()
+    seen = data.train.select("user_index", "item_index", "rating").toPandas()
     held = (
         holdout_pairs(data.test_ratings.where(F.col("rating") > 0), data.train_ratings)
         .join(spark.createDataFrame(data.users), "user_id")
@@ -351,7 +351,8 @@ def _evaluate(factors: Factors, data: Prepared, settings: Settings) -> dict[str,
         .toPandas()
     )
     holdout = Holdout.from_pairs(
-        n_users, n_items, seen.user_index, seen.item_index, held.user_index, held.item_index
+        n_users, n_items, seen.user_index, seen.item_index, held.user_index, held.item_index,
+        train_weights=seen.rating,
     )
     if len(holdout.users) == 0:
         return {"n_eval_users": 0}

@@ -37,10 +37,11 @@ from scipy.sparse import csr_matrix
 
 from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
+from lambdarec.popularity import item_popularity
 from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 
-FORMAT = 1  # bump when the bundle layout changes; older bundles are rebuilt
+FORMAT = 2  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (2: popularity counts users)
 META = "meta.json"
 ARRAYS = (
     "item_ids",  # position -> item id (unicode array)
@@ -208,7 +209,7 @@ def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[d
         "history_indptr": history.indptr.astype(np.int64),
         "history_items": history.indices.astype(np.int64),
         "history_ratings": history.data,
-        "popularity": np.asarray(history.sum(axis=0)).ravel(),
+        "popularity": item_popularity(history),
     }
     return meta, arrays
 
