@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both create the
-# virtual environment from pyproject.toml and resolve the JVM jars (Maven Central)
-# on first use.
+# virtual environment from pyproject.toml (with the dev and airflow extras) and
+# resolve the JVM jars (Maven Central) on first use. `make lint` checks style,
+# types and the layering's import contracts.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,12 +9,12 @@ DURATION ?= 300
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit venv jars blas airflow clean
+.PHONY: demo test unit lint venv jars blas airflow clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,airflow]'
 	touch $@
 
 venv: $(BIN)/lambdarec
@@ -35,6 +36,16 @@ test: jars blas
 
 unit: venv
 	$(BIN)/pytest -m unit
+
+# ruff (style and likely bugs), mypy (types) and import-linter (the layering: batch, speed
+# and serving import only lambdarec and schemas; schemas imports nothing of ours), all
+# configured in pyproject.toml.
+LINTED := lambdarec schemas batch speed serving dags tests bench
+
+lint: venv
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 AIRFLOW_PORT ?= 8080
 AIRFLOW_PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json

@@ -50,7 +50,9 @@ def compact(spark: "SparkSession", lake: Lake, specs: list[TableSpec] | None = N
     for spec in specs or list(ALL_TABLES.values()):
         if not lake.exists(spec):
             continue
-        metrics = DeltaTable.forPath(spark, spark_path(lake.uri(spec))).optimize().executeCompaction().first()["metrics"]
+        result = DeltaTable.forPath(spark, spark_path(lake.uri(spec))).optimize().executeCompaction().first()
+        assert result is not None  # OPTIMIZE returns one row of metrics
+        metrics = result["metrics"]
         if metrics["numFilesRemoved"]:
             done[spec.name] = {"numFilesAdded": metrics["numFilesAdded"], "numFilesRemoved": metrics["numFilesRemoved"]}
     _log("compacted", tables=done)
@@ -102,7 +104,7 @@ def expirable(statuses: dict[int, dict[str, Any]], keep: int, champion: int | No
 def expire_models(spark: "SparkSession", lake: Lake, keep: int) -> list[int]:
     """Delete the factor data of models beyond the retention count; returns the versions expired."""
     champion = registry.latest_published(lake)
-    versions = expirable(registry.current_statuses(lake), keep, champion and champion["model_version"])
+    versions = expirable(registry.current_statuses(lake), keep, champion["model_version"] if champion else None)
     for version in versions:
         for spec in MODEL_DATA:
             only = pc.field("model_version") == version

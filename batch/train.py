@@ -69,8 +69,12 @@ def plan(
     statuses = registry.current_statuses(lake)
     if model_version is None:
         newest = max(statuses, default=None)
-        resumable = newest is not None and statuses[newest]["status"] == registry.TRAINING
-        if resumable and run_key is None and events_version in (None, statuses[newest]["source_events_version"]):
+        if (
+            newest is not None
+            and statuses[newest]["status"] == registry.TRAINING
+            and run_key is None
+            and events_version in (None, statuses[newest]["source_events_version"])
+        ):
             model_version = newest
         else:
             model_version = registry.next_model_version(lake)
@@ -198,7 +202,9 @@ class Prepared:
 
         as_of = None
         if settings.decay_half_life_days > 0:
-            as_of = events.agg(F.max("occurred_at")).first()[0]
+            newest_event = events.agg(F.max("occurred_at")).first()
+            assert newest_event is not None  # an aggregate has one row
+            as_of = newest_event[0]
         rate = partial(
             implicit_ratings,
             event_weights=settings.event_weights,
@@ -342,8 +348,8 @@ def _evaluate(factors: Factors, data: Prepared, settings: Settings) -> dict[str,
     spark = data.train.sparkSession
     n_users = int(max(data.users.column("user_index").to_pylist(), default=-1)) + 1
     n_items = int(max(data.items.column("item_index").to_pylist(), default=-1)) + 1
-    seen = data.train.select("user_index", "item_index", "rating").toPandas()
-    held = (
+    seen: Any = data.train.select("user_index", "item_index", "rating").toPandas()
+    held: Any = (
         holdout_pairs(data.test_ratings.where(F.col("rating") > 0), data.train_ratings)
         .join(spark.createDataFrame(data.users), "user_id")
         .join(spark.createDataFrame(data.items), "item_id", "left")
@@ -364,6 +370,7 @@ def _coverage(factors: Factors, data: Prepared) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     active = data.all_ratings.agg(F.countDistinct("user_id"), F.countDistinct("item_id")).first()
+    assert active is not None  # an aggregate has one row
     usable_users = _usable(factors.users)
     usable_items = _usable(factors.items)
     return {

@@ -49,11 +49,12 @@ def search(
     A trial always finishes once started, so the budget can be overrun by one fit.
     """
     started = clock()
-    done = []
+    done: list[dict[str, Any]] = []
     for values in candidates(space, method, trials, base.seed):
         if done and budget_s and clock() - started >= budget_s:
             break
-        params = replace(base, **{k: (int(v) if k in ("rank", "maxIter") else float(v)) for k, v in values.items()})
+        typed: dict[str, Any] = {k: (int(v) if k in ("rank", "maxIter") else float(v)) for k, v in values.items()}
+        params = replace(base, **typed)
         done.append({"params": {k: getattr(params, k) for k in TUNABLE}, "metric": float(score(params))})
     if not done:
         raise ValueError("the search space is empty")

@@ -83,8 +83,9 @@ def lambdarec_batch():
             "--run-key", pinned["run_key"],
             "--candidate-only",
         ]
-        if (params or {}).get("engine"):
-            args += ["--engine", params["engine"]]
+        engine = (params or {}).get("engine")
+        if engine:
+            args += ["--engine", engine]
         env = {
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,

@@ -82,18 +82,18 @@ class Demo:
 
     def start_broker(self) -> None:
         child = self._start("broker", lambdarec_command("broker"))
-        wait_for(lambda: child.check_alive() or '"broker_ready"' in child.log_path.read_text(),
+        wait_for(lambda: child.check_alive() and '"broker_ready"' in child.log_path.read_text(),
                  self.remaining(60), "the embedded broker and its topics")
         say(f"  broker at {self.settings.bootstrap_servers}")
 
     def start_speed(self) -> None:
         child = self._start("speed", speed_job_command(self.settings))
-        wait_for(lambda: child.check_alive() or '"event": "started"' in child.log_path.read_text(),
+        wait_for(lambda: child.check_alive() and '"event": "started"' in child.log_path.read_text(),
                  self.remaining(180), "the speed job to start its query", interval_s=0.2)
 
     def start_serving(self) -> None:
         child = self._start("serving", lambdarec_command("serve"))
-        wait_for(lambda: child.check_alive() or httpx.get(f"{self.api}/health", timeout=1).status_code == 200,
+        wait_for(lambda: child.check_alive() and httpx.get(f"{self.api}/health", timeout=1).status_code == 200,
                  self.remaining(60), "serving /health")
         say(f"  serving at {self.api}")
 
@@ -126,7 +126,7 @@ class Demo:
 
     def wait_for_lake(self) -> None:
         expected = self.summary["events_accepted"]
-        wait_for(lambda: self._check_children() or lake_counts(self.settings)["events"] >= expected,
+        wait_for(lambda: self._check_children() and lake_counts(self.settings)["events"] >= expected,
                  self.remaining(240), f"{expected} events in the lake", interval_s=0.25)
         wait_for(lambda: lake_counts(self.settings)["dead_letter"] >= len(BAD_RECORDS),
                  self.remaining(60), "the injected bad records in dead_letter", interval_s=0.25)
@@ -135,8 +135,8 @@ class Demo:
         from lambdarec.registry import latest_published
 
         child = self._start("train", spark_submit_command(self.settings, "batch/train.py"))
-        code = wait_for(lambda: child.process.poll() is not None and (child.process.returncode,),
-                        self.remaining(600), "the training job", interval_s=0.5)[0]
+        wait_for(lambda: child.process.poll() is not None, self.remaining(600), "the training job", interval_s=0.5)
+        code = child.process.returncode
         if code != 0:
             raise StageError(f"training exited {code}:\n{child.log_tail()}")
         model = latest_published(Lake(self.settings))
@@ -162,7 +162,8 @@ class Demo:
 
     def probe_freshness(self, world: World) -> None:
         """Each probe user buys an item from another cluster; time until their response reflects it."""
-        freshness, shown = [], []
+        freshness: list[float] = []
+        shown: list[tuple[str, str, Any, Any]] = []
         rng = random.Random(self.args.seed)
         with httpx.Client(base_url=self.api, timeout=10) as client:
             for user_index in range(self.args.probes):
@@ -230,10 +231,12 @@ class Demo:
         self.children[name] = child
         return child
 
-    def _check_children(self) -> None:
+    def _check_children(self) -> bool:
+        """True while every started child runs; a StageError naming the first that exited."""
         for name in ("broker", "speed", "serving"):
             if name in self.children:
                 self.children[name].check_alive()
+        return True
 
     def stop_all(self) -> None:
         for name in ("serving", "speed", "broker", "train"):
@@ -259,8 +262,9 @@ def lake_counts(settings: Settings) -> dict[str, int]:
     counts = {"events": 0, "distinct_event_ids": 0, "dead_letter": 0}
     if lake.exists(EVENTS):
         events = lake.dataset(EVENTS)  # noqa: F841 - read by DuckDB below
-        counts["events"], counts["distinct_event_ids"] = duckdb.sql(
-            "select count(*), count(distinct event_id) from events").fetchall()[0]
+        found = duckdb.sql("select count(*), count(distinct event_id) from events")
+        assert found is not None  # a select always has a result
+        counts["events"], counts["distinct_event_ids"] = found.fetchall()[0]
     if lake.exists(DEAD_LETTER):
         counts["dead_letter"] = lake.read_arrow(DEAD_LETTER).num_rows
     return counts

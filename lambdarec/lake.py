@@ -141,7 +141,7 @@ class Lake:
     ) -> int | None:
         """Append Arrow rows in one commit; None if ``(app_id, txn_version)`` is already in."""
         appender = Appender(self, spec)
-        if app_id is not None and appender.committed(app_id, txn_version):
+        if app_id is not None and appender.committed(app_id, _txn_version(txn_version)):
             return None
         return appender.append(table, app_id, txn_version)
 
@@ -163,7 +163,7 @@ class Lake:
         transaction and a write id, by which the version it created is found.
         """
         _commit_properties(app_id, txn_version)  # both or neither
-        if app_id is not None and self.committed(spec, app_id, txn_version):
+        if app_id is not None and self.committed(spec, app_id, _txn_version(txn_version)):
             return None
         self.ensure(spec)
         write_id = uuid.uuid4().hex
@@ -191,7 +191,7 @@ class Lake:
         Returns the version the MERGE created; None if the transaction is already in."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        if app_id is not None and self.committed(spec, app_id, txn_version):
+        if app_id is not None and self.committed(spec, app_id, _txn_version(txn_version)):
             return None
         self.ensure(spec)
         spark = df.sparkSession
@@ -214,7 +214,7 @@ class Lake:
         table is missing or the transaction is already in."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        if not self.exists(spec) or (app_id is not None and self.committed(spec, app_id, txn_version)):
+        if not self.exists(spec) or (app_id is not None and self.committed(spec, app_id, _txn_version(txn_version))):
             return None
         with delta_transaction(spark, app_id, txn_version) as write_id:
             SparkDeltaTable.forPath(spark, spark_path(self.uri(spec))).delete(condition)
@@ -277,6 +277,13 @@ class Appender:
         return self.append(rows, app_id, txn_version)
 
 
+def _txn_version(txn_version: int | None) -> int:
+    """The version of an app transaction whose app id is given: both or neither."""
+    if txn_version is None:
+        raise ValueError("an app transaction needs both app_id and txn_version")
+    return txn_version
+
+
 def _commit_properties(app_id: str | None, txn_version: int | None) -> CommitProperties | None:
     if app_id is None:
         return None
@@ -306,17 +313,17 @@ def delta_transaction(spark: "SparkSession", app_id: str | None, txn_version: in
 @contextmanager
 def session_conf(spark: "SparkSession", settings: dict[str, str]) -> Iterator[None]:
     """Set Spark SQL settings for the block only, restoring what was there before."""
-    before = {key: spark.conf.get(key, None) for key in settings}
+    before: dict[str, str | None] = {key: spark.conf.get(key, None) for key in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)
     try:
         yield
     finally:
-        for key, value in before.items():
-            if value is None:
+        for key, old in before.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
 
 
 def _user_metadata(app_id: str | None, txn_version: int | None, write_id: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -93,16 +93,18 @@ class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
-    _log_file: object = field(repr=False, default=None)
+    _log_file: IO[bytes] | None = field(repr=False, default=None)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def check_alive(self) -> None:
+    def check_alive(self) -> bool:
+        """True while the process runs; a StageError with its last log lines once it has exited."""
         if not self.alive():
             raise StageError(
                 f"{self.name} exited with code {self.process.returncode}; last log lines:\n{self.log_tail()}"
             )
+        return True
 
     def log_tail(self, lines: int = 25) -> str:
         try:

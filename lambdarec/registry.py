@@ -104,7 +104,7 @@ def record_status(
     unknown = set(fields) - set(MODELS.columns)
     if unknown:
         raise ValueError(f"unknown registry columns: {sorted(unknown)}")
-    row = {name: None for name in MODELS.columns}
+    row: dict[str, Any] = {name: None for name in MODELS.columns}
     row.update(fields)
     for name in JSON_FIELDS:
         if isinstance(row[name], dict):

@@ -27,6 +27,10 @@ DEFAULT_EVENT_WEIGHTS = {
 }
 
 
+def _default_tune_space() -> dict[str, list[float]]:
+    return {"rank": [16, 32, 64], "regParam": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "maxIter": [10, 20]}
+
+
 class Settings(BaseSettings):
     """Platform configuration; see README "Configuration" for the full table."""
 
@@ -202,9 +206,7 @@ class Settings(BaseSettings):
     tune_method: Literal["grid", "random"] = Field("random", description="Search: the grid in order, or a seeded sample.")
     tune_budget_s: float = Field(0.0, ge=0, description="Stop starting trials after this many seconds; 0 = no limit.")
     tune_space: dict[str, list[float]] = Field(
-        default_factory=lambda: {
-            "rank": [16, 32, 64], "regParam": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "maxIter": [10, 20],
-        },
+        default_factory=_default_tune_space,
         description="Values to search per ALS hyperparameter (rank, regParam, alpha, maxIter).",
     )
     gate_metric: str = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")

@@ -113,7 +113,7 @@ def top_k(
     if exclude is not None and len(exclude):
         masked[np.asarray(exclude, dtype=np.int64)] = -np.inf
     if k < len(masked):
-        candidates = np.argpartition(-masked, k - 1)[:k]
+        candidates = np.argpartition(np.negative(masked), k - 1)[:k]
         # ties at the cut: take every position scoring the k-th value, then order
         cut = masked[candidates].min()
         candidates = np.union1d(candidates, np.flatnonzero(masked == cut)) if np.isfinite(cut) else candidates

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -29,7 +29,7 @@ class BrokerDown(BaseModel):
     retryable: bool = True
 
 
-RESPONSES = {
+RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": Error, "description": "Body or batch too large."},
     429: {"model": Error, "description": "Over the ingestion rate limit; retry after Retry-After seconds."},
     503: {"model": BrokerDown, "description": "The broker did not acknowledge the events; retry."},

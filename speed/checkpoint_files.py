@@ -8,7 +8,7 @@ itself, never through a local path.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -18,9 +18,10 @@ class CheckpointFiles:
     """Read, write (atomically where the filesystem can), list and delete files under a checkpoint."""
 
     def __init__(self, spark: "SparkSession", root: str):
-        self._jvm = spark._jvm
+        self._jvm: Any = cast(Any, spark._jvm)  # py4j's view of the JVM: untyped
         self._root = self._jvm.org.apache.hadoop.fs.Path(root)
-        self._fs = self._root.getFileSystem(spark._jsc.hadoopConfiguration())
+        jsc: Any = cast(Any, spark._jsc)
+        self._fs = self._root.getFileSystem(jsc.hadoopConfiguration())
 
     def _path(self, name: str):
         return self._jvm.org.apache.hadoop.fs.Path(self._root, name)

@@ -27,10 +27,9 @@ import json
 import logging
 import signal
 import sys
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from lambdarec.lake import Lake
+from lambdarec.lake import Lake, session_conf  # set while a query starts: it copies the session then
 from lambdarec.settings import Settings
 from schemas.tables import (
     DEAD_LETTER,
@@ -139,7 +138,7 @@ def run_realtime(spark: "SparkSession", settings: Settings) -> "StreamingQuery":
         .option("topic", settings.topic_speed_updates)
         .option("checkpointLocation", realtime_checkpoint_location(settings))
         .outputMode("update")
-        .trigger(realTime=settings.speed_realtime_batch)
+        .trigger(realTime=settings.speed_realtime_batch)  # type: ignore[call-overload]  # Spark 4.2's real-time mode; the stubs lag
         .start()
     )
 
@@ -149,7 +148,7 @@ def task_slots(spark: "SparkSession") -> int:
     import os
     import re
 
-    master = spark.sparkContext.master
+    master = spark.sparkContext.master or ""
     local = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
     if local:
         return os.cpu_count() or 1 if local.group(1) == "*" else int(local.group(1))
@@ -189,22 +188,6 @@ def prepare(spark: "SparkSession", settings: Settings) -> None:
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
                  SPEED_PROGRESS):
         lake.ensure(spec)
-
-
-@contextmanager
-def session_conf(spark: "SparkSession", conf: dict[str, str]):
-    """Set SQL confs while a query starts: it copies the session then, and its checkpoint keeps them."""
-    previous = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def run(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
@@ -260,7 +243,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
                          "queries": [q.name for q in queries], "checkpoint": checkpoint_location(settings)}))
     # Poll rather than block: a signal handler must not call into the JVM mid-call.
     while all(q.isActive for q in queries) and not stopping:
-        queries[0].awaitTermination(0.5)
+        queries[0].awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; a fraction works, the stubs say int
     if stopping:
         log.info(json.dumps({"event": "stopping", "signal": stopping[0]}))
     for query in queries:

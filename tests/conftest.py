@@ -1,8 +1,11 @@
 """Shared fixtures. Marker tiers: unit (no JVM), spark, integration, slow.
 
 Every test gets its own settings rooted in a temp folder, so nothing touches
-./.lambdarec. The Spark session is shared per test run (starting one costs
-seconds) and sized for a 2-core machine.
+./.lambdarec, and no test sees the developer's shell: ``LAMBDAREC_*`` variables
+are cleared and ``.env`` is ignored, for the whole run and again for each test.
+The Spark session is shared per test run (starting one costs seconds) and sized
+for a 2-core machine. Helpers that several test modules share live in
+``tests/support``, never in a test module.
 """
 
 from __future__ import annotations
@@ -13,12 +16,36 @@ from pathlib import Path
 
 import pytest
 
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, get_settings
 
 pytest_plugins = ["tests.plugins.broker"]
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clear every ``LAMBDAREC_*`` variable and make Settings ignore ``.env``."""
+    for name in [name for name in os.environ if name.upper().startswith("LAMBDAREC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setitem(Settings.model_config, "env_file", None)
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_run():
+    """The developer's shell, isolated for session-scoped fixtures (the Spark session, the broker)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _isolate(monkeypatch)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_test(monkeypatch: pytest.MonkeyPatch):
+    """Each test starts from the isolated environment, whatever an earlier test left behind."""
+    _isolate(monkeypatch)
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture
