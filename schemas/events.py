@@ -52,7 +52,8 @@ class Event(BaseModel):
     user_id: str = Field(min_length=1, max_length=128)
     item_id: str = Field(min_length=1, max_length=128)
     event_type: EventType
-    value: float | None = None
+    # JSON has no NaN or Infinity, but Python's json module reads them: refuse them here.
+    value: float | None = Field(None, allow_inf_nan=False)
     occurred_at: AwareDatetime
     context: EventContext = Field(default_factory=EventContext)
 

@@ -8,10 +8,15 @@ working. Operations routes (/health, /ready, /metrics) are unversioned only.
 from __future__ import annotations
 
 import logging
+import math
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lambdarec.settings import Settings, get_settings
@@ -36,10 +41,61 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.stop()
 
 
+def route_template(request: Request) -> str:
+    """The matched route's template, e.g. ``/v1/users/{user_id}/recommendations``.
+
+    Logs name this, never ``request.url.path``: the path holds raw user ids, and raw
+    ids never leave the ingestion edge.
+    """
+    return getattr(request.scope.get("route"), "path", "unmatched")
+
+
+def _masked_trace(request: Request, exc: Exception) -> str:
+    """The exception's trace with every raw user id of the request's path replaced by its parameter name."""
+    trace = "".join(traceback.format_exception(exc))
+    for name, value in request.path_params.items():
+        if "user" in name and value:
+            trace = trace.replace(str(value), "{" + name + "}")
+    return trace
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """A bug answers a plain 500: the trace goes to the log, never to the client."""
-    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+    """A bug answers a plain 500: the trace goes to the log, never to the client.
+
+    The log line names the route template, not the path, and masks the path's user
+    id in the trace.
+    """
+    log.error(
+        "unhandled error",
+        extra={
+            "method": request.method,
+            "route": route_template(request),
+            "error": type(exc).__name__,
+            "trace": _masked_trace(request, exc),
+        },
+    )
     return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as their JavaScript spelling, which JSON can carry as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field, as FastAPI answers it, with inputs JSON can carry.
+
+    An input of NaN or Infinity (Python's json reads them, JSON has neither) is
+    echoed as text; FastAPI's own handler would fail to encode it and answer 500.
+    """
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, include_in_schema=False)
     app.include_router(routes_ops.router)
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(CountRequests, gate=services.idle_gate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.ingest_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=services.metrics)  # outermost: times 413s too

@@ -4,6 +4,7 @@ The app runs without its lifespan (no broker, no lake polling); every request
 here is rejected or answered before anything would be produced.
 """
 
+import json
 import uuid
 
 import pytest
@@ -107,3 +108,14 @@ def test_bad_k_is_422_naming_the_parameter(client):
     response = client.get("/users/alice/recommendations", params={"k": 0})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "k"]
+
+
+@pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_value_is_422_naming_the_field(client, token):
+    """JSON has no NaN or Infinity (Python's json module reads them anyway): refuse, naming ``value``."""
+    body = json.dumps(event(event_type="rating", value=4.0)).replace("4.0", token.decode()).encode()
+    for path, payload in (("/v1/events", body), ("/v1/events/batch", b"[" + body + b"]")):
+        response = client.post(path, content=payload, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        locs = [error["loc"] for error in response.json()["detail"]]
+        assert locs == ([["body", "value"]] if path.endswith("events") else [["body", 0, "value"]])
