@@ -27,10 +27,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
@@ -38,44 +37,6 @@ from schemas.events import EVENT_TYPES, event_row
 from schemas.tables import EVENTS
 
 ID_NAMESPACE = uuid.UUID("6d1f3c2e-8f0a-4b7e-9a51-3c0e2f4d5b17")
-FORMATS = ("auto", "csv", "parquet", "movielens-udata", "movielens-ratings")
-MOVIELENS_RATINGS = {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
-
-
-class BadImportFile(ValueError):
-    """The file cannot be imported as it is; the message says which column or value."""
-
-
-def detect_format(path: Path) -> str:
-    if path.name == "u.data":
-        return "movielens-udata"
-    if path.suffix == ".parquet":
-        return "parquet"
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8") as handle:
-            header = handle.readline().strip().split(",")
-        return "movielens-ratings" if set(MOVIELENS_RATINGS) <= set(header) else "csv"
-    raise BadImportFile(f"cannot tell the layout of {path.name}; pass --format ({', '.join(FORMATS[1:])})")
-
-
-def read_rows(path: Path, fmt: str) -> pa.Table:
-    """The file as a table with columns user, item, rating or weight, timestamp (event_type optional)."""
-    if fmt == "movielens-udata":
-        names = ["user", "item", "rating", "timestamp"]
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(column_types={"user": pa.string(), "item": pa.string()}),
-        )
-    strings = {"user": pa.string(), "item": pa.string(), "userId": pa.string(), "movieId": pa.string()}
-    if fmt == "parquet":
-        table = pq.read_table(path)
-    else:
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=strings))
-    if fmt == "movielens-ratings":
-        table = table.select(list(MOVIELENS_RATINGS)).rename_columns(list(MOVIELENS_RATINGS.values()))
-    return table
 
 
 def to_events(rows: pa.Table, settings: Settings, event_type: str, source: str) -> pa.Table:

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
     "train": ("batch.train", "Train, evaluate and publish an ALS model from the lake."),
     "status": ("lambdarec.status", "Show the speed job's progress, lag and the published model."),
+    "evaluate": ("lambdarec.evaluate", "Benchmark the product on an interactions file: split, import, train, serve, score."),
     "import": ("batch.importer", "Backfill historical interactions (CSV, Parquet, MovieLens) into events."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
