@@ -17,6 +17,8 @@ from schemas.speed_updates import GLOBAL_SEGMENT, timestamp, timestamp_us
 
 __all__ = ["GLOBAL_SEGMENT", "Interaction", "Interactions", "Profiles", "Trending"]
 
+SWEEP_EVERY_US = 5 * 60_000_000  # how far the trending window moves between sweeps of slid-out minutes
+
 
 @dataclass(frozen=True)
 class Interaction:
@@ -95,6 +97,7 @@ class Trending:
         self.segments: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
         self._ranked: dict[tuple[str, str], list[tuple[str, float]]] = {}  # for the current end
         self._ranked_end: int | None = None
+        self._pruned_start: int | None = None  # window start of the last sweep over every segment
 
     def start_us(self) -> int | None:
         return None if self.end_us is None else self.end_us - self.window_us
@@ -103,6 +106,7 @@ class Trending:
         minute, end = timestamp_us(row["window_start"]), timestamp_us(row["window_end"])
         if self.end_us is None or end > self.end_us:
             self.end_us = end
+            self._sweep()
         if minute < self.end_us - self.window_us:
             return  # slid out of the window already
         segment = (str(row["segment_type"]), str(row["segment"]))
@@ -125,6 +129,18 @@ class Trending:
         if not ranked:
             return [], None
         return [entry for entry in ranked if entry[0] not in exclude][:k], timestamp(self.end_us - self.window_us)
+
+    def _sweep(self) -> None:
+        """Drop the minutes that slid out, in every segment (ranked or not), every few minutes."""
+        start = self.end_us - self.window_us
+        if self._pruned_start is not None and start - self._pruned_start < SWEEP_EVERY_US:
+            return
+        self._pruned_start = start
+        for segment, items in list(self.segments.items()):
+            self._rank(items, start)
+            if not items:
+                del self.segments[segment]
+        self._ranked = {}
 
     @staticmethod
     def _rank(items: dict[str, dict[int, dict[str, Any]]], start: int) -> list[tuple[str, float]]:

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from lambdarec.lake import Lake
+from schemas.speed_updates import GLOBAL_SEGMENT
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
 from speed.job import run_features
 from speed.recompute import current, recompute
@@ -20,6 +21,10 @@ T0 = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0) - dt.time
 
 def at(minutes: float) -> str:
     return (T0 + dt.timedelta(minutes=minutes)).isoformat()
+
+
+def us(minutes: float) -> int:
+    return round((T0 + dt.timedelta(minutes=minutes)).timestamp() * 1_000_000)
 
 
 def run_features_to_end(spark, settings) -> None:
@@ -57,8 +62,13 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     assert a["session_events"] == 2 and a["session_start"] == round((T0 + dt.timedelta(minutes=90)).timestamp() * 1e6)
     assert dict(a["counts_24h"]) == {"view": 3, "click": 1} and dict(a["counts_1h"]) == {"view": 2}
     assert (a["country"], a["device"]) == ("DE", "ios")
-    assert items[("*", "*", "i1")]["events"] == 2  # 1 h window ending after minute 95: the two views
-    assert items[("country", "FR", "i1")]["events"] == 1
+    # Trending rows are per (segment, item, minute); i1's are those of the hour ending after minute 95.
+    assert {key[3]: row["events"] for key, row in items.items() if key[:3] == (*GLOBAL_SEGMENT, "i1")} == {
+        us(90): 1, us(95): 1}
+    assert {key[3]: row["events"] for key, row in items.items() if key[:3] == ("device", "ios", "i1")} == {
+        us(90): 1, us(95): 1}
+    assert items[("country", "FR", "i1", us(5))]["events"] == 1  # u_b's purchase: FR, no device
+    assert not [key for key in items if key[:2] == ("device", None)]
 
     for spec in (SPEED_USER_FEATURES, SPEED_ITEM_TRENDING):  # delta-spark wrote them; delta-rs reads them
         assert assert_delta_rs_reads_what_spark_reads(spark, Lake(settings), spec) > 0

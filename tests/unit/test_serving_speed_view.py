@@ -217,3 +217,10 @@ def test_records_that_break_the_contract_are_bad_updates(view):
         with pytest.raises(BadUpdate):
             view.apply(record)
     assert view.apply(b'{"kind": "something_newer"}') == 0  # a newer producer's kind: ignored
+
+
+def test_minutes_that_slid_out_are_dropped_from_segments_nobody_asks_for(view):
+    for n in range(30):
+        view.apply(trending(n, 10 * n, f"i{n}", 1.0, segment=("device", f"d{n}")))
+    segments = view._trending.segments
+    assert len(segments) <= 7 and ("device", "d29") in segments  # about an hour of minutes, not five
