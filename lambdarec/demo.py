@@ -212,6 +212,20 @@ class Demo:
         self.summary["serve_latency_ms_p50"] = round(statistics.median(latencies), 2)
         self.summary["serve_latency_ms_p99"] = round(percentile(latencies, 99), 2)
 
+    def report_trending(self) -> None:
+        """Trending items globally and in one country and one device segment, from the speed layer."""
+        def trending(**params) -> dict[str, Any] | None:
+            body = httpx.get(f"{self.api}/v1/trending", params={"k": 5, **params}, timeout=10).json()
+            return body if body["items"] else None
+
+        body = wait_for(trending, self.remaining(60), "global trending items from the speed layer", interval_s=0.5)
+        self.summary["trending_global"] = [i["item_id"] for i in body["items"]]
+        self.summary["trending_window_start"] = body["window_start"]
+        for name, value in (("country", "DE"), ("device", "mobile")):
+            segment = trending(**{name: value}) or {"items": [], "segment": None}
+            self.summary[f"trending_{name}_{value}"] = [i["item_id"] for i in segment["items"]]
+        say(f"  trending since {body['window_start']}: {self.summary['trending_global']}")
+
     def final_counts(self) -> None:
         expected = self.summary["events_accepted"]
         wait_for(lambda: lake_counts(self.settings)["events"] >= expected, self.remaining(60),
@@ -342,6 +356,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             demo.stage("serving loads the model", demo.load_model, model["model_version"])
             demo.stage("users act; measure freshness", demo.probe_freshness, world)
             demo.stage("measure serving latency", demo.measure_serving, world)
+            demo.stage("trending from the speed layer", demo.report_trending)
             demo.stage("check the lake", demo.final_counts)
         except StageError as exc:
             failure = str(exc)
