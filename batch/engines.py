@@ -4,7 +4,7 @@ Both fit the same implicit-feedback model on ``(user_index, item_index, rating)`
 rows, with Spark's confidence convention (c = 1 + alpha * |r|, preference r > 0),
 and both hand back the same ``Factors``, so everything downstream (factor tables,
 registry rows, serving) is engine-agnostic. One real difference is recorded in
-``reg_scaling``: Spark multiplies regParam by a row's positive-interaction count
+``reg_scaling``: Spark multiplies the regularisation by a row's positive-interaction count
 (``per_interaction``), implicit adds it as is (``constant``). Serving's fold-in honours it.
 In both engines the user factors are the last thing solved, against the final
 item factors, so folding a training user in reproduces its stored vector.
@@ -20,18 +20,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
+from lambdarec.settings import AlsEngine
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 
 @dataclass(frozen=True)
 class AlsParams:
+    """ALS hyperparameters in the platform's vocabulary (``lambdarec.settings.ALS_PARAMS``);
+    each engine translates them to its library's names."""
+
     rank: int
-    regParam: float
+    reg: float
     alpha: float
-    maxIter: int
+    iterations: int
     seed: int = 42
-    checkpointInterval: int = 5
+    checkpoint_interval: int = 5
 
     def record(self) -> dict:
         return asdict(self)
@@ -71,7 +76,7 @@ class Engine(Protocol):
 class SparkAls:
     """pyspark.ml ALS, checkpointing its lineage so many iterations cannot overflow the stack."""
 
-    name = "spark-als"
+    name: AlsEngine = "spark"
     reg_scaling = "per_interaction"
 
     def __init__(self, blocks: int = 2):
@@ -83,13 +88,13 @@ class SparkAls:
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
         model = ALS(
             rank=params.rank,
-            maxIter=params.maxIter,
-            regParam=params.regParam,
+            maxIter=params.iterations,
+            regParam=params.reg,
             alpha=params.alpha,
             implicitPrefs=True,
             nonnegative=False,
             seed=params.seed,
-            checkpointInterval=params.checkpointInterval,
+            checkpointInterval=params.checkpoint_interval,
             userCol="user_index",
             itemCol="item_index",
             ratingCol="rating",
@@ -116,7 +121,7 @@ def _matrix(column: pa.ChunkedArray, rank: int) -> np.ndarray:
 class ImplicitAls:
     """implicit.cpu ALS on the driver: the rows are collected into one sparse matrix."""
 
-    name = "implicit-als"
+    name: AlsEngine = "implicit"
     reg_scaling = "constant"
 
     def fit(self, spark, train, params, checkpoint_dir):
@@ -158,9 +163,9 @@ def fit_implicit(
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; BLAS threads would fight it
         model = AlternatingLeastSquares(
             factors=params.rank,
-            regularization=params.regParam,
+            regularization=params.reg,
             alpha=1.0,  # already applied in confidence_matrix
-            iterations=params.maxIter,
+            iterations=params.iterations,
             random_state=params.seed,
             calculate_training_loss=False,
             use_cg=use_cg,
@@ -177,10 +182,10 @@ def fit_implicit(
     )
 
 
-ENGINES = {"spark": SparkAls, "implicit": ImplicitAls}
+ENGINES = {SparkAls.name: SparkAls, ImplicitAls.name: ImplicitAls}
 
 
 def engine(name: str, blocks: int = 2) -> Engine:
     if name not in ENGINES:
         raise ValueError(f"unknown ALS engine {name!r}; choose one of {sorted(ENGINES)}")
-    return SparkAls(blocks) if name == "spark" else ImplicitAls()
+    return SparkAls(blocks) if name == SparkAls.name else ImplicitAls()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ from batch.evaluate import Holdout, compare_to_popularity
 from batch.interactions import holdout_pairs, implicit_ratings, split_holdout, with_indices
 from lambdarec import registry
 from lambdarec.lake import Lake
-from lambdarec.settings import Settings
+from lambdarec.settings import AlsEngine, Settings
 from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, USER_FACTORS, USER_IDS
 
 if TYPE_CHECKING:
@@ -90,11 +90,11 @@ def plan(
 def als_params(settings: Settings) -> AlsParams:
     return AlsParams(
         rank=settings.als_rank,
-        regParam=settings.als_reg,
+        reg=settings.als_reg,
         alpha=settings.als_alpha,
-        maxIter=settings.als_iterations,
+        iterations=settings.als_iterations,
         seed=SEED,
-        checkpointInterval=settings.als_checkpoint_interval,
+        checkpoint_interval=settings.als_checkpoint_interval,
     )
 
 
@@ -414,7 +414,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Idempotency key, e.g. the scheduler's data interval: a re-run finds its model again.",
     )
     parser.add_argument(
-        "--engine", choices=["spark", "implicit"], default=None, help="ALS engine (default: settings)."
+        "--engine", choices=get_args(AlsEngine), default=None, help="ALS engine (default: settings)."
     )
     parser.add_argument(
         "--candidate-only",

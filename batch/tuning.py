@@ -17,12 +17,15 @@ from typing import Any
 import numpy as np
 
 from batch.engines import AlsParams
+from lambdarec.settings import ALS_PARAMS, canonical_als_params
 
-TUNABLE = ("rank", "regParam", "alpha", "maxIter")
+TUNABLE = ALS_PARAMS
+INTEGER_PARAMS = ("rank", "iterations")
 
 
 def candidates(space: dict[str, list[float]], method: str, trials: int, seed: int) -> list[dict[str, float]]:
     """Up to ``trials`` parameter sets: the grid in order, or a seeded sample of it without repeats."""
+    space = canonical_als_params(space)
     unknown = set(space) - set(TUNABLE)
     if unknown:
         raise ValueError(f"cannot tune {sorted(unknown)}; tunable: {list(TUNABLE)}")
@@ -53,7 +56,7 @@ def search(
     for values in candidates(space, method, trials, base.seed):
         if done and budget_s and clock() - started >= budget_s:
             break
-        typed: dict[str, Any] = {k: (int(v) if k in ("rank", "maxIter") else float(v)) for k, v in values.items()}
+        typed: dict[str, Any] = {k: (int(v) if k in INTEGER_PARAMS else float(v)) for k, v in values.items()}
         params = replace(base, **typed)
         done.append({"params": {k: getattr(params, k) for k in TUNABLE}, "metric": float(score(params))})
     if not done:

@@ -105,7 +105,7 @@ def write_model(lake: Lake, version: int, n_items: int, n_users: int, rank: int,
 
 
 def model_params(rank: int) -> dict:
-    return {"regParam": 0.05, "alpha": 10.0, "rank": rank}
+    return {"reg": 0.05, "alpha": 10.0, "rank": rank}
 
 
 def publish(lake: Lake, version: int, n_items: int, n_users: int, rank: int, per_user: int) -> None:

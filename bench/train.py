@@ -79,21 +79,21 @@ def reset_peak_rss() -> None:
 
 
 def timed(fit, params: AlsParams, warm_up: bool) -> tuple[dict, Factors]:
-    """Fit at 1 and at ``params.maxIter`` iterations: an iteration's cost is the difference over the extra
+    """Fit at 1 and at ``params.iterations`` iterations: an iteration's cost is the difference over the extra
     iterations, so the setup both engines pay once (building blocks or the sparse matrix, collecting or
     solving the final factors) is reported apart instead of being spread over the iterations.
     ``warm_up`` first runs an untimed 1-iteration fit (JIT, thread pools, first allocations)."""
     if warm_up:
-        fit(replace(params, maxIter=1))
+        fit(replace(params, iterations=1))
     started = time.perf_counter()
-    fit(replace(params, maxIter=1))
+    fit(replace(params, iterations=1))
     one = time.perf_counter() - started
     started = time.perf_counter()
     factors = fit(params)
     total = time.perf_counter() - started
-    per_iteration = (total - one) / max(params.maxIter - 1, 1)
+    per_iteration = (total - one) / max(params.iterations - 1, 1)
     return {"total_s": round(total, 3), "s_per_iteration": round(per_iteration, 4),
-            "setup_s": round(one - per_iteration, 3), "total_s_per_iteration": round(total / params.maxIter, 4)}, factors
+            "setup_s": round(one - per_iteration, 3), "total_s_per_iteration": round(total / params.iterations, 4)}, factors
 
 
 def bench_size(spark, size: str, params: AlsParams, seed: int, warm_up: bool = True, exact: bool = False) -> dict:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(spark_master=args.master, spark_driver_memory=args.driver_memory, spark_shuffle_partitions=4)
     extra = dict(item.split("=", 1) for item in args.spark_conf)
     spark = build_spark(settings, "lambdarec-bench-train", extra)
-    params = AlsParams(args.rank, args.reg, args.alpha, args.iterations, args.seed, checkpointInterval=5)
+    params = AlsParams(args.rank, args.reg, args.alpha, args.iterations, args.seed, checkpoint_interval=5)
     try:
         results = {size: repeated(spark, size, params, args.seed, args.repeats, args.implicit_exact) for size in args.sizes}
         report = {

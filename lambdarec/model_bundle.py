@@ -38,7 +38,7 @@ from scipy.sparse import csr_matrix
 from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, canonical_als_params, canonical_engine
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 
 FORMAT = 2  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (2: popularity counts users)
@@ -56,7 +56,7 @@ ARRAYS = (
 MODEL_BUNDLES = "_model_bundles"  # lake folder of the published models' bundles (not a Delta table)
 LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
 
-# Whether regParam is scaled by each row's interaction count (Spark ALS) or not (``implicit``).
+# Whether the regularisation (reg) is scaled by each row's interaction count (Spark ALS) or not (``implicit``).
 RegScaling = Literal["per_interaction", "constant"]
 
 
@@ -215,18 +215,18 @@ def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[d
 
 
 def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[float, float, RegScaling]:
-    """(regParam, alpha, reg_scaling) the model was trained with: its registry params, else settings.
+    """(reg, alpha, reg_scaling) the model was trained with: its registry params, else settings.
 
-    ``params["reg_scaling"]`` says whether regParam was scaled by each row's
+    ``params["reg_scaling"]`` says whether reg was scaled by each row's
     interaction count (Spark ALS: "per_interaction") or not (the ``implicit``
     library: "constant"); without it the registry's engine decides.
     """
-    params = row.get("params") or {}
-    default_scaling = "constant" if str(row.get("engine") or "").startswith("implicit") else "per_interaction"
+    params = canonical_als_params(row.get("params") or {})
+    default_scaling = "constant" if canonical_engine(row.get("engine")) == "implicit" else "per_interaction"
     scaling = params.get("reg_scaling", default_scaling)
     if scaling not in ("per_interaction", "constant"):
         raise ModelLoadError(f"model {row['model_version']}: unknown reg_scaling {scaling!r}")
-    reg, alpha = float(params.get("regParam", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
+    reg, alpha = float(params.get("reg", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
     return reg, alpha, scaling
 
 

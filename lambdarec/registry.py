@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from lambdarec.lake import Lake
+from lambdarec.settings import canonical_als_params, canonical_engine
 from schemas.tables import MODELS
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ def _rows(lake: Lake) -> list[dict[str, Any]]:
 
 
 def _oldest_first(registry: pa.Table) -> list[dict[str, Any]]:
-    return sorted(registry.to_pylist(), key=lambda row: row["recorded_at"])
+    rows = sorted(registry.to_pylist(), key=lambda row: row["recorded_at"])
+    for row in rows:  # rows written before engine ids were unified say e.g. "spark-als"
+        row["engine"] = canonical_engine(row.get("engine"))
+    return rows
 
 
 def current_statuses(lake: Lake) -> dict[int, dict[str, Any]]:
@@ -67,6 +71,7 @@ def latest_published_in(registry: pa.Table) -> dict[str, Any] | None:
     row = dict(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))
     for name in JSON_FIELDS:
         row[name] = json.loads(row[name]) if row[name] else {}
+    row["params"] = canonical_als_params(row["params"])  # older rows: Spark ML's regParam, maxIter
     return row
 
 

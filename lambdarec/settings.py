@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EVENT_WEIGHTS = {
@@ -27,8 +27,36 @@ DEFAULT_EVENT_WEIGHTS = {
 }
 
 
+AlsEngine = Literal["spark", "implicit"]
+"""The ALS engine's one id: in settings, the train job's ``--engine``, the DAG and the registry's ``engine``."""
+
+LEGACY_ENGINE_IDS = {"spark-als": "spark", "implicit-als": "implicit"}
+"""Engine ids registry rows written before the ids were unified carry; readers map them."""
+
+GateMetric = Literal["recall", "precision", "ndcg", "map"]
+"""Ranking metrics (at ``eval_k``) the publish gate can compare."""
+
+ALS_PARAMS = ("rank", "reg", "alpha", "iterations")
+"""The ALS hyperparameters' one vocabulary: settings ``als_<name>``, ``tune_space`` keys,
+``batch.engines.AlsParams`` fields and the registry's ``params``. Only the engines
+translate to their library's names (Spark ML: regParam, maxIter)."""
+
+LEGACY_ALS_PARAMS = {"regParam": "reg", "maxIter": "iterations"}
+"""Spark ML's names, which registry rows and tune spaces used before; readers map them."""
+
+
+def canonical_engine(name: str | None) -> str | None:
+    """An engine id as settings spell it (``spark-als`` from an older registry row is ``spark``)."""
+    return LEGACY_ENGINE_IDS.get(name, name) if name is not None else None
+
+
+def canonical_als_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with Spark ML's names for ALS hyperparameters renamed to ``ALS_PARAMS``'."""
+    return {LEGACY_ALS_PARAMS.get(key, key): value for key, value in params.items()}
+
+
 def _default_tune_space() -> dict[str, list[float]]:
-    return {"rank": [16, 32, 64], "regParam": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "maxIter": [10, 20]}
+    return {"rank": [16, 32, 64], "reg": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "iterations": [10, 20]}
 
 
 class Settings(BaseSettings):
@@ -175,13 +203,13 @@ class Settings(BaseSettings):
         description="Implicit-feedback weight per event type, times the event's value (rating or quantity) if any.",
     )
     als_rank: int = Field(32, ge=1, description="ALS latent factors.")
-    als_reg: float = Field(0.05, ge=0, description="ALS regParam (scaled by interactions per row).")
+    als_reg: float = Field(0.05, ge=0, description="ALS regularisation (Spark's regParam; scaled by interactions per row).")
     als_alpha: float = Field(10.0, gt=0, description="Implicit confidence: c = 1 + alpha * r.")
-    als_iterations: int = Field(10, ge=1, description="ALS iterations.")
+    als_iterations: int = Field(10, ge=1, description="ALS iterations (Spark's maxIter).")
     holdout_fraction: float = Field(
         0.2, ge=0, lt=1, description="Last fraction of each user's events held out for evaluation."
     )
-    als_engine: Literal["spark", "implicit"] = Field(
+    als_engine: AlsEngine = Field(
         "spark", description="ALS engine: Spark ML (cluster) or the implicit library (one node)."
     )
     als_checkpoint_interval: int = Field(
@@ -207,9 +235,15 @@ class Settings(BaseSettings):
     tune_budget_s: float = Field(0.0, ge=0, description="Stop starting trials after this many seconds; 0 = no limit.")
     tune_space: dict[str, list[float]] = Field(
         default_factory=_default_tune_space,
-        description="Values to search per ALS hyperparameter (rank, regParam, alpha, maxIter).",
+        description="Values to search per ALS hyperparameter (rank, reg, alpha, iterations).",
     )
-    gate_metric: str = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")
+
+    @field_validator("tune_space", mode="before")
+    @classmethod
+    def _tune_space_names(cls, value: Any) -> Any:
+        """Tune spaces written with Spark ML's names (regParam, maxIter) still read."""
+        return canonical_als_params(value) if isinstance(value, dict) else value
+    gate_metric: GateMetric = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")
     gate_tolerance: float = Field(
         0.01, ge=0, description="A candidate may trail the champion's gate metric by this much."
     )

@@ -21,7 +21,7 @@ from serving.foldin import fold_in
 
 pytestmark = pytest.mark.spark
 
-PARAMS = AlsParams(rank=12, regParam=0.05, alpha=5.0, maxIter=8, seed=7, checkpointInterval=2)
+PARAMS = AlsParams(rank=12, reg=0.05, alpha=5.0, iterations=8, seed=7, checkpoint_interval=2)
 
 
 def planted_rows():
@@ -80,8 +80,8 @@ class EngineContract:
             mine = [(position[i], r) for uu, i, r in rows if uu == u]
             ratings = np.array([r for _, r in mine])
             n_u = max(int((ratings > 0).sum()), 1)
-            # fold_in scales regParam by n_u; a constant-regularised engine needs regParam / n_u there
-            reg = PARAMS.regParam if engine.reg_scaling == "per_interaction" else PARAMS.regParam / n_u
+            # fold_in scales reg by n_u; a constant-regularised engine needs reg / n_u there
+            reg = PARAMS.reg if engine.reg_scaling == "per_interaction" else PARAMS.reg / n_u
             x = fold_in(factors.items, yty, np.array([p for p, _ in mine]), ratings, reg, PARAMS.alpha)
             worst = max(worst, np.abs(x - stored).max() / max(np.abs(stored).max(), 1e-3))
         assert worst < 1e-3, f"largest relative difference from the stored vectors: {worst:.2e}"

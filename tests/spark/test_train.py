@@ -39,7 +39,7 @@ def test_model_beats_popularity_and_is_published(trained):
     assert [r["status"] for r in rows] == [registry.TRAINING, registry.CANDIDATE, registry.PUBLISHED]
     published = registry.latest_published(lake)
     assert published["model_version"] == 1
-    assert published["engine"] == "spark-als"
+    assert published["engine"] == "spark"  # the same id as settings.als_engine
     assert published["metrics"]["model_recall_at_10"] == pytest.approx(metrics["model_recall_at_10"])
     assert published["params"]["rank"] == 16
     assert published["params"]["reg_scaling"] == "per_interaction"

@@ -43,3 +43,13 @@ def test_app_id_records_a_status_once(lake):
 def test_unknown_fields_are_refused(lake):
     with pytest.raises(ValueError, match="unknown registry columns"):
         registry.record_status(lake, 1, registry.CANDIDATE, "x", accuracy=1.0)
+
+
+def test_rows_from_before_the_names_were_unified_read_in_todays_names(lake):
+    """Older rows say ``spark-als`` and Spark ML's ``regParam``/``maxIter``; readers see settings' names."""
+    registry.record_status(lake, 1, registry.PUBLISHED, "old", engine="spark-als",
+                           params={"rank": 8, "regParam": 0.1, "alpha": 5.0, "maxIter": 4})
+    row = registry.latest_published(lake)
+    assert row["engine"] == "spark"
+    assert row["params"] == {"rank": 8, "reg": 0.1, "alpha": 5.0, "iterations": 4}
+    assert registry.current_statuses(lake)[1]["engine"] == "spark"
