@@ -14,7 +14,7 @@ from serving.item_attributes import ItemAttributes
 from serving.metrics import Metrics
 from serving.model import Model
 from serving.model_store import ModelStore
-from serving.new_items import Catalogue, CatalogueCache
+from serving.catalogue import Catalogue, CatalogueCache
 from serving.poller import Poller
 from serving.rate_limit import RateLimiter
 from serving.speed_bootstrap import bootstrap

@@ -18,7 +18,7 @@ from lambdarec.lake import Lake
 from schemas.tables import ITEM_CATALOGUE
 from lambdarec.id_index import encode
 from serving.model import Model
-from serving.new_items import LOOKUP_CHUNK, Catalogue
+from serving.catalogue import LOOKUP_CHUNK, Catalogue
 
 MASKS_KEPT = 256  # (attribute, value) masks cached per model; filters repeat a lot
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from serving.foldin import contributions, normal_equations, solve, top_k
 from serving.item_attributes import ItemAttributes
-from serving.new_items import Catalogue
+from serving.catalogue import Catalogue
 from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
 from serving.speed_state import Interaction
 from serving.speed_view import SpeedView

@@ -11,7 +11,7 @@ from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from serving.item_attributes import ItemAttributes
 from serving.model_store import ModelStore
-from serving.new_items import build
+from serving.catalogue import build
 from serving.recommend import Query, recommend
 from serving.speed_view import SpeedView
 from tests.support.serving import write_model

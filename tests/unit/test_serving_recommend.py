@@ -18,7 +18,7 @@ from serving.foldin import fold_in
 from serving.recommend import similar
 from serving.item_attributes import ItemAttributes
 from serving.model_store import ModelLoadError, ModelStore
-from serving.new_items import CatalogueCache, build
+from serving.catalogue import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView

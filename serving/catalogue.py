@@ -1,8 +1,9 @@
-"""Items only the speed layer has seen, folded in so they are recommendable before training.
+"""The catalogue every request scores against: the serving model's items plus new ones.
 
-A new item's vector solves the item step of implicit ALS against the fixed user
-vectors of the users who interacted with it (the symmetric fold-in, same
-confidence and regularisation as the model). A user the model does not know
+New items are those only the speed layer has seen, folded in so they are
+recommendable before training. A new item's vector solves the item step of
+implicit ALS against the fixed user vectors of the users who interacted with it
+(the symmetric fold-in, same confidence and regularisation as the model). A user the model does not know
 contributes through a vector folded in from their interactions with known items.
 
 The result extends the model's catalogue: positions past the model's items, and
