@@ -4,8 +4,7 @@ A model swap maps the new model, reads its pages and builds the caches requests
 derive from it, on a worker thread. Only one thread runs Python at a time, so
 every step of that work that overlaps a request slows the request down, and on a
 busy server the time lost piles up into a queue that outlasts the swap itself
-(measured: 20 ms of swap work raised request latency from 3 to 24 ms for 100 ms).
-Work that calls ``pause()`` between short steps runs each step only once no
+(the README's "Measurements behind the design" has the figures). Work that calls ``pause()`` between short steps runs each step only once no
 request is in flight, so a request waits at most for the rest of one step. When
 requests never stop, ``pause()`` gives way after ``max_wait_s``: a saturated
 server must still swap.

@@ -47,8 +47,8 @@ __all__ = ["Model", "ModelLoadError", "ModelStore"]
 log = logging.getLogger(__name__)
 KEPT_BUNDLES = 2  # the serving version and the one before it
 # Runs lambdarec.model_bundle as __main__ after dropping to SCHED_IDLE (nice 19 where there is none),
-# before any heavy import: on a 2-core host even a nice-10 loader took a third of the request
-# throughput, while an idle-class one runs only on CPU time that requests leave unused.
+# before any heavy import: a merely niced loader still takes CPU time from requests on a small
+# host, while an idle-class one runs only on CPU time that requests leave unused.
 LOADER_BOOTSTRAP = """
 import os, runpy
 try:
