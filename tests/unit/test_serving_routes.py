@@ -4,6 +4,7 @@ The app runs without its lifespan (no broker, no polling): the test loads the
 model and applies speed updates to the app's services itself, as the followers would.
 """
 
+import json
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -200,7 +201,7 @@ def test_trending_from_the_speed_layers_rows_globally_per_country_and_per_device
     busy = [("b1", m, 1.0, "DE", "ios") for m in range(0, 40) for _ in range(10)]  # 400 in the hour
     batches = [busy, [("a1", 59, 3.0, "FR", "web")], [("a2", 59, 2.0, None, "ios"), ("b1", 10, 1.0, "DE", "ios")]]
     for message in speed_trending_messages(settings, batches):
-        app.state.services.speed_view.apply(message, key=b"0")
+        app.state.services.speed_view.apply(json.loads(message), key=b"0")  # as decoded JSON; bytes: contract test
 
     def trending(**params):
         body = client.get("/v1/trending", params=params).json()
