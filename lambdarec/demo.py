@@ -218,7 +218,8 @@ class Demo:
             body = httpx.get(f"{self.api}/v1/trending", params={"k": 5, **params}, timeout=10).json()
             return body if body["items"] else None
 
-        body = wait_for(trending, self.remaining(60), "global trending items from the speed layer", interval_s=0.5)
+        body = wait_for(lambda: trending() or {}, self.remaining(60), "global trending items from the speed layer",
+                        interval_s=0.5)
         self.summary["trending_global"] = [i["item_id"] for i in body["items"]]
         self.summary["trending_window_start"] = body["window_start"]
         for name, value in (("country", "DE"), ("device", "mobile")):

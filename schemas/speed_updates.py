@@ -69,7 +69,7 @@ class BadUpdate(ValueError):
 
 def segments(country: str | None, device: str | None) -> list[tuple[str, str]]:
     """The trending segments an event counts in: global, and each of its known attributes."""
-    return [GLOBAL_SEGMENT, *((name, value) for name, value in zip(SEGMENT_ATTRIBUTES, (country, device)) if value)]
+    return [GLOBAL_SEGMENT, *((name, value) for name, value in zip(SEGMENT_ATTRIBUTES, (country, device), strict=True) if value)]
 
 
 # -- timestamps -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ Callers hold the view's lock.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,7 +107,7 @@ class Trending:
         minute, end = timestamp_us(row["window_start"]), timestamp_us(row["window_end"])
         if self.end_us is None or end > self.end_us:
             self.end_us = end
-            self._sweep()
+            self._sweep(end)
         if minute < self.end_us - self.window_us:
             return  # slid out of the window already
         segment = (str(row["segment_type"]), str(row["segment"]))
@@ -116,7 +117,8 @@ class Trending:
             minutes[minute] = row
             self._ranked.pop(segment, None)
 
-    def top(self, segment: tuple[str, str], k: int, exclude: set[str]) -> tuple[list[tuple[str, float]], str | None]:
+    def top(self, segment: tuple[str, str], k: int,
+            exclude: AbstractSet[str]) -> tuple[list[tuple[str, float]], str | None]:
         """The segment's items by weight (then events, then id) in the window, and the window's start."""
         items = self.segments.get(segment)
         if not items or self.end_us is None:
@@ -130,9 +132,9 @@ class Trending:
             return [], None
         return [entry for entry in ranked if entry[0] not in exclude][:k], timestamp(self.end_us - self.window_us)
 
-    def _sweep(self) -> None:
+    def _sweep(self, end_us: int) -> None:
         """Drop the minutes that slid out, in every segment (ranked or not), every few minutes."""
-        start = self.end_us - self.window_us
+        start = end_us - self.window_us
         if self._pruned_start is not None and start - self._pruned_start < SWEEP_EVERY_US:
             return
         self._pruned_start = start

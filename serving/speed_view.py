@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -165,13 +166,13 @@ class SpeedView:
             return self._profiles.rows.get(user_id)
 
     def trending(
-        self, segment: tuple[str, str] = GLOBAL_SEGMENT, k: int = 10, exclude: set[str] = frozenset()
+        self, segment: tuple[str, str] = GLOBAL_SEGMENT, k: int = 10, exclude: AbstractSet[str] = frozenset()
     ) -> tuple[list[tuple[str, float]], str | None]:
         """A segment's trending items and the window they come from ([] if the segment has none)."""
         with self._lock:
             return self._trending.top(segment, k, exclude)
 
-    def popular(self, k: int, exclude: set[str] = frozenset()) -> list[tuple[str, float]]:
+    def popular(self, k: int, exclude: AbstractSet[str] = frozenset()) -> list[tuple[str, float]]:
         """The items with the most speed-view weight, for serving before any model exists."""
         with self._lock:
             ranked = self._interactions.item_weight.most_common(k + len(exclude))

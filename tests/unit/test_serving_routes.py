@@ -189,7 +189,7 @@ def speed_trending_messages(settings, batches):
         rows = []
         for entity, entity_rows in by_entity.items():
             processor.state = _State(store, entity)
-            rows += [dict(zip(OUTPUT_COLUMNS, out)) for out in processor.handleInputRows((entity,), iter(entity_rows),
+            rows += [dict(zip(OUTPUT_COLUMNS, out, strict=True)) for out in processor.handleInputRows((entity,), iter(entity_rows),
                                                                                      None)]
         yield encode_rows(KIND_ITEM_TRENDING, "features-q", batch_id, rows)
 
