@@ -116,9 +116,11 @@ SPEED_USER_FEATURES = TableSpec(
 SPEED_ITEM_TRENDING = TableSpec(
     name="speed_item_trending",
     description=(
-        "Speed view: item counts in sliding windows, globally (segment '*') and per segment "
-        "(segment_type 'country', segment 'DE'), as a changelog: the newest batch_id per "
-        "(segment_type, segment, window_start, item_id) holds the current count."
+        "Speed view: item counts per minute (window_start to window_end), globally (segment_type "
+        "'global', segment '*') and per segment (segment_type 'country' or 'device', segment 'DE'), "
+        "as a changelog: the newest batch_id per (segment_type, segment, window_start, item_id) "
+        "holds the minute's count; trending over a window sums an item's minutes in it "
+        "(schemas.speed_updates)."
     ),
     keys=("segment_type", "segment", "window_start", "item_id", "query_id", "batch_id"),
     schema=pa.schema(
