@@ -93,7 +93,7 @@ def recommend(
     seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
     best = top_k(scores, query.k, _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query))
     because = _explain(catalogue, a, rated, ratings, best) if query.explain else [None] * len(best)
-    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because)]
+    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
     return Recommendation(items, "fold_in" if fresh else "model", model.version, n_fresh)
 
 
@@ -127,7 +127,7 @@ def _merge(
 ) -> tuple[np.ndarray, np.ndarray]:
     if not fresh:
         return np.asarray(train_items, dtype=np.int64), np.asarray(train_ratings, dtype=np.float64)
-    ratings = dict(zip(train_items.tolist(), train_ratings.tolist()))
+    ratings = dict(zip(train_items.tolist(), train_ratings.tolist(), strict=True))
     for position, weight in fresh.items():
         ratings[position] = ratings.get(position, 0.0) + weight
     return np.fromiter(ratings, dtype=np.int64, count=len(ratings)), np.fromiter(

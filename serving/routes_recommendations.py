@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
@@ -33,7 +33,7 @@ Filters = Annotated[
 K = Annotated[int, Query(ge=1, le=1000, description="How many items.")]
 Country = Annotated[str | None, Query(pattern=r"^[A-Z]{2}$", description="Segment: ISO country code.")]
 Device = Annotated[str | None, Query(min_length=1, max_length=64, description="Segment: device.")]
-NOT_FOUND = {404: {"model": Error, "description": "Unknown item or no model loaded."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "Unknown item or no model loaded."}}
 
 
 def _filters(raw: list[str]) -> dict[str, set[str]]:

@@ -87,7 +87,7 @@ def test_loads_the_published_model(store):
     assert (model.reg_param, model.alpha) == (REG, ALPHA)
     assert model.item_factors.shape == (10, 2) and model.user_factors.shape == (3, 2)
     items, ratings = model.history(model.user_positions["uc"])
-    assert sorted(zip(model.item_ids[items], ratings)) == [("a0", 1.0), ("b0", 5.0), ("b2", 2.0)]
+    assert sorted(zip(model.item_ids[items], ratings, strict=True)) == [("a0", 1.0), ("b0", 5.0), ("b2", 2.0)]
     assert model.popularity[model.item_positions["b0"]] == 2.0  # users, not weight: lambdarec.popularity
 
 
