@@ -53,7 +53,7 @@ def test_the_implicit_engine_writes_the_same_tables_and_rows(spark, champion):
     implicit = settings.model_copy(update={"als_engine": "implicit", "gate_tolerance": 0.05})
     summary = train.run(spark, implicit, run_key="2025-03-01T02:00:00+00:00")
     row = registry.current_statuses(lake)[summary["model_version"]]
-    assert row["engine"] == "implicit-als"
+    assert row["engine"] == "implicit"  # the same id as settings.als_engine
     metrics = summary["metrics"]
     assert metrics["model_recall_at_10"] > 1.5 * metrics["popularity_recall_at_10"], metrics
     assert summary["status"] == registry.PUBLISHED, summary["status_reason"]
