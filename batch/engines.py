@@ -66,7 +66,7 @@ def _dense(index: np.ndarray, vectors: np.ndarray, n_rows: int) -> np.ndarray:
 
 
 class Engine(Protocol):
-    name: str
+    name: AlsEngine
     reg_scaling: str
 
     def fit(self, spark: "SparkSession", train: "DataFrame", params: AlsParams, checkpoint_dir: str) -> Factors:
