@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lambdarec.popularity import item_popularity
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.processes import Child, StageError, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
@@ -112,19 +113,34 @@ def metrics_at_k(
 
 
 def popularity_lists(train: pa.Table, users: list[str], k: int) -> tuple[dict[str, list[str]], Counter]:
-    """Each user's top ``k`` training items by distinct users, excluding their own; and those counts."""
-    pairs = {(str(user), str(item)) for user, item in
-             zip(train.column("user").to_pylist(), train.column("item").to_pylist(), strict=True)}
-    popularity = Counter(item for _, item in pairs)
+    """Each user's top ``k`` training items by the platform's popularity (``lambdarec.popularity``),
+    excluding their own; and each item's popularity."""
+    from scipy import sparse
+
+    user_ids = [str(u) for u in train.column("user").to_pylist()]
+    item_ids = [str(i) for i in train.column("item").to_pylist()]
+    strength = train.column("rating" if "rating" in train.column_names else "weight")
+    user_codes, user_names = _codes(user_ids)
+    item_codes, item_names = _codes(item_ids)
+    weights = sparse.csr_matrix((pc.cast(strength, pa.float64()).to_numpy(), (user_codes, item_codes)),
+                                shape=(len(user_names), len(item_names)))
+    counts = item_popularity(weights)
+    popularity = Counter({item: int(n) for item, n in zip(item_names, counts, strict=True) if n > 0})
     ranked = sorted(popularity, key=lambda item: (-popularity[item], item))  # ties by id: reproducible
     seen: dict[str, set[str]] = {}
-    for user, item in pairs:
+    for user, item in zip(user_ids, item_ids, strict=True):
         seen.setdefault(user, set()).add(item)
     lists = {}
     for user in users:
         mine = seen.get(user, set())
         lists[user] = [item for item in ranked[: k + len(mine)] if item not in mine][:k]
     return lists, popularity
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    names = sorted(set(values))
+    index = {name: code for code, name in enumerate(names)}
+    return np.array([index[v] for v in values], dtype=np.int64), names
 
 
 class Pipeline:

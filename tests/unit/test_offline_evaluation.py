@@ -45,7 +45,7 @@ def test_metrics_match_a_hand_computed_ranking():
 def test_a_user_with_no_answer_scores_zero_and_popularity_skips_seen_items():
     figures = metrics_at_k({}, {"u": {"x"}}, 2, Counter({"x": 1}), 1)
     assert figures["ndcg_at_2"] == 0.0 and figures["recall_at_2"] == 0.0
-    train = pa.table({"user": ["a", "b", "b", "c"], "item": ["x", "x", "y", "z"]})
+    train = pa.table({"user": ["a", "b", "b", "c"], "item": ["x", "x", "y", "z"], "rating": [4, 5, 3, 1]})
     lists, popularity = popularity_lists(train, ["a", "c"], 2)
     assert popularity == Counter({"x": 2, "y": 1, "z": 1})
     assert lists == {"a": ["y", "z"], "c": ["x", "y"]}
