@@ -241,9 +241,9 @@ def main(argv: list[str]) -> int:
         cpu = CpuSampler({"broker": broker.pid, "speed_job": job.process.pid, "serving": serving.process.pid,
                           "load_generator": psutil.Process().pid})
         try:
-            wait_for(lambda: job.check_alive() or '"event": "started"' in job.log_path.read_text(), 300,
+            wait_for(lambda: job.check_alive() and '"event": "started"' in job.log_path.read_text(), 300,
                      "the speed job")
-            wait_for(lambda: serving.check_alive() or httpx.get(f"{api}/health", timeout=1).status_code == 200,
+            wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/health", timeout=1).status_code == 200,
                      120, "serving")
             measure(settings, api, 200, 5, 3, cpu)  # warm-up: JIT, Python workers, first commits
             runs = {}

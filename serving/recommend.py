@@ -84,11 +84,13 @@ def recommend(
         return _cold_start(catalogue, speed, attributes, user_key, query, history)
 
     rated, ratings = _merge(train_items, train_ratings, fresh)
-    vector, a = (model.user_factors[user], None) if user is not None else (None, None)
+    vector: np.ndarray | None = model.user_factors[user] if user is not None else None
+    a: np.ndarray | None = None
     if fresh or query.explain:
         yty = catalogue.yty if fresh else model.yty
         a, b = normal_equations(yty, catalogue.vectors(rated), ratings, model.reg_param, model.alpha, model.reg_scaling)
         vector = solve(a, b) if fresh else vector
+    assert vector is not None  # a known user has a stored vector; an unknown one has fresh interactions
     scores = catalogue.scores(vector)
     seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
     best = top_k(scores, query.k, _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query))

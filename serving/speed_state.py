@@ -9,7 +9,7 @@ Callers hold the view's lock.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,8 +37,8 @@ class Interactions:
     def __init__(self, recent_items: int):
         self.recent_items = recent_items
         self.users: dict[str, deque[Interaction]] = {}
-        self.item_users: dict[str, Counter[str]] = {}
-        self.item_weight: Counter[str] = Counter()
+        self.item_users: dict[str, dict[str, float]] = {}  # item -> user -> summed weight
+        self.item_weight: dict[str, float] = {}
         self.generation = 0  # bumps on every change; caches of derived state key on it
         self.newest_occurred_at: str | None = None
 
@@ -53,8 +53,9 @@ class Interactions:
         if len(recent) == self.recent_items:
             self._forget(user_id, recent.popleft())
         recent.append(interaction)
-        self.item_users.setdefault(interaction.item_id, Counter())[user_id] += interaction.weight
-        self.item_weight[interaction.item_id] += interaction.weight
+        users = self.item_users.setdefault(interaction.item_id, {})
+        users[user_id] = users.get(user_id, 0.0) + interaction.weight
+        self.item_weight[interaction.item_id] = self.item_weight.get(interaction.item_id, 0.0) + interaction.weight
         self.generation += 1
         if self.newest_occurred_at is None or interaction.occurred_at > self.newest_occurred_at:
             self.newest_occurred_at = interaction.occurred_at

@@ -12,6 +12,7 @@ steady event flow loses and doubles nothing.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -175,7 +176,7 @@ class SpeedView:
     def popular(self, k: int, exclude: AbstractSet[str] = frozenset()) -> list[tuple[str, float]]:
         """The items with the most speed-view weight, for serving before any model exists."""
         with self._lock:
-            ranked = self._interactions.item_weight.most_common(k + len(exclude))
+            ranked = heapq.nlargest(k + len(exclude), self._interactions.item_weight.items(), key=lambda kv: kv[1])
         return [(item, weight) for item, weight in ranked if item not in exclude][:k]
 
     def position(self) -> dict[str, Any]:

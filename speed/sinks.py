@@ -119,12 +119,14 @@ class EventsSink(Sink):
         cutoff_us = None if frontier is None else frontier - self._window_us()
         rows = batch.withColumn("reason", late_reason(cutoff_us)).persist()
         try:
-            summary = rows.agg(
+            first = rows.agg(
                 F.count(F.when(F.col("reason").isNull(), 1)).alias("events"),
                 F.count(F.when(F.col("reason").isNotNull(), 1)).alias("dead_letters"),
                 F.count(F.when(F.col("reason") == LATE, 1)).alias("late"),
                 F.unix_micros(F.max("ingest_ts")).alias("newest"),
-            ).first().asDict()
+            ).first()
+            assert first is not None  # an aggregate has one row
+            summary: dict[str, Any] = first.asDict()
             timings = {"read_ms": _ms_since(started)}
             self._write(rows, batch_id, summary, timings)
         finally:
@@ -173,7 +175,10 @@ class EventsSink(Sink):
         earlier = [int(name) for name in files.list(FRONTIER_DIR) if name.isdigit() and int(name) < batch_id]
         if not earlier:
             return None
-        value = int(files.read(f"{FRONTIER_DIR}/{max(earlier)}"))
+        text = files.read(f"{FRONTIER_DIR}/{max(earlier)}")
+        if text is None:
+            return None
+        value = int(text)
         return value if value >= 0 else None
 
     @staticmethod

@@ -94,7 +94,7 @@ def test_broker_killed_three_times_under_api_traffic_loses_and_duplicates_nothin
         return lake.read_arrow(EVENTS).num_rows if lake.exists(EVENTS) else 0
 
     try:
-        wait_for(lambda: serving.check_alive() or httpx.get(f"{api}/health", timeout=1).status_code == 200,
+        wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/health", timeout=1).status_code == 200,
                  120, "serving /health")
         sender.start()
         for kill in range(KILLS):

@@ -95,7 +95,7 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(spark, embedded_broker, 
     sender = Sender(api, rng)
     job = None
     try:
-        wait_for(lambda: serving.check_alive() or httpx.get(f"{api}/health", timeout=1).status_code == 200,
+        wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/health", timeout=1).status_code == 200,
                  120, "serving /health")
         sender.start()
         for kill in range(KILLS + 1):

@@ -66,7 +66,7 @@ class Component:
     def start(self) -> None:
         self.starts += 1
         self.child = start_child(f"broker-{self.starts}", lambdarec_command("broker"), self.logs, self.env)
-        ready = wait_for(lambda: self.child.check_alive() or self._ready_line(), 90, "lambdarec broker to be ready")
+        ready = wait_for(lambda: self.child.check_alive() and self._ready_line(), 90, "lambdarec broker to be ready")
         self.jvm_pid = ready["pid"]
         assert self.jvm_pid != self.child.process.pid
 
