@@ -64,17 +64,9 @@ def lambdarec_batch():
 
     @task.bash(task_id="train_als")
     def train_als(pinned: dict, params: dict | None = None) -> str:
-        """spark-submit ``batch/train.py`` on the pinned versions: fit, holdout evaluation, candidate row.
-
-        The job gets the worker's ``LAMBDAREC_*`` variables (inherited), an
-        absolute lake root and this interpreter for its Python workers. Secrets
-        stay out of the logged command.
-        """
-        import shlex
-        import sys
-
+        """spark-submit ``batch/train.py`` on the pinned versions: fit, holdout evaluation, candidate row."""
         from lambdarec.settings import Settings
-        from lambdarec.submit import PROJECT_ROOT, spark_submit_command
+        from lambdarec.submit import spark_submit_bash
 
         settings = Settings()
         args = [
@@ -86,22 +78,7 @@ def lambdarec_batch():
         engine = (params or {}).get("engine")
         if engine:
             args += ["--engine", engine]
-        env = {
-            "PYSPARK_PYTHON": sys.executable,
-            "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "LAMBDAREC_ROOT": str(settings.root.resolve()),
-        }
-        command = spark_submit_command(settings, "batch/train.py", args)
-        return " ".join(
-            [
-                "cd",
-                shlex.quote(str(PROJECT_ROOT)),
-                "&&",
-                "exec env",
-                *(shlex.quote(f"{name}={value}") for name, value in env.items()),
-                shlex.join(command),
-            ]
-        )
+        return spark_submit_bash(settings, "batch/train.py", args)
 
     @task(task_id="publish_or_reject")
     def publish_or_reject(pinned: dict) -> dict:

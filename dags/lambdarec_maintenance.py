@@ -14,35 +14,11 @@ from airflow.sdk import dag, task
 
 
 def submit(step: str) -> str:
-    """The bash line that spark-submits ``batch/maintenance.py --step <step>``.
-
-    The job gets the worker's ``LAMBDAREC_*`` variables (inherited), an absolute
-    lake root and this interpreter for its Python workers. Secrets stay out of the
-    logged command.
-    """
-    import shlex
-    import sys
-
+    """The bash line that spark-submits ``batch/maintenance.py --step <step>``."""
     from lambdarec.settings import Settings
-    from lambdarec.submit import PROJECT_ROOT, spark_submit_command
+    from lambdarec.submit import spark_submit_bash
 
-    settings = Settings()
-    env = {
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "LAMBDAREC_ROOT": str(settings.root.resolve()),
-    }
-    command = spark_submit_command(settings, "batch/maintenance.py", ["--step", step])
-    return " ".join(
-        [
-            "cd",
-            shlex.quote(str(PROJECT_ROOT)),
-            "&&",
-            "exec env",
-            *(shlex.quote(f"{name}={value}") for name, value in env.items()),
-            shlex.join(command),
-        ]
-    )
+    return spark_submit_bash(Settings(), "batch/maintenance.py", ["--step", step])
 
 
 @dag(

@@ -84,3 +84,24 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
 def speed_job_command(settings: Settings, args: list[str] | None = None) -> list[str]:
     """``spark-submit speed/job.py`` on the speed job's own master (its real-time query holds slots)."""
     return spark_submit_command(settings, "speed/job.py", args, master=settings.speed_spark_master)
+
+
+def spark_submit_bash(settings: Settings, script: str, args: list[str] | None = None) -> str:
+    """A bash line that spark-submits ``script`` from the project root, as an Airflow bash task runs it.
+
+    The job inherits the worker's ``LAMBDAREC_*`` variables; the line adds only an
+    absolute lake root and this interpreter for the Python workers, so secrets stay
+    out of the logged command.
+    """
+    import shlex
+
+    env = {
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "LAMBDAREC_ROOT": str(settings.root.resolve()),
+    }
+    return " ".join([
+        "cd", shlex.quote(str(PROJECT_ROOT)), "&&", "exec env",
+        *(shlex.quote(f"{name}={value}") for name, value in env.items()),
+        shlex.join(spark_submit_command(settings, script, args)),
+    ])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 
 import pyarrow as pa
 import pytest
@@ -20,25 +19,16 @@ from schemas.tables import EVENTS
 from speed.transforms import consented as spark_consented
 from speed.transforms import parse_records, to_events
 
+from tests.support.speed import message_body
+
 pytestmark = pytest.mark.spark
 
 KAFKA_TS = dt.datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=dt.UTC)
 
 
 def _message(**overrides) -> dict:
-    body = {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "user_id": "u_abc",
-        "item_id": "item-1",
-        "event_type": "purchase",
-        "value": None,
-        "occurred_at": "2026-03-01T10:00:00+00:00",
-        "received_at": "2026-03-01T10:00:01.5+00:00",
-        "context": {"device": "ios", "country": "DE", "consent": True, "campaign": "x"},
-    }
-    body.update(overrides)
-    return body
+    return message_body(**{"occurred_at": "2026-03-01T10:00:00+00:00", "received_at": "2026-03-01T10:00:01.5+00:00",
+                            **overrides})
 
 
 MESSAGES = [

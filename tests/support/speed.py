@@ -13,7 +13,7 @@ from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offse
 NOW = dt.datetime.now(dt.timezone.utc)
 
 
-def message(**overrides) -> bytes:
+def message_body(**overrides) -> dict:
     """One valid ``events`` record (the event v1 fields as serving produces them), with ``overrides``."""
     body = {
         "schema_version": 1,
@@ -27,7 +27,12 @@ def message(**overrides) -> bytes:
         "context": {"device": "ios", "country": "DE", "consent": True, "campaign": "x"},
     }
     body.update(overrides)
-    return json.dumps(body).encode()
+    return body
+
+
+def message(**overrides) -> bytes:
+    """``message_body`` as the bytes of a Kafka record."""
+    return json.dumps(message_body(**overrides)).encode()
 
 
 # Bad records and the dead-letter reason the speed layer gives each.
