@@ -34,7 +34,7 @@ demo: jars blas
 test: jars blas
 	$(BIN)/pytest
 
-unit: venv
+unit: jars
 	$(BIN)/pytest -m unit
 
 # ruff (style and likely bugs), mypy (types) and import-linter (the layering: batch, speed

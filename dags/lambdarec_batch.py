@@ -51,7 +51,8 @@ def lambdarec_batch():
     @task(task_id="snapshot")
     def snapshot(params: dict | None = None) -> dict:
         """Pin the events version and claim the model version for this data interval."""
-        from batch.train import claim, with_engine
+        from batch.train_args import with_engine
+        from batch.train_plan import claim
         from lambdarec.lake import Lake
         from lambdarec.settings import Settings
 
@@ -65,20 +66,17 @@ def lambdarec_batch():
     @task.bash(task_id="train_als")
     def train_als(pinned: dict, params: dict | None = None) -> str:
         """spark-submit ``batch/train.py`` on the pinned versions: fit, holdout evaluation, candidate row."""
+        from argparse import Namespace
+
+        from batch.train_args import job_args
         from lambdarec.settings import Settings
         from lambdarec.submit import spark_submit_bash
 
-        settings = Settings()
-        args = [
-            "--model-version", str(pinned["model_version"]),
-            "--events-version", str(pinned["events_version"]),
-            "--run-key", pinned["run_key"],
-            "--candidate-only",
-        ]
-        engine = (params or {}).get("engine")
-        if engine:
-            args += ["--engine", engine]
-        return spark_submit_bash(settings, "batch/train.py", args)
+        args = job_args(Namespace(
+            events_version=pinned["events_version"], model_version=pinned["model_version"],
+            run_key=pinned["run_key"], engine=(params or {}).get("engine") or None, candidate_only=True,
+        ))
+        return spark_submit_bash(Settings(), "batch/train.py", args)
 
     @task(task_id="publish_or_reject")
     def publish_or_reject(pinned: dict) -> dict:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batch import train
+from batch import train, train_plan
 from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
@@ -140,12 +140,12 @@ def test_a_failed_run_is_recorded_and_the_next_takes_a_new_version(spark, settin
         train.run(spark, settings)
     status = registry.current_statuses(lake)[1]
     assert status["status"] == registry.FAILED and "no weighted interactions" in status["status_reason"]
-    assert train.plan(lake, None, None) == (2, 1)
+    assert train_plan.plan(lake, None, None) == (2, 1)
 
 
 def test_training_without_events_is_a_clear_error(settings):
     with pytest.raises(RuntimeError, match="ingest events before training"):
-        train.plan(Lake(settings), None, None)
+        train_plan.plan(Lake(settings), None, None)
 
 
 def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, settings):
