@@ -24,7 +24,7 @@ from serving.foldin import fold_in, fold_in_rows
 from serving.model import Model
 from serving.speed_view import SpeedView
 
-LOOKUP_CHUNK = 250  # item ids looked up between two pauses of a swap (about 0.1 ms)
+LOOKUP_CHUNK = 250  # item ids looked up between two pauses of a swap: a short stretch of work
 
 
 @dataclass(frozen=True)

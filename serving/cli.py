@@ -26,11 +26,11 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(args.log_level.upper())
     app = create_app(settings)
     # One BLAS thread: a request's matrix-vector product is too small to split, and numpy's
-    # and scipy's OpenBLAS pools spinning on 2 cores slowed every request tenfold.
+    # and scipy's OpenBLAS pools spinning on few cores slow every request (README: measurements).
     threadpool_limits(1, user_api="blas")
     # A model swap prepares the new model's caches on a worker thread beside the requests; numpy
-    # drops and retakes the GIL on every call, and the default 5 ms switch interval made each
-    # retake wait behind that thread.
+    # drops and retakes the GIL on every call, and with the default switch interval each retake
+    # waits behind that thread.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     uvicorn.run(
         app,

@@ -17,7 +17,7 @@ import numpy as np
 from lambdarec.id_index import IdIndex
 from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
 
-TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap (about 0.3 ms)
+TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap: a short stretch of work
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ position in the checkpoint), whose rows the events query committed exactly once
 recomputation from ``events`` and need no dedupe of their own. State lives in the RocksDB state store, one value
 per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
 idle (``transformWithState`` TTL). The row-based API, not the pandas one: per
-entity, pandas frames in and out cost more than the state itself (about 6 ms
-against 2 ms per entity, measured on 2 cores).
+entity, pandas frames in and out cost more than the state itself (README: measurements).
 """
 
 from __future__ import annotations
