@@ -82,7 +82,8 @@ def test_trending_served_from_the_speed_layers_output(spark, broker_settings):
     for key, value in records(settings):
         view.apply(value, key)  # raw bytes through the contract's decoder: a BadUpdate fails the test
         kinds[json.loads(value)["kind"]] += 1
-    assert {"interaction", "user_features", "item_trending", "progress"} <= set(kinds)
+    # (progress messages come from a listener on Spark's event bus, after the batch: not awaited here)
+    assert {"interaction", "user_features", "item_trending"} <= set(kinds)
     assert view.bad_records == 0
 
     client = TestClient(app, raise_server_exceptions=True)
