@@ -203,12 +203,10 @@ def measure(settings: Settings, api: str, rate: int, seconds: float, min_probes:
     follower.stop.set()
     follower.join(5)
     seen = [follower.seen[e] for e in sent]
-    landed = [follower.landed[e] for e in sent]
     return {
         "offered_rate": round(count / offered_s, 1),
         # events out of the pipeline per second, first to last: the offered rate when it keeps up
         "sustained_rate": round(count / (max(seen) - min(seen)), 1),
-        "landed_rate": round(count / (max(landed) - min(landed)), 1),
         "speed_view_latency_ms": percentiles([(follower.seen[e] - t) * 1000 for e, t in sent.items()]),
         "delta_latency_ms": percentiles([(follower.landed[e] - t) * 1000 for e, t in sent.items()]),
         "e2e_freshness_ms": percentiles(freshness),
