@@ -14,7 +14,6 @@ import json
 import random
 import secrets
 import shutil
-import socket
 import statistics
 import time
 import uuid
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from lambdarec.generator import World, item_id
 from lambdarec.lake import Lake
-from lambdarec.processes import Child, StageError, lambdarec_command, start_child, wait_for
+from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_command, spark_submit_env, speed_job_command
 from schemas.tables import DEAD_LETTER, EVENTS
@@ -293,18 +292,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-def free_port(preferred: int) -> int:
-    """``preferred`` if nothing listens there, else any free port."""
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise StageError("no free port")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,8 +38,9 @@ import pyarrow.parquet as pq
 
 from lambdarec.popularity import item_popularity
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
-from lambdarec.processes import Child, StageError, lambdarec_command, start_child, wait_for
+from lambdarec.processes import Child, free_port, StageError, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
+from lambdarec.submit import spark_submit_env
 
 PROTOCOLS = ("random", "time")
 
@@ -149,8 +150,8 @@ class Pipeline:
     def __init__(self, root: Path, settings: Settings):
         self.root = root
         self.settings = settings.model_copy(update={"root": root, "lake_uri": "", "checkpoint_dir": "",
-                                                    "serve_port": _free_port()})
-        self.env = _child_env(self.settings)
+                                                    "serve_port": free_port()})
+        self.env = spark_submit_env(self.settings)
         self.logs = root / "logs"
         self.serving: Child | None = None
 
@@ -178,20 +179,6 @@ class Pipeline:
     def stop(self) -> None:
         if self.serving is not None:
             self.serving.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _child_env(settings: Settings) -> dict[str, str]:
-    from lambdarec.submit import spark_submit_env
-
-    return spark_submit_env(settings)
 
 
 def recommend_all(api: str, users: list[str], k: int) -> tuple[dict[str, list[str]], Counter, int | None]:

@@ -162,8 +162,7 @@ class Lake:
         a write whose transaction it has recorded) and, in its ``userMetadata``, the
         transaction and a write id, by which the version it created is found.
         """
-        _commit_properties(app_id, txn_version)  # both or neither
-        if app_id is not None and self.committed(spec, app_id, _txn_version(txn_version)):
+        if self._recorded(spec, app_id, txn_version):
             return None
         self.ensure(spec)
         write_id = uuid.uuid4().hex
@@ -191,7 +190,7 @@ class Lake:
         Returns the version the MERGE created; None if the transaction is already in."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        if app_id is not None and self.committed(spec, app_id, _txn_version(txn_version)):
+        if self._recorded(spec, app_id, txn_version):
             return None
         self.ensure(spec)
         spark = df.sparkSession
@@ -214,11 +213,16 @@ class Lake:
         table is missing or the transaction is already in."""
         from delta.tables import DeltaTable as SparkDeltaTable
 
-        if not self.exists(spec) or (app_id is not None and self.committed(spec, app_id, _txn_version(txn_version))):
+        if not self.exists(spec) or self._recorded(spec, app_id, txn_version):
             return None
         with delta_transaction(spark, app_id, txn_version) as write_id:
             SparkDeltaTable.forPath(spark, spark_path(self.uri(spec))).delete(condition)
         return self._write_version(spec, write_id)
+
+    def _recorded(self, spec: TableSpec, app_id: str | None, txn_version: int | None) -> bool:
+        """Whether a Spark write keyed ``(app_id, txn_version)`` is already in (False without a key)."""
+        _commit_properties(app_id, txn_version)  # both or neither
+        return app_id is not None and self.committed(spec, app_id, _txn_version(txn_version))
 
     def _write_version(self, spec: TableSpec, write_id: str, search: int = 50) -> int | None:
         """The version whose commit carries ``write_id``; None if Delta skipped the write

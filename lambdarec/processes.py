@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -145,3 +146,15 @@ def start_child(name: str, argv: list[str], log_dir: Path, env: dict[str, str] |
 def lambdarec_command(*args: str) -> list[str]:
     """``lambdarec ARGS`` with this interpreter, independent of PATH."""
     return [sys.executable, "-m", "lambdarec.cli", *args]
+
+
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if nothing listens there on loopback, else any free port (0: any)."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise StageError("no free port")
