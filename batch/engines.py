@@ -1,8 +1,8 @@
 """ALS engines: Spark ML on a cluster, or the ``implicit`` library on one node.
 
 Both fit the same implicit-feedback model on ``(user_index, item_index, rating)``
-rows, with Spark's confidence convention (c = 1 + alpha * |r|, preference r > 0),
-and both hand back the same ``Factors``, so everything downstream (factor tables,
+rows, with one confidence (``lambdarec.confidence``: c = 1 + alpha * s(|r|),
+preference r > 0), and both hand back the same ``Factors``, so everything downstream (factor tables,
 registry rows, serving) is engine-agnostic. One real difference is recorded in
 ``reg_scaling``: Spark multiplies the regularisation by a row's positive-interaction count
 (``per_interaction``), implicit adds it as is (``constant``). Serving's fold-in honours it.
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
+from lambdarec.confidence import Confidence
 from lambdarec.settings import AlsEngine
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ class AlsParams:
     iterations: int
     seed: int = 42
     checkpoint_interval: int = 5
+    scaling: str = "linear"
+    epsilon: float = 1.0
+
+    def confidence(self) -> Confidence:
+        return Confidence(self.scaling, self.alpha, self.epsilon)
 
     def record(self) -> dict:
         return asdict(self)
@@ -86,11 +92,13 @@ class SparkAls:
         from pyspark.ml.recommendation import ALS
 
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
+        # Spark's own confidence is 1 + alpha * |r|: hand it the scaled extra confidence with alpha 1
+        train = train.withColumn("rating", params.confidence().extra_column(train["rating"]))
         model = ALS(
             rank=params.rank,
             maxIter=params.iterations,
             regParam=params.reg,
-            alpha=params.alpha,
+            alpha=1.0,
             implicitPrefs=True,
             nonnegative=False,
             seed=params.seed,
@@ -134,14 +142,16 @@ class ImplicitAls:
         )
 
 
-def confidence_matrix(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, alpha: float) -> sparse.csr_matrix:
-    """Spark's convention in implicit's encoding: |value| = 1 + alpha * |r|, sign = preference.
+def confidence_matrix(
+    users: np.ndarray, items: np.ndarray, ratings: np.ndarray, confidence: Confidence
+) -> sparse.csr_matrix:
+    """The confidence in implicit's encoding: |value| = c(r), sign = preference.
 
     implicit reads a positive value v as preference 1 with confidence v, and a
     negative one as preference 0 with confidence -v; r = 0 carries nothing.
     """
     keep = ratings != 0
-    values = np.sign(ratings[keep]) * (1.0 + alpha * np.abs(ratings[keep]))
+    values = np.sign(ratings[keep]) * (1.0 + confidence.extra(ratings[keep]))
     shape = (int(users.max()) + 1, int(items.max()) + 1) if len(users) else (0, 0)
     matrix = sparse.csr_matrix((values.astype(np.float32), (users[keep], items[keep])), shape=shape)
     matrix.sum_duplicates()
@@ -159,7 +169,7 @@ def fit_implicit(
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    cui = confidence_matrix(users, items, ratings, params.alpha)
+    cui = confidence_matrix(users, items, ratings, params.confidence())
     with threadpool_limits(1, "blas"):  # implicit parallelises itself; BLAS threads would fight it
         model = AlternatingLeastSquares(
             factors=params.rank,

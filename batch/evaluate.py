@@ -132,11 +132,9 @@ def ranking_metrics(score: Scorer, holdout: Holdout, k: int = 10, batch_size: in
     }
 
 
-def compare_to_popularity(
-    user_factors: np.ndarray, item_factors: np.ndarray, holdout: Holdout, k: int = 10
-) -> dict[str, float]:
+def compare_to_popularity(score: Scorer, holdout: Holdout, k: int = 10) -> dict[str, float]:
     """The model's and the popularity baseline's metrics on the same split, prefixed."""
-    model = ranking_metrics(factor_scorer(user_factors, item_factors), holdout, k)
+    model = ranking_metrics(score, holdout, k)
     weights = holdout.weights if holdout.weights is not None else holdout.train
     baseline = ranking_metrics(popularity_scorer(weights), holdout, k)
     n_eval_users = model.pop("n_eval_users")

@@ -1,4 +1,4 @@
-"""A trained model's rows for the lake: factor tables and the interactions it was fitted on."""
+"""A trained model's rows for the lake: factor tables, item-item weights and the interactions it was fitted on."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import numpy as np
 import pyarrow as pa
 
 from batch import idmap
-from schemas.tables import ITEM_IDS, USER_FACTORS, USER_IDS
+from schemas.tables import ITEM_IDS, ITEM_NEIGHBOURS, USER_FACTORS, USER_IDS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
+
+    from batch.ease import ItemWeights
 
 
 def interaction_rows(train: "DataFrame", model_version: int) -> "DataFrame":
@@ -27,7 +29,7 @@ def factor_rows(spec, model_version: int, index: np.ndarray, vectors: np.ndarray
     lookup = dict(zip(mapping.column(index_col).to_pylist(), mapping.column(id_col).to_pylist(), strict=True))
     rank = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), pa.float32())
-    offsets = pa.array(np.arange(0, (len(index) + 1) * rank, rank, dtype=np.int32))
+    offsets = pa.array(np.arange(len(index) + 1, dtype=np.int32) * rank)
     return pa.table(
         {
             "model_version": pa.array(np.full(len(index), model_version), pa.int64()),
@@ -36,4 +38,19 @@ def factor_rows(spec, model_version: int, index: np.ndarray, vectors: np.ndarray
             "factors": pa.ListArray.from_arrays(offsets, flat),
         },
         schema=spec.schema,
+    )
+
+
+def neighbour_rows(model_version: int, weights: "ItemWeights") -> pa.Table:
+    """``item_neighbours`` rows: per item (by index), the items its row of B scores and the weights."""
+    b = weights.weights
+    offsets = pa.array(b.indptr.astype(np.int32))
+    return pa.table(
+        {
+            "model_version": pa.array(np.full(b.shape[0], model_version), pa.int64()),
+            "item_index": pa.array(weights.item_index, pa.int32()),
+            "neighbours": pa.ListArray.from_arrays(offsets, pa.array(weights.item_index[b.indices], pa.int32())),
+            "weights": pa.ListArray.from_arrays(offsets, pa.array(b.data, pa.float32())),
+        },
+        schema=ITEM_NEIGHBOURS.schema,
     )

@@ -22,7 +22,7 @@ from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.model_bundle import ModelLoadError, publish_model_bundle
 from lambdarec.settings import Settings
-from schemas.tables import ITEM_FACTORS, USER_FACTORS
+from schemas.tables import ITEM_FACTORS, ITEM_NEIGHBOURS, USER_FACTORS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -56,10 +56,12 @@ def decide(metrics: dict[str, Any], champion: dict[str, Any] | None, settings: S
 
 
 def nan_vectors(lake: Lake, model_version: int) -> int:
-    """Stored factor vectors of ``model_version`` holding NaN or inf (read back from the lake)."""
+    """Stored factor vectors or item weight rows of ``model_version`` holding NaN or inf (read back from the lake)."""
     bad = 0
-    for spec in (USER_FACTORS, ITEM_FACTORS):
-        factors = lake.read_arrow(spec, filter=pc.field("model_version") == model_version).column("factors")
+    for spec, column in ((USER_FACTORS, "factors"), (ITEM_FACTORS, "factors"), (ITEM_NEIGHBOURS, "weights")):
+        if not lake.exists(spec):
+            continue
+        factors = lake.read_arrow(spec, filter=pc.field("model_version") == model_version).column(column)
         for chunk in factors.chunks:
             values = chunk.flatten().to_numpy(zero_copy_only=False)
             lengths = pc.list_value_length(chunk).to_numpy(zero_copy_only=False)

@@ -29,7 +29,7 @@ from lambdarec import registry
 from lambdarec.lake import Lake, session_conf, spark_path
 from lambdarec.model_bundle import remove_model_bundle
 from lambdarec.settings import Settings
-from schemas.tables import ALL_TABLES, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
+from schemas.tables import ALL_TABLES, ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdarec.batch.maintenance")
 
 EXPIRED = "expired"
-MODEL_DATA = (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS)
+MODEL_DATA = (USER_FACTORS, ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS)
 STEPS = ("compact", "vacuum", "expire")
 DELTA_DEFAULT_RETENTION_HOURS = 168  # below this, delta-spark refuses a VACUUM unless its check is off
 

@@ -1,4 +1,11 @@
-"""The batch layer's training job: pinned events -> ALS -> holdout evaluation -> gate -> registry.
+"""The batch layer's training job: pinned events -> model families -> holdout -> refit -> gate -> registry.
+
+Every configured model family (``batch.families``: ALS, EASE), tuned on a validation
+split when tuning is on, is fitted on the training split and scored on the same
+holdout; the best one by the gate metric is refitted with its parameters on the
+whole pinned snapshot (the holdout is each user's freshest events: the published
+model must not lose them), and that refit is written and gated. The registry row
+keeps the holdout metrics that chose it and every family's entry.
 
 ``run`` holds the logic on an injected session (its parts: ``train_plan`` claims the
 versions, ``train_data`` prepares the frames, ``train_metrics`` scores the holdout,
@@ -23,24 +30,26 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch import gate, tuning
-from batch.engines import AlsParams, engine
-from batch.factor_tables import factor_rows, interaction_rows
-from batch.train_args import job_args, parse_args, with_engine
+from batch import families, gate, tuning
+from batch.factor_tables import interaction_rows
+from batch.train_args import add_arguments, job_args, parse_args, with_engine
 from batch.train_data import Prepared
-from batch.train_metrics import coverage, holdout_metrics
-from batch.train_plan import als_params, app_id, claim
+from batch.train_metrics import coverage, holdout_metrics, holdout_of
+from batch.train_plan import SEED, app_id, claim
 from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from schemas.tables import EVENTS, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
+from schemas.tables import EVENTS, MODEL_INTERACTIONS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+__all__ = ["add_arguments", "command", "main", "run"]  # add_arguments and command: the `lambdarec train` hooks
 
 log = logging.getLogger("lambdarec.batch.train")
 
@@ -99,46 +108,34 @@ def _train(
     events_version: int,
     base: dict[str, Any],
 ) -> dict[str, Any]:
+    """Every family competes on the holdout; the winner is refitted on the whole snapshot and written."""
     events = lake.read_spark(spark, EVENTS, events_version)  # time travel to the pinned version
+    checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
     data = Prepared.from_events(spark, lake, events, settings, model_version)
     try:
-        counts = {
-            "n_interactions": data.train.count(),
-            "n_users": data.users.num_rows,
-            "n_items": data.items.num_rows,
-        }
-        if counts["n_interactions"] == 0:
+        if data.train.count() == 0:
             raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
-        checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
-        chosen = engine(settings.als_engine, blocks=max(2, settings.spark_shuffle_partitions))
-        params = als_params(settings)
-        if settings.tune_trials:
-            tuned = _tune(spark, lake, settings, data, chosen, params, checkpoints, model_version)
-            params = replace(params, **tuned["best"]["params"])
-            base = {**base, "params": {**base["params"], **tuned["best"]["params"], "tuning": tuned}}
-        factors = chosen.fit(spark, data.train, params, checkpoints)
-        metrics = {**holdout_metrics(factors, data, settings), **coverage(factors, data)}
-        _log("train_evaluated", model_version=model_version, **metrics)
-        user_rows = factor_rows(USER_FACTORS, model_version, factors.user_index, factors.users, data.users)
-        item_rows = factor_rows(ITEM_FACTORS, model_version, factors.item_index, factors.items, data.items)
-        written = {
-            USER_FACTORS.name: lake.append_spark(
-                USER_FACTORS, spark.createDataFrame(user_rows),
-                app_id=app_id(USER_FACTORS.name), txn_version=model_version,
-            ),
-            ITEM_FACTORS.name: lake.append_spark(
-                ITEM_FACTORS, spark.createDataFrame(item_rows),
-                app_id=app_id(ITEM_FACTORS.name), txn_version=model_version,
-            ),
-            MODEL_INTERACTIONS.name: lake.append_spark(
-                MODEL_INTERACTIONS, interaction_rows(data.train, model_version),
-                app_id=app_id(MODEL_INTERACTIONS.name), txn_version=model_version,
-            ),
-        }
+        winner, evaluated, compared = _compete(spark, lake, settings, data, checkpoints, model_version)
     finally:
         data.unpersist()
+    whole = Prepared.whole(spark, lake, events, data.rate, model_version)
+    try:
+        counts = {"n_interactions": whole.train.count(), "n_users": whole.users.num_rows, "n_items": whole.items.num_rows}
+        trained = families.fit(winner, whole, settings, checkpoints)
+        metrics = {**evaluated, **coverage(trained, whole), "families": compared}
+        _log("train_refitted", model_version=model_version, family=winner.family, **counts)
+        rows = {spec: spark.createDataFrame(table) for spec, table in trained.tables(model_version, whole).items()}
+        rows[MODEL_INTERACTIONS] = interaction_rows(whole.train, model_version)
+        written = {
+            spec.name: lake.append_spark(spec, frame, app_id=app_id(spec.name), txn_version=model_version)
+            for spec, frame in rows.items()
+        }
+    finally:
+        whole.unpersist()
 
-    fields = {**base, **counts, "metrics": metrics}
+    tuning = next((entry.get("tuning") for entry in compared if entry.get("family") == winner.family), None)
+    params = {**base["params"], **winner.record(settings), **({"tuning": tuning} if tuning else {})}
+    fields = {**base, **counts, "engine": winner.engine_id(settings), "params": params, "metrics": metrics}
     registry.record_status(
         lake, model_version, registry.CANDIDATE, "trained and evaluated",
         app_id=app_id("models-candidate"), spark=spark, **fields,
@@ -148,30 +145,66 @@ def _train(
         "status": registry.CANDIDATE,
         "status_reason": "trained and evaluated",
         "source_events_version": events_version,
+        "engine": fields["engine"],
         "metrics": metrics,
         "written": written,
         **counts,
     }
 
 
-def _tune(spark, lake, settings, data: Prepared, chosen, base: AlsParams, checkpoints: str, model_version: int):
-    """Search hyperparameters on a validation split of the training events."""
-    inner = data.validation(spark, lake, settings, model_version)
+def _compete(spark, lake, settings, data: Prepared, checkpoints: str, model_version: int):
+    """(winning candidate, its holdout metrics, every family's entry): each family, tuned when
+    tuning is on, fitted on the training split and scored on the same holdout."""
+    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+    holdout = holdout_of(data)
+    compared: list[dict[str, Any]] = []
+    best: tuple[families.Candidate, dict[str, Any]] | None = None
+    inner: Prepared | None = None
+    try:
+        for family in settings.model_families:
+            reason = families.sits_out(family, data.items.num_rows, settings)
+            if reason is not None:
+                compared.append({"family": family, "skipped": reason})
+                continue
+            candidate, tuning = families.defaults(family, settings, SEED), None
+            if settings.tune_trials:
+                inner = inner or data.validation(spark, lake, settings, model_version)
+                candidate, tuning = _tune(settings, inner, candidate, checkpoints, model_version)
+            started = time.monotonic()
+            metrics = holdout_metrics(families.fit(candidate, data, settings, checkpoints), holdout, settings.eval_k)
+            entry = {
+                "family": family, "engine": candidate.engine_id(settings), "params": candidate.params.record(),
+                metric: metrics.get(metric), "fit_and_score_s": round(time.monotonic() - started, 2),
+            }
+            compared.append({**entry, **({"tuning": tuning} if tuning else {})})
+            _log("family_evaluated", model_version=model_version, **entry)
+            if best is None or metrics.get(metric, -1.0) > best[1].get(metric, -1.0):
+                best = (candidate, metrics)
+    finally:
+        if inner is not None:
+            inner.unpersist()
+    if best is None:
+        raise ValueError(f"no model family can fit this snapshot: {compared}")
+    return best[0], best[1], compared
+
+
+def _tune(settings: Settings, inner: Prepared, base: families.Candidate, checkpoints: str, model_version: int):
+    """The family's best hyperparameters on a validation split of the training events."""
+    holdout = holdout_of(inner)
     metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
 
-    def score(params: AlsParams) -> float:
-        return holdout_metrics(chosen.fit(spark, inner.train, params, checkpoints), inner, settings).get(metric, 0.0)
+    def score(params) -> float:
+        trained = families.fit(replace(base, params=params), inner, settings, checkpoints)
+        return holdout_metrics(trained, holdout, settings.eval_k).get(metric, 0.0)
 
-    try:
-        result = tuning.search(
-            score, base, settings.tune_space, settings.tune_method, settings.tune_trials, settings.tune_budget_s
-        )
-    finally:
-        inner.unpersist()
-    _log("tuned", model_version=model_version, metric=metric, best=result["best"], trials=len(result["trials"]))
-    return {**result, "metric": f"validation {metric}"}
-
-
+    result = tuning.search(
+        score, base.params, families.tune_space(base.family, settings), settings.tune_method,
+        settings.tune_trials, settings.tune_budget_s,
+    )
+    _log("tuned", model_version=model_version, family=base.family, metric=metric, best=result["best"],
+         trials=len(result["trials"]))
+    best = replace(base, params=replace(base.params, **result["best"]["params"]))
+    return best, {**result, "metric": f"validation {metric}"}
 
 
 def _log(event: str, **fields: Any) -> None:

@@ -51,25 +51,50 @@ class Prepared:
             as_of=as_of,
             rating_center=settings.rating_center,
         )
+        # Every id of the snapshot is mapped now, in the run's one mapping commit: the refit on the
+        # whole snapshot (``whole``) needs the held-out users' and items' indexes too.
+        _mapped(spark, lake, rate(events), model_version)
         split = split_holdout(events, settings.holdout_fraction, settings.eval_split, settings.eval_cutoff, SEED)
         return cls.from_split(spark, lake, *split, events, rate, model_version)
 
     @classmethod
+    def whole(cls, spark: "SparkSession", lake: Lake, events: "DataFrame", rate, model_version: int) -> "Prepared":
+        """Every event of the snapshot as training data, nothing held out: what the published model refits on."""
+        return cls.from_split(spark, lake, events, events.limit(0), events, rate, model_version)
+
+    @classmethod
     def from_split(cls, spark, lake: Lake, train_events, test_events, events, rate, model_version: int) -> "Prepared":
         train_ratings = rate(train_events).cache()
-        ids = train_ratings.select("user_id", "item_id").toArrow()
-        users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version, spark)
-        items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version, spark)
+        users, items = _mapped(spark, lake, train_ratings, model_version)
         train = with_indices(train_ratings, spark.createDataFrame(users), spark.createDataFrame(items))
         train = train.select("user_index", "item_index", "rating").cache()
         return cls(train_events, train_ratings, rate(test_events), rate(events), users, items, train, rate)
 
     def validation(self, spark, lake: Lake, settings: Settings, model_version: int) -> "Prepared":
-        """The training events split once more, for tuning; the test holdout stays unseen."""
+        """The training events split once more, for tuning; the test holdout stays unseen.
+
+        Above ``tune_max_events`` training events, a seeded sample of users (all of
+        each one's events) keeps every trial's fit small."""
+        from pyspark.sql import functions as F
+
         method = "time" if settings.eval_split == "cutoff" else settings.eval_split
-        split = split_holdout(self.train_events, settings.holdout_fraction or 0.2, method, None, SEED)
-        return Prepared.from_split(spark, lake, *split, self.train_events, self.rate, model_version)
+        events = self.train_events
+        n_events = events.count()
+        if n_events > settings.tune_max_events:
+            share = settings.tune_max_events / n_events
+            sampled = F.abs(F.xxhash64("user_id", F.lit(SEED))) % 1_000_000 < int(share * 1_000_000)
+            events = events.where(sampled)
+        split = split_holdout(events, settings.holdout_fraction or 0.2, method, None, SEED)
+        return Prepared.from_split(spark, lake, *split, events, self.rate, model_version)
 
     def unpersist(self) -> None:
         for frame in (self.train_ratings, self.train):
             frame.unpersist()
+
+
+def _mapped(spark, lake: Lake, ratings: "DataFrame", model_version: int) -> tuple[pa.Table, pa.Table]:
+    """(user mapping, item mapping) of the ids in ``ratings``, mapping any new one first."""
+    ids = ratings.select("user_id", "item_id").toArrow()
+    users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version, spark)
+    items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version, spark)
+    return users, items

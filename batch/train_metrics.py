@@ -1,20 +1,19 @@
-"""A trained model's figures: holdout ranking metrics next to popularity, and factor coverage."""
+"""A trained model's figures: holdout ranking metrics next to popularity, and how much it covers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from batch.engines import Factors
 from batch.evaluate import Holdout, compare_to_popularity
 from batch.interactions import holdout_pairs
 from batch.train_data import Prepared
-from lambdarec.settings import Settings
+
+if TYPE_CHECKING:
+    from batch.families import Trained
 
 
-def holdout_metrics(factors: Factors, data: Prepared, settings: Settings) -> dict[str, Any]:
-    """Score the holdout in numpy against the popularity baseline on the same split."""
+def holdout_of(data: Prepared) -> Holdout:
+    """The split's training and held-out pairs by index, collected once for every model scored on it."""
     from pyspark.sql import functions as F
 
     spark = data.train.sparkSession
@@ -28,30 +27,28 @@ def holdout_metrics(factors: Factors, data: Prepared, settings: Settings) -> dic
         .select("user_index", F.coalesce("item_index", F.lit(-1)).alias("item_index"))
         .toPandas()
     )
-    holdout = Holdout.from_pairs(
+    return Holdout.from_pairs(
         n_users, n_items, seen.user_index, seen.item_index, held.user_index, held.item_index,
         train_weights=seen.rating,
     )
+
+
+def holdout_metrics(trained: "Trained", holdout: Holdout, k: int) -> dict[str, Any]:
+    """The model's and popularity's metrics at ``k`` on the same holdout (numpy)."""
     if len(holdout.users) == 0:
         return {"n_eval_users": 0}
-    return compare_to_popularity(factors.dense_users(n_users), factors.dense_items(n_items), holdout, settings.eval_k)
+    return compare_to_popularity(trained.scorer(holdout), holdout, k)
 
 
-def coverage(factors: Factors, data: Prepared) -> dict[str, Any]:
-    """Shares of active users and items (any weighted event in the snapshot) with a usable vector."""
+def coverage(trained: "Trained", data: Prepared) -> dict[str, Any]:
+    """Shares of active users and items (any weighted event in the snapshot) the model can serve."""
     from pyspark.sql import functions as F
 
     active = data.all_ratings.agg(F.countDistinct("user_id"), F.countDistinct("item_id")).first()
     assert active is not None  # an aggregate has one row
-    usable_users = usable(factors.users)
-    usable_items = usable(factors.items)
+    users, items = trained.usable()
     return {
-        "user_coverage": float(usable_users.sum()) / max(active[0], 1),
-        "item_coverage": float(usable_items.sum()) / max(active[1], 1),
-        "nan_factors": int((~np.isfinite(factors.users)).any(axis=1).sum() + (~np.isfinite(factors.items)).any(axis=1).sum()),
+        "user_coverage": float(len(users)) / max(active[0], 1),
+        "item_coverage": float(len(items)) / max(active[1], 1),
+        "nan_factors": trained.invalid_values(),
     }
-
-
-def usable(vectors: np.ndarray) -> np.ndarray:
-    """Rows that are finite and not all zero (a zero vector recommends nothing)."""
-    return np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)

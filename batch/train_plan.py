@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batch.engines import AlsParams, engine
 from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
@@ -18,7 +17,7 @@ from schemas.tables import EVENTS, ITEM_IDS, USER_IDS
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-SEED = 42  # ALS initialisation and the random holdout split
+SEED = 42  # ALS initialisation, the random holdout split and the tuning sample
 
 
 def app_id(table: str) -> str:
@@ -61,23 +60,10 @@ def plan(
     return model_version, events_version
 
 
-def als_params(settings: Settings) -> AlsParams:
-    return AlsParams(
-        rank=settings.als_rank,
-        reg=settings.als_reg,
-        alpha=settings.als_alpha,
-        iterations=settings.als_iterations,
-        seed=SEED,
-        checkpoint_interval=settings.als_checkpoint_interval,
-    )
-
-
 def recorded_params(settings: Settings, run_key: str | None) -> dict[str, Any]:
-    """Everything that shaped the model, as stored in its registry rows."""
+    """What shapes every candidate, as stored in the registry rows (the winner adds its own params)."""
     return {
-        **als_params(settings).record(),
-        "engine": settings.als_engine,
-        "reg_scaling": engine(settings.als_engine).reg_scaling,
+        "families": list(settings.model_families),
         "event_weights": settings.event_weights,
         "decay_half_life_days": settings.decay_half_life_days,
         "rating_center": settings.rating_center,
@@ -103,7 +89,7 @@ def claim(
     model_version, events_version = plan(lake, events_version, model_version, run_key)
     base = {
         "source_events_version": events_version,
-        "engine": engine(settings.als_engine).name,
+        "engine": ",".join(settings.als_engine if family == "als" else family for family in settings.model_families),
         "params": recorded_params(settings, run_key),
     }
     registry.record_status(

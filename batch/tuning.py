@@ -1,4 +1,4 @@
-"""Hyperparameter search for ALS: grid or seeded random, within a trial and time budget.
+"""Hyperparameter search for a model family: grid or seeded random, within a trial and time budget.
 
 The search never sees the test holdout: the training job splits its training
 events again (the same split method), fits each candidate on the first part
@@ -16,19 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from batch.ease import EaseParams
 from batch.engines import AlsParams
 from lambdarec.settings import ALS_PARAMS, canonical_als_params
 
-TUNABLE = ALS_PARAMS
+TUNABLE: dict[type, tuple[str, ...]] = {AlsParams: ALS_PARAMS, EaseParams: ("l2",)}
 INTEGER_PARAMS = ("rank", "iterations")
 
 
-def candidates(space: dict[str, list[float]], method: str, trials: int, seed: int) -> list[dict[str, float]]:
+def candidates(
+    space: dict[str, list[float]], method: str, trials: int, seed: int, tunable: tuple[str, ...] = ALS_PARAMS
+) -> list[dict[str, float]]:
     """Up to ``trials`` parameter sets: the grid in order, or a seeded sample of it without repeats."""
     space = canonical_als_params(space)
-    unknown = set(space) - set(TUNABLE)
+    unknown = set(space) - set(tunable)
     if unknown:
-        raise ValueError(f"cannot tune {sorted(unknown)}; tunable: {list(TUNABLE)}")
+        raise ValueError(f"cannot tune {sorted(unknown)}; tunable: {list(tunable)}")
     if method not in ("grid", "random"):
         raise ValueError(f"tuning method must be grid or random, got {method!r}")
     names = sorted(space)
@@ -39,8 +42,8 @@ def candidates(space: dict[str, list[float]], method: str, trials: int, seed: in
 
 
 def search(
-    score: Callable[[AlsParams], float],
-    base: AlsParams,
+    score: Callable[[Any], float],
+    base: AlsParams | EaseParams,
     space: dict[str, list[float]],
     method: str,
     trials: int,
@@ -53,12 +56,13 @@ def search(
     """
     started = clock()
     done: list[dict[str, Any]] = []
-    for values in candidates(space, method, trials, base.seed):
+    tunable = TUNABLE[type(base)]
+    for values in candidates(space, method, trials, getattr(base, "seed", 0), tunable):
         if done and budget_s and clock() - started >= budget_s:
             break
         typed: dict[str, Any] = {k: (int(v) if k in INTEGER_PARAMS else float(v)) for k, v in values.items()}
         params = replace(base, **typed)
-        done.append({"params": {k: getattr(params, k) for k in TUNABLE}, "metric": float(score(params))})
+        done.append({"params": {k: getattr(params, k) for k in tunable}, "metric": float(score(params))})
     if not done:
         raise ValueError("the search space is empty")
     best = max(done, key=lambda trial: trial["metric"])

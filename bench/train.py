@@ -31,7 +31,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch.engines import AlsParams, Factors, ImplicitAls, SparkAls, fit_implicit  # noqa: E402
-from batch.evaluate import Holdout, compare_to_popularity  # noqa: E402
+from batch.evaluate import Holdout, compare_to_popularity, factor_scorer  # noqa: E402
 from lambdarec.generator import World  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 
@@ -60,7 +60,7 @@ def evaluate(factors: Factors, train_users, train_items, test_users, test_items,
     chosen = np.random.default_rng(seed).permutation(np.unique(test_users))[:EVAL_USERS]
     keep = np.isin(test_users, chosen)
     holdout = Holdout.from_pairs(n_users, n_items, train_users, train_items, test_users[keep], test_items[keep])
-    m = compare_to_popularity(factors.dense_users(n_users), factors.dense_items(n_items), holdout, 10)
+    m = compare_to_popularity(factor_scorer(factors.dense_users(n_users), factors.dense_items(n_items)), holdout, 10)
     return {k: round(v, 4) for k, v in m.items() if k.endswith(("recall_at_10", "ndcg_at_10"))} | {
         "n_eval_users": m["n_eval_users"]
     }

@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lambdarec import registry
+from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.processes import Child, free_port, StageError, lambdarec_command, start_child, wait_for
@@ -224,6 +226,7 @@ def evaluate(path: Path, settings: Settings, fmt: str, protocol: str, test_fract
         timings["recommend_s"] = round(time.perf_counter() - started, 1)
     finally:
         pipeline.stop()
+    published = registry.latest_published(Lake(pipeline.settings))
     train_users = {str(u) for u in parts.train.column("user").to_pylist()}
     baseline, popularity = popularity_lists(parts.train, users, k)
     return {
@@ -235,10 +238,26 @@ def evaluate(path: Path, settings: Settings, fmt: str, protocol: str, test_fract
         "rows": rows.num_rows,
         "eval_users": len(users),
         "model_version": version,
+        "model": _model_summary(published, settings),
         "strategies": dict(strategies),
         "product": metrics_at_k(served, relevant, k, popularity, len(train_users)),
         "popularity": metrics_at_k(baseline, relevant, k, popularity, len(train_users)),
         **timings,
+    }
+
+
+def _model_summary(row: dict[str, Any] | None, settings: Settings) -> dict[str, Any] | None:
+    """The published model's family and parameters, and every family's figure on the training job's own holdout."""
+    if row is None:
+        return None
+    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+    return {
+        "engine": row["engine"],
+        "params": {name: value for name, value in row["params"].items() if name != "tuning"},
+        "holdout": {metric: row["metrics"].get(metric)},
+        "families": [
+            {name: value for name, value in entry.items() if name != "tuning"} for entry in row["metrics"].get("families", [])
+        ],
     }
 
 

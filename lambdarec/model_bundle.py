@@ -1,8 +1,10 @@
 """The model bundle: one model version as a folder of numpy arrays that serving memory-maps.
 
 A bundle holds everything a server scores with (``ARRAYS``: factors, Gram matrices,
-sorted id lookups, training interactions, popularity) and a ``meta.json``, written
-last, that marks it complete. Batch and serving share it through this module:
+item-item weights, sorted id lookups, training interactions, popularity) and a
+``meta.json``, written last, that marks it complete. The model's family (``meta["family"]``)
+says which arrays score: an ALS model's factors, or an EASE model's item-item weights
+(its factors are empty, of rank 0; an ALS model's weights are an empty matrix). Batch and serving share it through this module:
 
 - the publish gate (``batch.gate``) writes a model's bundle into the lake at
   ``<lake>/_model_bundles/v<N>`` (``publish_model_bundle``) before it records the
@@ -35,13 +37,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from scipy.sparse import csr_matrix
 
+from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from lambdarec.settings import Settings, canonical_als_params, canonical_engine
-from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
+from schemas.tables import ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, USER_FACTORS
 
-FORMAT = 2  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (2: popularity counts users)
+FORMAT = 3  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (3: families, confidence)
 META = "meta.json"
 ARRAYS = (
     "item_ids",  # position -> item id (unicode array)
@@ -52,6 +55,7 @@ ARRAYS = (
     "item_norms",  # |y_i|, for cosine similarity
     "history_indptr", "history_items", "history_ratings",  # users' training ratings, CSR
     "popularity",  # per item: sum of training ratings
+    "neighbour_indptr", "neighbour_items", "neighbour_weights",  # EASE's B by item position, CSR
 )
 MODEL_BUNDLES = "_model_bundles"  # lake folder of the published models' bundles (not a Delta table)
 LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
@@ -186,12 +190,14 @@ def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[d
     item_ids = _in_order(items["item_id"], item_order)
     item_index = _id_index(item_ids, "item", version)
     user_index = _id_index(_in_order(users["user_id"], user_order), "user", version)
-    reg_param, alpha, reg_scaling = hyperparameters(row, settings)
+    family, reg_param, confidence, reg_scaling = hyperparameters(row, settings)
+    neighbours = _neighbours(lake, version, item_pos) if family == "ease" else csr_matrix((len(item_ids), len(item_ids)))
     meta = {
         "version": version,
         "source_events_version": int(row["source_events_version"]),
+        "family": family,
         "reg_param": reg_param,
-        "alpha": alpha,
+        "confidence": confidence.record(),
         "reg_scaling": reg_scaling,
         "lake": settings.lake_root,
     }
@@ -210,24 +216,54 @@ def model_arrays(lake: Lake, row: dict[str, Any], settings: Settings) -> tuple[d
         "history_items": history.indices.astype(np.int64),
         "history_ratings": history.data,
         "popularity": item_popularity(history),
+        "neighbour_indptr": neighbours.indptr.astype(np.int64),
+        "neighbour_items": neighbours.indices.astype(np.int64),
+        "neighbour_weights": neighbours.data.astype(np.float32),
     }
     return meta, arrays
 
 
-def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[float, float, RegScaling]:
-    """(reg, alpha, reg_scaling) the model was trained with: its registry params, else settings.
+def _neighbours(lake: Lake, version: int, item_pos: np.ndarray) -> csr_matrix:
+    """An EASE model's weights as a CSR matrix over item positions."""
+    rows = lake.read_arrow(ITEM_NEIGHBOURS, filter=pc.field("model_version") == version)
+    if rows.num_rows == 0:
+        raise ModelLoadError(f"model {version} is an EASE model without rows in {lake.uri(ITEM_NEIGHBOURS)}")
+    neighbours, weights = rows["neighbours"].combine_chunks(), rows["weights"].combine_chunks()
+    lengths = pc.list_value_length(neighbours).to_numpy(zero_copy_only=False)
+    sources = np.repeat(rows["item_index"].to_numpy(), lengths)
+    targets = pc.list_flatten(neighbours).to_numpy(zero_copy_only=False)
+    values = pc.list_flatten(weights).to_numpy(zero_copy_only=False).astype(np.float32)
+    n = len(item_pos)
+    matrix = csr_matrix(
+        (values, (_positions(item_pos, sources, "item", version), _positions(item_pos, targets, "item", version))),
+        shape=(n, n) if n else (0, 0),
+    )
+    matrix.sort_indices()
+    return matrix
 
-    ``params["reg_scaling"]`` says whether reg was scaled by each row's
-    interaction count (Spark ALS: "per_interaction") or not (the ``implicit``
-    library: "constant"); without it the registry's engine decides.
+
+def hyperparameters(row: dict[str, Any], settings: Settings) -> tuple[str, float, Confidence, RegScaling]:
+    """(family, reg, confidence, reg_scaling) the model was trained with: its registry params, else settings.
+
+    A row without a ``family`` is an ALS model (rows written before EASE). ``params["reg_scaling"]``
+    says whether reg was scaled by each row's interaction count (Spark ALS:
+    "per_interaction") or not (the ``implicit`` library: "constant"); without it
+    the registry's engine decides.
     """
     params = canonical_als_params(row.get("params") or {})
-    default_scaling = "constant" if canonical_engine(row.get("engine")) == "implicit" else "per_interaction"
+    family = params.get("family", "als")
+    if family not in ("als", "ease"):
+        raise ModelLoadError(f"model {row['model_version']}: unknown model family {family!r}")
+    default_scaling = "constant" if canonical_engine(row.get("engine")) in ("implicit", "ease") else "per_interaction"
     scaling = params.get("reg_scaling", default_scaling)
     if scaling not in ("per_interaction", "constant"):
         raise ModelLoadError(f"model {row['model_version']}: unknown reg_scaling {scaling!r}")
-    reg, alpha = float(params.get("reg", settings.als_reg)), float(params.get("alpha", settings.als_alpha))
-    return reg, alpha, scaling
+    default = Confidence(settings.confidence_scaling, settings.als_alpha, settings.confidence_epsilon)
+    try:
+        confidence = Confidence.from_record(params, default)
+    except ValueError as exc:
+        raise ModelLoadError(f"model {row['model_version']}: {exc}") from exc
+    return family, float(params.get("reg", settings.als_reg)), confidence, scaling
 
 
 def _id_index(ids: pa.ChunkedArray, kind: str, version: int) -> IdIndex:

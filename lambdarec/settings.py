@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdarec.confidence import Scaling
+
 DEFAULT_EVENT_WEIGHTS = {
     "view": 1.0,
     "click": 2.0,
@@ -32,6 +34,12 @@ AlsEngine = Literal["spark", "implicit"]
 
 LEGACY_ENGINE_IDS = {"spark-als": "spark", "implicit-als": "implicit"}
 """Engine ids registry rows written before the ids were unified carry; readers map them."""
+
+ModelFamily = Literal["als", "ease"]
+"""Model families that compete at the publish gate: latent factors (ALS, by ``als_engine``) or
+item-item weights (EASE). The registry's ``engine`` is the ALS engine id or ``ease``."""
+
+DEFAULT_MODEL_FAMILIES: tuple[ModelFamily, ...] = ("ease", "als")
 
 GateMetric = Literal["recall", "precision", "ndcg", "map"]
 """Ranking metrics (at ``eval_k``) the publish gate can compare."""
@@ -56,7 +64,11 @@ def canonical_als_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_tune_space() -> dict[str, list[float]]:
-    return {"rank": [16, 32, 64], "reg": [0.01, 0.05, 0.1], "alpha": [1.0, 10.0, 40.0], "iterations": [10, 20]}
+    return {"rank": [32, 64], "reg": [20.0, 40.0, 80.0], "alpha": [2.0, 4.0, 8.0], "iterations": [15]}
+
+
+def _default_ease_tune_l2() -> list[float]:
+    return [200.0, 500.0, 1000.0]
 
 
 class Settings(BaseSettings):
@@ -202,15 +214,42 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="Implicit-feedback weight per event type, times the event's value (rating or quantity) if any.",
     )
-    als_rank: int = Field(32, ge=1, description="ALS latent factors.")
-    als_reg: float = Field(0.05, ge=0, description="ALS regularisation (Spark's regParam; scaled by interactions per row).")
-    als_alpha: float = Field(10.0, gt=0, description="Implicit confidence: c = 1 + alpha * r.")
-    als_iterations: int = Field(10, ge=1, description="ALS iterations (Spark's maxIter).")
+    model_families: list[ModelFamily] = Field(
+        default_factory=lambda: list(DEFAULT_MODEL_FAMILIES),
+        description="Model families trained on every run; the best on the holdout (gate_metric) is refitted "
+        "on the whole snapshot and goes to the gate. EASE sits out catalogues above ease_max_items.",
+    )
+    confidence_scaling: Scaling = Field(
+        "log",
+        description="Confidence of a summed interaction weight r: c = 1 + alpha * s(r) with s = r (linear), "
+        "log(1 + r / confidence_epsilon) (log) or 1 (binary); lambdarec.confidence.",
+    )
+    confidence_epsilon: float = Field(1.0, gt=0, description="Epsilon of the log confidence scaling.")
+    als_rank: int = Field(64, ge=1, description="ALS latent factors.")
+    als_reg: float = Field(
+        40.0,
+        ge=0,
+        description="ALS regularisation. implicit adds it as is (the default suits it); Spark ML multiplies it "
+        "by each row's interaction count, so with als_engine=spark use a value near 0.05 and tune.",
+    )
+    als_alpha: float = Field(4.0, gt=0, description="Confidence alpha: c = 1 + alpha * s(r) (ALS).")
+    als_iterations: int = Field(15, ge=1, description="ALS iterations (Spark's maxIter).")
+    ease_l2: float = Field(
+        500.0,
+        gt=0,
+        description="EASE ridge penalty, in units of the mean squared confidence, so it does not depend on alpha.",
+    )
+    ease_neighbours: int = Field(
+        300, ge=1, description="EASE weights kept per item (the largest in magnitude); the rest are dropped."
+    )
+    ease_max_items: int = Field(
+        20_000, ge=1, description="Largest catalogue EASE fits (its dense items x items inverse)."
+    )
     holdout_fraction: float = Field(
         0.2, ge=0, lt=1, description="Last fraction of each user's events held out for evaluation."
     )
     als_engine: AlsEngine = Field(
-        "spark", description="ALS engine: Spark ML (cluster) or the implicit library (one node)."
+        "implicit", description="ALS engine: the implicit library (one node, the default) or Spark ML (a cluster)."
     )
     als_checkpoint_interval: int = Field(
         5, ge=1, description="Spark ALS checkpoints its lineage every N iterations (no stack overflow)."
@@ -230,12 +269,22 @@ class Settings(BaseSettings):
     )
     eval_cutoff: datetime | None = Field(None, description="Cutoff for eval_split=cutoff.")
     eval_k: int = Field(10, ge=1, description="k of the offline ranking metrics.")
-    tune_trials: int = Field(0, ge=0, description="Hyperparameter search trials before training; 0 = no search.")
+    tune_trials: int = Field(
+        6, ge=0, description="Hyperparameter search trials per model family before training; 0 = no search."
+    )
     tune_method: Literal["grid", "random"] = Field("random", description="Search: the grid in order, or a seeded sample.")
-    tune_budget_s: float = Field(0.0, ge=0, description="Stop starting trials after this many seconds; 0 = no limit.")
+    tune_budget_s: float = Field(
+        120.0, ge=0, description="Stop starting a family's trials after this many seconds; 0 = no limit."
+    )
     tune_space: dict[str, list[float]] = Field(
         default_factory=_default_tune_space,
         description="Values to search per ALS hyperparameter (rank, reg, alpha, iterations).",
+    )
+    tune_max_events: int = Field(
+        2_000_000, ge=1, description="Above this many training events, trials fit on a seeded sample of users."
+    )
+    ease_tune_l2: list[float] = Field(
+        default_factory=_default_ease_tune_l2, description="EASE penalties (ease_l2) the search tries."
     )
 
     @field_validator("tune_space", mode="before")
@@ -243,7 +292,9 @@ class Settings(BaseSettings):
     def _tune_space_names(cls, value: Any) -> Any:
         """Tune spaces written with Spark ML's names (regParam, maxIter) still read."""
         return canonical_als_params(value) if isinstance(value, dict) else value
-    gate_metric: GateMetric = Field("recall", description="Ranking metric (at eval_k) the publish gate compares.")
+    gate_metric: GateMetric = Field(
+        "ndcg", description="Ranking metric (at eval_k) the families compete on and the publish gate compares."
+    )
     gate_tolerance: float = Field(
         0.01, ge=0, description="A candidate may trail the champion's gate metric by this much."
     )

@@ -185,7 +185,8 @@ MODELS = TableSpec(
 
 USER_FACTORS = TableSpec(
     name="user_factors",
-    description="ALS user vectors per model version.",
+    description="A model's users, with their ALS vectors (an empty vector for a model without latent "
+    "factors, such as EASE).",
     keys=("model_version", "user_id"),
     partition_by=("model_version",),
     schema=pa.schema(
@@ -200,7 +201,8 @@ USER_FACTORS = TableSpec(
 
 ITEM_FACTORS = TableSpec(
     name="item_factors",
-    description="ALS item vectors per model version.",
+    description="A model's items, with their ALS vectors (an empty vector for a model without latent "
+    "factors, such as EASE).",
     keys=("model_version", "item_id"),
     partition_by=("model_version",),
     schema=pa.schema(
@@ -209,6 +211,22 @@ ITEM_FACTORS = TableSpec(
             ("item_index", pa.int32()),
             ("item_id", pa.string()),
             ("factors", FACTORS),
+        ]
+    ),
+)
+
+ITEM_NEIGHBOURS = TableSpec(
+    name="item_neighbours",
+    description="An item-item model's weights (EASE's B) per model version: one row per item with the "
+    "items it scores and how much.",
+    keys=("model_version", "item_index"),
+    partition_by=("model_version",),
+    schema=pa.schema(
+        [
+            ("model_version", pa.int64()),
+            ("item_index", pa.int32()),
+            ("neighbours", pa.list_(pa.int32())),  # item indexes
+            ("weights", pa.list_(pa.float32())),
         ]
     ),
 )
@@ -274,6 +292,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         MODELS,
         USER_FACTORS,
         ITEM_FACTORS,
+        ITEM_NEIGHBOURS,
         MODEL_INTERACTIONS,
         ITEM_CATALOGUE,
         USER_IDS,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Strategy = Literal["fold_in", "model", "trending_segment", "trending_global", "popular"]
+Strategy = Literal["neighbours", "fold_in", "model", "trending_segment", "trending_global", "popular"]
 
 
 class Error(BaseModel):
@@ -46,14 +46,20 @@ class RecommendationsResponse(BaseModel):
     strategy: Strategy
     segment: str | None = Field(None, description="The segment trending came from, e.g. country:DE.")
     model_version: int | None
+    model_family: Literal["als", "ease"] | None = Field(
+        None, description="The published model's family that scored the items (None: cold start, no model)."
+    )
     speed_view: SpeedViewPosition
-    fresh_interactions: int = Field(description="The user's interactions folded in beyond the model.")
+    fresh_interactions: int = Field(description="The user's interactions the model was not trained on, merged in.")
 
 
 class SimilarResponse(BaseModel):
     item_id: str
     items: list[ScoredItem]
     model_version: int
+    model_family: Literal["als", "ease"] = Field(
+        description="als: cosine of the items' factors; ease: the weights of the items this one scores."
+    )
 
 
 class TrendingResponse(BaseModel):

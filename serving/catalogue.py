@@ -6,6 +6,9 @@ implicit ALS against the fixed user vectors of the users who interacted with it
 (the symmetric fold-in, same confidence and regularisation as the model). A user the model does not know
 contributes through a vector folded in from their interactions with known items.
 
+An item-item (EASE) model has no vectors to fold a new item in against: its
+catalogue is the model's items until the next training run.
+
 The result extends the model's catalogue: positions past the model's items, and
 a Gram matrix over all of them, so user fold-in stays the exact ALS step over the
 extended catalogue. It is cached per (model, speed-view generation).
@@ -92,8 +95,10 @@ class KnownItems:
 def build(
     model: Model, speed: SpeedView, known: KnownItems | None = None, pause: Callable[[], object] = lambda: None
 ) -> Catalogue:
-    """Fold in every item the speed view has and the model lacks."""
+    """Fold in every item the speed view has and the model lacks (ALS models only)."""
     generation, items = speed.item_ids()
+    if model.family != "als":
+        items = []
     unknown = speed.item_users((known or KnownItems(model)).unknown(items, pause))
     user_vectors: dict[str, np.ndarray | None] = {}
     ids, vectors = [], []
@@ -110,7 +115,7 @@ def build(
         if users and any(r > 0 for r in ratings):
             rated = np.asarray(users)
             vectors.append(
-                fold_in_rows(model.xtx, rated, np.asarray(ratings), model.reg_param, model.alpha, model.reg_scaling)
+                fold_in_rows(model.xtx, rated, np.asarray(ratings), model.reg_param, model.confidence, model.reg_scaling)
             )
             ids.append(item)
     rank = model.item_factors.shape[1]
@@ -140,7 +145,7 @@ def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None
         return None
     positions = np.fromiter(ratings, dtype=np.int64)
     values = np.fromiter(ratings.values(), dtype=np.float64)
-    return fold_in(model.item_factors, model.yty, positions, values, model.reg_param, model.alpha, model.reg_scaling)
+    return fold_in(model.item_factors, model.yty, positions, values, model.reg_param, model.confidence, model.reg_scaling)
 
 
 class CatalogueCache:

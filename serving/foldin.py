@@ -4,7 +4,7 @@ Fold-in solves the implicit-ALS user step exactly as Spark ALS does
 (``ALS.computeFactors`` with ``implicitPrefs``), so folding in a training user
 against the final item factors reproduces Spark's stored user vector:
 
-    c1_i = alpha * |r_ui|
+    c1_i = c(r_ui) - 1            (lambdarec.confidence: alpha * s(|r_ui|))
     A    = YtY + sum_i c1_i * y_i y_i^T + regParam * n_u * I,   n_u = #{i : r_ui > 0}
     b    = sum_{i : r_ui > 0} (1 + c1_i) * y_i
     x_u  = A^-1 b
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
+from lambdarec.confidence import Confidence
 from lambdarec.model_bundle import RegScaling
 
 
@@ -29,7 +30,7 @@ def normal_equations(
     rated: np.ndarray,
     ratings: np.ndarray,
     reg_param: float,
-    alpha: float,
+    confidence: Confidence,
     reg_scaling: RegScaling = "per_interaction",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(A, b) of one row's implicit-ALS least-squares problem over its ``rated`` vectors."""
@@ -38,7 +39,7 @@ def normal_equations(
     if y.shape[0] != r.shape[0]:
         raise ValueError("rated vectors and ratings must have the same length")
     positive = r > 0
-    c1 = alpha * np.abs(r)
+    c1 = confidence.extra(r)
     scale = int(positive.sum()) if reg_scaling == "per_interaction" else 1
     a = yty + (y.T * c1) @ y + reg_param * scale * np.eye(yty.shape[0])
     b = (1.0 + c1[positive]) @ y[positive]
@@ -57,13 +58,13 @@ def fold_in_rows(
     rated: np.ndarray,
     ratings: np.ndarray,
     reg_param: float,
-    alpha: float,
+    confidence: Confidence,
     reg_scaling: RegScaling = "per_interaction",
 ) -> np.ndarray:
     """The vector that best explains ``ratings`` on the fixed ``rated`` vectors (zero if none positive)."""
     if not (np.asarray(ratings) > 0).any():
         return np.zeros(yty.shape[0], dtype=np.float64)
-    return solve(*normal_equations(yty, rated, ratings, reg_param, alpha, reg_scaling))
+    return solve(*normal_equations(yty, rated, ratings, reg_param, confidence, reg_scaling))
 
 
 def fold_in(
@@ -72,18 +73,18 @@ def fold_in(
     item_positions: np.ndarray,
     ratings: np.ndarray,
     reg_param: float,
-    alpha: float,
+    confidence: Confidence,
     reg_scaling: RegScaling = "per_interaction",
 ) -> np.ndarray:
     """The user vector that best explains ``ratings`` on ``item_positions`` given fixed items."""
     positions = np.asarray(item_positions, dtype=np.int64)
     if positions.shape != np.shape(ratings):
         raise ValueError("item_positions and ratings must have the same length")
-    return fold_in_rows(yty, item_factors[positions], ratings, reg_param, alpha, reg_scaling)
+    return fold_in_rows(yty, item_factors[positions], ratings, reg_param, confidence, reg_scaling)
 
 
 def contributions(
-    a: np.ndarray, rated: np.ndarray, ratings: np.ndarray, alpha: float, candidates: np.ndarray
+    a: np.ndarray, rated: np.ndarray, ratings: np.ndarray, confidence: Confidence, candidates: np.ndarray
 ) -> np.ndarray:
     """How much each rated item adds to each candidate's score (candidates x rated).
 
@@ -92,7 +93,7 @@ def contributions(
     the score: the "because you ..." of Hu, Koren and Volinsky (2008).
     """
     r = np.asarray(ratings, dtype=np.float64)
-    weight = np.where(r > 0, 1.0 + alpha * np.abs(r), 0.0)
+    weight = np.where(r > 0, 1.0 + confidence.extra(r), 0.0)
     similarity = np.asarray(candidates, dtype=np.float64) @ solve(a, np.asarray(rated, dtype=np.float64).T)
     return similarity * weight
 

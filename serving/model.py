@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scipy.sparse import csr_matrix
+
+from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
 from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
 
@@ -26,8 +29,9 @@ class Model:
 
     version: int
     source_events_version: int
+    family: str  # "als" scores with factors, "ease" with neighbours
     reg_param: float
-    alpha: float
+    confidence: Confidence
     reg_scaling: RegScaling
     item_ids: np.ndarray
     item_positions: IdIndex
@@ -41,6 +45,7 @@ class Model:
     history_items: np.ndarray
     history_ratings: np.ndarray
     popularity: np.ndarray
+    neighbours: csr_matrix  # EASE's B over item positions (empty for ALS); rows score columns
     directory: Path
     loaded_at: float = field(compare=False)
 
@@ -48,7 +53,8 @@ class Model:
         """Read the arrays every request scores against, so the first requests after a swap
         find them in memory instead of faulting them in from the page cache; ``pause()`` runs
         between chunks (see ``serving.idle_gate``)."""
-        for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys):
+        weights = (self.neighbours.indptr, self.neighbours.indices, self.neighbours.data)
+        for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys, *weights):
             flat = array.reshape(-1).view(np.uint8)
             for start in range(0, len(flat), TOUCH_CHUNK_BYTES):
                 pause()
@@ -70,11 +76,13 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         pause()
         # np.asarray drops the memmap subclass (no copy), keeping per-request numpy calls plain
         a[name] = np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+    n_items = len(a["item_ids"])
     return Model(
         version=int(meta["version"]),
         source_events_version=int(meta["source_events_version"]),
+        family=str(meta["family"]),
         reg_param=float(meta["reg_param"]),
-        alpha=float(meta["alpha"]),
+        confidence=Confidence(**meta["confidence"]),
         reg_scaling=meta["reg_scaling"],
         item_ids=a["item_ids"],
         item_positions=IdIndex(a["item_keys"], a["item_key_positions"]),
@@ -88,6 +96,9 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         history_items=a["history_items"],
         history_ratings=a["history_ratings"],
         popularity=a["popularity"],
+        neighbours=csr_matrix(
+            (a["neighbour_weights"], a["neighbour_items"], a["neighbour_indptr"]), shape=(n_items, n_items), copy=False
+        ),
         directory=directory,
         loaded_at=loaded_at,
     )

@@ -1,10 +1,12 @@
 """Merge the batch view and the speed view into one ranked list for a user.
 
 Strategies, best first:
-- ``fold_in``: the user has interactions the model was not trained on (newer than
+- ``neighbours``: an item-item (EASE) model; the user's training and fresh
+  interactions each score their items' neighbours, summed (no solve);
+- ``fold_in``: an ALS model, and the user has interactions it was not trained on (newer than
   its event snapshot, held out of training, or on items only the speed layer
   knows); their vector is re-solved exactly from training + fresh ratings;
-- ``model``: nothing fresh; the stored ALS vector;
+- ``model``: an ALS model and nothing fresh; the stored vector;
 - ``trending_segment`` / ``trending_global``: cold start, the user has no history;
   trending items for their segment (country, then device, from the request or
   their profile), else globally;
@@ -60,6 +62,7 @@ class Recommendation:
     model_version: int | None
     fresh_interactions: int
     segment: str | None = None
+    model_family: str | None = None  # the family that scored the items; None for cold start
 
 
 def recommend(
@@ -84,19 +87,34 @@ def recommend(
         return _cold_start(catalogue, speed, attributes, user_key, query, history)
 
     rated, ratings = _merge(train_items, train_ratings, fresh)
+    seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
+    blocked, allowed = _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query)
+    if model.family == "ease":
+        x = model.confidence.positive(ratings)
+        weights = model.neighbours[rated]
+        scores = np.asarray(weights.T @ x, dtype=np.float32).ravel()
+        best = top_k(scores, query.k, blocked, allowed)
+        if query.explain:
+            parts = (weights[:, best].toarray() * x[:, None]).T  # (best x rated): x_j * B[j, c]
+            because: list[list[Because] | None] = [_strongest(catalogue, rated, row) for row in parts]
+        else:
+            because = [None] * len(best)
+        items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
+        return Recommendation(items, "neighbours", model.version, n_fresh, model_family=model.family)
     vector: np.ndarray | None = model.user_factors[user] if user is not None else None
     a: np.ndarray | None = None
     if fresh or query.explain:
         yty = catalogue.yty if fresh else model.yty
-        a, b = normal_equations(yty, catalogue.vectors(rated), ratings, model.reg_param, model.alpha, model.reg_scaling)
+        a, b = normal_equations(yty, catalogue.vectors(rated), ratings, model.reg_param, model.confidence, model.reg_scaling)
         vector = solve(a, b) if fresh else vector
     assert vector is not None  # a known user has a stored vector; an unknown one has fresh interactions
     scores = catalogue.scores(vector)
-    seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
-    best = top_k(scores, query.k, _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query))
-    because = _explain(catalogue, a, rated, ratings, best) if query.explain else [None] * len(best)
-    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
-    return Recommendation(items, "fold_in" if fresh else "model", model.version, n_fresh)
+    best = top_k(scores, query.k, blocked, allowed)
+    explained: list[list[Because] | None] = (
+        list(_explain(catalogue, a, rated, ratings, best)) if query.explain else [None] * len(best)
+    )
+    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, explained, strict=True)]
+    return Recommendation(items, "fold_in" if fresh else "model", model.version, n_fresh, model_family=model.family)
 
 
 def _fresh(
@@ -160,13 +178,14 @@ def _explain(catalogue: Catalogue, a, rated: np.ndarray, ratings: np.ndarray, be
     """Per recommended item, the user's items that added most to its score."""
     if a is None or not len(best) or not len(rated):
         return [[] for _ in best]
-    model = catalogue.model
-    parts = contributions(a, catalogue.vectors(rated), ratings, model.alpha, catalogue.vectors(best))
-    explained = []
-    for row in parts:
-        order = [j for j in np.argsort(-row)[:EXPLAIN_TOP] if row[j] > 0]
-        explained.append([Because(catalogue.item_id(int(rated[j])), float(row[j])) for j in order])
-    return explained
+    parts = contributions(a, catalogue.vectors(rated), ratings, catalogue.model.confidence, catalogue.vectors(best))
+    return [_strongest(catalogue, rated, row) for row in parts]
+
+
+def _strongest(catalogue: Catalogue, rated: np.ndarray, row: np.ndarray) -> list[Because]:
+    """The rated items with the largest positive contributions in ``row`` (one per rated item)."""
+    order = [j for j in np.argsort(-row)[:EXPLAIN_TOP] if row[j] > 0]
+    return [Because(catalogue.item_id(int(rated[j])), float(row[j])) for j in order]
 
 
 def _cold_start(
@@ -231,14 +250,20 @@ def _segments(speed: SpeedView, user_key: str, query: Query) -> list[tuple[str, 
 
 
 def similar(catalogue: Catalogue, attributes: ItemAttributes, item_id: str, query: Query) -> list[Scored] | None:
-    """Items closest to ``item_id`` by cosine of their factors (None if the item is unknown)."""
+    """Items closest to ``item_id`` (None if the item is unknown): by cosine of their factors (ALS),
+    or the items its interactions score most (EASE's positive weights)."""
     position = catalogue.position(item_id)
     if position is None:
         return None
+    blocked = np.union1d([position], _positions(catalogue, query.exclude))
+    if catalogue.model.family == "ease":
+        weights = catalogue.model.neighbours[position].toarray().ravel()
+        weights[weights <= 0] = -np.inf  # only items it speaks for
+        best = top_k(weights, query.k, blocked, _allowed(catalogue, attributes, query))
+        return [Scored(catalogue.item_id(p), float(weights[p])) for p in best]
     vector = catalogue.vectors(np.asarray([position]))[0]
     norms = np.concatenate([catalogue.model.item_norms, np.linalg.norm(catalogue.new_factors, axis=1)])
     scale = norms * max(float(np.linalg.norm(vector)), 1e-12)
     cosine = catalogue.scores(vector) / np.where(scale > 0, scale, np.inf)
-    blocked = np.union1d([position], _positions(catalogue, query.exclude))
     best = top_k(cosine, query.k, blocked, _allowed(catalogue, attributes, query))
     return [Scored(catalogue.item_id(p), float(cosine[p])) for p in best]

@@ -76,7 +76,8 @@ async def get_recommendations(
     """Top ``k`` items for the raw ``user_id`` (pseudonymised here, never stored).
 
     Merges the published model with the user's speed-layer interactions (exact
-    ALS fold-in); a user with no history gets trending items for their segment.
+    ALS fold-in, or EASE's item neighbours); a user with no history gets trending
+    items for their segment.
     """
     key = pseudonymise(user_id, services.settings.pseudonym_key)
     query = rec.Query(
@@ -97,6 +98,7 @@ async def get_recommendations(
         "strategy": result.strategy,
         "segment": result.segment,
         "model_version": result.model_version,
+        "model_family": result.model_family,
         "speed_view": services.speed_view.position(),
         "fresh_interactions": result.fresh_interactions,
     })
@@ -110,7 +112,8 @@ async def get_similar(
     exclude: ItemList = [],  # noqa: B006
     filter: Filters = [],  # noqa: B006, A002
 ) -> SimilarResponse:
-    """Items whose factors are closest (cosine) to ``item_id``'s, new items included."""
+    """Items most like ``item_id``: closest factors (cosine; ALS, new items included) or the items
+    its interactions score most (EASE)."""
     catalogue = services.catalogue()
     if catalogue is None:
         raise HTTPException(404, detail="no model is loaded yet")
@@ -118,7 +121,10 @@ async def get_similar(
     items = rec.similar(catalogue, services.attributes, item_id, query)
     if items is None:
         raise HTTPException(404, detail=f"item_id {item_id!r} is unknown to model {catalogue.model.version}")
-    return SimilarResponse(item_id=item_id, items=_items(items), model_version=catalogue.model.version)
+    return SimilarResponse(
+        item_id=item_id, items=_items(items), model_version=catalogue.model.version,
+        model_family=catalogue.model.family,
+    )
 
 
 @router.get("/trending", response_model=TrendingResponse)

@@ -18,6 +18,7 @@ from schemas.tables import (
     EVENTS,
     ITEM_FACTORS,
     ITEM_IDS,
+    ITEM_NEIGHBOURS,
     MODEL_INTERACTIONS,
     MODELS,
     USER_FACTORS,
@@ -28,16 +29,17 @@ from tests.support.delta import assert_delta_rs_reads_what_spark_reads, canonica
 pytestmark = pytest.mark.spark
 
 END = datetime(2025, 3, 1, tzinfo=UTC)
-SPARK_WRITTEN = (EVENTS, USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS, MODELS, USER_IDS, ITEM_IDS)
+SPARK_WRITTEN = (EVENTS, USER_FACTORS, ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, MODELS, USER_IDS, ITEM_IDS)
 MODEL_DATA = (USER_FACTORS, ITEM_FACTORS, MODEL_INTERACTIONS)
 
 
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
-    """Two models trained by the job on events the lake got through delta-spark."""
+    """Two models trained by the job on events the lake got through delta-spark: ALS, then EASE."""
     settings = Settings(
         root=tmp_path_factory.mktemp("readable") / "lambdarec",
         spark_shuffle_partitions=2, als_rank=8, als_iterations=4, model_retention=1, vacuum_retention_hours=0,
+        model_families=["als"], tune_trials=0,
     )
     lake = Lake(settings)
     events = bronze_table(generate_events(1500, n_users=80, n_items=150, n_clusters=4, seed=7, end=END), settings)
@@ -45,7 +47,8 @@ def trained(spark, tmp_path_factory):
     first = train.run(spark, settings)
     more = bronze_table(generate_events(300, n_users=100, n_items=150, n_clusters=4, seed=8, end=END), settings)
     assert lake.append_spark(EVENTS, spark.createDataFrame(more), app_id="test-events", txn_version=2) == 2
-    second = train.run(spark, settings)
+    second = train.run(spark, settings.model_copy(update={"model_families": ["ease"]}))
+    assert (first["engine"], second["engine"]) == ("implicit", "ease")
     assert (first["model_version"], second["model_version"]) == (1, 2)
     champion = registry.latest_published(lake)
     if champion is None or champion["model_version"] != 2:  # so that the expiry has model 1 to delete

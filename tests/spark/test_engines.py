@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 
 from batch.engines import AlsParams, ImplicitAls, SparkAls, confidence_matrix
-from batch.evaluate import Holdout, compare_to_popularity
+from batch.evaluate import Holdout, compare_to_popularity, factor_scorer
 from lambdarec.generator import World
 from lambdarec.model_bundle import gram
 from serving.foldin import fold_in
+from lambdarec.confidence import Confidence
 
 pytestmark = pytest.mark.spark
 
-PARAMS = AlsParams(rank=12, reg=0.05, alpha=5.0, iterations=8, seed=7, checkpoint_interval=2)
+# log confidence: Spark gets the scaled rating (alpha 1), implicit the confidence matrix; serving's
+# fold-in must reproduce both engines' user vectors from the raw ratings
+PARAMS = AlsParams(rank=12, reg=0.05, alpha=5.0, iterations=8, seed=7, checkpoint_interval=2, scaling="log")
 
 
 def planted_rows():
@@ -82,7 +85,7 @@ class EngineContract:
             n_u = max(int((ratings > 0).sum()), 1)
             # fold_in scales reg by n_u; a constant-regularised engine needs reg / n_u there
             reg = PARAMS.reg if engine.reg_scaling == "per_interaction" else PARAMS.reg / n_u
-            x = fold_in(factors.items, yty, np.array([p for p, _ in mine]), ratings, reg, PARAMS.alpha)
+            x = fold_in(factors.items, yty, np.array([p for p, _ in mine]), ratings, reg, PARAMS.confidence())
             worst = max(worst, np.abs(x - stored).max() / max(np.abs(stored).max(), 1e-3))
         assert worst < 1e-3, f"largest relative difference from the stored vectors: {worst:.2e}"
 
@@ -94,7 +97,7 @@ class EngineContract:
             n_users, n_items, [u for u, _, _ in rows], [i for _, i, _ in rows],
             [u for u, _ in held], [i for _, i in held],
         )
-        metrics = compare_to_popularity(factors.dense_users(n_users), factors.dense_items(n_items), holdout, 10)
+        metrics = compare_to_popularity(factor_scorer(factors.dense_users(n_users), factors.dense_items(n_items)), holdout, 10)
         assert metrics["n_eval_users"] > 100
         assert metrics["model_recall_at_10"] > 1.5 * metrics["popularity_recall_at_10"], metrics
 
@@ -119,6 +122,19 @@ class TestImplicitAls(EngineContract):
 
 
 def test_confidence_matrix_follows_sparks_convention():
-    m = confidence_matrix(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.array([2.0, -1.0, 0.0, 1.0]), 3.0)
+    users, items, ratings = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.array([2.0, -1.0, 0.0, 1.0])
+    m = confidence_matrix(users, items, ratings, Confidence("linear", 3.0))
     assert m.toarray().tolist() == [[7.0, -4.0], [0.0, 4.0]]
     assert m.nnz == 3
+    logged = confidence_matrix(users, items, ratings, Confidence("log", 3.0, epsilon=1.0)).toarray()
+    assert np.allclose(logged, [[1 + 3 * np.log(3), -(1 + 3 * np.log(2))], [0.0, 1 + 3 * np.log(2)]])
+
+
+@pytest.mark.parametrize("scaling", ["linear", "log", "binary"])
+def test_sparks_scaled_rating_is_the_confidence_serving_uses(spark, scaling):
+    confidence = Confidence(scaling, alpha=2.5, epsilon=0.5)
+    ratings = [3.0, -1.5, 0.0, 0.25]
+    frame = spark.createDataFrame([(r,) for r in ratings], "rating double")
+    scaled = [row[0] for row in frame.select(confidence.extra_column(frame["rating"])).collect()]
+    assert np.allclose(np.abs(scaled), confidence.extra(np.array(ratings)))
+    assert np.array_equal(np.sign(scaled), np.sign(ratings))

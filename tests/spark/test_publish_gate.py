@@ -63,13 +63,13 @@ def test_the_implicit_engine_writes_the_same_tables_and_rows(spark, champion):
 
 def test_gate_refuses_nan_factors_and_thin_coverage(settings):
     strict = settings.model_copy(update={"gate_min_item_coverage": 0.9})
-    good = {"model_recall_at_10": 0.3, "popularity_recall_at_10": 0.1, "user_coverage": 1.0, "item_coverage": 1.0}
+    good = {"model_ndcg_at_10": 0.3, "popularity_ndcg_at_10": 0.1, "user_coverage": 1.0, "item_coverage": 1.0}
     assert gate.decide(good, None, strict)[0] == registry.PUBLISHED
     assert "NaN" in gate.decide({**good, "nan_factors": 2}, None, strict)[1]
     status, reason = gate.decide({**good, "item_coverage": 0.5}, None, strict)
     assert status == registry.REJECTED and "50.0% of active items" in reason
-    champion = {"model_version": 4, "metrics": {"model_recall_at_10": 0.4}}
+    champion = {"model_version": 4, "metrics": {"model_ndcg_at_10": 0.4}}
     status, reason = gate.decide(good, champion, strict)
     assert status == registry.REJECTED and "champion v4" in reason
-    assert gate.decide({**good, "model_recall_at_10": 0.395}, champion, strict)[0] == registry.PUBLISHED
+    assert gate.decide({**good, "model_ndcg_at_10": 0.395}, champion, strict)[0] == registry.PUBLISHED
     assert Lake(strict).version(MODELS) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lambdarec.model_bundle import gram
+from lambdarec.confidence import Confidence
 from serving.foldin import fold_in
 
 pytestmark = pytest.mark.spark
@@ -48,7 +49,7 @@ def test_fold_in_reproduces_spark_user_factors(trained):
         mine = [(position[i], r) for u, i, r in rows if u == user]
         positions = np.asarray([p for p, _ in mine])
         ratings = np.asarray([r for _, r in mine], dtype=np.float32)
-        x = fold_in(y, yty, positions, ratings, REG, ALPHA)
+        x = fold_in(y, yty, positions, ratings, REG, Confidence("linear", ALPHA))  # Spark ML's own: c = 1 + alpha * |r|
         worst = max(worst, np.abs(x - expected).max() / max(np.abs(expected).max(), 1e-3))
     assert len(users) == 25
     assert worst < 1e-5, f"largest relative difference from Spark's userFactors: {worst:.2e}"

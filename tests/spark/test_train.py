@@ -151,7 +151,7 @@ def test_training_without_events_is_a_clear_error(settings):
 def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, settings):
     space = {"rank": [2, 16], "alpha": [10.0]}
     settings = small_settings(settings.root).model_copy(
-        update={"tune_trials": 2, "tune_method": "grid", "tune_space": space, "als_iterations": 5}
+        update={"tune_trials": 2, "tune_method": "grid", "tune_space": space, "als_iterations": 5, "tune_budget_s": 0}
     )
     seed_lake(settings)
     summary = train.run(spark, settings)
@@ -161,5 +161,5 @@ def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, set
     assert [t["params"]["rank"] for t in trials] == [2, 16]
     best = max(trials, key=lambda t: t["metric"])
     assert params["rank"] == best["params"]["rank"] == 16  # rank 2 cannot hold six clusters
-    assert params["tuning"]["metric"] == "validation model_recall_at_10"
+    assert params["tuning"]["metric"] == "validation model_ndcg_at_10"
     assert summary["status"] == registry.PUBLISHED

@@ -40,8 +40,13 @@ def event_rows(n: int, start: int = 0) -> pa.Table:
 
 
 def small_settings(root) -> Settings:
-    """Settings for a quick ALS training on a small lake at ``root``."""
-    return Settings(root=root, spark_shuffle_partitions=2, als_rank=16, als_iterations=8)
+    """Settings for a quick Spark ALS training on a small lake at ``root``: one family, no tuning, the
+    confidence Spark ML's own docs use (linear), so these tests pin Spark's engine; tests/spark/test_families.py
+    trains with the default families."""
+    return Settings(
+        root=root, spark_shuffle_partitions=2, model_families=["als"], als_engine="spark", als_rank=16,
+        als_iterations=8, als_reg=0.05, als_alpha=10.0, confidence_scaling="linear", tune_trials=0,
+    )
 
 
 def seed_lake(settings: Settings, seed: int = 3, n_events: int = 4000) -> Lake:

@@ -30,8 +30,10 @@ from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 from serving.app import create_app
 from serving.foldin import fold_in
 from tests.plugins.broker import free_port
+from lambdarec.confidence import Confidence
 
 REG, ALPHA = 0.1, 5.0
+CONFIDENCE = Confidence("linear", ALPHA)  # rows without a scaling were linear
 DEADLINE_S = 30.0
 
 
@@ -106,6 +108,23 @@ def speed_update(settings: Settings, user: str, batch_id: int, events_version: i
         producer.close()
 
 
+def speed_rows(view, events_version: int, rows: list[tuple[str, str, float, str]], batch_id: int = 0) -> None:
+    """Apply one user_interactions update of (user, item, weight, event id) rows to a speed view."""
+    view.apply(
+        {
+            "kind": "user_interactions",
+            "query_id": "q",
+            "batch_id": batch_id,
+            "events_version": events_version,
+            "rows": [
+                {"user_id": u, "item_id": i, "event_type": "click", "weight": w,
+                 "occurred_at": "2024-01-01T00:00:00+00:00", "event_id": e}
+                for u, i, w, e in rows
+            ],
+        }
+    )
+
+
 def write_model(
     lake: Lake,
     version: int,
@@ -128,7 +147,7 @@ def write_model(
     for user in user_ids:
         positions = np.asarray([item_pos[i] for i in ratings[user]])
         values = np.asarray(list(ratings[user].values()))
-        users[user] = fold_in(y, yty, positions, values, REG, ALPHA).astype(np.float32)
+        users[user] = fold_in(y, yty, positions, values, REG, CONFIDENCE).astype(np.float32)
     lake.append_arrow(ITEM_FACTORS, _factor_table(version, "item", item_ids, list(y)))
     lake.append_arrow(USER_FACTORS, _factor_table(version, "user", user_ids, [users[u] for u in user_ids]))
     rows = [(u, item_pos[i], r) for u in user_ids for i, r in ratings[u].items()]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from batch.evaluate import Holdout, compare_to_popularity, popularity_scorer, ranking_metrics
+from batch.evaluate import Holdout, compare_to_popularity, factor_scorer, popularity_scorer, ranking_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -65,7 +65,7 @@ def test_popularity_counts_training_users_per_item(holdout):
 
 def test_compare_prefixes_both_sides(holdout):
     factors = np.eye(5)[:3]
-    metrics = compare_to_popularity(factors, np.eye(5), holdout, k=10)
+    metrics = compare_to_popularity(factor_scorer(factors, np.eye(5)), holdout, k=10)
     assert {"model_recall_at_10", "popularity_recall_at_10", "model_ndcg_at_10", "n_eval_users"} <= set(metrics)
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from lambdarec.model_bundle import gram
 from serving.foldin import fold_in, top_k
+from lambdarec.confidence import Confidence
 
 pytestmark = pytest.mark.unit
 
@@ -29,7 +30,7 @@ def test_solution_minimises_the_implicit_als_loss():
     ratings = np.zeros(12)
     ratings[[1, 4, 5, 9]] = [1.0, 3.0, 0.5, 8.0]
     positions = np.flatnonzero(ratings)
-    x = fold_in(y, gram(y), positions, ratings[positions], reg_param=0.3, alpha=2.0)
+    x = fold_in(y, gram(y), positions, ratings[positions], reg_param=0.3, confidence=Confidence("linear", 2.0))
     assert np.abs(implicit_loss_gradient(x, y, ratings, 0.3, 2.0)).max() < 1e-9
 
 
@@ -39,27 +40,27 @@ def test_negative_ratings_add_confidence_but_no_preference():
     ratings = np.zeros(8)
     ratings[[0, 2, 3]] = [2.0, -1.5, 1.0]
     positions = np.flatnonzero(ratings)
-    x = fold_in(y, gram(y), positions, ratings[positions], reg_param=0.2, alpha=4.0)
+    x = fold_in(y, gram(y), positions, ratings[positions], reg_param=0.2, confidence=Confidence("linear", 4.0))
     grad = implicit_loss_gradient(x, y, ratings, 0.2, 4.0)
     assert np.abs(grad).max() < 1e-9
 
 
 def test_a_user_with_no_positive_rating_gets_the_zero_vector():
     y = np.eye(3)
-    x = fold_in(y, gram(y), np.array([0]), np.array([-2.0]), 0.1, 1.0)
+    x = fold_in(y, gram(y), np.array([0]), np.array([-2.0]), 0.1, Confidence("linear", 1.0))
     assert np.array_equal(x, np.zeros(3))
 
 
 def test_folded_in_user_prefers_items_like_the_ones_they_used():
     y = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.0], [0.0, 1.0], [0.1, 0.9]])
-    x = fold_in(y, gram(y), np.array([0, 1]), np.array([3.0, 2.0]), 0.1, 5.0)
+    x = fold_in(y, gram(y), np.array([0, 1]), np.array([3.0, 2.0]), 0.1, Confidence("linear", 5.0))
     scores = y @ x
     assert list(top_k(scores, 2, exclude=np.array([0, 1]))) == [2, 4]
 
 
 def test_mismatched_inputs_are_rejected():
     with pytest.raises(ValueError, match="same length"):
-        fold_in(np.eye(2), np.eye(2), np.array([0, 1]), np.array([1.0]), 0.1, 1.0)
+        fold_in(np.eye(2), np.eye(2), np.array([0, 1]), np.array([1.0]), 0.1, Confidence("linear", 1.0))
 
 
 def test_top_k_orders_excludes_and_breaks_ties_by_position():

@@ -12,10 +12,11 @@ from lambdarec.lake import Lake
 from lambdarec.model_bundle import local_path, model_bundle_uri
 from schemas.tables import ITEM_FACTORS, MODELS, USER_FACTORS
 from serving.model import open_model
+from lambdarec.confidence import Confidence
 
 pytestmark = pytest.mark.unit
 
-GOOD = {"model_recall_at_10": 0.3, "popularity_recall_at_10": 0.1, "user_coverage": 1.0, "item_coverage": 1.0}
+GOOD = {"model_ndcg_at_10": 0.3, "popularity_ndcg_at_10": 0.1, "user_coverage": 1.0, "item_coverage": 1.0}
 
 
 def candidate(lake: Lake, version: int, vectors: list[list[float]], metrics=GOOD) -> None:
@@ -45,7 +46,7 @@ def test_publishing_writes_the_model_bundle_that_servers_map(settings):
     gate.run(lake, settings, 1)
     bundle = local_path(model_bundle_uri(settings, 1))
     model = open_model(bundle, loaded_at=0.0)
-    assert (model.version, model.source_events_version, model.reg_param, model.alpha) == (1, 3, 0.1, 5.0)
+    assert (model.version, model.source_events_version, model.reg_param, model.confidence) == (1, 3, 0.1, Confidence("linear", 5.0))
     assert np.allclose(model.user_factors, [[0.1, 0.2], [0.3, 0.4]])
     assert model.item_positions["item-1"] == 1 and list(model.item_ids) == ["item-0", "item-1"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from batch.evaluate import Holdout, compare_to_popularity, popularity_scorer
+from batch.evaluate import Holdout, compare_to_popularity, factor_scorer, popularity_scorer
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from serving.item_attributes import ItemAttributes
@@ -61,6 +61,6 @@ def test_served_popular_ranking_is_the_gates_baseline(settings):
 
 def test_baseline_without_weights_counts_every_training_pair():
     holdout = Holdout.from_pairs(3, 3, [0, 1, 2], [0, 0, 1], [0], [2])
-    metrics = compare_to_popularity(np.eye(3), np.eye(3), holdout, k=2)
+    metrics = compare_to_popularity(factor_scorer(np.eye(3), np.eye(3)), holdout, k=2)
     assert "popularity_recall_at_2" in metrics
     assert popularity_scorer(holdout.train)(np.array([0]))[0].tolist() == [2.0, 1.0, 0.0]

@@ -22,7 +22,7 @@ from serving.catalogue import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView
-from tests.support.serving import ALPHA, REG, write_model
+from tests.support.serving import CONFIDENCE, REG, speed_rows, write_model
 
 pytestmark = pytest.mark.unit
 
@@ -65,26 +65,10 @@ def scored(result):
     return [(item.item_id, item.score) for item in result.items]
 
 
-def speed_rows(view, events_version, rows, batch_id=0):
-    view.apply(
-        {
-            "kind": "user_interactions",
-            "query_id": "q",
-            "batch_id": batch_id,
-            "events_version": events_version,
-            "rows": [
-                {"user_id": u, "item_id": i, "event_type": "click", "weight": w,
-                 "occurred_at": "2024-01-01T00:00:00+00:00", "event_id": e}
-                for u, i, w, e in rows
-            ],
-        }
-    )
-
-
 def test_loads_the_published_model(store):
     model = store.current
     assert (model.version, model.source_events_version) == (1, 10)
-    assert (model.reg_param, model.alpha) == (REG, ALPHA)
+    assert (model.reg_param, model.confidence, model.family) == (REG, CONFIDENCE, "als")
     assert model.item_factors.shape == (10, 2) and model.user_factors.shape == (3, 2)
     items, ratings = model.history(model.user_positions["uc"])
     assert sorted(zip(model.item_ids[items], ratings, strict=True)) == [("a0", 1.0), ("b0", 5.0), ("b2", 2.0)]
@@ -156,7 +140,7 @@ def test_fold_in_of_a_training_user_matches_the_stored_vector(store, settings):
     position = model.user_positions["uc"]
     assert recommend(model, SpeedView(settings), "uc", k=1).strategy == "model"
     items, ratings = model.history(position)
-    x = fold_in(model.item_factors, model.yty, items, ratings, model.reg_param, model.alpha)
+    x = fold_in(model.item_factors, model.yty, items, ratings, model.reg_param, model.confidence)
     assert np.allclose(x, model.user_factors[position], atol=1e-6)
 
 
@@ -198,7 +182,7 @@ def test_a_new_item_is_folded_in_from_its_users_and_becomes_recommendable(store,
     catalogue = build(model, view)
     assert list(catalogue.new_ids) == ["zz"] and catalogue.position("zz") == len(model.item_ids)
     users = [model.user_positions["ua"], model.user_positions["uc"]]
-    expected = fold_in(model.user_factors, model.xtx, np.asarray(users), np.asarray([8.0, 1.0]), REG, ALPHA)
+    expected = fold_in(model.user_factors, model.xtx, np.asarray(users), np.asarray([8.0, 1.0]), REG, CONFIDENCE)
     assert np.allclose(catalogue.new_factors[0], expected, atol=1e-5)
     assert np.allclose(catalogue.yty, model.yty + np.outer(expected, expected), atol=1e-4)
     fan = recommend(model, view, "fan", k=10)

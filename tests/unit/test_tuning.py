@@ -60,3 +60,12 @@ def test_gate_metric_and_engine_are_checked_when_settings_load():
     with pytest.raises(ValidationError, match="als_engine"):
         Settings(als_engine="spark-als")
     assert {engine.name for engine in ENGINES.values()} == {"spark", "implicit"} == set(ENGINES)
+
+
+def test_ease_tunes_its_penalty_alone():
+    from batch.ease import EaseParams
+
+    result = search(lambda p: -abs(p.l2 - 500.0), EaseParams(l2=100.0), {"l2": [100.0, 500.0, 1000.0]}, "grid", 5)
+    assert result["best"]["params"] == {"l2": 500.0} and len(result["trials"]) == 3
+    with pytest.raises(ValueError, match="cannot tune"):
+        search(lambda p: 0.0, EaseParams(l2=100.0), {"rank": [8]}, "grid", 5)
