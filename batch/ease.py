@@ -80,13 +80,31 @@ def fit_ease(
     _, rows = np.unique(users, return_inverse=True)
     x = sparse.csr_matrix((values, (rows, columns)), shape=(int(rows.max()) + 1 if len(rows) else 0, len(item_index)))
     x.sum_duplicates()
-    gram = (x.T @ x).toarray()
+    gram = (x.T @ x).toarray().astype(np.float32)
     gram[np.diag_indices_from(gram)] += params.l2 * float(np.mean(x.data**2)) if x.nnz else params.l2
-    precision = np.linalg.inv(gram)
-    del gram
+    precision = _inverse(gram)
     precision /= -np.diag(precision)  # column j divided by -P_jj: B's off-diagonal
     np.fill_diagonal(precision, 0.0)
     return ItemWeights(item_index=item_index, weights=_strongest(precision, params.neighbours))
+
+
+def _inverse(gram: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite float32 matrix, by Cholesky (in place of ``gram``).
+
+    About four times faster than a float64 LU inverse and half the memory; the ridge keeps the
+    matrix well conditioned, so float32 loses nothing that ranking sees.
+    """
+    from scipy.linalg import lapack
+
+    factor, info = lapack.spotrf(gram, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE's Gram matrix is not positive definite (LAPACK info {info})")
+    inverse, info = lapack.spotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE's Gram matrix cannot be inverted (LAPACK info {info})")
+    upper = np.triu(inverse)
+    upper += np.triu(upper, 1).T  # spotri fills the upper triangle only
+    return upper
 
 
 def _strongest(weights: np.ndarray, keep: int) -> sparse.csr_matrix:

@@ -156,7 +156,7 @@ def _compete(spark, lake, settings, data: Prepared, checkpoints: str, model_vers
     """(winning candidate, its holdout metrics, every family's entry): each family, tuned when
     tuning is on, fitted on the training split and scored on the same holdout."""
     metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
-    holdout = holdout_of(data)
+    holdout = holdout_of(data, settings.eval_max_users, SEED)
     compared: list[dict[str, Any]] = []
     best: tuple[families.Candidate, dict[str, Any]] | None = None
     inner: Prepared | None = None
@@ -190,7 +190,7 @@ def _compete(spark, lake, settings, data: Prepared, checkpoints: str, model_vers
 
 def _tune(settings: Settings, inner: Prepared, base: families.Candidate, checkpoints: str, model_version: int):
     """The family's best hyperparameters on a validation split of the training events."""
-    holdout = holdout_of(inner)
+    holdout = holdout_of(inner, settings.eval_max_users, SEED)
     metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
 
     def score(params) -> float:
@@ -202,7 +202,7 @@ def _tune(settings: Settings, inner: Prepared, base: families.Candidate, checkpo
         settings.tune_trials, settings.tune_budget_s,
     )
     _log("tuned", model_version=model_version, family=base.family, metric=metric, best=result["best"],
-         trials=len(result["trials"]))
+         trials=len(result["trials"]), elapsed_s=result["elapsed_s"])
     best = replace(base, params=replace(base.params, **result["best"]["params"]))
     return best, {**result, "metric": f"validation {metric}"}
 

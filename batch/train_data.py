@@ -94,7 +94,10 @@ class Prepared:
 
 def _mapped(spark, lake: Lake, ratings: "DataFrame", model_version: int) -> tuple[pa.Table, pa.Table]:
     """(user mapping, item mapping) of the ids in ``ratings``, mapping any new one first."""
-    ids = ratings.select("user_id", "item_id").toArrow()
-    users = idmap.ensure_mapped(lake, USER_IDS, ids.column("user_id").to_pylist(), model_version, spark)
-    items = idmap.ensure_mapped(lake, ITEM_IDS, ids.column("item_id").to_pylist(), model_version, spark)
-    return users, items
+    users, items = (
+        ratings.select(column).distinct().toArrow().column(column).to_pylist() for column in ("user_id", "item_id")
+    )
+    return (
+        idmap.ensure_mapped(lake, USER_IDS, users, model_version, spark),
+        idmap.ensure_mapped(lake, ITEM_IDS, items, model_version, spark),
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from batch.evaluate import Holdout, compare_to_popularity
 from batch.interactions import holdout_pairs
 from batch.train_data import Prepared
@@ -12,8 +14,12 @@ if TYPE_CHECKING:
     from batch.families import Trained
 
 
-def holdout_of(data: Prepared) -> Holdout:
-    """The split's training and held-out pairs by index, collected once for every model scored on it."""
+def holdout_of(data: Prepared, max_users: int, seed: int) -> Holdout:
+    """The split's training and held-out pairs by index, collected once for every model scored on it.
+
+    Above ``max_users`` users with held-out items, a seeded sample of them is scored (every
+    model and the baseline on the same users): the metrics' error stays small while scoring
+    a large catalogue for every user would cost more than the fits."""
     from pyspark.sql import functions as F
 
     spark = data.train.sparkSession
@@ -27,6 +33,10 @@ def holdout_of(data: Prepared) -> Holdout:
         .select("user_index", F.coalesce("item_index", F.lit(-1)).alias("item_index"))
         .toPandas()
     )
+    held_users = np.unique(held.user_index)
+    if len(held_users) > max_users:
+        chosen = np.random.default_rng(seed).choice(held_users, max_users, replace=False)
+        held = held[np.isin(held.user_index, chosen)]
     return Holdout.from_pairs(
         n_users, n_items, seen.user_index, seen.item_index, held.user_index, held.item_index,
         train_weights=seen.rating,

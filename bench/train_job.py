@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -136,6 +137,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set", dest="fields", action="append", default=[], metavar="NAME=VALUE",
                         help="A settings field for every run (repeatable).")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)  # the job's events
     fields = override(args.fields)
     out = {"settings": fields, "sizes": {size: bench_size(size, args.repeats, args.seed, fields) for size in args.sizes}}
     print(json.dumps(out, default=str))

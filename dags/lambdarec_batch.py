@@ -63,9 +63,9 @@ def lambdarec_batch():
         )
         return {"model_version": model_version, "events_version": events_version, "run_key": key}
 
-    @task.bash(task_id="train_als")
-    def train_als(pinned: dict, params: dict | None = None) -> str:
-        """spark-submit ``batch/train.py`` on the pinned versions: fit, holdout evaluation, candidate row."""
+    @task.bash(task_id="train")
+    def train(pinned: dict, params: dict | None = None) -> str:
+        """spark-submit ``batch/train.py`` on the pinned versions: families on the holdout, the best refitted, candidate row."""
         from argparse import Namespace
 
         from batch.train_args import job_args
@@ -111,7 +111,7 @@ def lambdarec_batch():
         return {"skipped": False, **decision, **response.json()}
 
     pinned = snapshot()
-    trained = train_als(pinned)
+    trained = train(pinned)
     decision = publish_or_reject(pinned)
     trained >> decision
     reload_serving(decision)

@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("lambdarec.broker", "Run the embedded single-node Apache Kafka broker (KRaft) on loopback."),
     "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
-    "train": ("batch.train", "Train, evaluate and publish an ALS model from the lake."),
+    "train": ("batch.train", "Train every model family, refit the best on the whole snapshot, gate and publish it."),
     "status": ("lambdarec.status", "Show the speed job's progress, lag and the published model."),
     "evaluate": ("lambdarec.evaluate", "Benchmark the product on an interactions file: split, import, train, serve, score."),
     "import": ("batch.importer", "Backfill historical interactions (CSV, Parquet, MovieLens) into events."),

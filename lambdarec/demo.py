@@ -143,10 +143,12 @@ class Demo:
             raise StageError(f"training published no model:\n{child.log_tail()}")
         metrics = model["metrics"] or {}
         self.summary["model_version"] = model["model_version"]
+        self.summary["model_engine"] = model["engine"]
         self.summary["model_recall_at_10"] = metrics.get("model_recall_at_10")
         self.summary["popularity_recall_at_10"] = metrics.get("popularity_recall_at_10")
-        say(f"  model v{model['model_version']}: recall@10 {metrics.get('model_recall_at_10'):.3f} "
-            f"vs popularity {metrics.get('popularity_recall_at_10'):.3f}")
+        say(f"  model v{model['model_version']} ({model['engine']}, the best of "
+            f"{', '.join(entry['family'] for entry in metrics.get('families', []))}): "
+            f"recall@10 {metrics.get('model_recall_at_10'):.3f} vs popularity {metrics.get('popularity_recall_at_10'):.3f}")
         return model
 
     def load_model(self, version: int) -> None:

@@ -269,19 +269,22 @@ class Settings(BaseSettings):
     )
     eval_cutoff: datetime | None = Field(None, description="Cutoff for eval_split=cutoff.")
     eval_k: int = Field(10, ge=1, description="k of the offline ranking metrics.")
+    eval_max_users: int = Field(
+        20_000, ge=1, description="Users the holdout metrics score at most (a seeded sample above that)."
+    )
     tune_trials: int = Field(
         6, ge=0, description="Hyperparameter search trials per model family before training; 0 = no search."
     )
     tune_method: Literal["grid", "random"] = Field("random", description="Search: the grid in order, or a seeded sample.")
     tune_budget_s: float = Field(
-        120.0, ge=0, description="Stop starting a family's trials after this many seconds; 0 = no limit."
+        60.0, ge=0, description="Stop starting a family's trials after this many seconds; 0 = no limit."
     )
     tune_space: dict[str, list[float]] = Field(
         default_factory=_default_tune_space,
         description="Values to search per ALS hyperparameter (rank, reg, alpha, iterations).",
     )
     tune_max_events: int = Field(
-        2_000_000, ge=1, description="Above this many training events, trials fit on a seeded sample of users."
+        500_000, ge=1, description="Above this many training events, trials fit on a seeded sample of users."
     )
     ease_tune_l2: list[float] = Field(
         default_factory=_default_ease_tune_l2, description="EASE penalties (ease_l2) the search tries."

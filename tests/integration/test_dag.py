@@ -95,7 +95,7 @@ def test_dags_import_cleanly_and_lightly(airflow_env):
     assert info["heavy_imports"] == []
     batch = info["dags"]["lambdarec_batch"]
     assert batch["schedule"] == "@hourly" and batch["catchup"] is False and batch["max_active_runs"] == 1
-    assert batch["tasks"] == ["snapshot", "train_als", "publish_or_reject", "reload_serving"]
+    assert batch["tasks"] == ["snapshot", "train", "publish_or_reject", "reload_serving"]
     assert info["dags"]["lambdarec_maintenance"]["tasks"] == ["compact", "vacuum", "expire_models"]
 
 
@@ -130,7 +130,7 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-5000:]
         result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
-        tasks = {"snapshot": "success", "train_als": "success", "publish_or_reject": "success", "reload_serving": "success"}
+        tasks = {"snapshot": "success", "train": "success", "publish_or_reject": "success", "reload_serving": "success"}
         assert result == {"state": "success", "tasks": tasks}, output[-5000:]
         assert client.get("/ready").json()["model_version"] == 1  # told to reload, not polling
 
