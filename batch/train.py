@@ -199,7 +199,7 @@ def _tune(settings: Settings, inner: Prepared, base: families.Candidate, checkpo
 
     result = tuning.search(
         score, base.params, families.tune_space(base.family, settings), settings.tune_method,
-        settings.tune_trials, settings.tune_budget_s,
+        settings.tune_trials, settings.tune_budget_s, min_gain=settings.tune_min_gain,
     )
     _log("tuned", model_version=model_version, family=base.family, metric=metric, best=result["best"],
          trials=len(result["trials"]), elapsed_s=result["elapsed_s"])

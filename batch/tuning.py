@@ -49,21 +49,29 @@ def search(
     trials: int,
     budget_s: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
+    min_gain: float = 0.0,
 ) -> dict[str, Any]:
-    """Score candidates until the trials or the time budget (0 = none) run out; the best wins.
+    """Score the configured parameters (``base``) first, then candidates, until the trials or the time
+    budget (0 = none) run out. A candidate replaces ``base`` only if its metric beats base's by more
+    than ``min_gain`` (relative): on a small validation split most differences are noise, and the
+    configured values are the ones evaluation on real data chose.
 
     A trial always finishes once started, so the budget can be overrun by one fit.
     """
     started = clock()
-    done: list[dict[str, Any]] = []
     tunable = TUNABLE[type(base)]
+    configured = {k: getattr(base, k) for k in tunable}
+    done: list[dict[str, Any]] = [{"params": configured, "metric": float(score(base)), "configured": True}]
     for values in candidates(space, method, trials, getattr(base, "seed", 0), tunable):
-        if done and budget_s and clock() - started >= budget_s:
-            break
         typed: dict[str, Any] = {k: (int(v) if k in INTEGER_PARAMS else float(v)) for k, v in values.items()}
         params = replace(base, **typed)
-        done.append({"params": {k: getattr(params, k) for k in tunable}, "metric": float(score(params))})
-    if not done:
-        raise ValueError("the search space is empty")
+        tried = {k: getattr(params, k) for k in tunable}
+        if tried == configured:
+            continue
+        if len(done) >= trials or (budget_s and clock() - started >= budget_s):
+            break
+        done.append({"params": tried, "metric": float(score(params))})
     best = max(done, key=lambda trial: trial["metric"])
+    if best["metric"] <= done[0]["metric"] * (1.0 + min_gain):
+        best = done[0]
     return {"method": method, "trials": done, "best": best, "elapsed_s": round(clock() - started, 3)}

@@ -283,6 +283,12 @@ class Settings(BaseSettings):
         default_factory=_default_tune_space,
         description="Values to search per ALS hyperparameter (rank, reg, alpha, iterations).",
     )
+    tune_min_gain: float = Field(
+        0.02,
+        ge=0,
+        description="A trial replaces the configured parameters only if its validation metric is this much "
+        "better (relative); smaller differences are noise on a validation split.",
+    )
     tune_max_events: int = Field(
         500_000, ge=1, description="Above this many training events, trials fit on a seeded sample of users."
     )

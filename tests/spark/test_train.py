@@ -151,7 +151,8 @@ def test_training_without_events_is_a_clear_error(settings):
 def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, settings):
     space = {"rank": [2, 16], "alpha": [10.0]}
     settings = small_settings(settings.root).model_copy(
-        update={"tune_trials": 2, "tune_method": "grid", "tune_space": space, "als_iterations": 5, "tune_budget_s": 0}
+        update={"tune_trials": 2, "tune_method": "grid", "tune_space": space, "als_iterations": 5, "tune_budget_s": 0,
+                "als_rank": 2}  # configured too small: the search must replace it
     )
     seed_lake(settings)
     summary = train.run(spark, settings)
@@ -160,6 +161,6 @@ def test_tuning_picks_on_the_validation_metric_and_records_the_search(spark, set
     trials = params["tuning"]["trials"]
     assert [t["params"]["rank"] for t in trials] == [2, 16]
     best = max(trials, key=lambda t: t["metric"])
-    assert params["rank"] == best["params"]["rank"] == 16  # rank 2 cannot hold six clusters
+    assert trials[0]["configured"] and params["rank"] == best["params"]["rank"] == 16  # rank 2 cannot hold six clusters
     assert params["tuning"]["metric"] == "validation model_ndcg_at_10"
     assert summary["status"] == registry.PUBLISHED

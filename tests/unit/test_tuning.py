@@ -69,3 +69,12 @@ def test_ease_tunes_its_penalty_alone():
     assert result["best"]["params"] == {"l2": 500.0} and len(result["trials"]) == 3
     with pytest.raises(ValueError, match="cannot tune"):
         search(lambda p: 0.0, EaseParams(l2=100.0), {"rank": [8]}, "grid", 5)
+
+
+def test_the_configured_parameters_are_scored_first_and_kept_unless_beaten_clearly():
+    score = {8: 0.200, 16: 0.203}  # rank 16 is 1.5 % better: noise at a 2 % minimum gain
+    result = search(lambda p: score[p.rank], BASE, {"rank": [16, 8]}, "grid", 5, min_gain=0.02)
+    assert [t["params"]["rank"] for t in result["trials"]] == [8, 16]  # configured first, never twice
+    assert result["trials"][0]["configured"] and result["best"]["params"]["rank"] == 8
+    score[16] = 0.21  # 5 % better: a real gain
+    assert search(lambda p: score[p.rank], BASE, {"rank": [16, 8]}, "grid", 5, min_gain=0.02)["best"]["params"]["rank"] == 16
