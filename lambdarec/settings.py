@@ -64,11 +64,13 @@ def canonical_als_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _default_tune_space() -> dict[str, list[float]]:
-    return {"rank": [32, 64], "reg": [20.0, 40.0, 80.0], "alpha": [2.0, 4.0, 8.0], "iterations": [15]}
+    # Only the rank by default: on MovieLens, trials that moved alpha and reg won their validation
+    # split (fitted on 60 % of the data) yet lost on a held-out quarter once refitted on all of it.
+    return {"rank": [32, 64]}
 
 
 def _default_ease_tune_l2() -> list[float]:
-    return [200.0, 500.0, 1000.0]
+    return [250.0, 500.0, 1000.0]
 
 
 class Settings(BaseSettings):
