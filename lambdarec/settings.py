@@ -30,7 +30,7 @@ DEFAULT_EVENT_WEIGHTS = {
 
 
 AlsEngine = Literal["spark", "implicit"]
-"""The ALS engine's one id: in settings, the train job's ``--engine``, the DAG and the registry's ``engine``."""
+"""The ALS engine's one id: in settings, the train job's ``--engine``, the DAG and the registry's ``engine`` (an EASE model's is ``ease``)."""
 
 LEGACY_ENGINE_IDS = {"spark-als": "spark", "implicit-als": "implicit"}
 """Engine ids registry rows written before the ids were unified carry; readers map them."""
