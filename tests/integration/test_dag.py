@@ -120,6 +120,9 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
         env = {
             **airflow_env,
             "LAMBDAREC_ROOT": str(settings.root),
+            # one family, untuned: the rank below must reach the job through the task's environment
+            "LAMBDAREC_MODEL_FAMILIES": '["als"]',
+            "LAMBDAREC_TUNE_TRIALS": "0",
             "LAMBDAREC_ALS_RANK": "16",
             "LAMBDAREC_ALS_ITERATIONS": "5",
             "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2",
