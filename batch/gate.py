@@ -33,7 +33,7 @@ DECIDED = (registry.PUBLISHED, registry.REJECTED)
 
 def decide(metrics: dict[str, Any], champion: dict[str, Any] | None, settings: Settings) -> tuple[str, str]:
     """(status, reason) for a candidate with ``metrics`` against ``champion`` (a registry row)."""
-    name = f"{settings.gate_metric}_at_{settings.eval_k}"
+    name = settings.gate_metric_name
     if metrics.get("nan_factors", 0):
         return registry.REJECTED, f"{metrics['nan_factors']} factor vectors hold NaN or inf"
     for kind in ("user", "item"):

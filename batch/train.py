@@ -115,7 +115,7 @@ def _train(
     try:
         if data.train.count() == 0:
             raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
-        winner, evaluated, compared = _compete(spark, lake, settings, data, checkpoints, model_version)
+        winner, evaluated, tuning, compared = _compete(spark, lake, settings, data, checkpoints, model_version)
     finally:
         data.unpersist()
     whole = Prepared.whole(spark, lake, events, data.rate, model_version)
@@ -133,7 +133,6 @@ def _train(
     finally:
         whole.unpersist()
 
-    tuning = next((entry.get("tuning") for entry in compared if entry.get("family") == winner.family), None)
     params = {**base["params"], **winner.record(settings), **({"tuning": tuning} if tuning else {})}
     fields = {**base, **counts, "engine": winner.engine_id(settings), "params": params, "metrics": metrics}
     registry.record_status(
@@ -153,12 +152,12 @@ def _train(
 
 
 def _compete(spark, lake, settings, data: Prepared, checkpoints: str, model_version: int):
-    """(winning candidate, its holdout metrics, every family's entry): each family, tuned when
-    tuning is on, fitted on the training split and scored on the same holdout."""
-    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+    """(winning candidate, its holdout metrics, its search or None, every family's entry): each family,
+    tuned when tuning is on, fitted on the training split and scored on the same holdout."""
+    metric = f"model_{settings.gate_metric_name}"
     holdout = holdout_of(data, settings.eval_max_users, SEED)
     compared: list[dict[str, Any]] = []
-    best: tuple[families.Candidate, dict[str, Any]] | None = None
+    best: tuple[families.Candidate, dict[str, Any], dict[str, Any] | None] | None = None
     inner: Prepared | None = None
     try:
         for family in settings.model_families:
@@ -179,19 +178,19 @@ def _compete(spark, lake, settings, data: Prepared, checkpoints: str, model_vers
             compared.append({**entry, **({"tuning": tuning} if tuning else {})})
             _log("family_evaluated", model_version=model_version, **entry)
             if best is None or metrics.get(metric, -1.0) > best[1].get(metric, -1.0):
-                best = (candidate, metrics)
+                best = (candidate, metrics, tuning)
     finally:
         if inner is not None:
             inner.unpersist()
     if best is None:
         raise ValueError(f"no model family can fit this snapshot: {compared}")
-    return best[0], best[1], compared
+    return (*best, compared)
 
 
 def _tune(settings: Settings, inner: Prepared, base: families.Candidate, checkpoints: str, model_version: int):
     """The family's best hyperparameters on a validation split of the training events."""
     holdout = holdout_of(inner, settings.eval_max_users, SEED)
-    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+    metric = f"model_{settings.gate_metric_name}"
 
     def score(params) -> float:
         trained = families.fit(replace(base, params=params), inner, settings, checkpoints)

@@ -33,17 +33,12 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.train import SIZES  # noqa: E402  (events -> users, items, clusters: one set of sizes for both benches)
 from lambdarec.generator import World  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from schemas.tables import EVENTS  # noqa: E402
 
-# events -> (users, items, clusters), as bench/train.py
-SIZES = {
-    "100k": (100_000, 5_000, 2_000, 20),
-    "1m": (1_000_000, 50_000, 10_000, 50),
-    "10m": (10_000_000, 500_000, 50_000, 100),
-}
 TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
 END = datetime(2025, 3, 1, tzinfo=UTC)
 CHUNK = 2_000_000  # events per lake commit: bounded Arrow memory

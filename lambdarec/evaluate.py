@@ -250,7 +250,7 @@ def _model_summary(row: dict[str, Any] | None, settings: Settings) -> dict[str, 
     """The published model's family and parameters, and every family's figure on the training job's own holdout."""
     if row is None:
         return None
-    metric = f"model_{settings.gate_metric}_at_{settings.eval_k}"
+    metric = f"model_{settings.gate_metric_name}"
     return {
         "engine": row["engine"],
         "params": {name: value for name, value in row["params"].items() if name != "tuning"},

@@ -306,6 +306,11 @@ class Settings(BaseSettings):
     gate_metric: GateMetric = Field(
         "ndcg", description="Ranking metric (at eval_k) the families compete on and the publish gate compares."
     )
+    @property
+    def gate_metric_name(self) -> str:
+        """The gate metric's key in a model's metrics (``model_``/``popularity_`` prefix it): ``ndcg_at_10``."""
+        return f"{self.gate_metric}_at_{self.eval_k}"
+
     gate_tolerance: float = Field(
         0.01, ge=0, description="A candidate may trail the champion's gate metric by this much."
     )
