@@ -17,7 +17,9 @@ never returned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -90,31 +92,42 @@ def recommend(
     seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
     blocked, allowed = _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query)
     if model.family == "ease":
-        x = model.confidence.positive(ratings)
-        weights = model.neighbours[rated]
-        scores = np.asarray(weights.T @ x, dtype=np.float32).ravel()
-        best = top_k(scores, query.k, blocked, allowed)
-        if query.explain:
-            parts = (weights[:, best].toarray() * x[:, None]).T  # (best x rated): x_j * B[j, c]
-            because: list[list[Because] | None] = [_strongest(catalogue, rated, row) for row in parts]
-        else:
-            because = [None] * len(best)
-        items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
-        return Recommendation(items, "neighbours", model.version, n_fresh, model_family=model.family)
-    vector: np.ndarray | None = model.user_factors[user] if user is not None else None
-    a: np.ndarray | None = None
-    if fresh or query.explain:
-        yty = catalogue.yty if fresh else model.yty
-        a, b = normal_equations(yty, catalogue.vectors(rated), ratings, model.reg_param, model.confidence, model.reg_scaling)
-        vector = solve(a, b) if fresh else vector
-    assert vector is not None  # a known user has a stored vector; an unknown one has fresh interactions
-    scores = catalogue.scores(vector)
+        scores, explain = _neighbour_scores(catalogue, rated, ratings)
+        strategy = "neighbours"
+    else:
+        vector: np.ndarray | None = model.user_factors[user] if user is not None else None
+        a: np.ndarray | None = None
+        if fresh or query.explain:
+            yty = catalogue.yty if fresh else model.yty
+            a, b = normal_equations(
+                yty, catalogue.vectors(rated), ratings, model.reg_param, model.confidence, model.reg_scaling
+            )
+            vector = solve(a, b) if fresh else vector
+        assert vector is not None  # a known user has a stored vector; an unknown one has fresh interactions
+        scores = catalogue.scores(vector)
+        explain = partial(_explain, catalogue, a, rated, ratings)
+        strategy = "fold_in" if fresh else "model"
     best = top_k(scores, query.k, blocked, allowed)
-    explained: list[list[Because] | None] = (
-        list(_explain(catalogue, a, rated, ratings, best)) if query.explain else [None] * len(best)
-    )
-    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, explained, strict=True)]
-    return Recommendation(items, "fold_in" if fresh else "model", model.version, n_fresh, model_family=model.family)
+    because: list[list[Because] | None] = list(explain(best)) if query.explain else [None] * len(best)
+    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
+    return Recommendation(items, strategy, model.version, n_fresh, model_family=model.family)
+
+
+def _neighbour_scores(
+    catalogue: Catalogue, rated: np.ndarray, ratings: np.ndarray
+) -> tuple[np.ndarray, Callable[[np.ndarray], list[list[Because]]]]:
+    """EASE: each rated item's row of B, weighted by its confidence and summed (no solve); and the
+    explanation of a list, ``x_j * B[j, c]`` per rated item j and recommended item c."""
+    model = catalogue.model
+    x = model.confidence.positive(ratings)
+    weights = model.neighbours[rated]
+    scores = np.asarray(weights.T @ x, dtype=np.float32).ravel()
+
+    def explain(best: np.ndarray) -> list[list[Because]]:
+        parts = (weights[:, best].toarray() * x[:, None]).T  # (best x rated)
+        return [_strongest(catalogue, rated, row) for row in parts]
+
+    return scores, explain
 
 
 def _fresh(
