@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -231,10 +230,9 @@ def main(argv: list[str]) -> int:
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     """``lambdarec train``: run this job through spark-submit, as a scheduler would."""
-    from lambdarec.submit import spark_submit_command, spark_submit_env
+    from lambdarec.submit import run_spark_job
 
-    cmd = spark_submit_command(settings, "batch/train.py", job_args(args))
-    return subprocess.run(cmd, env=spark_submit_env(settings), check=False).returncode
+    return run_spark_job(settings, "batch/train.py", job_args(args))
 
 
 if __name__ == "__main__":

@@ -237,6 +237,7 @@ class EmbeddedBroker:
             "num.io.threads": 4,
             "num.recovery.threads.per.data.dir": 1,
             "log.retention.ms": self.settings.topic_retention_ms,
+            "log.roll.ms": self.settings.topic_segment_ms,
             # After a kill -9 the restarted controller refuses the new broker incarnation
             # (DUPLICATE_BROKER_REGISTRATION) until the old one's session expires: 9 s by default.
             "broker.session.timeout.ms": 3000,

@@ -323,6 +323,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "embedded_controller_port": free_port(settings.embedded_controller_port),
             "serve_port": free_port(settings.serve_port),
             "serve_model_poll_s": 2.0,
+            "allow_development_key": True,  # a demo is development: its data is generated
             "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),
         }
     )

@@ -151,8 +151,9 @@ class Pipeline:
 
     def __init__(self, root: Path, settings: Settings):
         self.root = root
+        # development mode: an offline benchmark in a scratch root, which it deletes
         self.settings = settings.model_copy(update={"root": root, "lake_uri": "", "checkpoint_dir": "",
-                                                    "serve_port": free_port()})
+                                                    "serve_port": free_port(), "allow_development_key": True})
         self.env = spark_submit_env(self.settings)
         self.logs = root / "logs"
         self.serving: Child | None = None

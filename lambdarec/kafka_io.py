@@ -123,12 +123,12 @@ def ensure_topics(
 
     Each new topic gets ``partitions`` (default ``settings.topic_partitions``),
     ``replication_factor`` (default ``settings.topic_replication_factor``) and
-    ``retention.ms`` from ``settings.topic_retention_ms``. Existing topics are left
+    ``retention.ms``/``segment.ms`` from ``settings.topic_retention_ms``/``topic_segment_ms``. Existing topics are left
     as they are, so this is safe on every start and against a shared cluster.
     """
     partitions = partitions or settings.topic_partitions
     replication_factor = replication_factor or settings.topic_replication_factor
-    configs = {"retention.ms": str(settings.topic_retention_ms)}
+    configs = {"retention.ms": str(settings.topic_retention_ms), "segment.ms": str(settings.topic_segment_ms)}
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=CLIENT_ID)
     try:
         existing = set(admin.list_topics())

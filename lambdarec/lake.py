@@ -77,6 +77,7 @@ class Lake:
             partition_by=list(spec.partition_by) or None,
             name=spec.name,
             description=spec.description,
+            configuration=table_configuration(spec),
         )
 
     def version(self, spec: TableSpec) -> int | None:
@@ -100,12 +101,17 @@ class Lake:
 
     def commit_version(self, spec: TableSpec, app_id: str, txn_version: int, search: int = 500) -> int | None:
         """The table version whose commit carried ``(app_id, txn_version)``, among the last ``search``."""
+        entry = self.commit_entry(spec, app_id, txn_version, search)
+        return None if entry is None else entry["version"]
+
+    def commit_entry(self, spec: TableSpec, app_id: str, txn_version: int, search: int = 500) -> dict[str, Any] | None:
+        """The history entry (commitInfo) of the commit that carried ``(app_id, txn_version)``."""
         if not self.exists(spec):
             return None
         wanted = f"{app_id}:{txn_version}"
         for entry in DeltaTable(self.uri(spec)).history(search):
             if entry.get(TXN_METADATA_KEY) == wanted or _metadata(entry).get(TXN_METADATA_KEY) == wanted:
-                return entry["version"]
+                return entry
         return None
 
     # -- reads -------------------------------------------------------------------
@@ -347,6 +353,12 @@ def _metadata(entry: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def table_configuration(spec: TableSpec) -> dict[str, str | None] | None:
+    """Delta table properties a new table gets: identifying columns out of the file statistics."""
+    stats = spec.stats_columns
+    return None if stats is None else {"delta.dataSkippingStatsColumns": ",".join(stats)}
 
 
 def spark_path(uri: str) -> str:

@@ -136,6 +136,11 @@ def publish_model_bundle(settings: Settings, row: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
+def model_bundle_exists(settings: Settings, version: int) -> bool:
+    filesystem, path = _filesystem(model_bundle_uri(settings, version))
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
 def remove_model_bundle(settings: Settings, version: int) -> None:
     """Delete model ``version``'s published bundle, if any (servers' open maps stay valid)."""
     filesystem, path = _filesystem(model_bundle_uri(settings, version))

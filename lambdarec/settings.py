@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lambdarec.confidence import Scaling
+from lambdarec.pseudonym import DEVELOPMENT_KEY
 
 DEFAULT_EVENT_WEIGHTS = {
     "view": 1.0,
@@ -122,14 +123,22 @@ class Settings(BaseSettings):
         "broker, 3 on a real cluster.",
     )
     topic_retention_ms: int = Field(
-        7 * 86_400_000, ge=-1,
+        86_400_000, ge=-1,
         description="retention.ms of the topics the platform creates (events, speed-updates): how long Kafka "
-        "keeps records (default 7 days; -1 = forever). The speed job must read events within it.",
+        "keeps records (default 1 day, so an erased user's copies on the topic are gone within about a day; "
+        "-1 = forever). The speed job must read events within it, or it stops (speed_fail_on_data_loss).",
+    )
+    topic_segment_ms: int = Field(
+        3_600_000, ge=60_000,
+        description="segment.ms of the topics the platform creates: Kafka deletes whole segments, so a record "
+        "can outlive topic_retention_ms by up to this (and by the broker's 5-minute retention check).",
     )
 
     pseudonym_key: SecretStr = Field(
-        SecretStr("lambdarec-dev-key-change-me"),
-        description="HMAC key that pseudonymises user ids at the ingestion edge.",
+        SecretStr(DEVELOPMENT_KEY),
+        description="HMAC key that pseudonymises user ids at the ingestion edge, optionally with a version: "
+        "\"2:<secret>\" (README: key rotation). The default is the development key, which serving refuses "
+        "unless allow_development_key is set.",
     )
 
     ingest_max_batch: int = Field(500, ge=1, description="Most events one POST /events/batch takes.")
@@ -343,6 +352,29 @@ class Settings(BaseSettings):
     admin_token: SecretStr = Field(
         SecretStr(""),
         description="Bearer token for serving's /admin routes (the batch DAG sends it); empty = admin off.",
+    )
+
+    allow_development_key: bool = Field(
+        False,
+        description="Let serving start with the built-in development pseudonym key (the demo and tests set it). "
+        "Anyone with the source knows that key and can link pseudonyms back to ids, so production refuses it.",
+    )
+    erasure_vacuum_retention_hours: int = Field(
+        0, ge=0,
+        description="VACUUM retention an erasure applies to the tables it deleted from: files that held the "
+        "user's rows older than this are removed at once (0 = now). Readers pinned to an older snapshot "
+        "(a training run in flight) lose it and retry.",
+    )
+    erasure_speed_wait_s: float = Field(
+        300.0, gt=0,
+        description="How long an erasure waits for the speed job to store every event sent before the request "
+        "and to clear the user's state; past it the request stays pending and is retried.",
+    )
+    erasure_poll_s: float = Field(
+        2.0, gt=0, description="How often `lambdarec erase --follow` looks for new requests."
+    )
+    erasure_on_withdrawal: bool = Field(
+        False, description="Whether withdrawing personalisation consent also erases the user's data."
     )
 
     @property

@@ -81,6 +81,14 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def run_spark_job(settings: Settings, script: str, args: list[str] | None = None) -> int:
+    """spark-submit ``script`` as a child, as a scheduler would; its exit code."""
+    import subprocess
+
+    return subprocess.run(spark_submit_command(settings, script, args), env=spark_submit_env(settings),
+                          check=False).returncode
+
+
 def speed_job_command(settings: Settings, args: list[str] | None = None) -> list[str]:
     """``spark-submit speed/job.py`` on the speed job's own master (its real-time query holds slots)."""
     return spark_submit_command(settings, "speed/job.py", args, master=settings.speed_spark_master)

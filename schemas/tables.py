@@ -23,10 +23,22 @@ class TableSpec:
     keys: tuple[str, ...]
     partition_by: tuple[str, ...] = field(default=())
     description: str = ""
+    identifying: tuple[str, ...] = field(default=())
+    """Columns that identify a user. They are kept out of Delta's per-file statistics, whose min and
+    max values the transaction log would keep after an erasure removed the rows."""
 
     @property
     def columns(self) -> list[str]:
         return self.schema.names
+
+    @property
+    def stats_columns(self) -> list[str] | None:
+        """The columns Delta keeps statistics for (``delta.dataSkippingStatsColumns``); None = Delta's default."""
+        if not self.identifying:
+            return None
+        simple = (pa.types.is_string, pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp,
+                  pa.types.is_date)
+        return [f.name for f in self.schema if f.name not in self.identifying and any(t(f.type) for t in simple)]
 
 
 EVENTS = TableSpec(
@@ -34,6 +46,7 @@ EVENTS = TableSpec(
     description="Bronze: every valid, consented event exactly once (the system of record).",
     keys=("event_id",),
     partition_by=("event_date",),
+    identifying=("user_id",),
     schema=pa.schema(
         [
             ("event_id", pa.string()),
@@ -58,6 +71,7 @@ DEAD_LETTER = TableSpec(
     name="dead_letter",
     description="Records the speed layer could not accept, with the raw bytes and the reason.",
     keys=("kafka_topic", "kafka_partition", "kafka_offset"),
+    identifying=("raw",),
     schema=pa.schema(
         [
             ("raw", pa.binary()),
@@ -74,6 +88,7 @@ SPEED_USER_INTERACTIONS = TableSpec(
     name="speed_user_interactions",
     description="Speed view: per-user interactions with their implicit weight, per micro-batch.",
     keys=("event_id",),
+    identifying=("user_id",),
     schema=pa.schema(
         [
             ("user_id", pa.string()),
@@ -96,6 +111,7 @@ SPEED_USER_FEATURES = TableSpec(
         "with the greatest (batch_id) for the newest query."
     ),
     keys=("user_id", "query_id", "batch_id"),
+    identifying=("user_id",),
     schema=pa.schema(
         [
             ("user_id", pa.string()),
@@ -189,6 +205,7 @@ USER_FACTORS = TableSpec(
     "factors, such as EASE).",
     keys=("model_version", "user_id"),
     partition_by=("model_version",),
+    identifying=("user_id",),
     schema=pa.schema(
         [
             ("model_version", pa.int64()),
@@ -250,6 +267,7 @@ USER_IDS = TableSpec(
     name="user_ids",
     description="Stable user_id -> user_index mapping, append-only across training runs.",
     keys=("user_id",),
+    identifying=("user_id",),
     schema=pa.schema(
         [("user_id", pa.string()), ("user_index", pa.int32()), ("first_model_version", pa.int64())]
     ),
@@ -280,6 +298,49 @@ ITEM_CATALOGUE = TableSpec(
     ),
 )
 
+PRIVACY_REQUESTS = TableSpec(
+    name="privacy_requests",
+    description=(
+        "Privacy requests as received, recorded before they are acknowledged (lambdarec.privacy): "
+        "the subject's pseudonym is kept only while the request is pending and nulled once it completes."
+    ),
+    keys=("request_id",),
+    identifying=("user_id",),
+    schema=pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("kind", pa.string()),  # "erasure", or the erasure job's "speed_state_erasure" marker
+            ("subject_hash", pa.string()),  # one-way hash of the pseudonym (lambdarec.privacy.subject_hash)
+            ("user_id", pa.string()),  # the pseudonym; null once the request completed
+            ("requested_at", TS),
+            ("events_end_offsets", pa.map_(pa.int32(), pa.int64())),  # the events topic's end per partition
+            ("source", pa.string()),  # "api" or "cli"
+        ]
+    ),
+)
+
+PRIVACY_RECEIPTS = TableSpec(
+    name="privacy_receipts",
+    description=(
+        "One receipt per completed erasure: what each layer removed and the Delta versions that prove it; "
+        "keyed by a one-way hash of the pseudonym, never by an id."
+    ),
+    keys=("request_id",),
+    schema=pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("subject_hash", pa.string()),
+            ("received_at", TS),
+            ("completed_at", TS),
+            ("removed", pa.map_(pa.string(), pa.int64())),  # rows removed per table, plus speed_state
+            ("delete_versions", pa.map_(pa.string(), pa.int64())),  # table -> version of its DELETE
+            ("vacuum_versions", pa.map_(pa.string(), pa.int64())),  # table -> version of its VACUUM END
+            ("vacuum_retention_hours", pa.int64()),
+            ("kafka_expires_by", TS),  # the newest copy on the events topic is gone by then
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -297,5 +358,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         ITEM_CATALOGUE,
         USER_IDS,
         ITEM_IDS,
+        PRIVACY_REQUESTS,
+        PRIVACY_RECEIPTS,
     )
 }

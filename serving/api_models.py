@@ -80,3 +80,29 @@ class ReadyResponse(BaseModel):
 class ReloadResponse(BaseModel):
     reloaded: bool
     model_version: int | None
+
+
+class ErasureAccepted(BaseModel):
+    request_id: str
+    status: Literal["pending", "completed"] = Field(description="Completed once the receipt is written.")
+    received_at: str
+    receipt: str = Field(description="Where the receipt will be: GET it with the admin token.")
+
+
+class ErasureReceipt(BaseModel):
+    """An erasure's state; once completed, its receipt. No id of the user is in it."""
+
+    request_id: str
+    status: Literal["pending", "completed"]
+    subject_hash: str = Field(description="SHA-256 of the user's pseudonym: who it was, for whoever knows them.")
+    received_at: str
+    completed_at: str | None = None
+    removed: dict[str, int] | None = Field(None, description="Rows removed per table.")
+    delete_versions: dict[str, int] | None = Field(
+        None, description="Per table, the Delta version of its DELETE (speed_state: the marker that cleared the "
+        "speed job's state, a privacy_requests version).")
+    vacuum_versions: dict[str, int] | None = Field(None, description="Per table, the Delta version of its VACUUM END.")
+    vacuum_retention_hours: int | None = None
+    kafka_expires_by: str | None = Field(None, description="The last copy on the events topic is gone by then.")
+    first_model_without_user: int | None = Field(
+        None, description="The first model version trained after the DELETE; null until one is trained.")

@@ -20,7 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from lambdarec.settings import Settings, get_settings
-from serving import routes_events, routes_ops, routes_recommendations
+from lambdarec.pseudonym import is_development_key
+from serving import routes_events, routes_ops, routes_privacy, routes_recommendations
 from serving.deps import Services
 from serving.idle_gate import CountRequests
 from serving.limits import BodySizeLimit
@@ -98,6 +99,20 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
 
+class DevelopmentKeyRefused(RuntimeError):
+    """Serving will not pseudonymise real users with the public development key."""
+
+
+def check_pseudonym_key(settings: Settings) -> None:
+    if is_development_key(settings.pseudonym_key) and not settings.allow_development_key:
+        raise DevelopmentKeyRefused(
+            "LAMBDAREC_PSEUDONYM_KEY is the development key, which is in lambdarec's source: anyone could link "
+            "its pseudonyms back to user ids. Set LAMBDAREC_PSEUDONYM_KEY to a secret of your own (e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or, for development only, "
+            "LAMBDAREC_ALLOW_DEVELOPMENT_KEY=true."
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A serving app on ``settings`` (the environment's when None).
 
@@ -105,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client without lifespan touches neither the broker nor the lake.
     """
     settings = settings or get_settings()
+    check_pseudonym_key(settings)
     app = FastAPI(
         title="lambdarec",
         summary="Real-time personalised recommendations (batch ALS + speed view).",
@@ -113,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services = Services.build(settings)
     app.dependency_overrides[get_settings] = lambda: settings
-    for router in (routes_events.router, routes_recommendations.router, routes_ops.admin):
+    for router in (routes_events.router, routes_recommendations.router, routes_privacy.router, routes_ops.admin):
         app.include_router(router, prefix=f"/{API_VERSION}")
         app.include_router(router, include_in_schema=False)
     app.include_router(routes_ops.router)

@@ -15,6 +15,7 @@ from serving.metrics import Metrics
 from serving.model import Model
 from serving.model_store import ModelStore
 from serving.catalogue import Catalogue, CatalogueCache
+from serving.erasures import Erasures
 from serving.poller import Poller
 from serving.rate_limit import RateLimiter
 from serving.speed_bootstrap import bootstrap
@@ -38,6 +39,7 @@ class Services:
     metrics: Metrics
     poller: Poller
     idle_gate: IdleGate
+    erasures: Erasures
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -50,6 +52,7 @@ class Services:
             attributes.prepare(catalogues.get(model, speed_view, idle_gate.pause), idle_gate.pause)
 
         model_store = ModelStore(settings, lake, prepare=prepare, pause=idle_gate.pause)
+        erasures = Erasures(lake, speed_view)
         return cls(
             settings=settings,
             lake=lake,
@@ -60,8 +63,9 @@ class Services:
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
-            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload]),
+            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload, erasures.reload]),
             idle_gate=idle_gate,
+            erasures=erasures,
         )
 
     def catalogue(self) -> Catalogue | None:

@@ -73,13 +73,15 @@ def recommend(
     attributes: ItemAttributes,
     user_key: str,
     query: Query = Query(),
+    erased: bool = False,
 ) -> Recommendation:
-    """Top ``query.k`` items for the pseudonymous ``user_key``."""
+    """Top ``query.k`` items for the pseudonymous ``user_key``; an ``erased`` user's row of the model
+    (and their training interactions) is not used: they are new to it."""
     history = speed.interactions(user_key)
     if catalogue is None:
         return _cold_start(None, speed, attributes, user_key, query, history)
     model = catalogue.model
-    user = model.user_positions.get(user_key)
+    user = None if erased else model.user_positions.get(user_key)
     if user is None:
         train_items, train_ratings = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     else:

@@ -89,7 +89,9 @@ async def get_recommendations(
         explain=explain,
         segment={name: value for name, value in (("country", country), ("device", device)) if value},
     )
-    result = rec.recommend(services.catalogue(), services.speed_view, services.attributes, key, query)
+    catalogue = services.catalogue()
+    erased = catalogue is not None and services.erasures.hides(key, catalogue.model.source_events_version)
+    result = rec.recommend(catalogue, services.speed_view, services.attributes, key, query, erased)
     services.metrics.recommendations.labels(result.strategy).inc()
     # The hot path: plain JSON of the documented shape, without a pydantic round trip.
     return JSONResponse({

@@ -61,6 +61,18 @@ class Interactions:
             self.newest_occurred_at = interaction.occurred_at
         return True
 
+    def drop_user(self, user_id: str) -> int:
+        """Forget every interaction of ``user_id`` (an erasure); how many there were."""
+        recent = self.users.pop(user_id, deque())
+        for old in recent:
+            users = self.item_users.get(old.item_id, {})
+            users.pop(user_id, None)
+            if not users:
+                self.item_users.pop(old.item_id, None)
+            self.item_weight[old.item_id] = self.item_weight.get(old.item_id, 0.0) - old.weight
+        self.generation += 1
+        return len(recent)
+
     def _forget(self, user_id: str, old: Interaction) -> None:
         users = self.item_users[old.item_id]
         users[user_id] -= old.weight

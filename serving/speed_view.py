@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+import datetime as dt
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -35,6 +36,8 @@ from schemas.speed_updates import (
     BadUpdate,
     decode,
     decode_rows,
+    timestamp,
+    timestamp_us,
 )
 from serving.speed_state import Interaction, Interactions, Profiles, Trending
 
@@ -57,6 +60,7 @@ class SpeedView:
         self._progress: dict[str, Any] | None = None
         self._seen_updates: OrderedDict[tuple, None] = OrderedDict()
         self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
+        self._erased: dict[str, int] = {}  # user -> request time (µs): their events until then are gone
         self._offsets: dict[int, int] = {}
         self._highwater: dict[int, int] = {}
         self.bootstrap_versions: dict[str, int] | None = None  # table -> Delta version loaded
@@ -104,6 +108,8 @@ class SpeedView:
         """
         user, interaction = _interaction(row, row.get("events_version"))
         with self._lock:
+            if self._was_erased(user, interaction.occurred_at):
+                return 0
             changed = self._interactions.add(user, interaction)
             if interaction.events_version is not None and (
                     self.events_version is None or interaction.events_version > self.events_version):
@@ -130,16 +136,31 @@ class SpeedView:
         """Apply a batch's decoded rows, stamped with their batch."""
         if kind == KIND_USER_INTERACTIONS:
             parsed = [_interaction(row, events_version) for row in rows]
-            return sum(self._interactions.add(user, interaction) for user, interaction in parsed)
+            return sum(self._interactions.add(user, interaction) for user, interaction in parsed
+                       if not self._was_erased(user, interaction.occurred_at))
         if kind == KIND_USER_FEATURES:
             for row in rows:
-                self._profiles.add({**row, "query_id": query_id, "batch_id": batch_id})
+                if not self._was_erased(row["user_id"], row["last_seen"]):
+                    self._profiles.add({**row, "query_id": query_id, "batch_id": batch_id})
         elif kind == KIND_ITEM_TRENDING:
             for row in rows:
                 self._trending.add({**row, "query_id": query_id, "batch_id": batch_id})
         elif kind == KIND_PROGRESS:
             self._progress = rows[0]
         return len(rows)
+
+    def forget(self, user_id: str, requested_at: dt.datetime) -> int:
+        """Drop the user's interactions and profile at once (an erasure), and from now on ignore
+        updates about them up to ``requested_at``: the speed job may still be storing them. Later
+        events are the user's new life. Returns the interactions dropped."""
+        with self._lock:
+            self._erased[user_id] = max(self._erased.get(user_id, 0), timestamp_us(timestamp(requested_at)))
+            self._profiles.rows.pop(user_id, None)
+            return self._interactions.drop_user(user_id)
+
+    def _was_erased(self, user_id: str, at: str | None) -> bool:
+        before = self._erased.get(user_id)
+        return before is not None and (at is None or timestamp_us(at) <= before)
 
     # -- reading -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from lambdarec.checkpoint_files import speed_checkpoint
 from lambdarec.lake import Lake, session_conf  # set while a query starts: it copies the session then
 from lambdarec.settings import Settings
 from schemas.tables import (
@@ -38,6 +39,7 @@ from schemas.tables import (
     SPEED_PROGRESS,
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
+    PRIVACY_REQUESTS,
 )
 from speed import progress
 from speed.sinks import EventsSink, FeaturesSink
@@ -64,15 +66,15 @@ ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateS
 
 
 def checkpoint_location(settings: Settings) -> str:
-    return f"{settings.checkpoint_root}/speed"
+    return speed_checkpoint(settings, "events")
 
 
 def features_checkpoint_location(settings: Settings) -> str:
-    return f"{settings.checkpoint_root}/speed_features"
+    return speed_checkpoint(settings, "features")
 
 
 def realtime_checkpoint_location(settings: Settings) -> str:
-    return f"{settings.checkpoint_root}/speed_realtime"
+    return speed_checkpoint(settings, "realtime")
 
 
 def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: bool = True) -> "DataFrame":
@@ -186,7 +188,7 @@ def prepare(spark: "SparkSession", settings: Settings) -> None:
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
-                 SPEED_PROGRESS):
+                 SPEED_PROGRESS, PRIVACY_REQUESTS):
         lake.ensure(spec)
 
 
@@ -202,12 +204,12 @@ def run(spark: "SparkSession", settings: Settings, available_now: bool = False) 
 
 
 def run_features(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
-    """Start the features query over the events query's pushes and return it."""
-    from speed.stateful import feature_rows, interactions
+    """Start the features query over the ``events`` table and the erasure markers, and return it."""
+    from speed.stateful import erasure_markers, feature_rows, interactions
 
     prepare(spark, settings)
     checkpoint = features_checkpoint_location(settings)
-    rows = feature_rows(interactions(spark, settings), settings)
+    rows = feature_rows(interactions(spark, settings), settings, erasure_markers(spark, settings))
     # RocksDB holds the per-entity state; a single state partition keeps each features batch to
     # one task, leaving the other core to the events query that serving's freshness waits on.
     with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,

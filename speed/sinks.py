@@ -29,7 +29,7 @@ from schemas.tables import (
     TableSpec,
 )
 from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, encode_rows
-from speed.checkpoint_files import CheckpointFiles
+from lambdarec.checkpoint_files import CheckpointFiles
 from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
 
 if TYPE_CHECKING:

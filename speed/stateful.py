@@ -5,7 +5,9 @@ position in the checkpoint), whose rows the events query committed exactly once
 (valid, consented, deduplicated, not late), so the features equal a
 recomputation from ``events`` and need no dedupe of their own. State lives in the RocksDB state store, one value
 per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
-idle (``transformWithState`` TTL). The row-based API, not the pandas one: per
+idle (``transformWithState`` TTL). An erasure reaches the processor as a marker
+row streamed from ``privacy_requests`` (``lambdarec.privacy``), in the same
+checkpointed stream as the events, so a cleared state stays cleared after a restart. The row-based API, not the pandas one: per
 entity, pandas frames in and out cost more than the state itself (README: measurements).
 """
 
@@ -19,9 +21,10 @@ from pyspark.sql import Row
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
 
 from lambdarec.lake import Lake
+from lambdarec.privacy import SPEED_STATE_ERASURE
 from lambdarec.settings import Settings
 from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
-from schemas.tables import EVENTS
+from schemas.tables import EVENTS, PRIVACY_REQUESTS
 from speed import features
 from speed.transforms import to_user_interactions
 
@@ -68,11 +71,31 @@ def entity_rows(accepted: "DataFrame") -> "DataFrame":
     )
 
 
-def feature_rows(accepted: "DataFrame", settings: Settings) -> "DataFrame":
-    """Updated feature rows (``kind`` 'user' or 'item') for the entities a micro-batch touched."""
+def erasure_markers(spark: "SparkSession", settings: Settings) -> "DataFrame":
+    """The erasure job's markers as ``entity_rows`` rows of the user (``event_type`` the marker kind,
+    ``occurred_at`` the request time in µs). Nulling a done request's pseudonym is a change commit,
+    skipped."""
+    from pyspark.sql import functions as F
+
+    requests = (spark.readStream.format("delta").option("skipChangeCommits", "true")
+                .load(Lake(settings).uri(PRIVACY_REQUESTS)))
+    none = F.lit(None).cast("string")
+    return requests.filter((F.col("kind") == SPEED_STATE_ERASURE) & F.col("user_id").isNotNull()).select(
+        F.concat_ws(SEP, F.lit("u"), "user_id").alias("entity"), F.unix_micros("requested_at").alias("occurred_at"),
+        F.col("kind").alias("event_type"), F.lit(None).cast("double").alias("weight"),
+        F.col("request_id").alias("event_id"), none.alias("country"), none.alias("device"),
+    )
+
+
+def feature_rows(accepted: "DataFrame", settings: Settings, markers: "DataFrame | None" = None) -> "DataFrame":
+    """Updated feature rows (``kind`` 'user' or 'item') for the entities a micro-batch touched;
+    ``markers`` (``erasure_markers``) clear a user's state."""
     processor = FeatureProcessor(settings.speed_session_gap_s, settings.speed_trending_window_s,
                                  settings.speed_state_ttl_s * 1000)
-    return entity_rows(accepted).groupBy("entity").transformWithState(
+    rows = entity_rows(accepted)
+    if markers is not None:
+        rows = rows.unionByName(markers)
+    return rows.groupBy("entity").transformWithState(
         statefulProcessor=processor, outputStructType=OUTPUT_SCHEMA, outputMode="Update", timeMode="ProcessingTime"
     )
 
@@ -93,6 +116,13 @@ class FeatureProcessor(StatefulProcessor):
         stored = self.state.get()  # None without state: one round trip to the state server, not two
         previous = json.loads(stored[0]) if stored else None
         if kind == "u":
+            erased = [e["occurred_at"] for e in events if e["event_type"] == SPEED_STATE_ERASURE]
+            if erased:  # forget the user; only events after the request start a new state
+                events = [e for e in events if e["event_type"] != SPEED_STATE_ERASURE and e["occurred_at"] > max(erased)]
+                previous = None
+                if not events:
+                    self.state.clear()
+                    return
             state = features.fold_user(previous or features.new_user(), events)
             row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
             row["counts_1h"], row["counts_24h"] = json.dumps(dict(row["counts_1h"])), json.dumps(dict(row["counts_24h"]))

@@ -25,9 +25,11 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
 def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Clear every ``LAMBDAREC_*`` variable and make Settings ignore ``.env``."""
+    """Clear every ``LAMBDAREC_*`` variable and make Settings ignore ``.env``. Tests run in development
+    mode: serving takes the development pseudonym key (tests/unit/test_pseudonym.py checks the refusal)."""
     for name in [name for name in os.environ if name.upper().startswith("LAMBDAREC_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setenv("LAMBDAREC_ALLOW_DEVELOPMENT_KEY", "true")
     monkeypatch.setitem(Settings.model_config, "env_file", None)
     get_settings.cache_clear()
 

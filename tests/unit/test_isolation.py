@@ -11,8 +11,8 @@ from lambdarec.settings import Settings
 pytestmark = pytest.mark.unit
 
 
-def test_no_lambdarec_variable_reaches_a_test():
-    assert not [name for name in os.environ if name.upper().startswith("LAMBDAREC_")]
+def test_no_lambdarec_variable_reaches_a_test_but_development_mode():
+    assert [name for name in os.environ if name.upper().startswith("LAMBDAREC_")] == ["LAMBDAREC_ALLOW_DEVELOPMENT_KEY"]
 
 
 def test_settings_ignore_a_dotenv_file(tmp_path, monkeypatch):

@@ -41,3 +41,31 @@ def test_uses_the_settings_key(settings):
 def test_rejects_empty_ids_and_keys(user_id, key):
     with pytest.raises(ValueError):
         pseudonymise(user_id, key)
+
+
+def test_a_versioned_key_marks_its_pseudonyms_and_version_1_keeps_the_old_form():
+    import re
+
+    from lambdarec.pseudonym import PSEUDONYM_PATTERN, key_version
+
+    assert key_version("s3cret") == (1, b"s3cret")
+    assert key_version(SecretStr("2:s3cret")) == (2, b"s3cret")
+    assert pseudonymise("alice", "1:s3cret") == pseudonymise("alice", "s3cret")
+    rotated = pseudonymise("alice", "2:s3cret")
+    assert rotated.startswith("u2_") and rotated[3:] == pseudonymise("alice", "s3cret")[2:]
+    for good in (pseudonymise("alice", "k"), rotated, pseudonymise("bob", "12:k")):
+        assert re.fullmatch(PSEUDONYM_PATTERN, good), good
+    for raw in ("alice", "u_abc", "u1_" + "a" * 32, "u_" + "A" * 32, "u_" + "a" * 33, "u0_" + "a" * 32):
+        assert not re.fullmatch(PSEUDONYM_PATTERN, raw), raw
+    with pytest.raises(ValueError, match="empty"):
+        key_version("3:")
+
+
+def test_serving_refuses_the_development_key_unless_development_mode_allows_it(tmp_path):
+    from lambdarec.settings import Settings
+    from serving.app import DevelopmentKeyRefused, create_app
+
+    with pytest.raises(DevelopmentKeyRefused, match="LAMBDAREC_PSEUDONYM_KEY"):
+        create_app(Settings(root=tmp_path, allow_development_key=False))
+    create_app(Settings(root=tmp_path, allow_development_key=False, pseudonym_key=SecretStr("a real secret")))
+    create_app(Settings(root=tmp_path, allow_development_key=True))

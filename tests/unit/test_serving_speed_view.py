@@ -224,3 +224,21 @@ def test_minutes_that_slid_out_are_dropped_from_segments_nobody_asks_for(view):
         view.apply(trending(n, 10 * n, f"i{n}", 1.0, segment=("device", f"d{n}")))
     segments = view._trending.segments
     assert len(segments) <= 7 and ("device", "d29") in segments  # about an hour of minutes, not five
+
+
+def test_forget_drops_a_user_at_once_and_ignores_their_older_updates_after(view):
+    view.apply(update(0, 5, [("u1", "a", 2.0, "e1"), ("u2", "a", 1.0, "e2")]))
+    view.apply(encode_rows("user_features", "q2", 0, [{"user_id": "u1", "last_seen": "2024-01-01T00:00:00+00:00",
+                                                         "country": "DE"}]))
+    assert view.profile("u1") is not None
+    assert view.forget("u1", datetime(2024, 1, 2, tzinfo=UTC)) == 1
+    assert view.interactions("u1") == [] and view.profile("u1") is None
+    assert view.item_users(["a"]) == {"a": {"u2": 1.0}}
+    # the speed job's second copy of an event sent before the request: ignored
+    assert view.apply(update(1, 6, [("u1", "b", 1.0, "e3")])) == 0
+    assert view.apply(encode_interaction({"user_id": "u1", "item_id": "c", "event_type": "click", "weight": 1.0,
+                                          "occurred_at": "2024-01-01T12:00:00+00:00", "event_id": "e4"})) == 0
+    # a later event is the user's new life
+    view.apply(encode_interaction({"user_id": "u1", "item_id": "d", "event_type": "click", "weight": 1.0,
+                                   "occurred_at": "2024-01-03T00:00:00+00:00", "event_id": "e5"}))
+    assert [i.item_id for i in view.interactions("u1")] == ["d"]

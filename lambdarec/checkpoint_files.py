@@ -1,4 +1,4 @@
-"""Small files a query keeps beside its Spark checkpoint, through Hadoop's FileSystem.
+"""The speed queries' checkpoints: where they are, and small files read and kept beside them.
 
 The checkpoint may be on local disk, HDFS or object storage (``s3a://``), so
 these go through the same Hadoop filesystem Spark uses for the checkpoint
@@ -7,8 +7,11 @@ itself, never through a local path.
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import TYPE_CHECKING, Any, cast
+
+from lambdarec.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -64,3 +67,21 @@ class CheckpointFiles:
         if text is None:
             raise FileNotFoundError(f"no metadata in checkpoint {self._root}")
         return json.loads(text.splitlines()[0])["id"]
+
+    def committed_offsets(self) -> "builtins.list[Any] | None":
+        """Each source's end offset (parsed JSON, in the query's source order) as of the newest
+        committed batch; None before the first commit."""
+        committed = [int(name) for name in self.list("commits") if name.isdigit()]
+        if not committed:
+            return None
+        text = self.read(f"offsets/{max(committed)}")
+        if text is None:
+            return None
+        # v1, then the batch's metadata, then one line per source ("-" for a source with no offset yet)
+        return [None if line.strip() == "-" else json.loads(line) for line in text.splitlines()[2:]]
+
+
+def speed_checkpoint(settings: Settings, query: str) -> str:
+    """Where a speed query keeps its checkpoint: ``query`` is ``events``, ``features`` or ``realtime``."""
+    suffix = {"events": "", "features": "_features", "realtime": "_realtime"}[query]
+    return f"{settings.checkpoint_root}/speed{suffix}"

@@ -1,0 +1,171 @@
+"""Privacy requests and receipts: what the API, the CLI, the erasure job and serving share.
+
+An erasure request is appended to the Delta table ``privacy_requests`` before it
+is acknowledged, so an acknowledged request survives any crash. It carries the
+subject's pseudonym (needed to find their rows) only until it completes, and the
+end offsets of the ``events`` topic when it arrived: every event sent before the
+request is erased, even one still on its way through the speed layer. The
+erasure job (``batch.erasure``) does the work and appends one receipt to
+``privacy_receipts``.
+
+Neither table holds an id once a request is done: both are keyed by
+``subject_hash``, a one-way hash of the pseudonym, which whoever holds the
+pseudonym can recompute and nobody can reverse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdarec import registry
+from lambdarec.lake import Lake
+from lambdarec.settings import Settings
+from schemas.tables import PRIVACY_RECEIPTS, PRIVACY_REQUESTS
+
+ERASURE = "erasure"
+SPEED_STATE_ERASURE = "speed_state_erasure"
+"""The erasure job's marker row, appended once the user's earlier events are in the lake: the speed
+features query streams it to the stateful processor, which clears the user's state."""
+SOURCES = ("api", "cli")
+KAFKA_RETENTION_CHECK_S = 300  # the broker's log.retention.check.interval.ms default
+REQUEST_ID_MAX = 128
+
+
+class RequestConflict(ValueError):
+    """A request id already names a request for another subject."""
+
+
+def subject_hash(pseudonym: str) -> str:
+    """The one-way key of a subject in privacy tables: SHA-256 of the pseudonym, hex."""
+    return hashlib.sha256(f"lambdarec-subject:{pseudonym}".encode()).hexdigest()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id: str) -> str:
+    if not request_id or len(request_id) > REQUEST_ID_MAX or not request_id.isprintable():
+        raise ValueError(f"request_id must be 1 to {REQUEST_ID_MAX} printable characters")
+    return request_id
+
+
+def events_end_offsets(settings: Settings) -> dict[int, int]:
+    """The end (next offset) of each partition of the events topic, now."""
+    from kafka import TopicPartition
+
+    from lambdarec.kafka_io import make_consumer
+
+    consumer = make_consumer(settings.bootstrap_servers)
+    try:
+        partitions = [TopicPartition(settings.topic_events, p)
+                      for p in sorted(consumer.partitions_for_topic(settings.topic_events) or ())]
+        ends = consumer.end_offsets(partitions) if partitions else {}
+    finally:
+        consumer.close()
+    return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+
+def record_erasure(lake: Lake, pseudonym: str, request_id: str, source: str,
+                   end_offsets: dict[int, int]) -> dict[str, Any]:
+    """Append the erasure request (once per request id) and return its row.
+
+    A repeated request id returns the first row; the same id for another subject is
+    a ``RequestConflict``. The append carries the app transaction
+    ``privacy-request-<id>``, so two racing callers record it once.
+    """
+    check_request_id(request_id)
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}")
+    subject = subject_hash(pseudonym)
+    existing = request(lake, request_id)
+    if existing is None:
+        row = {"request_id": request_id, "kind": ERASURE, "subject_hash": subject, "user_id": pseudonym,
+               "requested_at": datetime.now(UTC), "events_end_offsets": list(end_offsets.items()),
+               "source": source}
+        lake.ensure(PRIVACY_REQUESTS)
+        lake.append_arrow(PRIVACY_REQUESTS, pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema),
+                          app_id=f"privacy-request-{request_id}", txn_version=0)
+        existing = request(lake, request_id)
+        assert existing is not None  # just appended, by us or a racing caller
+    if existing["subject_hash"] != subject:
+        raise RequestConflict(f"request_id {request_id!r} already names an erasure of another user")
+    return existing
+
+
+def record_speed_marker(lake: Lake, erasure: dict[str, Any]) -> int | None:
+    """Append the speed-state marker of a pending erasure (once); the ``privacy_requests`` version holding it."""
+    row = {**erasure, "kind": SPEED_STATE_ERASURE, "events_end_offsets": list(erasure["events_end_offsets"].items())}
+    app_id = f"privacy-marker-{erasure['request_id']}"
+    return lake.appender(PRIVACY_REQUESTS).append_once(
+        pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema), app_id, 0)
+
+
+def request(lake: Lake, request_id: str) -> dict[str, Any] | None:
+    only = (pc.field("request_id") == request_id) & (pc.field("kind") == ERASURE)
+    rows = lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()
+    return _with_offsets(rows[0]) if rows else None
+
+
+def pending(lake: Lake) -> list[dict[str, Any]]:
+    """Requests not yet completed (their pseudonym still set), oldest first."""
+    only = pc.field("user_id").is_valid() & (pc.field("kind") == ERASURE)
+    rows = lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()
+    return sorted((_with_offsets(row) for row in rows), key=lambda row: row["requested_at"])
+
+
+def receipt(lake: Lake, request_id: str) -> dict[str, Any] | None:
+    rows = lake.read_arrow(PRIVACY_RECEIPTS, filter=pc.field("request_id") == request_id).to_pylist()
+    if not rows:
+        return None
+    found = rows[0]
+    for name in ("removed", "delete_versions", "vacuum_versions"):
+        found[name] = dict(found[name] or [])
+    return found
+
+
+def erased_subjects(lake: Lake) -> dict[str, int | None]:
+    """Every erased subject: ``subject_hash`` -> the ``events`` version of their DELETE (None while pending).
+
+    A model trained on an older ``events`` version still holds the subject; serving
+    must not use their row of it.
+    """
+    found: dict[str, int | None] = {}
+    for row in lake.read_arrow(PRIVACY_RECEIPTS).to_pylist():
+        found[row["subject_hash"]] = dict(row["delete_versions"] or []).get("events", -1)
+    for row in pending(lake):
+        found[row["subject_hash"]] = None
+    return found
+
+
+def first_model_without(lake: Lake, events_version: int | None) -> int | None:
+    """The first model trained on an ``events`` version at or after ``events_version``."""
+    if events_version is None:
+        return None
+    later = [row["model_version"] for row in registry.current_statuses(lake).values()
+             if row["source_events_version"] is not None and row["source_events_version"] >= events_version]
+    return min(later) if later else None
+
+
+def kafka_expires_by(settings: Settings, requested_at: datetime) -> datetime | None:
+    """When the last copy of an event sent before ``requested_at`` is gone from the events topic.
+
+    Kafka deletes a closed segment once its newest record is older than the
+    retention, and closes a segment at most ``topic_segment_ms`` after it opened;
+    the broker checks every 5 minutes. None when retention is unlimited.
+    """
+    if settings.topic_retention_ms < 0:
+        return None
+    return requested_at + timedelta(milliseconds=settings.topic_retention_ms + settings.topic_segment_ms,
+                                    seconds=KAFKA_RETENTION_CHECK_S)
+
+
+def _with_offsets(row: dict[str, Any]) -> dict[str, Any]:
+    row["events_end_offsets"] = dict(row["events_end_offsets"] or [])
+    return row

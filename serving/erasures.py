@@ -1,0 +1,54 @@
+"""What serving knows of erasures: whose model row it must not use, and whom to forget in the speed view.
+
+The API's own requests apply at once (``erase``); requests made elsewhere (the
+CLI, another replica) arrive with the registry poll (``reload``), from the
+privacy tables. A model trained on ``events`` older than a subject's DELETE
+still holds them, so serving scores them as a new user until one that is not.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lambdarec import privacy
+from lambdarec.lake import Lake
+from serving.speed_view import SpeedView
+
+
+class Erasures:
+    def __init__(self, lake: Lake, speed_view: SpeedView):
+        self.lake = lake
+        self.speed_view = speed_view
+        self._lock = threading.Lock()
+        self._subjects: dict[str, int | None] = {}  # subject_hash -> events version of the DELETE (None: pending)
+        self._forgotten: set[str] = set()  # request ids applied to the speed view
+
+    def erase(self, request: dict[str, Any]) -> None:
+        """Apply a request just recorded (a pending one): drop the user now."""
+        with self._lock:
+            self._subjects.setdefault(request["subject_hash"], None)
+            self._forget(request)
+
+    def reload(self) -> None:
+        """Take in requests and receipts written by anyone (the poller calls this)."""
+        subjects = privacy.erased_subjects(self.lake)
+        with self._lock:
+            for request in privacy.pending(self.lake):
+                self._forget(request)
+            self._subjects = subjects
+
+    def hides(self, pseudonym: str, model_events_version: int) -> bool:
+        """Whether a model trained on ``events`` version ``model_events_version`` still holds an erased user."""
+        if not self._subjects:
+            return False
+        subject = privacy.subject_hash(pseudonym)
+        if subject not in self._subjects:
+            return False
+        deleted = self._subjects[subject]
+        return deleted is None or model_events_version < deleted
+
+    def _forget(self, request: dict[str, Any]) -> None:
+        if request["request_id"] not in self._forgotten and request.get("user_id"):
+            self.speed_view.forget(request["user_id"], request["requested_at"])
+            self._forgotten.add(request["request_id"])

@@ -1,0 +1,84 @@
+"""Privacy routes (admin token): erase a user, and read an erasure's receipt."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
+
+from lambdarec import privacy
+from lambdarec.pseudonym import pseudonymise
+from serving.api_models import ErasureAccepted, ErasureReceipt, Error
+from serving.deps import Services, get_services
+from serving.security import require_admin
+
+router = APIRouter(tags=["privacy"], dependencies=[Depends(require_admin)])
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error, "description": "No bearer token."},
+    403: {"model": Error, "description": "Wrong token, or admin routes are off (no admin_token)."},
+}
+RequestId = Annotated[str | None, Query(min_length=1, max_length=privacy.REQUEST_ID_MAX,
+                                         description="Idempotency key: the same id again repeats nothing.")]
+
+
+@router.delete(
+    "/users/{user_id}",
+    status_code=202,
+    response_model=ErasureAccepted,
+    responses={**ADMIN_ERRORS, 409: {"model": Error, "description": "request_id names another user's erasure."},
+               503: {"model": Error, "description": "The request could not be recorded; nothing was done."}},
+)
+async def erase_user(
+    user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    services: Annotated[Services, Depends(get_services)],
+    request_id: RequestId = None,
+) -> JSONResponse:
+    """Erase the user from every layer. The request is recorded before this answers; serving forgets
+    the user at once, and the erasure job removes their data from the lake and writes the receipt."""
+    pseudonym = pseudonymise(user_id, services.settings.pseudonym_key)
+    rid = request_id or privacy.new_request_id()
+
+    def record() -> dict[str, Any]:
+        return privacy.record_erasure(services.lake, pseudonym, rid, "api",
+                                      privacy.events_end_offsets(services.settings))
+
+    try:
+        request = await run_in_threadpool(record)
+    except privacy.RequestConflict as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    except KafkaError as exc:
+        raise HTTPException(503, detail=f"the events topic's offsets could not be read ({exc}); retry") from exc
+    done = privacy.receipt(services.lake, rid) is not None
+    if not done:
+        services.erasures.erase(request)
+    body = ErasureAccepted(request_id=rid, status="completed" if done else "pending",
+                           received_at=request["requested_at"].isoformat(), receipt=f"/v1/admin/erasures/{rid}")
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+@router.get("/admin/erasures/{request_id}", response_model=ErasureReceipt,
+            responses={**ADMIN_ERRORS, 404: {"model": Error, "description": "No such request."}})
+def erasure_receipt(
+    request_id: Annotated[str, Path(min_length=1, max_length=privacy.REQUEST_ID_MAX)],
+    services: Annotated[Services, Depends(get_services)],
+) -> ErasureReceipt:
+    """The erasure's receipt once completed, else its pending state."""
+    lake = services.lake
+    found = privacy.receipt(lake, request_id)
+    if found is None:
+        request = privacy.request(lake, request_id)
+        if request is None:
+            raise HTTPException(404, detail=f"request_id {request_id!r} is unknown")
+        return ErasureReceipt(request_id=request_id, status="pending", subject_hash=request["subject_hash"],
+                              received_at=request["requested_at"].isoformat())
+    times = {name: found[name].isoformat() if found[name] else None
+             for name in ("received_at", "completed_at", "kafka_expires_by")}
+    return ErasureReceipt(
+        request_id=request_id, status="completed", subject_hash=found["subject_hash"], **times,
+        removed=found["removed"], delete_versions=found["delete_versions"], vacuum_versions=found["vacuum_versions"],
+        vacuum_retention_hours=found["vacuum_retention_hours"],
+        first_model_without_user=privacy.first_model_without(lake, found["delete_versions"].get("events")),
+    )
