@@ -237,7 +237,7 @@ def _rebuild_bundles(lake: Lake, models: list[int]) -> None:
             remove_model_bundle(lake.settings, version)  # serving rebuilds one it needs
             continue
         if model_bundle_exists(lake.settings, version):
-            publish_model_bundle(lake.settings, row)
+            publish_model_bundle(lake.settings, registry.parsed(row))
 
 
 # -- 5 and 6: vacuum and receipt ------------------------------------------------------

@@ -68,7 +68,12 @@ def latest_published_in(registry: pa.Table) -> dict[str, Any] | None:
     published = [row for row in _newest_per_version(_oldest_first(registry)).values() if row["status"] == PUBLISHED]
     if not published:
         return None
-    row = dict(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))
+    return parsed(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))
+
+
+def parsed(row: dict[str, Any]) -> dict[str, Any]:
+    """A registry row with ``params`` and ``metrics`` parsed from JSON."""
+    row = dict(row)
     for name in JSON_FIELDS:
         row[name] = json.loads(row[name]) if row[name] else {}
     row["params"] = canonical_als_params(row["params"])  # older rows: Spark ML's regParam, maxIter
