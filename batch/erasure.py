@@ -9,11 +9,10 @@ too), and ``--follow`` keeps doing so. Each request, in order:
    features query has read them;
 2. appends the speed-state marker (``lambdarec.privacy``) and waits until the
    features query has read it: the user's state is cleared, in the checkpoint;
-3. deletes the user's rows from every table that holds them, each a Delta MERGE
-   keyed by the request (``erasure-<request>-<table>``), so a re-run after a kill
-   deletes nothing twice and finds the first run's counts in the table's history.
-   The pseudonym is in the MERGE's source, never in its predicate, so the Delta
-   log does not keep it;
+3. deletes the user's rows from every table that holds them
+   (``lambdarec.erasure_rows``: one keyed MERGE per table, so a re-run after a kill
+   deletes nothing twice and finds the first run's counts in the table's history;
+   the speed sinks may delete from their own tables first);
 4. rebuilds the published bundles of models that held the user;
 5. VACUUMs (``LITE``: only files the log removed, never a writer's files in
    flight) every table it deleted from, with ``erasure_vacuum_retention_hours``;
@@ -38,30 +37,23 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdarec import privacy, registry
+from lambdarec import erasure_rows, privacy, registry
 from lambdarec.checkpoint_files import CheckpointFiles, speed_checkpoint
-from lambdarec.lake import Lake, delta_transaction, session_conf, spark_path
+from lambdarec.lake import Lake, session_conf, spark_path
 from lambdarec.model_bundle import model_bundle_exists, publish_model_bundle, remove_model_bundle
-from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
 from schemas.tables import (
-    DEAD_LETTER,
     EVENTS,
-    MODEL_INTERACTIONS,
     PRIVACY_RECEIPTS,
     PRIVACY_REQUESTS,
-    SPEED_USER_FEATURES,
-    SPEED_USER_INTERACTIONS,
     USER_FACTORS,
-    USER_IDS,
     TableSpec,
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("lambdarec.batch.erasure")
-BY_USER = (SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, USER_FACTORS)
 DELTA_END_INDEX = 2**63 - 1 - 100  # DeltaSourceOffset.END_INDEX: the offset at the end of a version
 WAIT_STEP_S = 0.5
 
@@ -86,9 +78,9 @@ def erase(spark: "SparkSession", settings: Settings, request: dict[str, Any]) ->
         marker = _wait_for_speed(spark, settings, request)
         if marker is not None:
             delete_versions["speed_state"] = marker
-        removed, versions = _delete_everywhere(spark, lake, request)
+        removed, versions = _delete_everywhere(spark, settings, request)
         delete_versions.update(versions)
-        vacuums = _vacuum(spark, lake, [spec for spec in _ALL if removed.get(spec.name)],
+        vacuums = _vacuum(spark, lake, [spec for spec in erasure_rows.TABLES if removed.get(spec.name)],
                           settings.erasure_vacuum_retention_hours)
         _write_receipt(lake, request, {
             "request_id": request_id, "subject_hash": request["subject_hash"],
@@ -160,72 +152,36 @@ def _read(offsets: list[Any] | None, table_id: str, version: int | None) -> bool
 
 # -- 3 and 4: the lake --------------------------------------------------------------
 
-_ALL: tuple[TableSpec, ...] = (EVENTS, DEAD_LETTER, *BY_USER, MODEL_INTERACTIONS, USER_IDS)
 
-
-def _delete_everywhere(spark: "SparkSession", lake: Lake, request: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
-    """Step 3 and 4: rows removed per table and the version of each table's DELETE."""
-    from pyspark.sql import functions as F
-
-    pseudonym, request_id = request["user_id"], request["request_id"]
-    subject = spark.createDataFrame([(pseudonym, list(request["events_end_offsets"].items()))],
-                                    "user_id string, ends array<struct<p:int,o:bigint>>")
-    subject = subject.select("user_id", F.map_from_entries("ends").alias("ends"))
-    by_user = subject.select("user_id")
-    indexes = lake.read_arrow(USER_IDS, filter=pc.field("user_id") == pseudonym).column("user_index").to_pylist()
-    models = sorted(set(lake.read_arrow(USER_FACTORS, filter=pc.field("user_id") == pseudonym)
-                        .column("model_version").to_pylist()))
-    plan: list[tuple[TableSpec, "DataFrame", str]] = [
-        # an event sent after the request belongs to the user's new life, and stays
-        (EVENTS, subject, "t.user_id = s.user_id AND (t.kafka_partition IS NULL OR "
-                          "t.kafka_offset < coalesce(element_at(s.ends, t.kafka_partition), 0))"),
-        (DEAD_LETTER, _dead_letters(spark, lake, pseudonym), "t.kafka_topic <=> s.kafka_topic AND "
-         "t.kafka_partition <=> s.kafka_partition AND t.kafka_offset <=> s.kafka_offset"),
-        *[(spec, by_user, "t.user_id = s.user_id") for spec in BY_USER],
-        # model_interactions holds the user by index: delete it before the index's row in user_ids
-        (MODEL_INTERACTIONS, spark.createDataFrame([(i,) for i in indexes], "user_index int"),
-         "t.user_index = s.user_index"),
-        (USER_IDS, by_user, "t.user_id = s.user_id"),
-    ]
+def _delete_everywhere(spark: "SparkSession", settings: Settings, request: dict[str, Any]
+                       ) -> tuple[dict[str, int], dict[str, int]]:
+    """Steps 3 and 4: rows removed per table and the version of each table's DELETE. A table a speed
+    sink writes may take a few tries (``lambdarec.erasure_rows``), within ``erasure_speed_wait_s``."""
+    lake = Lake(settings)
+    pseudonym = request["user_id"]
+    models = set(lake.read_arrow(USER_FACTORS, filter=pc.field("user_id") == pseudonym).column("model_version")
+                 .to_pylist())
+    if erasure_rows.done(lake, request["request_id"], USER_FACTORS) is not None:  # a re-run: rows already gone
+        models = set(registry.current_statuses(lake))
     removed: dict[str, int] = {}
     versions: dict[str, int] = {}
-    for spec, source, condition in plan:
+    for spec in erasure_rows.TABLES:
         if not lake.exists(spec):
             continue
-        found = _delete_matching(spark, lake, spec, source, condition, f"erasure-{request_id}-{spec.name}")
-        removed[spec.name] = found[1]
-        if found[0] is not None:
-            versions[spec.name] = found[0]
-    _rebuild_bundles(lake, models)
+        versions[spec.name], removed[spec.name] = _erase_table(spark, settings, request, spec)
+    _rebuild_bundles(lake, sorted(models))
     return removed, versions
 
 
-def _dead_letters(spark: "SparkSession", lake: Lake, pseudonym: str) -> "DataFrame":
-    """Keys of the dead letters that hold the user: the pseudonym anywhere in the raw bytes, or a
-    ``user_id`` field that is the pseudonym or a raw id whose pseudonym it is."""
-    from pyspark.sql import functions as F
-
-    text = F.col("raw").cast("string")
-    field = F.get_json_object(text, "$.user_id")
-    match = (F.instr(text, pseudonym) > 0) | (field == pseudonym) | (
-        spark_pseudonym(field, lake.settings.pseudonym_key) == pseudonym)
-    return lake.read_spark(spark, DEAD_LETTER).filter(match).select("kafka_topic", "kafka_partition", "kafka_offset")
-
-
-def _delete_matching(spark: "SparkSession", lake: Lake, spec: TableSpec, source: "DataFrame", condition: str,
-                     app_id: str) -> tuple[int | None, int]:
-    """MERGE ... WHEN MATCHED DELETE, once per ``app_id``: (version, rows deleted), from the table's
-    history on a re-run. (None, 0) when nothing matched and Delta wrote no commit."""
-    from delta.tables import DeltaTable
-
-    if not lake.committed(spec, app_id, 0):
-        with delta_transaction(spark, app_id, 0):
-            (DeltaTable.forPath(spark, spark_path(lake.uri(spec))).alias("t")
-             .merge(source.alias("s"), condition).whenMatchedDelete().execute())
-    entry = lake.commit_entry(spec, app_id, 0)
-    if entry is None:
-        return None, 0
-    return entry["version"], int((entry.get("operationMetrics") or {}).get("numTargetRowsDeleted", 0))
+def _erase_table(spark: "SparkSession", settings: Settings, request: dict[str, Any], spec: TableSpec) -> tuple[int, int]:
+    """(version, rows) of the table's erasure commit, trying until it is in (by us or by a speed sink)."""
+    deadline = time.monotonic() + settings.erasure_speed_wait_s
+    while (found := erasure_rows.erase_rows(spark, Lake(settings), request, spec)) is None:
+        if time.monotonic() > deadline:
+            raise SpeedNotCaughtUp(f"concurrent writes to {spec.name} kept the erasure out for "
+                                   f"{settings.erasure_speed_wait_s:.0f} s")
+        time.sleep(WAIT_STEP_S)
+    return found
 
 
 def _rebuild_bundles(lake: Lake, models: list[int]) -> None:

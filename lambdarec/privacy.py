@@ -120,6 +120,13 @@ def pending(lake: Lake) -> list[dict[str, Any]]:
     return sorted((_with_offsets(row) for row in rows), key=lambda row: row["requested_at"])
 
 
+def ready(lake: Lake) -> list[dict[str, Any]]:
+    """Pending requests whose speed-state marker is recorded: the user's earlier events are all in the
+    lake, so the speed sinks may delete their rows."""
+    only = pc.field("user_id").is_valid() & (pc.field("kind") == SPEED_STATE_ERASURE)
+    return [_with_offsets(row) for row in lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()]
+
+
 def receipt(lake: Lake, request_id: str) -> dict[str, Any] | None:
     rows = lake.read_arrow(PRIVACY_RECEIPTS, filter=pc.field("request_id") == request_id).to_pylist()
     if not rows:

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from lambdarec.erasure_rows import ReadyErasures
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import (
@@ -51,6 +52,9 @@ class Sink:
         self._files: CheckpointFiles | None = None
         self._query_id: str | None = None
         self._producer = None
+        self.erasures = ReadyErasures(self.lake, self.erased_tables)
+
+    erased_tables: tuple[TableSpec, ...] = ()
 
     def files(self, batch: "DataFrame") -> CheckpointFiles:
         if self._files is None:
@@ -103,6 +107,9 @@ class Sink:
 class EventsSink(Sink):
     """Events query: ``events``, ``dead_letter`` (bad and late records), ``speed_user_interactions``.
 
+    Before its appends, a batch deletes the rows of erasures that are ready from these
+    tables (``lambdarec.erasure_rows``): the erasure job's own delete would race its appends.
+
     Late means the record's Kafka timestamp is older than the dedupe window
     behind the newest timestamp of earlier batches: its duplicates may no longer
     be in the dedupe state, so it is dead-lettered (raw bytes kept, for a replay)
@@ -110,11 +117,14 @@ class EventsSink(Sink):
     beside the checkpoint, so a replayed batch is classified exactly as before.
     """
 
+    erased_tables = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS)
+
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import functions as F
 
         started = time.perf_counter()
         files = self.files(batch)
+        self.erasures.apply(batch.sparkSession)
         frontier = self._frontier_before(files, batch_id)
         cutoff_us = None if frontier is None else frontier - self._window_us()
         rows = batch.withColumn("reason", late_reason(cutoff_us)).persist()
@@ -190,12 +200,16 @@ class EventsSink(Sink):
 
 
 class FeaturesSink(Sink):
-    """Features query: ``speed_user_features`` and ``speed_item_trending`` changelogs, then pushes."""
+    """Features query: ``speed_user_features`` and ``speed_item_trending`` changelogs, then pushes;
+    first, erased users' rows of ``speed_user_features`` go, as in ``EventsSink``."""
+
+    erased_tables = (SPEED_USER_FEATURES,)
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import functions as F
 
         self.files(batch)
+        self.erasures.apply(batch.sparkSession)
         rows = batch.persist()
         try:
             users = self.stamped(user_rows(rows.filter(F.col("kind") == "user")), batch_id)

@@ -70,7 +70,7 @@ def lake_with(settings, raw: str, other_raw: str) -> tuple[Lake, str, str]:
 def rows_of(lake: Lake, user: str) -> dict[str, int]:
     """The user's rows in each table's current version."""
     found = {spec.name: lake.read_arrow(spec, filter=pc.field("user_id") == user).num_rows for spec in USER_TABLES}
-    index = lake.read_arrow(USER_IDS, filter=pc.field("user_id") == user).column("user_index").to_pylist()
+    index = lake.read_arrow(USER_FACTORS, filter=pc.field("user_id") == user).column("user_index").to_pylist()
     found[MODEL_INTERACTIONS.name] = lake.read_arrow(MODEL_INTERACTIONS, filter=pc.field("user_index").isin(index)).num_rows
     raw = lake.read_arrow(DEAD_LETTER).column("raw").to_pylist()
     found[DEAD_LETTER.name] = sum(user.encode() in r for r in raw)

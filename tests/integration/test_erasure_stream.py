@@ -1,0 +1,154 @@
+"""Erasure under load: the whole platform running, one user erased mid-stream.
+
+A real broker, the speed job's events and features queries streaming on Spark,
+serving on a real HTTP server following ``speed-updates``, and a published
+model holding every user. Events for many users stream through the API; one
+user is erased through ``DELETE /v1/users/{id}`` while they do, and the erasure
+job runs beside the stream. Then no file under the lake holds the user, DuckDB
+over the tables finds no row, serving answers them as a new user, the speed
+job's state has nothing of them (also after a restart), and every other user's
+events are all there, once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow.compute as pc
+import pytest
+from pydantic import SecretStr
+
+from batch import erasure
+from lambdarec.lake import Lake
+from lambdarec.pseudonym import pseudonymise
+from schemas.tables import ALL_TABLES, EVENTS, PRIVACY_RECEIPTS
+from speed.job import features_checkpoint_location, run, run_features
+from tests.spark.test_erasure import traces
+from tests.support.serving import serving, wait_until, write_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+USERS = [f"shopper-{n}" for n in range(12)]
+ERASED = USERS[5]
+TOKEN = "admin-secret"
+
+
+def events_for(user: str, n: int) -> list[dict]:
+    now = dt.datetime.now(dt.UTC)
+    return [{"event_id": str(uuid.uuid4()), "user_id": user, "item_id": f"item-{(hash(user) + i) % 7}",
+             "event_type": "click", "occurred_at": (now - dt.timedelta(seconds=1)).isoformat(),
+             "context": {"country": "DE", "device": "web"}} for i in range(n)]
+
+
+def state_keys(spark, settings) -> list[str]:
+    """The entities the features query keeps state for (Spark's state data source)."""
+    state = (spark.read.format("statestore").option("path", features_checkpoint_location(settings))
+             .option("stateVarName", "features").load())
+    return [str(row[0]) for row in state.selectExpr("to_json(key)").collect()]
+
+
+def start_speed(spark, settings) -> list:
+    return [run(spark, settings), run_features(spark, settings)]
+
+
+def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_settings):
+    settings = broker_settings.model_copy(update={
+        "admin_token": SecretStr(TOKEN), "speed_realtime": False, "speed_features_trigger_ms": 1000,
+        "serve_model_poll_s": 0.5, "erasure_speed_wait_s": 120})
+    lake = Lake(settings)
+    key = settings.pseudonym_key
+    erased = pseudonymise(ERASED, key)
+    items = {f"item-{i}": [float(i % 3 == 0), float(i % 3 == 1), float(i % 3 == 2)] for i in range(7)}
+    write_model(lake, 1, -1, items, {pseudonymise(u, key): {"item-1": 1.0, "item-2": 1.0} for u in USERS})
+
+    sent: Counter[str] = Counter()
+    stop = threading.Event()
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    queries = start_speed(spark, settings)
+    try:
+        with serving(settings) as client:
+            wait_until(lambda: client.get("/ready").status_code == 200, "serving to be ready")
+
+            def stream() -> None:
+                while not stop.is_set():
+                    for user in USERS:
+                        if user == ERASED and sent[ERASED] >= 40:
+                            continue  # after asking to be erased, the user stays away
+                        batch = events_for(user, 4)
+                        assert client.post("/v1/events/batch", json=batch).status_code == 202
+                        sent[user] += len(batch)
+
+            sender = threading.Thread(target=stream, daemon=True)
+            sender.start()
+            wait_until(lambda: sent[ERASED] >= 40, "the user's events to be sent")
+            assert client.get("/v1/users/x/recommendations").status_code == 200
+            assert client.delete(f"/v1/users/{ERASED}").status_code in (401, 403)  # no token
+            assert client.delete(f"/v1/users/{ERASED}", headers={"Authorization": "Bearer wrong"}).status_code == 403
+            accepted = client.delete(f"/v1/users/{ERASED}", params={"request_id": "req-1"}, headers=admin)
+            assert accepted.status_code == 202, accepted.text
+            again = client.delete(f"/v1/users/{ERASED}", params={"request_id": "req-1"}, headers=admin)
+            assert again.status_code == 202 and again.json()["request_id"] == "req-1"
+            other = client.delete(f"/v1/users/{USERS[0]}", params={"request_id": "req-1"}, headers=admin)
+            assert other.status_code == 409
+            # serving forgot them at once: a new user to the model, with no speed history
+            at_once = client.get(f"/v1/users/{ERASED}/recommendations").json()
+            assert at_once["strategy"] in ("trending_segment", "trending_global", "popular"), at_once
+            assert client.get("/v1/admin/erasures/req-1", headers=admin).json()["status"] == "pending"
+
+            worker = threading.Thread(target=lambda: erasure.run(spark, settings), daemon=True)
+            worker.start()
+            receipt = wait_until(lambda: (r := client.get("/v1/admin/erasures/req-1", headers=admin).json())
+                                 and r["status"] == "completed" and r, "the receipt", timeout_s=240)
+            worker.join(60)
+            stop.set()
+            sender.join(30)
+
+            assert receipt["removed"]["events"] == sent[ERASED]
+            assert receipt["vacuum_retention_hours"] == 0 and receipt["kafka_expires_by"]
+            assert "speed_state" in receipt["delete_versions"]
+            assert ERASED not in str(receipt) and erased not in str(receipt)
+            answer = client.get(f"/v1/users/{ERASED}/recommendations").json()
+            assert answer["strategy"] in ("trending_segment", "trending_global", "popular")
+            assert answer["fresh_interactions"] == 0
+            assert client.get("/v1/admin/erasures/unknown-id", headers=admin).status_code == 404
+
+            # every other user's events land, once each
+            total = sum(sent.values()) - sent[ERASED]
+            wait_until(lambda: lake.read_arrow(EVENTS, filter=pc.field("user_id") != erased).num_rows >= total,
+                       "the other users' events to land", timeout_s=120)
+    finally:
+        stop.set()
+        for query in queries:
+            query.stop()
+
+    users = Counter(lake.read_arrow(EVENTS).column("user_id").to_pylist())
+    assert users == Counter({pseudonymise(u, key): n for u, n in sent.items() if u != ERASED})
+    assert len(set(lake.read_arrow(EVENTS).column("event_id").to_pylist())) == sum(users.values())
+
+    assert traces(Path(lake.root), [erased.encode(), ERASED.encode()]) == []
+    connection = duckdb.connect()
+    for name, spec in ALL_TABLES.items():
+        if lake.exists(spec) and "user_id" in spec.columns:
+            connection.register(name, lake.dataset(spec))
+            found = connection.execute(f"SELECT count(*) FROM {name} WHERE user_id = ?", [erased]).fetchone()
+            assert found == (0,), name
+    assert lake.read_arrow(PRIVACY_RECEIPTS).num_rows == 1
+
+    assert not [k for k in state_keys(spark, settings) if erased in k]
+    assert [k for k in state_keys(spark, settings) if pseudonymise(USERS[0], key) in k]
+    queries = start_speed(spark, settings)  # a restart: the state stays clear
+    try:
+        from tests.support.speed import produce, message
+
+        produce(settings, [message(user_id=pseudonymise(USERS[1], key)) for _ in range(3)])
+        before = lake.version(EVENTS)
+        wait_until(lambda: lake.version(EVENTS) > before, "the restarted speed job to store new events")
+    finally:
+        for query in queries:
+            query.stop()
+    assert not [k for k in state_keys(spark, settings) if erased in k]
