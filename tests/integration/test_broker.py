@@ -129,7 +129,7 @@ def test_topics_get_partitions_replication_and_retention_from_settings(broker_se
     assert topic_config(settings, "retained", "retention.ms")["value"] == "3600000"
     events_retention = topic_config(settings, "events", "retention.ms")
     assert (events_retention["value"], events_retention["config_source"]) == (
-        str(7 * 86_400_000), "DYNAMIC_TOPIC_CONFIG")  # set on the topic, not the broker's default
+        str(broker_settings.topic_retention_ms), "DYNAMIC_TOPIC_CONFIG")  # set on the topic, not the broker's default
     consumer = kafka_io.make_consumer(settings.bootstrap_servers)
     try:
         assert consumer.partitions_for_topic("retained") == {0, 1, 2}

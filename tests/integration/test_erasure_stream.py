@@ -28,7 +28,7 @@ from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ALL_TABLES, EVENTS, PRIVACY_RECEIPTS
 from speed.job import features_checkpoint_location, run, run_features
-from tests.spark.test_erasure import traces
+from tests.support.privacy import traces
 from tests.support.serving import serving, wait_until, write_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -135,8 +135,8 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
     for name, spec in ALL_TABLES.items():
         if lake.exists(spec) and "user_id" in spec.columns:
             connection.register(name, lake.dataset(spec))
-            found = connection.execute(f"SELECT count(*) FROM {name} WHERE user_id = ?", [erased]).fetchone()
-            assert found == (0,), name
+            found = connection.execute(f"SELECT count(*) FROM {name} WHERE user_id = ?", [erased]).fetchall()
+            assert found == [(0,)], name
     assert lake.read_arrow(PRIVACY_RECEIPTS).num_rows == 1
 
     assert not [k for k in state_keys(spark, settings) if erased in k]

@@ -14,9 +14,9 @@ from lambdarec import registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from lambdarec.submit import PROJECT_ROOT, spark_submit_command, spark_submit_env
 from schemas.tables import EVENTS, MODELS
 from serving.model_store import ModelStore
+from tests.support.jobs import finish, start_job
 from tests.support.serving import wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,17 +25,7 @@ END = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def submit(settings: Settings, run_key: str) -> subprocess.Popen:
-    cmd = spark_submit_command(settings, "batch/train.py", ["--run-key", run_key])
-    return subprocess.Popen(
-        cmd, env=spark_submit_env(settings), cwd=PROJECT_ROOT, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output[-4000:]
-    return output
+    return start_job(settings, "batch/train.py", ["--run-key", run_key])
 
 
 def registry_state(lake: Lake) -> list[tuple]:
