@@ -175,13 +175,15 @@ def _delete_everywhere(spark: "SparkSession", settings: Settings, request: dict[
 
 def _erase_table(spark: "SparkSession", settings: Settings, request: dict[str, Any], spec: TableSpec) -> tuple[int, int]:
     """(version, rows) of the table's erasure commit, trying until it is in (by us or by a speed sink)."""
-    deadline = time.monotonic() + settings.erasure_speed_wait_s
-    while (found := erasure_rows.erase_rows(spark, Lake(settings), request, spec)) is None:
-        if time.monotonic() > deadline:
-            raise SpeedNotCaughtUp(f"concurrent writes to {spec.name} kept the erasure out for "
-                                   f"{settings.erasure_speed_wait_s:.0f} s")
-        time.sleep(WAIT_STEP_S)
-    return found
+    found: list[tuple[int, int]] = []
+
+    def attempt() -> bool:
+        result = erasure_rows.erase_rows(spark, Lake(settings), request, spec)
+        found.extend([result] if result is not None else [])
+        return bool(found)
+
+    _wait(settings, f"concurrent writes to {spec.name} to let the erasure in", attempt)
+    return found[0]
 
 
 def _rebuild_bundles(lake: Lake, models: list[int]) -> None:

@@ -42,6 +42,7 @@ from lambdarec.broker import EmbeddedBroker
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets
 from lambdarec.lake import Lake
 from lambdarec.processes import lambdarec_command, start_child, wait_for
+from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_env, speed_job_command
 from schemas.tables import SPEED_PROGRESS
@@ -99,12 +100,13 @@ def event(user: str, item: str) -> dict:
 def offer(settings: Settings, rate: int, seconds: float, sent: dict[str, float]) -> int:
     """Produce ``rate`` events/s for ``seconds`` in 10 ms ticks; returns how many were sent."""
     producer = make_producer(settings, linger_ms=5)
+    users = [pseudonymise(f"bench-{n}", settings.pseudonym_key) for n in range(5000)]  # as the API sends them
     start, count, tick = time.monotonic(), 0, 0.01
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(rate * (elapsed + tick))
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         for _ in range(due - count):
-            body = {**event(f"bench-{count % 5000}", f"item-{count % 997}"), "schema_version": 1, "received_at": now}
+            body = {**event(users[count % 5000], f"item-{count % 997}"), "schema_version": 1, "received_at": now}
             producer.send(settings.topic_events, json.dumps(body).encode(), key=body["user_id"].encode())
             sent[body["event_id"]] = time.monotonic()
             count += 1

@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("lambdarec.status", "Show the speed job's progress, lag and the published model."),
     "evaluate": ("lambdarec.evaluate", "Benchmark the product on an interactions file: split, import, train, serve, score."),
     "erase": ("batch.erasure", "Erase a user from every layer (or complete pending erasures) and write the receipt."),
+    "export": ("lambdarec.export", "Print everything held on a user as one JSON document (right of access)."),
     "import": ("batch.importer", "Backfill historical interactions (CSV, Parquet, MovieLens) into events."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),

@@ -8,7 +8,7 @@ MERGE's source, never in its predicate, so the Delta log does not keep it.
 
 Open-source Delta runs a MERGE at Serializable isolation: an append to a
 partition it read, committed meanwhile, fails it. The speed sinks append to
-``events``, ``dead_letter``, ``speed_user_interactions`` and
+``events``, ``dead_letter``, ``speed_user_interactions``, ``user_consent`` and
 ``speed_user_features`` every few seconds, so under load the erasure job's
 MERGE on those loses the race; each sink therefore also deletes, at the start of
 a micro-batch, the rows of erasures that are ready (their speed-state marker is
@@ -32,6 +32,7 @@ from schemas.tables import (
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
     USER_FACTORS,
+    USER_CONSENT,
     USER_IDS,
     TableSpec,
 )
@@ -41,10 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lambdarec.erasure")
 
-TABLES: tuple[TableSpec, ...] = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES,
+TABLES: tuple[TableSpec, ...] = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, USER_CONSENT,
                                  MODEL_INTERACTIONS, USER_FACTORS, USER_IDS)
 """Every table that holds a user, in the order their rows go: ``model_interactions`` holds the user by
-their index in each model, which their ``user_factors`` rows give, so it goes first."""
+their index, which their ``user_factors`` and ``user_ids`` rows give, so it goes before those."""
 CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
              "ConcurrentTransactionException", "MetadataChangedException", "ConcurrentWriteException")
 
@@ -99,12 +100,13 @@ def _source(spark: "SparkSession", lake: Lake, request: dict[str, Any], spec: Ta
     if spec is DEAD_LETTER:
         return (_dead_letters(spark, lake, pseudonym), "t.kafka_topic <=> s.kafka_topic AND "
                 "t.kafka_partition <=> s.kafka_partition AND t.kafka_offset <=> s.kafka_offset")
-    if spec is MODEL_INTERACTIONS:
-        rows = lake.read_arrow(USER_FACTORS, filter=pc.field("user_id") == pseudonym).select(
-            ["model_version", "user_index"]).to_pylist()
-        return (spark.createDataFrame([(r["model_version"], r["user_index"]) for r in rows],
-                                      "model_version bigint, user_index int"),
-                "t.model_version = s.model_version AND t.user_index = s.user_index")
+    if spec is MODEL_INTERACTIONS:  # by index: the user's in each model's factors, and in the id map (EASE)
+        only = pc.field("user_id") == pseudonym
+        pairs = {(r["model_version"], r["user_index"]) for r in lake.read_arrow(USER_FACTORS, filter=only).select(
+            ["model_version", "user_index"]).to_pylist()}
+        pairs |= {(None, index) for index in lake.read_arrow(USER_IDS, filter=only).column("user_index").to_pylist()}
+        return (spark.createDataFrame(sorted(pairs, key=str), "model_version bigint, user_index int"),
+                "t.user_index = s.user_index AND (s.model_version IS NULL OR t.model_version = s.model_version)")
     return spark.createDataFrame([(pseudonym,)], "user_id string"), "t.user_id = s.user_id"
 
 

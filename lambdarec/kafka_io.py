@@ -110,7 +110,7 @@ def send_all(
 
 def platform_topics(settings: Settings) -> list[str]:
     """Every topic the platform creates on start (names from settings; formats in ``schemas.topics``)."""
-    return [settings.topic_events, settings.topic_speed_updates]
+    return [settings.topic_events, settings.topic_consent, settings.topic_speed_updates]
 
 
 def ensure_topics(

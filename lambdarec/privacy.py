@@ -32,7 +32,7 @@ ERASURE = "erasure"
 SPEED_STATE_ERASURE = "speed_state_erasure"
 """The erasure job's marker row, appended once the user's earlier events are in the lake: the speed
 features query streams it to the stateful processor, which clears the user's state."""
-SOURCES = ("api", "cli")
+SOURCES = ("api", "cli", "consent")
 KAFKA_RETENTION_CHECK_S = 300  # the broker's log.retention.check.interval.ms default
 REQUEST_ID_MAX = 128
 

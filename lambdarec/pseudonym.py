@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 PREFIX = "u_"
 HEX_CHARS = 32  # 128 bits: collisions are negligible at any realistic user count
-PSEUDONYM_PATTERN = r"^u([2-9]|[1-9][0-9]+)?_[0-9a-f]{32}$"
-"""What every pseudonym looks like; a ``user_id`` that does not is a raw id."""
 DEVELOPMENT_KEY = "lambdarec-dev-key-change-me"
 _VERSIONED = re.compile(r"^([1-9][0-9]*):(.*)$", re.DOTALL)
 _BLOCK = 64  # SHA-256's block size, which HMAC pads the key to

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     topic_speed_updates: str = Field(
         "speed-updates", description="Topic the speed layer pushes serving updates to."
     )
+    topic_consent: str = Field(
+        "consent", description="Topic of consent changes (schemas.consent): the API's and any other producer's."
+    )
     topic_partitions: int = Field(2, ge=1, description="Partitions for topics the platform creates.")
     topic_replication_factor: int = Field(
         1, ge=1,
@@ -124,7 +127,7 @@ class Settings(BaseSettings):
     )
     topic_retention_ms: int = Field(
         86_400_000, ge=-1,
-        description="retention.ms of the topics the platform creates (events, speed-updates): how long Kafka "
+        description="retention.ms of the topics the platform creates (events, consent, speed-updates): how long Kafka "
         "keeps records (default 1 day, so an erased user's copies on the topic are gone within about a day; "
         "-1 = forever). The speed job must read events within it, or it stops (speed_fail_on_data_loss).",
     )
@@ -336,7 +339,9 @@ class Settings(BaseSettings):
         168, ge=0, description="Maintenance vacuum keeps unreferenced files younger than this."
     )
     serving_url: str = Field(
-        "", description="Serving base URL the batch DAG asks to reload after a publish; empty = skip."
+        "", description="Serving base URL that jobs talk to: the batch DAG asks it to reload after a publish "
+        "(empty = skip), and `lambdarec export` asks it for the user's recommendations (empty = "
+        "serve_host:serve_port)."
     )
 
     serve_host: str = Field("127.0.0.1", description="Serving bind address.")
@@ -374,7 +379,8 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often `lambdarec erase --follow` looks for new requests."
     )
     erasure_on_withdrawal: bool = Field(
-        False, description="Whether withdrawing personalisation consent also erases the user's data."
+        False, description="Whether withdrawing personalisation consent also erases the user's data: the speed "
+        "job records an erasure request (id consent-<change_id>) that the erasure job carries out.",
     )
 
     @property

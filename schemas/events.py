@@ -17,6 +17,12 @@ from typing import Any, Literal, get_args
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+PSEUDONYM_PATTERN = r"^u([2-9]|[1-9][0-9]+)?_[0-9a-f]{32}$"
+"""What every pseudonym (``lambdarec.pseudonym``) looks like; a ``user_id`` on a topic that does not is a raw id."""
+RAW_USER_ID = "raw_user_id"
+"""The dead-letter reason of a record whose ``user_id`` is a raw id (written to Kafka past the API)."""
+REDACTED_USER_ID = "[redacted]"
+"""What a raw user id is replaced by in the dead-letter copy of the record."""
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "like", "share"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)

@@ -314,7 +314,7 @@ PRIVACY_REQUESTS = TableSpec(
             ("user_id", pa.string()),  # the pseudonym; null once the request completed
             ("requested_at", TS),
             ("events_end_offsets", pa.map_(pa.int32(), pa.int64())),  # the events topic's end per partition
-            ("source", pa.string()),  # "api" or "cli"
+            ("source", pa.string()),  # "api", "cli", or "consent" (a withdrawal, with erasure_on_withdrawal)
         ]
     ),
 )
@@ -341,6 +341,29 @@ PRIVACY_RECEIPTS = TableSpec(
     ),
 )
 
+USER_CONSENT = TableSpec(
+    name="user_consent",
+    description=(
+        "Every consent change read from the consent topic (schemas.consent), once each: the speed job's "
+        "consent state, which it rebuilds from here after a restart, and each user's consent history."
+    ),
+    keys=("change_id",),
+    identifying=("user_id",),
+    schema=pa.schema(
+        [
+            ("change_id", pa.string()),
+            ("user_id", pa.string()),
+            ("purpose", pa.string()),
+            ("granted", pa.bool_()),
+            ("changed_at", TS),
+            ("source", pa.string()),
+            ("kafka_partition", pa.int32()),
+            ("kafka_offset", pa.int64()),
+            ("kafka_timestamp", TS),  # what "later than the change" is measured against
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -360,5 +383,6 @@ ALL_TABLES: dict[str, TableSpec] = {
         ITEM_IDS,
         PRIVACY_REQUESTS,
         PRIVACY_RECEIPTS,
+        USER_CONSENT,
     )
 }

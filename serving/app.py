@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from lambdarec.settings import Settings, get_settings
 from lambdarec.pseudonym import is_development_key
-from serving import routes_events, routes_ops, routes_privacy, routes_recommendations
+from serving import routes_consent, routes_events, routes_ops, routes_privacy, routes_recommendations
 from serving.deps import Services
 from serving.idle_gate import CountRequests
 from serving.limits import BodySizeLimit
@@ -129,7 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services = Services.build(settings)
     app.dependency_overrides[get_settings] = lambda: settings
-    for router in (routes_events.router, routes_recommendations.router, routes_privacy.router, routes_ops.admin):
+    for router in (routes_events.router, routes_consent.router, routes_recommendations.router, routes_privacy.router,
+                   routes_ops.admin):
         app.include_router(router, prefix=f"/{API_VERSION}")
         app.include_router(router, include_in_schema=False)
     app.include_router(routes_ops.router)

@@ -15,7 +15,9 @@ from serving.metrics import Metrics
 from serving.model import Model
 from serving.model_store import ModelStore
 from serving.catalogue import Catalogue, CatalogueCache
+from serving.consents import Consents
 from serving.erasures import Erasures
+from serving.recommend import Query, Recommendation, recommend
 from serving.poller import Poller
 from serving.rate_limit import RateLimiter
 from serving.speed_bootstrap import bootstrap
@@ -40,6 +42,7 @@ class Services:
     poller: Poller
     idle_gate: IdleGate
     erasures: Erasures
+    consents: Consents
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -52,7 +55,7 @@ class Services:
             attributes.prepare(catalogues.get(model, speed_view, idle_gate.pause), idle_gate.pause)
 
         model_store = ModelStore(settings, lake, prepare=prepare, pause=idle_gate.pause)
-        erasures = Erasures(lake, speed_view)
+        erasures, consents = Erasures(lake, speed_view), Consents(lake, speed_view)
         return cls(
             settings=settings,
             lake=lake,
@@ -63,15 +66,24 @@ class Services:
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
-            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload, erasures.reload]),
+            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload, erasures.reload,
+                                                         consents.reload]),
             idle_gate=idle_gate,
             erasures=erasures,
+            consents=consents,
         )
 
     def catalogue(self) -> Catalogue | None:
         """The serving model's catalogue with new items folded in, or None before any model."""
         model = self.model_store.current  # read once: a concurrent swap cannot mix versions
         return None if model is None else self.catalogues.get(model, self.speed_view)
+
+    def recommend(self, user_key: str, query: Query) -> Recommendation:
+        """One user's answer as the route gives it: model and speed view, erasures and consent applied."""
+        catalogue = self.catalogue()
+        erased = catalogue is not None and self.erasures.hides(user_key, catalogue.model.source_events_version)
+        return recommend(catalogue, self.speed_view, self.attributes, user_key, query, erased,
+                         personal=self.consents.personalises(user_key))
 
     def ready(self) -> bool:
         return self.model_store.current is not None and self.speed_view.following

@@ -1,4 +1,5 @@
-"""The ingestion edge: pseudonymise events and produce them to the ``events`` topic.
+"""The ingestion edge: pseudonymise events and produce them to the ``events`` topic (consent changes
+to the ``consent`` topic).
 
 A request is acknowledged only after the broker acknowledged every record
 (acks=all, idempotent producer), so a 202 never hides a lost event. A retry after
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kafka import KafkaProducer
+from kafka.producer.future import RecordMetadata
 from kafka.errors import KafkaError
 
 from lambdarec.kafka_io import KafkaDeliveryError, make_producer, send_all
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
+from schemas.consent import ConsentChange
 from schemas.events import Event
 
 log = logging.getLogger(__name__)
@@ -59,17 +62,20 @@ class Ingestor:
             records.append((pseudonym.encode(), json.dumps(message).encode()))
             result.accepted.append(str(event.event_id))
         if records:
-            self._send(records)
+            self._send(self.settings.topic_events, records)
         return result
 
-    def _send(self, records: list[tuple[bytes, bytes]]) -> None:
+    def publish_consent(self, change: ConsentChange) -> datetime:
+        """Produce one consent change, keyed by the user, and wait for the broker; its Kafka timestamp."""
+        [delivered] = self._send(self.settings.topic_consent, [(change.user_id.encode(), change.to_message())])
+        return datetime.fromtimestamp(delivered.timestamp / 1000, UTC)
+
+    def _send(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[RecordMetadata]:
         try:
-            send_all(self._get_producer(), self.settings.topic_events, records, DELIVERY_TIMEOUT_S)
+            return send_all(self._get_producer(), topic, records, DELIVERY_TIMEOUT_S)
         except (KafkaError, KafkaDeliveryError) as exc:
             self._discard_producer()
-            log.warning(
-                "produce failed", extra={"topic": self.settings.topic_events, "error": str(exc)}
-            )
+            log.warning("produce failed", extra={"topic": topic, "error": str(exc)})
             raise BrokerUnavailable(str(exc)) from exc
 
     def _get_producer(self) -> KafkaProducer:

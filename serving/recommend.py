@@ -74,9 +74,13 @@ def recommend(
     user_key: str,
     query: Query = Query(),
     erased: bool = False,
+    personal: bool = True,
 ) -> Recommendation:
     """Top ``query.k`` items for the pseudonymous ``user_key``; an ``erased`` user's row of the model
-    (and their training interactions) is not used: they are new to it."""
+    (and their training interactions) is not used: they are new to it. Without ``personal`` (no
+    consent) nothing of the user is: the answer is the request's segment's, as for a stranger."""
+    if not personal:
+        return _cold_start(catalogue, speed, attributes, None, query, [])
     history = speed.interactions(user_key)
     if catalogue is None:
         return _cold_start(None, speed, attributes, user_key, query, history)
@@ -207,7 +211,7 @@ def _cold_start(
     catalogue: Catalogue | None,
     speed: SpeedView,
     attributes: ItemAttributes,
-    user_key: str,
+    user_key: str | None,
     query: Query,
     history: list[Interaction],
 ) -> Recommendation:
@@ -253,9 +257,9 @@ def trending(
     return None
 
 
-def _segments(speed: SpeedView, user_key: str, query: Query) -> list[tuple[str, str]]:
-    """The user's segments, most specific first: the request's values, else their profile's."""
-    profile = speed.profile(user_key) or {}
+def _segments(speed: SpeedView, user_key: str | None, query: Query) -> list[tuple[str, str]]:
+    """The user's segments, most specific first: the request's values, else their profile's (if known)."""
+    profile = (speed.profile(user_key) if user_key else None) or {}
     segments = []
     for name in SEGMENT_ATTRIBUTES:
         value = query.segment.get(name) or profile.get(name)

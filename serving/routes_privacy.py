@@ -1,7 +1,8 @@
-"""Privacy routes (admin token): erase a user, and read an erasure's receipt."""
+"""Privacy routes (admin token): erase a user, read an erasure's receipt, export what is held on a user."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -9,10 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 
-from lambdarec import privacy
+from lambdarec import export, privacy
 from lambdarec.pseudonym import pseudonymise
 from serving.api_models import ErasureAccepted, ErasureReceipt, Error
 from serving.deps import Services, get_services
+from serving import recommend as rec
 from serving.security import require_admin
 
 router = APIRouter(tags=["privacy"], dependencies=[Depends(require_admin)])
@@ -82,3 +84,25 @@ def erasure_receipt(
         vacuum_retention_hours=found["vacuum_retention_hours"],
         first_model_without_user=privacy.first_model_without(lake, found["delete_versions"].get("events")),
     )
+
+
+@router.get("/admin/users/{user_id}/export", response_model=dict[str, Any],
+            responses={**ADMIN_ERRORS, 404: {"model": Error, "description": "Nothing is held on the user."}})
+async def export_user(
+    user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    services: Annotated[Services, Depends(get_services)],
+) -> dict[str, Any]:
+    """Everything held on the user, as one JSON document: their events, features and profile, consent
+    history, dead letters, the models trained on their data, their privacy requests, and what serving
+    holds (fresh interactions in memory, their recommendations now)."""
+    pseudonym = pseudonymise(user_id, services.settings.pseudonym_key)
+    held = await run_in_threadpool(export.user_data, services.lake, pseudonym)
+    in_memory = services.speed_view.interactions(pseudonym)
+    if held is None and not in_memory:
+        raise HTTPException(404, detail=f"nothing is held on user_id {user_id!r}")
+    answer = services.recommend(pseudonym, rec.Query())
+    return {"user_id": user_id, **(held or {"pseudonym": pseudonym}), "serving": export.jsonable({
+        "speed_interactions": [asdict(i) for i in in_memory],
+        "recommendations": {"strategy": answer.strategy, "model_version": answer.model_version,
+                            "items": [{"item_id": s.item_id, "score": s.score} for s in answer.items]},
+    })}

@@ -76,8 +76,8 @@ async def get_recommendations(
     """Top ``k`` items for the raw ``user_id`` (pseudonymised here, never stored).
 
     Merges the published model with the user's speed-layer interactions (exact
-    ALS fold-in, or EASE's item neighbours); a user with no history gets trending
-    items for their segment.
+    ALS fold-in, or EASE's item neighbours); a user with no history, or who withdrew
+    personalisation consent, gets trending items for their segment.
     """
     key = pseudonymise(user_id, services.settings.pseudonym_key)
     query = rec.Query(
@@ -89,9 +89,7 @@ async def get_recommendations(
         explain=explain,
         segment={name: value for name, value in (("country", country), ("device", device)) if value},
     )
-    catalogue = services.catalogue()
-    erased = catalogue is not None and services.erasures.hides(key, catalogue.model.source_events_version)
-    result = rec.recommend(catalogue, services.speed_view, services.attributes, key, query, erased)
+    result = services.recommend(key, query)
     services.metrics.recommendations.labels(result.strategy).inc()
     # The hot path: plain JSON of the documented shape, without a pydantic round trip.
     return JSONResponse({

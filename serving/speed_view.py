@@ -61,6 +61,7 @@ class SpeedView:
         self._seen_updates: OrderedDict[tuple, None] = OrderedDict()
         self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
         self._erased: dict[str, int] = {}  # user -> request time (µs): their events until then are gone
+        self._withheld: frozenset[str] = frozenset()  # users without personalisation consent
         self._offsets: dict[int, int] = {}
         self._highwater: dict[int, int] = {}
         self.bootstrap_versions: dict[str, int] | None = None  # table -> Delta version loaded
@@ -110,6 +111,8 @@ class SpeedView:
         with self._lock:
             if self._was_erased(user, interaction.occurred_at):
                 return 0
+            if interaction.events_version is None and user in self._withheld:
+                return 0  # the real-time query does not know consent; the events query drops these
             changed = self._interactions.add(user, interaction)
             if interaction.events_version is not None and (
                     self.events_version is None or interaction.events_version > self.events_version):
@@ -157,6 +160,11 @@ class SpeedView:
             self._erased[user_id] = max(self._erased.get(user_id, 0), timestamp_us(timestamp(requested_at)))
             self._profiles.rows.pop(user_id, None)
             return self._interactions.drop_user(user_id)
+
+    def withhold(self, users: frozenset[str]) -> None:
+        """From now on, ignore real-time interactions of ``users`` (they withdrew consent): the events
+        query drops their events, so the only copies that reach serving are the real-time query's."""
+        self._withheld = users
 
     def _was_erased(self, user_id: str, at: str | None) -> bool:
         before = self._erased.get(user_id)

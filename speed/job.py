@@ -77,8 +77,9 @@ def realtime_checkpoint_location(settings: Settings) -> str:
     return speed_checkpoint(settings, "realtime")
 
 
-def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: bool = True) -> "DataFrame":
-    """The events topic as a stream of records (Spark's Kafka source, offsets in the checkpoint).
+def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: bool = True,
+                 topics: tuple[str, ...] = ()) -> "DataFrame":
+    """The events topic (and ``topics``) as a stream of records (Spark's Kafka source, offsets in the checkpoint).
 
     ``failOnDataLoss`` is deliberate (``speed_fail_on_data_loss``): offsets the
     checkpoint holds that the broker no longer has stop the query rather than
@@ -88,7 +89,7 @@ def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: boo
     reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
-        .option("subscribe", settings.topic_events)
+        .option("subscribe", ",".join([settings.topic_events, *topics]))
         .option("startingOffsets", settings.speed_starting_offsets)
         .option("failOnDataLoss", str(settings.speed_fail_on_data_loss).lower())
     )
@@ -100,13 +101,20 @@ def kafka_stream(spark: "SparkSession", settings: Settings, admission_limit: boo
 def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
     """The events query's stream: parsed, validated, consented and deduplicated records as sink rows.
 
+    The query also subscribes to the consent topic, whose records it drops here: a
+    consent change alone starts a micro-batch, in which the sink reads the topic
+    (``speed.consent``), so a change is stored even while no event arrives.
+
     Dedupe runs on the batch's processing time, so Spark itself never drops a
     record as late; the sink dead-letters late records against the Kafka-time
     frontier instead, where they are counted and kept. The sink projection is
     part of the plan, built once here: built per batch inside the sink, its
     py4j calls and analysis would be paid again by every micro-batch.
     """
-    parsed = consented(parse_records(kafka_stream(spark, settings), settings))
+    from pyspark.sql import functions as F
+
+    records = kafka_stream(spark, settings, topics=(settings.topic_consent,))
+    parsed = consented(parse_records(records.filter(F.col("topic") == settings.topic_events), settings))
     deduplicated = (
         parsed.withWatermark("seen_at", settings.speed_dedupe_window)
         .dropDuplicatesWithinWatermark(["dedupe_key"])

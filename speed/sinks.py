@@ -27,10 +27,12 @@ from schemas.tables import (
     SPEED_ITEM_TRENDING,
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
+    USER_CONSENT,
     TableSpec,
 )
 from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, encode_rows
 from lambdarec.checkpoint_files import CheckpointFiles
+from speed.consent import ConsentState
 from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
 
 if TYPE_CHECKING:
@@ -117,7 +119,11 @@ class EventsSink(Sink):
     beside the checkpoint, so a replayed batch is classified exactly as before.
     """
 
-    erased_tables = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS)
+    erased_tables = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, USER_CONSENT)
+
+    def __init__(self, settings: Settings, checkpoint: str):
+        super().__init__(settings, checkpoint)
+        self.consent = ConsentState(settings, self.lake)
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -125,20 +131,24 @@ class EventsSink(Sink):
         started = time.perf_counter()
         files = self.files(batch)
         self.erasures.apply(batch.sparkSession)
+        changes = len(self.consent.refresh())
         frontier = self._frontier_before(files, batch_id)
         cutoff_us = None if frontier is None else frontier - self._window_us()
-        rows = batch.withColumn("reason", late_reason(cutoff_us)).persist()
+        rows = self.consent.withdrawn_flag(batch.withColumn("reason", late_reason(cutoff_us)),
+                                           F.col("event_row.user_id"), F.col("ingest_ts")).persist()
+        kept = ~F.col("withdrawn")
         try:
             first = rows.agg(
-                F.count(F.when(F.col("reason").isNull(), 1)).alias("events"),
-                F.count(F.when(F.col("reason").isNotNull(), 1)).alias("dead_letters"),
-                F.count(F.when(F.col("reason") == LATE, 1)).alias("late"),
+                F.count(F.when(kept & F.col("reason").isNull(), 1)).alias("events"),
+                F.count(F.when(kept & F.col("reason").isNotNull(), 1)).alias("dead_letters"),
+                F.count(F.when(kept & (F.col("reason") == LATE), 1)).alias("late"),
+                F.count(F.when(F.col("withdrawn"), 1)).alias("withdrawn"),
                 F.unix_micros(F.max("ingest_ts")).alias("newest"),
             ).first()
             assert first is not None  # an aggregate has one row
-            summary: dict[str, Any] = first.asDict()
+            summary: dict[str, Any] = {**first.asDict(), "consent_changes": changes}
             timings = {"read_ms": _ms_since(started)}
-            self._write(rows, batch_id, summary, timings)
+            self._write(rows.filter(kept), batch_id, summary, timings)
         finally:
             rows.unpersist()
         self._save_frontier(files, batch_id, max(x for x in (frontier, summary["newest"], -1) if x is not None))

@@ -17,6 +17,9 @@ from schemas.events import (
     CONTEXT_COLUMNS,
     CONTEXT_DROPPED,
     EVENT_TYPES,
+    PSEUDONYM_PATTERN,
+    RAW_USER_ID,
+    REDACTED_USER_ID,
     SCHEMA_VERSION,
     spark_message_schema,
 )
@@ -91,6 +94,7 @@ def _first_failure(parsed: "DataFrame", settings: Settings) -> "Column":
             F.col(e + "context")["country"].isNotNull() & ~F.col(e + "context")["country"].rlike("^[A-Z]{2}$"),
             F.lit("invalid_field:context.country"),
         ),
+        (_raw_user_id(), F.lit(RAW_USER_ID)),
     ]
     reason = F.lit(None).cast("string")
     for condition, label in reversed(rules):
@@ -102,6 +106,28 @@ def _bad_id(column: "Column") -> "Column":
     from pyspark.sql import functions as F
 
     return (F.length(column) < 1) | (F.length(column) > 128)
+
+
+def _raw_user_id() -> "Column":
+    """The record's user id is not a pseudonym: it was written to Kafka past the API's pseudonymisation."""
+    from pyspark.sql import functions as F
+
+    user = F.col("event.user_id")
+    return user.isNotNull() & ~user.rlike(PSEUDONYM_PATTERN)
+
+
+def _redacted_value() -> "Column":
+    """The record's bytes, but with a raw user id replaced by ``REDACTED_USER_ID``: in place where the
+    id appears as written, else (odd escaping) the parsed record re-serialised without it."""
+    from pyspark.sql import functions as F
+
+    user, text = F.col("event.user_id"), F.col("value").cast("string")
+    quoted = F.concat(F.lit('"user_id"\\s*:\\s*"\\Q'), user, F.lit('\\E"'))
+    replaced = F.regexp_replace(text, quoted, F.lit(f'"user_id":"{REDACTED_USER_ID}"'))
+    in_place = ~user.contains("\\") & (replaced != text) & (F.instr(replaced, user) == 0)
+    rebuilt = F.to_json(F.col("event").withField("user_id", F.lit(REDACTED_USER_ID)))
+    redacted = F.when(in_place, replaced).otherwise(rebuilt).cast("binary")
+    return F.when(_raw_user_id(), redacted).otherwise(F.col("value"))
 
 
 def consented(parsed: "DataFrame") -> "DataFrame":
@@ -152,7 +178,7 @@ def _dead_letter_columns() -> list["Column"]:
     from pyspark.sql import functions as F
 
     return [
-        F.col("value").alias("raw"),
+        _redacted_value().alias("raw"),
         F.col("reason"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").cast("int").alias("kafka_partition"),

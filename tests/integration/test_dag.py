@@ -1,4 +1,4 @@
-"""The Airflow DAG: it imports cleanly and ``dag.test()`` really trains through spark-submit.
+"""The Airflow DAGs: they import cleanly, and ``dag.test()`` really trains and erases through spark-submit.
 
 Airflow runs in subprocesses with their own AIRFLOW_HOME (SQLite metadata DB), because
 Airflow reads its configuration once, at import, and must not touch ~/airflow.
@@ -13,14 +13,16 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
 from pydantic import SecretStr
 
-from lambdarec import registry
+from lambdarec import privacy, registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, MODELS
+from tests.support.lake import seed_lake
 from tests.support.serving import serving
 
 pytestmark = pytest.mark.integration
@@ -54,14 +56,20 @@ print(json.dumps({{
 }}))
 """
 
-TEST_DAG = f"""
+def dag_test_script(dag_id: str) -> str:
+    """A script that runs ``dag.test()`` of ``dag_id`` and prints its state and its tasks' states."""
+    return f"""
 import json
 from airflow.dag_processing.dagbag import DagBag
-dag = DagBag(dag_folder={str(DAGS)!r}).get_dag("lambdarec_batch")
+dag = DagBag(dag_folder={str(DAGS)!r}).get_dag({dag_id!r})
 run = dag.test()
 tasks = {{ti.task_id: str(ti.state) for ti in run.get_task_instances()}}
 print("RESULT " + json.dumps({{"state": str(run.state), "tasks": tasks}}))
 """
+
+
+def dag_result(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
@@ -91,12 +99,13 @@ def test_dags_import_cleanly_and_lightly(airflow_env):
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["import_errors"] == {}
-    assert sorted(info["dags"]) == ["lambdarec_batch", "lambdarec_maintenance"]
+    assert sorted(info["dags"]) == ["lambdarec_batch", "lambdarec_maintenance", "lambdarec_privacy"]
     assert info["heavy_imports"] == []
     batch = info["dags"]["lambdarec_batch"]
     assert batch["schedule"] == "@hourly" and batch["catchup"] is False and batch["max_active_runs"] == 1
     assert batch["tasks"] == ["snapshot", "train", "publish_or_reject", "reload_serving"]
     assert info["dags"]["lambdarec_maintenance"]["tasks"] == ["compact", "vacuum", "expire_models"]
+    assert info["dags"]["lambdarec_privacy"]["tasks"] == ["erase"]
 
 
 def test_every_task_follows_the_retry_and_tagging_policy(airflow_env):
@@ -129,10 +138,10 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
             "LAMBDAREC_SERVING_URL": str(client.base_url),
             "LAMBDAREC_ADMIN_TOKEN": TOKEN,
         }
-        done = python(TEST_DAG, env, timeout=600)
+        done = python(dag_test_script("lambdarec_batch"), env, timeout=600)
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-5000:]
-        result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        result = dag_result(done)
         tasks = {"snapshot": "success", "train": "success", "publish_or_reject": "success", "reload_serving": "success"}
         assert result == {"state": "success", "tasks": tasks}, output[-5000:]
         assert client.get("/ready").json()["model_version"] == 1  # told to reload, not polling
@@ -144,3 +153,16 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
     assert published["metrics"]["model_recall_at_10"] > published["metrics"]["popularity_recall_at_10"]
     statuses = sorted(r["status"] for r in lake.read_arrow(MODELS).to_pylist())
     assert statuses == sorted([registry.TRAINING, registry.CANDIDATE, registry.PUBLISHED])
+
+
+def test_privacy_dag_run_completes_the_pending_erasures(airflow_env, settings):
+    lake = seed_lake(settings, n_events=300)
+    user = lake.read_arrow(EVENTS).column("user_id")[0].as_py()
+    held = lake.read_arrow(EVENTS, filter=pc.field("user_id") == user).num_rows
+    privacy.record_erasure(lake, user, "dag-erasure", "api", {})
+    env = {**airflow_env, "LAMBDAREC_ROOT": str(settings.root), "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2"}
+    done = python(dag_test_script("lambdarec_privacy"), env, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert dag_result(done) == {"state": "success", "tasks": {"erase": "success"}}
+    receipt = privacy.receipt(lake, "dag-erasure")
+    assert receipt is not None and receipt["removed"]["events"] == held and privacy.pending(lake) == []

@@ -12,9 +12,7 @@ events are all there, once.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -27,8 +25,8 @@ from batch import erasure
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ALL_TABLES, EVENTS, PRIVACY_RECEIPTS
-from speed.job import features_checkpoint_location, run, run_features
-from tests.support.privacy import traces
+from speed.job import features_checkpoint_location
+from tests.support.privacy import api_events, start_speed, traces
 from tests.support.serving import serving, wait_until, write_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -38,22 +36,11 @@ ERASED = USERS[5]
 TOKEN = "admin-secret"
 
 
-def events_for(user: str, n: int) -> list[dict]:
-    now = dt.datetime.now(dt.UTC)
-    return [{"event_id": str(uuid.uuid4()), "user_id": user, "item_id": f"item-{(hash(user) + i) % 7}",
-             "event_type": "click", "occurred_at": (now - dt.timedelta(seconds=1)).isoformat(),
-             "context": {"country": "DE", "device": "web"}} for i in range(n)]
-
-
 def state_keys(spark, settings) -> list[str]:
     """The entities the features query keeps state for (Spark's state data source)."""
     state = (spark.read.format("statestore").option("path", features_checkpoint_location(settings))
              .option("stateVarName", "features").load())
     return [str(row[0]) for row in state.selectExpr("to_json(key)").collect()]
-
-
-def start_speed(spark, settings) -> list:
-    return [run(spark, settings), run_features(spark, settings)]
 
 
 def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_settings):
@@ -79,7 +66,7 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
                     for user in USERS:
                         if user == ERASED and sent[ERASED] >= 40:
                             continue  # after asking to be erased, the user stays away
-                        batch = events_for(user, 4)
+                        batch = api_events(user, 4)
                         assert client.post("/v1/events/batch", json=batch).status_code == 202
                         sent[user] += len(batch)
 

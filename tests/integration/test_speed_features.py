@@ -11,7 +11,7 @@ from schemas.speed_updates import GLOBAL_SEGMENT
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
 from speed.job import run_features
 from speed.recompute import current, recompute
-from tests.support.speed import message, produce, run_to_end, speed_updates
+from tests.support.speed import message, pid, produce, run_to_end, speed_updates
 from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -36,9 +36,9 @@ def run_features_to_end(spark, settings) -> None:
 def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broker_settings):
     settings = broker_settings
     first = [
-        message(user_id="u_a", item_id="i1", event_type="view", occurred_at=at(0)),
-        message(user_id="u_a", item_id="i2", event_type="click", occurred_at=at(10)),
-        message(user_id="u_b", item_id="i1", event_type="purchase", occurred_at=at(5),
+        message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(0)),
+        message(user_id=pid("a"), item_id="i2", event_type="click", occurred_at=at(10)),
+        message(user_id=pid("b"), item_id="i1", event_type="purchase", occurred_at=at(5),
                 context={"country": "FR"}),
     ]
     produce(settings, first)
@@ -48,8 +48,8 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     # A second wave: u_a returns after the session gap; a replayed id changes nothing.
     replay = first[0]
     second = [
-        message(user_id="u_a", item_id="i1", event_type="view", occurred_at=at(90)),
-        message(user_id="u_a", item_id="i1", event_type="view", occurred_at=at(95)),
+        message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(90)),
+        message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(95)),
         replay,
     ]
     produce(settings, second)
@@ -58,7 +58,7 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
 
     users, items = current(settings)
     assert (users, items) == recompute(spark, settings)
-    a = users["u_a"]
+    a = users[pid("a")]
     assert a["session_events"] == 2 and a["session_start"] == round((T0 + dt.timedelta(minutes=90)).timestamp() * 1e6)
     assert dict(a["counts_24h"]) == {"view": 3, "click": 1} and dict(a["counts_1h"]) == {"view": 2}
     assert (a["country"], a["device"]) == ("DE", "ios")
@@ -67,7 +67,7 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
         us(90): 1, us(95): 1}
     assert {key[3]: row["events"] for key, row in items.items() if key[:3] == ("device", "ios", "i1")} == {
         us(90): 1, us(95): 1}
-    assert items[("country", "FR", "i1", us(5))]["events"] == 1  # u_b's purchase: FR, no device
+    assert items[("country", "FR", "i1", us(5))]["events"] == 1  # b's purchase: FR, no device
     assert not [key for key in items if key[:2] == ("device", None)]
 
     for spec in (SPEED_USER_FEATURES, SPEED_ITEM_TRENDING):  # delta-spark wrote them; delta-rs reads them

@@ -20,14 +20,14 @@ from lambdarec.processes import wait_for
 from tests.support.delta import assert_delta_rs_reads_what_spark_reads
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_INTERACTIONS
 from speed.job import checkpoint_location, run_realtime
-from tests.support.speed import message, produce, run_to_end, speed_updates
+from tests.support.speed import message, pid, produce, run_to_end, speed_updates
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 
 def test_events_land_exactly_once_with_dead_letters_and_updates(spark, broker_settings):
     settings = broker_settings
-    good = [message(event_id=str(uuid.uuid4()), user_id=f"u_{i % 4}") for i in range(30)]
+    good = [message(event_id=str(uuid.uuid4()), user_id=pid(f"u_{i % 4}")) for i in range(30)]
     duplicate = good[3]
     produce(settings, [*good, b"{broken", message(event_type="teleport"), duplicate])
     run_to_end(spark, settings)
@@ -78,7 +78,7 @@ def test_batch_replayed_after_crash_between_delta_and_spark_commit_writes_nothin
 
 def test_the_realtime_query_sends_each_valid_consented_event_within_its_batch(spark, broker_settings):
     settings = broker_settings
-    good = [message(event_id=str(uuid.uuid4()), user_id=f"u_{i % 3}") for i in range(10)]
+    good = [message(event_id=str(uuid.uuid4()), user_id=pid(f"u_{i % 3}")) for i in range(10)]
     refused = message(context={"consent": False})
     produce(settings, [*good, b"{broken", message(event_type="teleport"), refused])
     query = run_realtime(spark, settings)
@@ -97,4 +97,4 @@ def test_the_realtime_query_sends_each_valid_consented_event_within_its_batch(sp
     assert all("events_version" not in u for u in updates)  # not in Delta yet: serving folds it in as fresh
     assert {u["event_id"] for u in updates} == expected | {json.loads(later)["event_id"]}
     first = next(u for u in updates if u["event_id"] == json.loads(good[0])["event_id"])
-    assert (first["user_id"], first["item_id"], first["event_type"], first["weight"]) == ("u_0", "item-1", "purchase", 8.0)
+    assert (first["user_id"], first["item_id"], first["event_type"], first["weight"]) == (pid("u_0"), "item-1", "purchase", 8.0)

@@ -22,7 +22,7 @@ from schemas.speed_updates import GLOBAL_SEGMENT, timestamp
 from serving.app import create_app
 from speed.job import run_features
 from speed.recompute import recompute
-from tests.support.speed import message, produce, run_to_end
+from tests.support.speed import message, pid, produce, run_to_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -35,7 +35,7 @@ def at(minutes: float) -> str:
 
 def event(item: str, minutes: float, country: str | None, device: str | None, n: int, event_type: str = "view"):
     context = {name: value for name, value in (("country", country), ("device", device)) if value}
-    return message(user_id=f"u{n % 7}", item_id=item, event_type=event_type, occurred_at=at(minutes), context=context)
+    return message(user_id=pid(f"u{n % 7}"), item_id=item, event_type=event_type, occurred_at=at(minutes), context=context)
 
 
 def records(settings) -> list[tuple[bytes | None, bytes]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 import pytest
 
@@ -14,7 +15,7 @@ from speed.transforms import (
     to_events,
     to_user_interactions,
 )
-from tests.support.speed import BAD, NOW, message
+from tests.support.speed import BAD, NOW, message, message_body
 
 pytestmark = pytest.mark.spark
 
@@ -43,6 +44,23 @@ def test_every_bad_record_gets_its_reason_and_good_ones_pass(spark, settings):
     assert (first.device, first.country) == ("ios", "DE")
     assert first.context == {"campaign": "x"}
     assert first.event_date == NOW.date()
+
+
+def test_a_raw_user_id_is_dead_lettered_with_the_id_redacted(spark, settings):
+    """Written straight to Kafka, past the API's pseudonymisation: the raw id is kept nowhere."""
+    spaced = json.dumps(message_body(user_id="alice@example.com"), indent=2).encode()  # '"user_id": "..."'
+    escaped = message(user_id='bob "the" builder')  # JSON escapes the quotes: re-serialised instead
+    invalid_too = message(user_id="1", event_type="teleport")  # another reason wins; the id still goes
+    parsed = parse_records(records(spark, [spaced, escaped, invalid_too, message()]), settings)
+    dead = {row.kafka_offset: row for row in to_dead_letters(parsed).collect()}
+    assert {k: row.reason for k, row in dead.items()} == {0: "raw_user_id", 1: "raw_user_id",
+                                                          2: "unknown_event_type:teleport"}
+    assert dead[0].raw == spaced.replace(b'"user_id": "alice@example.com"', b'"user_id":"[redacted]"')
+    for row in dead.values():
+        body = json.loads(row.raw)
+        assert body["user_id"] == "[redacted]" and body["item_id"] == "item-1", body
+    assert b"alice" not in dead[0].raw and b"builder" not in dead[1].raw
+    assert [row.kafka_offset for row in to_events(parsed).collect()] == [3]
 
 
 def test_events_without_consent_reach_no_table(spark, settings):

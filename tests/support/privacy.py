@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
+from speed.job import run, run_features
 from schemas.tables import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -87,3 +89,16 @@ def traces(root: Path, needles: list[bytes]) -> list[str]:
         if hit:
             found.append(str(path.relative_to(root)))
     return found
+
+
+def api_events(user: str, n: int) -> list[dict]:
+    """``n`` click events of ``user`` as a client posts them to ``/v1/events/batch``."""
+    now = dt.datetime.now(dt.UTC)
+    return [{"event_id": str(uuid.uuid4()), "user_id": user, "item_id": f"item-{(hash(user) + i) % 7}",
+             "event_type": "click", "occurred_at": (now - dt.timedelta(seconds=1)).isoformat(),
+             "context": {"country": "DE", "device": "web"}} for i in range(n)]
+
+
+def start_speed(spark, settings) -> list:
+    """The speed job's events and features queries, started in this process."""
+    return [run(spark, settings), run_features(spark, settings)]

@@ -9,8 +9,14 @@ import uuid
 from kafka import TopicPartition
 
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets, send_all
+from lambdarec.pseudonym import DEVELOPMENT_KEY, pseudonymise
 
 NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def pid(name: str) -> str:
+    """The pseudonym the API gives user ``name`` under the development key (speed records carry pseudonyms)."""
+    return pseudonymise(name, DEVELOPMENT_KEY)
 
 
 def message_body(**overrides) -> dict:
@@ -18,7 +24,7 @@ def message_body(**overrides) -> dict:
     body = {
         "schema_version": 1,
         "event_id": str(uuid.uuid4()),
-        "user_id": "u_abc",
+        "user_id": pid("abc"),
         "item_id": "item-1",
         "event_type": "purchase",
         "value": None,
@@ -43,6 +49,7 @@ BAD = {
     message(occurred_at="2026-11-26T10:00:00"): "invalid_field:occurred_at",
     message(occurred_at=(NOW + dt.timedelta(hours=2)).isoformat()): "occurred_at_in_future",
     message(user_id=""): "invalid_field:user_id",
+    message(user_id="alice@example.com"): "raw_user_id",
     message(item_id=None): "missing_field:item_id",
     message(schema_version=2): "unsupported_schema_version:2",
     message(context={"country": "germany"}): "invalid_field:context.country",

@@ -46,7 +46,8 @@ def test_rejects_empty_ids_and_keys(user_id, key):
 def test_a_versioned_key_marks_its_pseudonyms_and_version_1_keeps_the_old_form():
     import re
 
-    from lambdarec.pseudonym import PSEUDONYM_PATTERN, key_version
+    from lambdarec.pseudonym import key_version
+    from schemas.events import PSEUDONYM_PATTERN
 
     assert key_version("s3cret") == (1, b"s3cret")
     assert key_version(SecretStr("2:s3cret")) == (2, b"s3cret")

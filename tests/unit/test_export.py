@@ -1,0 +1,71 @@
+"""Right of access: the export document from the lake, through the admin route and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from lambdarec import export
+from lambdarec.generator import user_id
+from schemas.consent import ConsentChange
+from schemas.tables import USER_CONSENT
+from serving.app import create_app
+from serving.recommend import Query
+from tests.support.privacy import NOW, lake_with, rows_of
+
+pytestmark = pytest.mark.unit
+
+TOKEN = "export-admin-token"
+
+
+@pytest.fixture
+def held(settings):
+    """A lake holding user 3 in every table, with one consent change; (settings, lake, pseudonym, counts)."""
+    settings = settings.model_copy(update={"admin_token": SecretStr(TOKEN), "serve_port": 9})  # nothing listens
+    lake, user, _ = lake_with(settings, user_id(3), user_id(4))
+    change = ConsentChange(change_id="c1", user_id=user, purpose="personalisation", granted=False, changed_at=NOW)
+    lake.ensure(USER_CONSENT)
+    lake.append_arrow(USER_CONSENT, pa.Table.from_pylist([change.to_row(0, 7, NOW)], schema=USER_CONSENT.schema))
+    return settings, lake, user, rows_of(lake, user)
+
+
+def test_the_route_returns_everything_held_and_404_for_a_stranger(held):
+    settings, lake, user, counts = held
+    app = create_app(settings)
+    assert app.state.services.model_store.reload()  # as the poller would
+    assert app.state.services.recommend(user, Query()).strategy == "model"
+    app.state.services.consents.reload()
+    client = TestClient(app, raise_server_exceptions=False)
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"/v1/admin/users/{user_id(3)}/export"
+    assert client.get(url).status_code in (401, 403)
+    answer = client.get(url, headers=admin)
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    assert document["user_id"] == user_id(3) and document["pseudonym"] == user
+    assert len(document["events"]) == counts["events"] and {e["user_id"] for e in document["events"]} == {user}
+    assert len(document["speed_interactions"]) == counts["speed_user_interactions"]
+    assert document["profile"]["user_id"] == user and len(document["features"]) == counts["speed_user_features"]
+    assert [c["change_id"] for c in document["consent_history"]] == ["c1"]
+    assert document["consent"] == {"personalisation": False}
+    assert document["models_trained_on_their_data"] == [1]
+    assert len(document["dead_letters"]) == 2  # the two whose raw bytes hold the pseudonym
+    recommendations = document["serving"]["recommendations"]
+    assert (recommendations["strategy"], recommendations["model_version"]) == ("popular", 1)  # withdrawn
+    assert client.get("/v1/admin/users/nobody-at-all/export", headers=admin).status_code == 404
+
+
+def test_the_cli_prints_the_same_document_and_fails_for_a_stranger(held, tmp_path, capsys):
+    settings, lake, user, _ = held
+    out = tmp_path / "export.json"
+    assert export.command(argparse.Namespace(user_id=user_id(3), output=out), settings) == 0
+    document = json.loads(out.read_text())
+    assert document == {**document, "user_id": user_id(3), **export.user_data(lake, user)}
+    assert document["serving"]["recommendations"] is None and "did not answer" in document["serving"]["unavailable"]
+    assert export.command(argparse.Namespace(user_id="nobody-at-all", output=None), settings) == 1
+    assert "nothing is held" in capsys.readouterr().err
