@@ -28,7 +28,7 @@ import httpx
 from pydantic import SecretStr
 from tqdm import tqdm
 
-from lambdarec.generator import World, item_id
+from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
 from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
@@ -240,6 +240,32 @@ class Demo:
             raise StageError(f"lake holds {counts['events']} events ({self.summary['duplicates_in_lake']} "
                              f"duplicates) for {expected} accepted")
 
+    def privacy(self) -> None:
+        """One user withdraws consent and gets non-personal answers; another is erased: DELETE, the
+        erasure job (spark-submit, as the privacy DAG runs it), the receipt."""
+        admin = {"Authorization": f"Bearer {self.settings.admin_token.get_secret_value()}"}
+        withdrawer, erased = user_id(1), user_id(2)
+        changed = httpx.post(f"{self.api}/v1/users/{withdrawer}/consent", json={"granted": False}, timeout=30)
+        if changed.status_code != 202:
+            raise StageError(f"the consent withdrawal answered {changed.status_code}: {changed.text[:300]}")
+        answer = httpx.get(f"{self.api}/v1/users/{withdrawer}/recommendations", timeout=5).json()
+        self.summary["after_withdrawal_strategy"] = answer["strategy"]
+        started = time.monotonic()
+        accepted = httpx.delete(f"{self.api}/v1/users/{erased}", headers=admin, timeout=30)
+        if accepted.status_code != 202:
+            raise StageError(f"DELETE /v1/users/{erased} answered {accepted.status_code}: {accepted.text[:300]}")
+        child = self._start("erasure", spark_submit_command(self.settings, "batch/erasure.py"))
+        wait_for(lambda: child.process.poll() is not None, self.remaining(600), "the erasure job", interval_s=0.5)
+        receipt = httpx.get(f"{self.api}/v1/admin/erasures/{accepted.json()['request_id']}", headers=admin,
+                            timeout=30).json()
+        if receipt["status"] != "completed":
+            raise StageError(f"the erasure job exited {child.process.returncode} without a receipt:\n{child.log_tail()}")
+        self.summary["erasure_seconds_to_receipt"] = round(time.monotonic() - started, 1)
+        self.summary["erasure_removed"] = {name: n for name, n in receipt["removed"].items() if n}
+        say(f"  {withdrawer} withdrew consent: answered by {answer['strategy']}; {erased} erased in "
+            f"{self.summary['erasure_seconds_to_receipt']} s ({self.summary['erasure_removed'].get('events', 0)} "
+            f"events), their copies on Kafka gone by {receipt['kafka_expires_by']}")
+
     # -- plumbing ------------------------------------------------------------------
 
     def _start(self, name: str, argv: list[str]) -> Child:
@@ -255,7 +281,7 @@ class Demo:
         return True
 
     def stop_all(self) -> None:
-        for name in ("serving", "speed", "broker", "train"):
+        for name in ("serving", "speed", "broker", "train", "erasure"):
             child = self.children.get(name)
             if child is not None:
                 code = child.stop()
@@ -349,6 +375,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             demo.stage("measure serving latency", demo.measure_serving, world)
             demo.stage("trending from the speed layer", demo.report_trending)
             demo.stage("check the lake", demo.final_counts)
+            demo.stage("privacy: withdraw consent, erase a user (spark-submit)", demo.privacy)
         except StageError as exc:
             failure = str(exc)
             say(f"✗ {failure}")

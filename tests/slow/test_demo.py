@@ -39,6 +39,8 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     assert 0 < summary["freshness_ms_p50"] <= summary["freshness_ms_p95"]
     assert all(summary["example_recommendations"].values())
     assert summary["serve_latency_ms_p50"] > 0
+    assert summary["after_withdrawal_strategy"] in ("trending_segment", "trending_global", "popular")
+    assert summary["erasure_removed"]["events"] > 0 and summary["erasure_seconds_to_receipt"] > 0
     # a user's fresh events reach their list: EASE sums their items' neighbours, ALS folds them in
     fresh = "neighbours" if summary["model_engine"] == "ease" else "fold_in"
     assert "before (" in result.stdout and f"after  ({fresh})" in result.stdout
