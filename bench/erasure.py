@@ -105,7 +105,8 @@ def main() -> int:
         runs = []
         try:
             for run, index in enumerate(typical[: args.runs]):
-                request = privacy.record_erasure(lake, users[index], f"bench-{run}", "cli", {})
+                # every event was read from partition 0 of the topic, below offset --events
+                request = privacy.record_erasure(lake, users[index], f"bench-{run}", "cli", {0: args.events})
                 began = time.perf_counter()
                 receipt = erasure.erase(spark, settings, {**request, "user_id": users[index]})
                 seconds = time.perf_counter() - began
