@@ -9,7 +9,7 @@ DURATION ?= 300
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit lint venv jars blas airflow clean
+.PHONY: demo test unit lint venv jars blas postgres airflow clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,17 @@ jars: venv
 blas:
 	@/sbin/ldconfig -p | grep -q libopenblas || echo "NOTE: no native BLAS found; Spark ALS will use Java BLAS (about 3x slower). Install it with: sudo apt-get install libopenblas0-pthread"
 
-demo: jars blas
+# Postgres, the operational database CDC reads: Debian's package (the product runs its own cluster
+# under LAMBDAREC_ROOT with `lambdarec postgres`, never the system service).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	  else sudo apt-get install -y --no-install-recommends postgresql; fi; }
+
+demo: jars blas postgres
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json
 
-test: jars blas
+test: jars blas postgres
 	$(BIN)/pytest
 
 unit: jars
@@ -56,7 +63,7 @@ airflow: jars
 	mkdir -p $(AIRFLOW_HOME)
 	@test -s $(AIRFLOW_PASSWORDS) || $(BIN)/python -c "import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(AIRFLOW_PASSWORDS)
 	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)  login: admin  password: $$($(BIN)/python -c "import json; print(json.load(open('$(AIRFLOW_PASSWORDS)'))['admin'])")"
-	@echo "DAGs: $(CURDIR)/dags (lambdarec_batch hourly, lambdarec_maintenance daily); lake: $(LAMBDAREC_ROOT)"
+	@echo "DAGs: $(CURDIR)/dags (lambdarec_batch hourly, lambdarec_maintenance daily, lambdarec_privacy every 10 minutes); lake: $(LAMBDAREC_ROOT)"
 	PATH=$(CURDIR)/$(BIN):$$PATH AIRFLOW_HOME=$(AIRFLOW_HOME) \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://localhost:$(AIRFLOW_PORT)/execution/ \

@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +35,7 @@ import uuid
 from pathlib import Path
 
 from lambdarec import jars, kafka_io
+from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.processes import die_with_parent
 from lambdarec.settings import Settings
 
@@ -46,15 +45,6 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 NODE_ID = 1
 FORMAT_TIMEOUT_S = 60.0
-# Small and quick to start: a single-node broker for a laptop or a 2-core CI machine. The client
-# JIT alone (C1) starts it about a second sooner on 2 busy cores and is ample for this load.
-JVM_OPTIONS = (
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Xss1m",
-    "-Djava.awt.headless=true",
-)
 
 
 class BrokerError(RuntimeError):
@@ -122,14 +112,14 @@ class EmbeddedBroker:
             raise BrokerError("this embedded broker has already been started")
         _require_free_port(self.port, "LAMBDAREC_EMBEDDED_BROKER_PORT or --port")
         _require_free_port(self.controller_port, "LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port")
-        java = _java()
         try:
+            java = java_executable()
             classpath = ":".join(jars.classpath(self.settings, "kafka"))
-        except jars.MissingJarsError as exc:
+        except (JavaMissing, jars.MissingJarsError) as exc:
             raise BrokerError(str(exc)) from exc
         self.home.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._server_properties())
-        self.log4j_path.write_text(_log4j2_properties(self.log_path))
+        self.log4j_path.write_text(log4j2_properties(self.log_path, QUIET_LOGGERS))
         base = [java, *self._jvm_options(), "-cp", classpath]
         self._archive = _ClassArchive(self.settings, java)
         if not (self.data_dir / "meta.properties").exists():
@@ -321,43 +311,12 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def _java() -> str:
-    """``$JAVA_HOME/bin/java`` if set, else ``java`` on PATH (Kafka 4 needs Java 17 or newer)."""
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and Path(java_home, "bin", "java").exists():
-        return str(Path(java_home, "bin", "java"))
-    found = shutil.which("java")
-    if found is None:
-        raise BrokerError("no java: set JAVA_HOME or put java (17 or newer) on PATH to run the embedded Kafka")
-    return found
-
-
 # Loggers below the server's INFO: per-request, per-partition and client chatter.
 QUIET_LOGGERS = (
     "kafka.request.logger", "state.change.logger", "kafka.authorizer.logger", "kafka.log.LogCleaner",
     "kafka.controller", "kafka.coordinator", "kafka.network", "kafka.cluster", "kafka.log", "kafka.utils",
     "org.apache.kafka",
 )
-
-
-def _log4j2_properties(log_path: Path) -> str:
-    """Kafka's server log (``kafka.server``, ``kafka.Kafka``) at INFO into ``log_path``; the rest at WARN."""
-    lines = [
-        "# Written by lambdarec on every start of the embedded broker.",
-        "status = warn",
-        "appender.file.type = File",
-        "appender.file.name = file",
-        f"appender.file.fileName = {log_path}",
-        "appender.file.append = true",
-        "appender.file.layout.type = PatternLayout",
-        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
-        "rootLogger.level = INFO",
-        "rootLogger.appenderRef.file.ref = file",
-    ]
-    for name in QUIET_LOGGERS:
-        key = re.sub(r"[^A-Za-z0-9]", "_", name)
-        lines += [f"logger.{key}.name = {name}", f"logger.{key}.level = WARN"]
-    return "\n".join(lines) + "\n"
 
 
 def _require_free_port(port: int, how_to_change: str) -> None:

@@ -17,6 +17,8 @@ from lambdarec.settings import Settings
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark's Kafka connector, Delta) with Maven."),
     "broker": ("lambdarec.broker", "Run the embedded single-node Apache Kafka broker (KRaft) on loopback."),
+    "postgres": ("lambdarec.postgres", "Run the embedded Postgres (the operational database) on loopback."),
+    "cdc": ("lambdarec.cdc", "Run Kafka Connect with Debezium's Postgres connector (catalogue and users into Kafka)."),
     "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
     "train": ("batch.train", "Train every model family, refit the best on the whole snapshot, gate and publish it."),

@@ -1,11 +1,12 @@
 """The JVM jars the platform runs on, resolved from Maven Central and cached on disk.
 
-Two groups, each a Maven profile of ``lambdarec/jvm/pom.xml`` with pinned
+Three groups, each a Maven profile of ``lambdarec/jvm/pom.xml`` with pinned
 coordinates, copied by ``mvn dependency:copy-dependencies`` into a folder of
 ``settings.jars_dir``:
 
 - ``kafka``: the Apache Kafka broker that ``lambdarec broker`` runs;
-- ``spark``: Spark's Kafka connector and Delta Lake, on every Spark job's classpath.
+- ``spark``: Spark's Kafka connector and Delta Lake, on every Spark job's classpath;
+- ``cdc``: Kafka Connect and Debezium's Postgres connector, which ``lambdarec cdc`` runs.
 
 ``lambdarec jars`` (run by ``make``) resolves what is missing; a group is reused
 while the pom it came from is unchanged. Jars the pyspark wheel already ships
@@ -26,7 +27,7 @@ from pathlib import Path
 from lambdarec.settings import Settings
 
 POM = Path(__file__).with_name("jvm") / "pom.xml"
-GROUPS = ("kafka", "spark")
+GROUPS = ("kafka", "spark", "cdc")
 STAMP = ".pom-sha256"
 
 

@@ -383,6 +383,30 @@ class Settings(BaseSettings):
         "job records an erasure request (id consent-<change_id>) that the erasure job carries out.",
     )
 
+    operational_db_url: str = Field(
+        "",
+        description="The operational database the catalogue and user profiles come from, as a libpq URL "
+        "(postgresql://user:password@host:port/db); its role needs REPLICATION and the tables a publication "
+        "(README: CDC). Empty means the embedded Postgres (`lambdarec postgres`).",
+    )
+    embedded_postgres_port: int = Field(
+        25432, ge=1, le=65535, description="Loopback port of the embedded Postgres (`lambdarec postgres`)."
+    )
+    embedded_postgres_dir: str = Field(
+        "", description="Folder of the embedded Postgres's cluster (empty = <root>/postgres). Run as root, "
+        "Postgres runs as the `postgres` system user, which must be able to reach it (every parent o+x).",
+    )
+    cdc_connect_port: int = Field(
+        28083, ge=1, le=65535, description="Loopback port of the Kafka Connect worker's REST API (`lambdarec cdc`)."
+    )
+    cdc_topic_prefix: str = Field(
+        "cdc", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Debezium's topic.prefix: a table's changes go to <prefix>.<schema>.<table>.",
+    )
+    cdc_connect_heap: str = Field(
+        "256m", pattern=r"^[1-9][0-9]*[mMgG]$", description="Most heap the Kafka Connect worker's JVM may use (-Xmx)."
+    )
+
     @property
     def lake_root(self) -> str:
         return self.lake_uri or str((self.root / "lake").resolve())
@@ -407,6 +431,12 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.kafka_bootstrap_servers
+
+    @property
+    def operational_db(self) -> str:
+        """The operational database's URL: the configured one, or the embedded Postgres's."""
+        return self.operational_db_url or (
+            f"postgresql://lambdarec:lambdarec@127.0.0.1:{self.embedded_postgres_port}/operational")
 
     def table_uri(self, name: str) -> str:
         return f"{self.lake_root.rstrip('/')}/{name}"

@@ -1,0 +1,234 @@
+"""Change data capture: a Kafka Connect worker running Debezium's Postgres connector.
+
+``lambdarec cdc`` runs Connect in standalone mode (the ``cdc`` jar group) with one
+connector, ``lambdarec-cdc``. It reads the operational database's publication
+``lambdarec_cdc`` through ``pgoutput`` (a replication slot of the same name), takes
+a snapshot of the tables the first time, then streams every change to
+``<cdc_topic_prefix>.<schema>.<table>`` in Debezium's envelope (``before``,
+``after``, ``op``, ``source`` with the LSN), as JSON without schemas, keyed by the
+row's primary key; a delete is followed by a tombstone. Connect keeps its source
+offsets in ``<root>/cdc/connect.offsets``: a restart resumes after the last change
+it flushed, so delivery is at least once and the consumer upserts by key and LSN.
+
+Everything lives under ``<root>/cdc/``: the worker's and the connector's
+properties (rewritten on every start), the offsets and ``connect.log``. On a
+Connect cluster, post ``connector_config(settings)`` to its REST API instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from lambdarec import jars
+from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from lambdarec.postgres import CDC_TABLES, PUBLICATION
+from lambdarec.processes import die_with_parent
+from lambdarec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONNECTOR = "lambdarec-cdc"
+SLOT = PUBLICATION
+QUIET_LOGGERS = ("org.reflections", "org.apache.kafka.clients", "org.eclipse.jetty", "org.glassfish",
+                 "org.apache.kafka.connect.runtime.WorkerConfig", "io.debezium.connector.common.BaseSourceTask")
+
+
+class ConnectError(RuntimeError):
+    """Kafka Connect or its connector cannot be started, or failed."""
+
+
+def topic(settings: Settings, table: str) -> str:
+    """The topic of one operational table's changes (``table`` as ``schema.name``)."""
+    return f"{settings.cdc_topic_prefix}.{table}"
+
+
+def connector_config(settings: Settings) -> dict[str, str]:
+    """The Debezium connector's configuration for the operational database in settings."""
+    url = urlsplit(settings.operational_db)
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname or not url.path.strip("/"):
+        raise ConnectError(f"operational_db_url must be postgresql://user:password@host:port/database, "
+                           f"not {settings.operational_db_url!r}")
+    return {
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "plugin.name": "pgoutput",
+        "database.hostname": url.hostname,
+        "database.port": str(url.port or 5432),
+        "database.user": unquote(url.username or ""),
+        "database.password": unquote(url.password or ""),
+        "database.dbname": url.path.strip("/"),
+        "topic.prefix": settings.cdc_topic_prefix,
+        "table.include.list": ",".join(CDC_TABLES),
+        "slot.name": SLOT,
+        "publication.name": PUBLICATION,
+        "publication.autocreate.mode": "disabled",  # the database's owner creates it (lambdarec.postgres)
+        "snapshot.mode": "initial",
+        "decimal.handling.mode": "string",  # prices as "9.50", not base64 bytes
+        "topic.creation.default.partitions": str(settings.topic_partitions),
+        "topic.creation.default.replication.factor": str(settings.topic_replication_factor),
+        "topic.creation.default.retention.ms": str(settings.topic_retention_ms),
+    }
+
+
+class KafkaConnect:
+    """Run a standalone Connect worker with the CDC connector for the life of a ``with`` block."""
+
+    def __init__(self, settings: Settings, startup_timeout_s: float = 120.0, stop_timeout_s: float = 30.0):
+        self.settings = settings
+        self.home = Path(settings.root).resolve() / "cdc"
+        self.log_path = self.home / "connect.log"
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def rest(self) -> str:
+        return f"http://127.0.0.1:{self.settings.cdc_connect_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> "KafkaConnect":
+        """Write the configs, start the JVM and wait until the connector and its task are RUNNING."""
+        if self._process is not None:
+            raise ConnectError("this Connect worker has already been started")
+        try:
+            java = java_executable()
+            classpath = ":".join(jars.classpath(self.settings, "cdc"))
+        except (JavaMissing, jars.MissingJarsError) as exc:
+            raise ConnectError(str(exc)) from exc
+        self.home.mkdir(parents=True, exist_ok=True)
+        worker, connector, log4j = self.home / "worker.properties", self.home / "connector.properties", \
+            self.home / "log4j2.properties"
+        worker.write_text(_properties(self._worker_config()))
+        connector.write_text(_properties({"name": CONNECTOR, **connector_config(self.settings)}))
+        log4j.write_text(log4j2_properties(self.log_path, QUIET_LOGGERS))
+        command = [java, f"-Xmx{self.settings.cdc_connect_heap}", *JVM_OPTIONS,
+                   f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
+                   "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)]
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
+                process_group=0, preexec_fn=die_with_parent(),
+            )
+        try:
+            self._wait_running()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("event=connect_started rest=%s pid=%d", self.rest, self._process.pid)
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        """The connector's status from the worker's REST API; None while the API does not answer it."""
+        try:
+            response = httpx.get(f"{self.rest}/connectors/{CONNECTOR}/status", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def stop(self) -> None:
+        """SIGTERM (Connect flushes its offsets), SIGKILL after the deadline; safe to call twice."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.info("event=connect_stopped pid=%d", process.pid)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _worker_config(self) -> dict[str, str]:
+        return {
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+            "key.converter.schemas.enable": "false",
+            "value.converter.schemas.enable": "false",
+            "offset.storage.file.filename": str(self.home / "connect.offsets"),
+            "offset.flush.interval.ms": "1000",
+            "listeners": self.rest,
+            "plugin.discovery": "service_load",  # Debezium ships service manifests: no classpath scan
+        }
+
+    def _wait_running(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise ConnectError(f"Kafka Connect exited with code {self._process.returncode} during startup; "
+                                   f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
+            found = self.status()
+            states = [] if found is None else [found["connector"]["state"],
+                                               *(task["state"] for task in found.get("tasks", []))]
+            if "FAILED" in states:
+                traces = [task.get("trace", "") for task in found.get("tasks", [])] if found else []
+                raise ConnectError(f"the {CONNECTOR} connector failed: {traces or found}")
+            if len(states) > 1 and set(states) == {"RUNNING"}:
+                return
+            if time.monotonic() > deadline:
+                raise ConnectError(f"the {CONNECTOR} connector was not RUNNING within {self.startup_timeout_s:.0f}s "
+                                   f"(status {found}); log tail:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def __enter__(self) -> "KafkaConnect":
+        return self if self.running() else self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _properties(values: dict[str, str]) -> str:
+    header = "# Written by lambdarec on every start of `lambdarec cdc` (lambdarec/cdc.py): edits are lost."
+    return "\n".join([header, *(f"{key}={value}" for key, value in values.items())]) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=None, help="Loopback port of Connect's REST API "
+                        "(default: settings.cdc_connect_port).")
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """``lambdarec cdc``: run Connect with the CDC connector until SIGINT or SIGTERM; non-zero if it dies."""
+    if args.port is not None:
+        settings = settings.model_copy(update={"cdc_connect_port": args.port})
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    try:
+        connect = KafkaConnect(settings).start()
+    except ConnectError as exc:
+        print(json.dumps({"event": "cdc_failed", "error": str(exc)}), file=sys.stderr, flush=True)
+        return 1
+    with connect:
+        print(json.dumps({"event": "cdc_ready", "rest": connect.rest, "connector": CONNECTOR,
+                          "topics": [topic(settings, table) for table in CDC_TABLES], "pid": connect.pid,
+                          "log": str(connect.log_path)}), flush=True)
+        while not stop_requested.wait(0.5):
+            if not connect.running():
+                print(json.dumps({"event": "cdc_died", "log_tail": connect.log_tail()}), flush=True)
+                return 1
+    print(json.dumps({"event": "cdc_stopped"}), flush=True)
+    return 0

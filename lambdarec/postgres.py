@@ -1,0 +1,279 @@
+"""The embedded Postgres: the operational database of the one-machine setup (the shop's items and users).
+
+A Postgres cluster from Debian's package (``postgresql-15``) under
+``<root>/postgres/data`` (``embedded_postgres_dir``), run as a child process in the foreground, so it never
+outlives the process that started it. It is configured for logical decoding
+(``wal_level=logical``; Debezium reads it through the built-in ``pgoutput``).
+Postgres refuses to run as root, so under root it runs as the ``postgres``
+system user the package creates.
+
+On every start it makes sure of the role ``lambdarec`` (LOGIN, REPLICATION), the
+database ``operational``, the tables of ``OPERATIONAL_SCHEMA`` (with REPLICA
+IDENTITY FULL, so an update carries its old row) and the publication
+``lambdarec_cdc`` that CDC reads. With ``operational_db_url`` set there is
+nothing to embed: point CDC at that database instead (README: CDC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lambdarec.processes import die_with_parent
+from lambdarec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+SYSTEM_USER = "postgres"  # who runs the server when we are root
+ROLE = DATABASE_OWNER = "lambdarec"
+DATABASE = "operational"
+PUBLICATION = "lambdarec_cdc"
+CDC_TABLES = ("public.items", "public.users")
+OPERATIONAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id     text PRIMARY KEY,
+    title       text NOT NULL,
+    category    text,
+    price       numeric(12, 2),
+    available   boolean NOT NULL DEFAULT true,
+    attributes  jsonb NOT NULL DEFAULT '{}'::jsonb,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id     text PRIMARY KEY,
+    country     char(2),
+    age_band    text,
+    signup_date date,
+    membership  text,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE items REPLICA IDENTITY FULL;
+ALTER TABLE users REPLICA IDENTITY FULL;
+"""
+"""The operational tables of the one-machine setup (and of the demo): what CDC brings into the lake."""
+SERVER_OPTIONS = {
+    "listen_addresses": LOOPBACK,
+    "unix_socket_directories": "",  # TCP only: no socket path to own or to outgrow
+    "wal_level": "logical",
+    "max_wal_senders": "4",
+    "max_replication_slots": "4",
+    "shared_buffers": "32MB",
+    "max_connections": "40",
+}
+
+
+class PostgresError(RuntimeError):
+    """The embedded Postgres cannot be started here, or it died."""
+
+
+class EmbeddedPostgres:
+    """Run Postgres on loopback for the life of a ``with`` block, the operational schema in place."""
+
+    def __init__(self, settings: Settings, startup_timeout_s: float = 60.0, stop_timeout_s: float = 30.0):
+        if settings.operational_db_url:
+            raise PostgresError(
+                "operational_db_url is set: the platform uses that database and there is no Postgres to embed. "
+                "Unset LAMBDAREC_OPERATIONAL_DB_URL to run the embedded one."
+            )
+        self.settings = settings
+        self.port = settings.embedded_postgres_port
+        self.home = Path(settings.embedded_postgres_dir or Path(settings.root) / "postgres").resolve()
+        self.data_dir = self.home / "data"
+        self.log_path = self.home / "postgres.log"
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.operational_db
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> "EmbeddedPostgres":
+        """initdb on first use, start the server, wait for it, and create the role, database, schema and publication."""
+        if self._process is not None:
+            raise PostgresError("this embedded Postgres has already been started")
+        binaries = _binaries()
+        self.home.mkdir(parents=True, exist_ok=True)
+        user = _run_as()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(binaries, user)
+        options = [arg for key, value in {**SERVER_OPTIONS, "port": str(self.port)}.items()
+                   for arg in ("-c", f"{key}={value}")]
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                [str(binaries / "postgres"), "-D", str(self.data_dir), *options],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
+                process_group=0, preexec_fn=die_with_parent(), **_as_user(user),
+            )
+        try:
+            self._wait_ready()
+            bootstrap(self.settings, self._superuser_url())
+        except BaseException:
+            self.stop()
+            raise
+        log.info("event=postgres_started port=%d pid=%d", self.port, self._process.pid)
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: clients disconnected, a clean checkpoint); SIGKILL after the deadline."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.info("event=postgres_stopped pid=%d", process.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _initdb(self, binaries: Path, user: pwd.struct_passwd | None) -> None:
+        partial = self.home / "data.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # a half-done initdb of an earlier, killed start
+        partial.mkdir(mode=0o700)
+        if user is not None:
+            os.chown(partial, user.pw_uid, user.pw_gid)
+            _require_reachable(self.home, user)
+        result = subprocess.run(
+            [str(binaries / "initdb"), "-D", str(partial), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+             "--locale=C.UTF-8", "--no-instructions"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=self.home, **_as_user(user),
+        )
+        with self.log_path.open("a") as log_file:
+            log_file.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise PostgresError(f"initdb in {partial} failed (exit {result.returncode}):\n"
+                                f"{(result.stdout + result.stderr)[-3000:]}")
+        partial.rename(self.data_dir)
+
+    def _superuser_url(self) -> str:
+        return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
+
+    def _wait_ready(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise PostgresError(f"postgres exited with code {self._process.returncode} during startup; its log "
+                                    f"({self.log_path}) ends with:\n{self.log_tail()}")
+            try:
+                psycopg.connect(self._superuser_url(), connect_timeout=2).close()
+                return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise PostgresError(f"postgres did not accept connections on port {self.port} within "
+                                        f"{self.startup_timeout_s:.0f}s ({exc}); log tail:\n{self.log_tail()}") from exc
+                time.sleep(0.1)
+
+    def __enter__(self) -> "EmbeddedPostgres":
+        return self if self.running() else self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def bootstrap(settings: Settings, superuser_url: str) -> None:
+    """Create what the platform needs in a fresh cluster, idempotently: role, database, tables, publication."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(superuser_url, autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone() is None:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
+                sql.Identifier(ROLE), sql.Literal(ROLE)))
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone() is None:
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(DATABASE_OWNER)))
+    with psycopg.connect(settings.operational_db, autocommit=True) as owner:
+        owner.execute(OPERATIONAL_SCHEMA)
+        if owner.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [PUBLICATION]).fetchone() is None:
+            tables = sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in CDC_TABLES)
+            owner.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(PUBLICATION), tables))
+
+
+def _binaries() -> Path:
+    """The newest installed Postgres's bin folder (Debian: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    if not found:
+        raise PostgresError("no Postgres server is installed: run `make postgres` (Debian: apt-get install "
+                            "postgresql-15), or set LAMBDAREC_OPERATIONAL_DB_URL to an existing database")
+    return found[-1].parent
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The system user to run Postgres as: ``postgres`` when we are root (it refuses root), else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SYSTEM_USER)
+    except KeyError as exc:
+        raise PostgresError(f"running as root needs the {SYSTEM_USER!r} system user, which Debian's postgresql "
+                            "package creates; install it, or run as an ordinary user") from exc
+
+
+def _as_user(user: pwd.struct_passwd | None) -> dict:
+    """Popen arguments that drop to ``user`` (before ``preexec_fn``, so the death signal survives)."""
+    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
+    """Every parent of ``folder`` must let ``user`` through, or Postgres cannot reach its data."""
+    for parent in [folder, *folder.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001 and not (parent.stat().st_gid == user.pw_gid and mode & 0o010):
+            raise PostgresError(f"{parent} is not traversable by the {user.pw_name!r} user that runs Postgres "
+                                f"(mode {oct(mode & 0o777)}); `chmod o+x {parent}`, or set LAMBDAREC_EMBEDDED_POSTGRES_DIR elsewhere")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=None,
+                        help="Loopback port (default: settings.embedded_postgres_port).")
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """``lambdarec postgres``: run the embedded Postgres until SIGINT or SIGTERM; non-zero if it dies."""
+    if args.port is not None:
+        settings = settings.model_copy(update={"embedded_postgres_port": args.port})
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    try:
+        server = EmbeddedPostgres(settings).start()
+    except PostgresError as exc:
+        print(json.dumps({"event": "postgres_failed", "error": str(exc)}), file=sys.stderr, flush=True)
+        return 1
+    with server:
+        print(json.dumps({"event": "postgres_ready", "url": server.url.replace(f":{ROLE}@", ":***@"),
+                          "publication": PUBLICATION, "tables": list(CDC_TABLES), "pid": server.pid,
+                          "data": str(server.data_dir), "log": str(server.log_path)}), flush=True)
+        while not stop_requested.wait(0.5):
+            if not server.running():
+                print(json.dumps({"event": "postgres_died", "log_tail": server.log_tail()}), flush=True)
+                return 1
+    print(json.dumps({"event": "postgres_stopped"}), flush=True)
+    return 0
