@@ -82,6 +82,7 @@ class CheckpointFiles:
 
 
 def speed_checkpoint(settings: Settings, query: str) -> str:
-    """Where a speed query keeps its checkpoint: ``query`` is ``events``, ``features`` or ``realtime``."""
-    suffix = {"events": "", "features": "_features", "realtime": "_realtime"}[query]
+    """Where a speed query keeps its checkpoint: ``query`` is ``events``, ``features``, ``realtime`` or
+    ``dimensions``."""
+    suffix = {"events": "", "features": "_features", "realtime": "_realtime", "dimensions": "_dimensions"}[query]
     return f"{settings.checkpoint_root}/speed{suffix}"

@@ -34,6 +34,7 @@ from schemas.tables import (
     USER_FACTORS,
     USER_CONSENT,
     USER_IDS,
+    USER_PROFILES,
     TableSpec,
 )
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lambdarec.erasure")
 
 TABLES: tuple[TableSpec, ...] = (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, USER_CONSENT,
-                                 MODEL_INTERACTIONS, USER_FACTORS, USER_IDS)
+                                 USER_PROFILES, MODEL_INTERACTIONS, USER_FACTORS, USER_IDS)
 """Every table that holds a user, in the order their rows go: ``model_interactions`` holds the user by
 their index, which their ``user_factors`` and ``user_ids`` rows give, so it goes before those."""
 CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",

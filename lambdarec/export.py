@@ -30,6 +30,7 @@ from schemas.tables import (
     SPEED_USER_INTERACTIONS,
     USER_FACTORS,
     USER_IDS,
+    USER_PROFILES,
 )
 
 
@@ -40,6 +41,7 @@ def user_data(lake: Lake, pseudonym: str) -> dict[str, Any] | None:
     events = _rows(lake, EVENTS, by_user, "occurred_at")
     interactions = _rows(lake, SPEED_USER_INTERACTIONS, by_user, "occurred_at")
     features = _rows(lake, SPEED_USER_FEATURES, by_user, "batch_id")
+    profile = lake.read_arrow(USER_PROFILES, filter=by_user).to_pylist()
     history = consent.history(lake, pseudonym)
     dead = [row for row in lake.read_arrow(DEAD_LETTER).to_pylist() if pseudonym.encode() in (row["raw"] or b"")]
     subject = privacy.subject_hash(pseudonym)
@@ -48,14 +50,15 @@ def user_data(lake: Lake, pseudonym: str) -> dict[str, Any] | None:
                 for r in lake.read_arrow(PRIVACY_REQUESTS, filter=pc.field("subject_hash") == subject).to_pylist()
                 if r["kind"] == privacy.ERASURE]
     models = models_trained_on(lake, pseudonym)
-    if not any((events, interactions, features, history, dead, requests, models)):
+    if not any((events, interactions, features, profile, history, dead, requests, models)):
         return None
     return jsonable({
         "pseudonym": pseudonym,
         "events": events,
         "speed_interactions": interactions,
         "features": features,
-        "profile": features[-1] if features else None,
+        "profile": profile[0] if profile else None,
+        "speed_profile": features[-1] if features else None,
         "consent_history": history,
         "consent": {"personalisation": pseudonym not in consent.withdrawn(history)},
         "dead_letters": dead,

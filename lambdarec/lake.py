@@ -356,9 +356,13 @@ def _metadata(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def table_configuration(spec: TableSpec) -> dict[str, str | None] | None:
-    """Delta table properties a new table gets: identifying columns out of the file statistics."""
+    """Delta table properties a new table gets: identifying columns out of the file statistics, and
+    the change data feed where the spec asks for it."""
     stats = spec.stats_columns
-    return None if stats is None else {"delta.dataSkippingStatsColumns": ",".join(stats)}
+    config: dict[str, str | None] = {} if stats is None else {"delta.dataSkippingStatsColumns": ",".join(stats)}
+    if spec.change_data_feed:
+        config["delta.enableChangeDataFeed"] = "true"
+    return config or None
 
 
 def spark_path(uri: str) -> str:

@@ -399,6 +399,10 @@ class Settings(BaseSettings):
     cdc_connect_port: int = Field(
         28083, ge=1, le=65535, description="Loopback port of the Kafka Connect worker's REST API (`lambdarec cdc`)."
     )
+    speed_cdc: bool = Field(
+        True, description="Run the speed job's dimensions query, which applies the CDC topics (`lambdarec cdc`) "
+        "to item_catalogue and user_profiles; without CDC its topics are empty and it idles.",
+    )
     cdc_topic_prefix: str = Field(
         "cdc", pattern=r"^[A-Za-z0-9_.-]+$",
         description="Debezium's topic.prefix: a table's changes go to <prefix>.<schema>.<table>.",

@@ -26,6 +26,8 @@ class TableSpec:
     identifying: tuple[str, ...] = field(default=())
     """Columns that identify a user. They are kept out of Delta's per-file statistics, whose min and
     max values the transaction log would keep after an erasure removed the rows."""
+    change_data_feed: bool = False
+    """Delta's change data feed on (``delta.enableChangeDataFeed``): every row change stays queryable."""
 
     @property
     def columns(self) -> list[str]:
@@ -285,15 +287,44 @@ ITEM_IDS = TableSpec(
 ITEM_CATALOGUE = TableSpec(
     name="item_catalogue",
     description=(
-        "Item attributes serving filters on (category, brand, ...), as a changelog: an item's "
-        "current attributes are its row with the newest updated_at."
+        "The shop's items as the operational database has them, one row per item, kept by CDC "
+        "(speed.dimensions: a Delta MERGE per change, newest LSN wins; change data feed on). "
+        "Filters match its attributes and category; an unavailable item is not recommended."
     ),
-    keys=("item_id", "updated_at"),
+    keys=("item_id",),
+    change_data_feed=True,
     schema=pa.schema(
         [
             ("item_id", pa.string()),
             ("attributes", pa.map_(pa.string(), pa.string())),
             ("updated_at", TS),
+            ("title", pa.string()),
+            ("category", pa.string()),
+            ("price", pa.float64()),
+            ("available", pa.bool_()),
+            ("source_lsn", pa.int64()),  # the Postgres LSN of the change this row holds (null: imported)
+        ]
+    ),
+)
+
+USER_PROFILES = TableSpec(
+    name="user_profiles",
+    description=(
+        "Users' profiles from the operational database, one row per user under their pseudonym, kept "
+        "by CDC like item_catalogue (the raw id never reaches the lake)."
+    ),
+    keys=("user_id",),
+    identifying=("user_id",),
+    change_data_feed=True,
+    schema=pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("country", pa.string()),
+            ("age_band", pa.string()),
+            ("signup_date", pa.date32()),
+            ("membership", pa.string()),
+            ("updated_at", TS),
+            ("source_lsn", pa.int64()),
         ]
     ),
 )
@@ -379,6 +410,7 @@ ALL_TABLES: dict[str, TableSpec] = {
         ITEM_NEIGHBOURS,
         MODEL_INTERACTIONS,
         ITEM_CATALOGUE,
+        USER_PROFILES,
         USER_IDS,
         ITEM_IDS,
         PRIVACY_REQUESTS,

@@ -1,8 +1,9 @@
 """Item attributes for filters, from the ``item_catalogue`` Delta table.
 
 Attributes belong to items, not to events, so they come from a catalogue table
-that the product side owns (one row per change; the newest ``updated_at`` per
-item wins), not from the events' context (which describes the user's device and
+that the product side owns (kept by CDC, one row per item; where several rows
+name an item the newest ``updated_at`` wins), its ``category`` among them, not
+from the events' context (which describes the user's device and
 country). An item without a catalogue row matches no attribute filter.
 """
 
@@ -48,7 +49,8 @@ class ItemAttributes:
             current = newest.get(row["item_id"])
             if current is None or row["updated_at"] >= current["updated_at"]:
                 newest[row["item_id"]] = row
-        items = {item: dict(row["attributes"] or ()) for item, row in newest.items()}
+        items = {item: {**dict(row["attributes"] or ()), **({"category": row["category"]} if row.get("category") else {})}
+                 for item, row in newest.items()}
         index: dict[tuple[str, str], set[str]] = defaultdict(set)
         for item, attributes in items.items():
             for name, value in attributes.items():

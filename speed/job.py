@@ -15,7 +15,10 @@ It runs three Structured Streaming queries in one driver, each checkpointed:
 - the features query (slower trigger) streams ``events`` from Delta and keeps
   per-user and per-item state in the RocksDB state store (``speed.stateful``),
   committing ``speed_user_features`` and ``speed_item_trending``
-  (``speed.sinks.FeaturesSink``).
+  (``speed.sinks.FeaturesSink``);
+- the dimensions query (micro-batches) reads the CDC topics of the operational
+  database and MERGEs each change into ``item_catalogue`` and ``user_profiles``
+  (``speed.dimensions``; ``speed_cdc`` turns it off).
 
 A listener records each micro-batch's progress (``speed.progress``).
 """
@@ -59,6 +62,7 @@ log = logging.getLogger("lambdarec.speed")
 QUERY_NAME = "lambdarec_speed"
 FEATURES_QUERY_NAME = "lambdarec_speed_features"
 REALTIME_QUERY_NAME = "lambdarec_speed_realtime"
+DIMENSIONS_QUERY_NAME = "lambdarec_speed_dimensions"
 # FAIR: each query schedules in a pool of its own (see _start). The longer socket timeout
 # lets Python workers start on a saturated machine instead of failing the query.
 JOB_CONF = {"spark.scheduler.mode": "FAIR", "spark.python.authenticate.socketTimeout": "120s"}
@@ -228,6 +232,16 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     return query
 
 
+def run_dimensions(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
+    """Start the dimensions query (CDC topics → MERGE into ``item_catalogue``/``user_profiles``) and return it."""
+    from speed.dimensions import DimensionsSink, build_stream as cdc_stream
+
+    prepare(spark, settings)
+    checkpoint = speed_checkpoint(settings, "dimensions")
+    return _start(cdc_stream(spark, settings), DIMENSIONS_QUERY_NAME, checkpoint, DimensionsSink(settings, checkpoint),
+                  settings.speed_trigger_ms, available_now)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--available-now",
@@ -244,6 +258,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
     queries = [run(spark, settings, available_now=args.available_now),
                run_features(spark, settings, available_now=args.available_now)]
+    if settings.speed_cdc:
+        queries.append(run_dimensions(spark, settings, available_now=args.available_now))
     if settings.speed_realtime and not args.available_now:  # a catch-up run only lands what is there
         queries.append(run_realtime(spark, settings))
     stopping: list[int] = []

@@ -16,9 +16,14 @@ import psycopg
 import pytest
 
 from lambdarec.cdc import KafkaConnect, topic
-from lambdarec.kafka_io import make_consumer
+from lambdarec.kafka_io import make_consumer, make_producer, send_all
+from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
 from lambdarec.processes import free_port
+from lambdarec.pseudonym import pseudonymise
+from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES
+from speed.job import run_dimensions
+from tests.support.privacy import traces
 from tests.support.serving import read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -79,3 +84,77 @@ def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_sett
     assert len(after_restart) == 6 and all(change in after_restart for change in items)  # no repeat, no snapshot
     [(key, value)] = [change for change in after_restart if change not in items]
     assert (key, value["op"], value["after"]["title"]) == ({"item_id": "i1"}, "u", "Trail shoe 2")
+
+
+def postgres_rows(settings, table: str) -> dict:
+    with psycopg.connect(settings.operational_db) as db:
+        cursor = db.execute(f"SELECT * FROM {table}")  # noqa: S608 - a fixed table name
+        names = [c.name for c in cursor.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+
+@pytest.mark.spark
+def test_the_dimensions_query_keeps_the_lake_equal_to_postgres(spark, cdc_settings):
+    settings = cdc_settings.model_copy(update={"speed_trigger_ms": 200})
+    lake = Lake(settings)
+    key = settings.pseudonym_key
+
+    def lake_items() -> dict:
+        return {r["item_id"]: r for r in lake.read_arrow(ITEM_CATALOGUE).to_pylist()}
+
+    def matches() -> bool:
+        items, users = postgres_rows(settings, "items"), postgres_rows(settings, "users")
+        got_items = lake_items()
+        got_users = {r["user_id"]: r for r in lake.read_arrow(USER_PROFILES).to_pylist()}
+        return (set(got_items) == set(items) and all(
+            (got_items[i]["title"], got_items[i]["category"], got_items[i]["price"], got_items[i]["available"],
+             dict(got_items[i]["attributes"])) == (row["title"], row["category"], float(row["price"]), row["available"],
+                                                    {k: str(v) for k, v in row["attributes"].items()})
+            for i, row in items.items())
+            and set(got_users) == {pseudonymise(u, key) for u in users}
+            and all((got_users[pseudonymise(u, key)]["country"], got_users[pseudonymise(u, key)]["signup_date"])
+                    == (row["country"], row["signup_date"]) for u, row in users.items()))
+
+    with EmbeddedPostgres(settings), psycopg.connect(settings.operational_db, autocommit=True) as db:
+        db.execute("INSERT INTO items (item_id, title, category, price, attributes) VALUES "
+                   "('i1', 'Trail shoe', 'shoes', 9.50, '{\"size\": 42}'), ('i2', 'Sock', 'socks', 2.00, '{}')")
+        db.execute("INSERT INTO users (user_id, country, age_band, signup_date) VALUES "
+                   "('alice@example.com', 'DE', '25-34', '2024-02-29')")
+        with KafkaConnect(settings):
+            query = run_dimensions(spark, settings)
+            try:
+                wait_until(matches, "the snapshot in the lake", timeout_s=120)
+                db.execute("UPDATE items SET available = false, price = 12.34 WHERE item_id = 'i1'")
+                db.execute("DELETE FROM items WHERE item_id = 'i2'")
+                db.execute("INSERT INTO items (item_id, title, price) VALUES ('i3', 'Cap', 5)")
+                db.execute("UPDATE users SET country = 'FR' WHERE user_id = 'alice@example.com'")
+                db.execute("INSERT INTO users (user_id, country, signup_date) VALUES ('bob', 'US', '2025-01-01')")
+                db.execute("DELETE FROM users WHERE user_id = 'bob'")
+                wait_until(matches, "the changes in the lake", timeout_s=120)
+                assert lake_items()["i1"]["available"] is False
+
+                # Changes that cannot be applied: dead-lettered with a reason; the rest still applies.
+                producer = make_producer(settings)
+                try:
+                    send_all(producer, topic(settings, "public.items"), [
+                        (b'{"item_id":"i9"}', b"{not json"),
+                        (b'{"item_id":"i9"}', json.dumps({"op": "c", "source": {"lsn": 1}, "after": {
+                            "item_id": "i9", "title": "Bad", "price": "cheap", "available": True,
+                            "attributes": "{}", "updated_at": "2026-01-01T00:00:00Z"}}).encode())])
+                    send_all(producer, topic(settings, "public.users"), [(b'{"user_id":"carol"}', json.dumps(
+                        {"op": "u", "source": {"lsn": 2}, "after": {"user_id": "carol", "updated_at": "soon"}}
+                    ).encode())])
+                finally:
+                    producer.close(timeout=5)
+                db.execute("UPDATE items SET title = 'Trail shoe 2' WHERE item_id = 'i1'")
+                wait_until(lambda: lake_items()["i1"]["title"] == "Trail shoe 2", "a change after the bad ones")
+                dead = wait_until(lambda: (t := lake.read_arrow(DEAD_LETTER).to_pylist()) and len(t) == 3 and t,
+                                  "the dead letters")
+                assert query.isActive and query.exception() is None
+            finally:
+                query.stop()
+        assert matches()
+    assert sorted(d["reason"] for d in dead) == ["cdc_invalid:after.price", "cdc_invalid:after.updated_at",
+                                                 "malformed_json"]
+    assert all(b"carol" not in d["raw"] for d in dead)  # a user's raw id is redacted
+    assert traces(Path(lake.root), [b"alice@example.com"]) == []  # pseudonymised before the lake

@@ -50,7 +50,8 @@ def test_the_route_returns_everything_held_and_404_for_a_stranger(held):
     assert document["user_id"] == user_id(3) and document["pseudonym"] == user
     assert len(document["events"]) == counts["events"] and {e["user_id"] for e in document["events"]} == {user}
     assert len(document["speed_interactions"]) == counts["speed_user_interactions"]
-    assert document["profile"]["user_id"] == user and len(document["features"]) == counts["speed_user_features"]
+    assert document["speed_profile"]["user_id"] == user and len(document["features"]) == counts["speed_user_features"]
+    assert document["profile"] is None  # no user_profiles row: the operational database has none for them
     assert [c["change_id"] for c in document["consent_history"]] == ["c1"]
     assert document["consent"] == {"personalisation": False}
     assert document["models_trained_on_their_data"] == [1]

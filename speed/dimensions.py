@@ -1,0 +1,213 @@
+"""The dimensions query: Debezium's change events → Delta ``MERGE`` into ``item_catalogue`` and ``user_profiles``.
+
+A micro-batch query of the speed job over the CDC topics (``lambdarec.cdc``).
+Each batch parses the envelopes, keeps per key the change with the newest LSN
+(then Kafka offset), and MERGEs them into the table: an insert, update or
+snapshot read upserts the row, a delete removes it, and a change older than the
+row's ``source_lsn`` changes nothing, so a change Connect delivers twice (it is at
+least once) is applied once. Each MERGE carries the app transaction
+(``cdc-<query id>``, the batch id), so a replayed batch writes nothing twice.
+Tombstones (null values after a delete) carry nothing and are skipped. A change
+that cannot be applied — a broken envelope, a value that does not convert — goes
+to ``dead_letter`` with its reason; a user's raw id in it is redacted. User ids are
+pseudonymised with the API's keyed HMAC before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import reduce
+from typing import TYPE_CHECKING
+
+from lambdarec.cdc import topic
+from lambdarec.checkpoint_files import CheckpointFiles
+from lambdarec.lake import Lake, delta_transaction, spark_path
+from lambdarec.pseudonym import spark_pseudonym
+from lambdarec.settings import Settings
+from schemas.events import REDACTED_USER_ID
+from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES, TableSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger("lambdarec.speed")
+OPS = ("c", "u", "d", "r")  # create, update, delete, snapshot read
+INVALID = "cdc_invalid"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One operational table and the lake table its changes are merged into."""
+
+    table: str  # schema.name in Postgres
+    spec: TableSpec
+    key: str
+    after_schema: str  # the row as Debezium's JSON converter writes it
+
+
+ITEMS = Dimension(
+    "public.items", ITEM_CATALOGUE, "item_id",
+    "item_id string, title string, category string, price string, available boolean, attributes string, "
+    "updated_at string",
+)
+USERS = Dimension(
+    "public.users", USER_PROFILES, "user_id",
+    "user_id string, country string, age_band string, signup_date int, membership string, updated_at string",
+)
+DIMENSIONS = (ITEMS, USERS)
+
+
+def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
+    """The CDC topics as records (Spark's Kafka source; offsets in the checkpoint)."""
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+        .option("subscribe", ",".join(topic(settings, d.table) for d in DIMENSIONS))
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", str(settings.speed_fail_on_data_loss).lower())
+        .option("maxOffsetsPerTrigger", str(settings.speed_max_offsets_per_trigger))
+        .load()
+    )
+
+
+def parse(records: "DataFrame", dimension: Dimension, settings: Settings) -> "DataFrame":
+    """One topic's records as (``reason``, ``op``, ``lsn``, the lake row's columns, the Kafka position);
+    ``reason`` is null for a change that applies. Tombstones are dropped here."""
+    from pyspark.sql import functions as F
+
+    text = F.col("value").cast("string")
+    envelope = F.from_json(text, "op string, source struct<lsn:bigint>, after string, before string")
+    rows = (records.filter(F.col("value").isNotNull())
+            .withColumn("envelope", envelope)
+            .withColumn("row", F.from_json(F.coalesce(F.col("envelope.after"), F.col("envelope.before")),
+                                           dimension.after_schema)))
+    key = F.coalesce(F.col("row")[dimension.key], F.get_json_object(F.col("key").cast("string"), f"$.{dimension.key}"))
+    values, required = _values(dimension, settings)
+    checks = [
+        (F.try_parse_json(text).isNull(), F.lit("malformed_json")),
+        (~F.col("envelope.op").isin(*OPS) | F.col("envelope.op").isNull(), F.lit(f"{INVALID}:op")),
+        (F.col("envelope.source.lsn").isNull(), F.lit(f"{INVALID}:source.lsn")),
+        (key.isNull(), F.lit(f"{INVALID}:{dimension.key}")),
+        ((F.col("envelope.op") != "d") & F.col("envelope.after").isNull(), F.lit(f"{INVALID}:after")),
+    ]
+    upsert = F.col("envelope.op") != "d"
+    checks += [(upsert & F.col(f"row.{name}").isNotNull() & values[name].isNull(), F.lit(f"{INVALID}:after.{name}"))
+               for name in values if name in _raw_fields(dimension)]
+    checks += [(upsert & values[name].isNull(), F.lit(f"{INVALID}:after.{name}")) for name in required]
+    reason = F.lit(None).cast("string")
+    for condition, label in reversed(checks):
+        reason = F.when(condition, label).otherwise(reason)
+    key_value = spark_pseudonym(key, settings.pseudonym_key) if dimension is USERS else key
+    return rows.select(
+        reason.alias("reason"), F.col("envelope.op").alias("op"), F.col("envelope.source.lsn").alias("lsn"),
+        key_value.alias(dimension.key), *[values[name].alias(name) for name in values if name != dimension.key],
+        _dead_raw(dimension).alias("raw"), "topic", "partition", "offset",
+    )
+
+
+def _raw_fields(dimension: Dimension) -> set[str]:
+    return {part.split()[0] for part in dimension.after_schema.split(", ")}
+
+
+def _values(dimension: Dimension, settings: Settings) -> tuple[dict[str, "Column"], tuple[str, ...]]:
+    """The lake row's columns converted from the parsed row (null where a value does not convert),
+    and the columns a row must have."""
+    from pyspark.sql import functions as F
+
+    row = "row."
+    updated = F.try_to_timestamp(F.col(row + "updated_at"))
+    if dimension is ITEMS:
+        attributes = F.from_json(F.col(row + "attributes"), "map<string,string>")
+        return {
+            "item_id": F.col(row + "item_id"),
+            "title": F.col(row + "title"),
+            "category": F.col(row + "category"),
+            "price": F.col(row + "price").try_cast("double"),
+            "available": F.col(row + "available"),
+            "attributes": F.when(F.col(row + "attributes").isNull(), F.create_map()).otherwise(attributes),
+            "updated_at": updated,
+        }, ("title", "available", "attributes", "updated_at")
+    return {
+        "user_id": F.col(row + "user_id"),
+        "country": F.col(row + "country"),
+        "age_band": F.col(row + "age_band"),
+        "signup_date": F.date_add(F.lit("1970-01-01").cast("date"), F.col(row + "signup_date")),
+        "membership": F.col(row + "membership"),
+        "updated_at": updated,
+    }, ("updated_at",)
+
+
+def _dead_raw(dimension: Dimension) -> "Column":
+    """A record's bytes for ``dead_letter``; for users, every ``user_id`` value in them redacted."""
+    from pyspark.sql import functions as F
+
+    if dimension is not USERS:
+        return F.col("value")
+    return F.regexp_replace(F.col("value").cast("string"), r'"user_id"\s*:\s*"(?:[^"\\]|\\.)*"',
+                            f'"user_id":"{REDACTED_USER_ID}"').cast("binary")
+
+
+class DimensionsSink:
+    """foreachBatch sink: per table, the newest change per key MERGEd, bad changes dead-lettered."""
+
+    def __init__(self, settings: Settings, checkpoint: str):
+        self.settings = settings
+        self.lake = Lake(settings)
+        self.checkpoint = checkpoint
+        self._app_id: str | None = None
+
+    def __call__(self, batch: "DataFrame", batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        started = time.perf_counter()
+        if self._app_id is None:
+            self._app_id = f"cdc-{CheckpointFiles(batch.sparkSession, self.checkpoint).query_id()}"
+        batch = batch.persist()
+        summary: dict[str, int] = {}
+        try:
+            dead: list["DataFrame"] = []
+            for dimension in DIMENSIONS:
+                parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
+                               self.settings)
+                summary[dimension.spec.name] = self._merge(parsed.filter(F.col("reason").isNull()), dimension,
+                                                           batch_id)
+                dead.append(parsed.filter(F.col("reason").isNotNull()).select(
+                    "raw", "reason", F.col("topic").alias("kafka_topic"),
+                    F.col("partition").cast("int").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
+                    F.current_timestamp().alias("recorded_at")))
+            bad = reduce(lambda a, b: a.unionByName(b), dead).persist()
+            summary["dead_letters"] = bad.count()
+            if summary["dead_letters"]:
+                self.lake.append_spark(DEAD_LETTER, bad, self._app_id, batch_id)
+            bad.unpersist()
+        finally:
+            batch.unpersist()
+        log.info(json.dumps({"event": "batch", "query": "dimensions", "batch_id": batch_id, **summary,
+                             "ms": round((time.perf_counter() - started) * 1000)}))
+
+    def _merge(self, changes: "DataFrame", dimension: Dimension, batch_id: int) -> int:
+        """MERGE the newest change per key; the number of keys changed."""
+        from delta.tables import DeltaTable
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        newest = Window.partitionBy(dimension.key).orderBy(F.col("lsn").desc(), F.col("offset").desc())
+        latest = (changes.withColumn("n", F.row_number().over(newest)).filter("n = 1")
+                  .withColumnRenamed("lsn", "source_lsn").drop("n", "reason", "raw", "topic", "partition", "offset"))
+        count = latest.count()
+        if not count:
+            return 0
+        self.lake.ensure(dimension.spec)
+        columns: dict[str, "str | Column"] = {name: f"s.{name}" for name in dimension.spec.columns}
+        target = DeltaTable.forPath(latest.sparkSession, spark_path(self.lake.uri(dimension.spec)))
+        with delta_transaction(latest.sparkSession, self._app_id, batch_id):
+            (target.alias("t").merge(latest.alias("s"), f"t.{dimension.key} = s.{dimension.key}")
+             .whenMatchedDelete(condition="s.op = 'd' AND s.source_lsn >= coalesce(t.source_lsn, -1)")
+             .whenMatchedUpdate(condition="s.op != 'd' AND s.source_lsn >= coalesce(t.source_lsn, -1)", set=columns)
+             .whenNotMatchedInsert(condition="s.op != 'd'", values=columns)
+             .execute())
+        return count
+
