@@ -39,7 +39,7 @@ class Services:
     ingestor: Ingestor
     rate_limiter: RateLimiter
     metrics: Metrics
-    poller: Poller
+    pollers: tuple[Poller, ...]
     idle_gate: IdleGate
     erasures: Erasures
     consents: Consents
@@ -66,8 +66,8 @@ class Services:
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
-            poller=Poller(settings.serve_model_poll_s, [model_store.reload, attributes.reload, erasures.reload,
-                                                         consents.reload]),
+            pollers=(Poller(settings.serve_model_poll_s, [model_store.reload, erasures.reload, consents.reload]),
+                     Poller(settings.serve_catalogue_poll_s, [attributes.reload])),
             idle_gate=idle_gate,
             erasures=erasures,
             consents=consents,
@@ -89,12 +89,14 @@ class Services:
         return self.model_store.current is not None and self.speed_view.following
 
     def start(self) -> None:
-        self.poller.start()
+        for poller in self.pollers:
+            poller.start()
         self.speed_view.start(bootstrap=lambda view: bootstrap(self.lake, view))
 
     def stop(self) -> None:
         self.speed_view.stop()
-        self.poller.stop()
+        for poller in self.pollers:
+            poller.stop()
         self.ingestor.close()
 
 

@@ -31,6 +31,8 @@ class ItemAttributes:
         self.lake = lake
         self.version: int | None = None
         self.items: dict[str, dict[str, str]] = {}
+        self.unavailable: frozenset[str] = frozenset()  # items the catalogue marks unavailable
+        self._unavailable_positions: tuple[tuple, np.ndarray] | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
         self._encoded_members: dict[tuple, np.ndarray] = {}
@@ -55,8 +57,24 @@ class ItemAttributes:
         for item, attributes in items.items():
             for name, value in attributes.items():
                 index[(name, value)].add(item)
+        unavailable = frozenset(item for item, row in newest.items() if row.get("available") is False)
         with self._lock:
             self.items, self._index, self._masks, self.version = items, dict(index), {}, version
+            self.unavailable = unavailable
+
+    def available(self, item_id: str) -> bool:
+        return item_id not in self.unavailable
+
+    def unavailable_positions(self, catalogue: Catalogue) -> np.ndarray:
+        """Catalogue positions of the unavailable items, cached per catalogue and table version."""
+        key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.version)
+        cached = self._unavailable_positions
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        found = (catalogue.position(item) for item in self.unavailable)
+        positions = np.asarray(sorted(p for p in found if p is not None), dtype=np.int64)
+        self._unavailable_positions = (key, positions)
+        return positions
 
     def matches(self, item_id: str, filters: dict[str, set[str]]) -> bool:
         attributes = self.items.get(item_id, {})

@@ -18,7 +18,7 @@ never returned.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -96,7 +96,7 @@ def recommend(
 
     rated, ratings = _merge(train_items, train_ratings, fresh)
     seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
-    blocked, allowed = _blocked(catalogue, query, seen), _allowed(catalogue, attributes, query)
+    blocked, allowed = _blocked(catalogue, attributes, query, seen), _allowed(catalogue, attributes, query)
     if model.family == "ease":
         scores, explain = _neighbour_scores(catalogue, rated, ratings)
         strategy = "neighbours"
@@ -179,8 +179,9 @@ def _positions(catalogue: Catalogue, item_ids) -> np.ndarray:
     return np.asarray([p for p in positions if p is not None], dtype=np.int64)
 
 
-def _blocked(catalogue: Catalogue, query: Query, seen: np.ndarray) -> np.ndarray:
-    explicit = _positions(catalogue, query.exclude)
+def _blocked(catalogue: Catalogue, attributes: ItemAttributes, query: Query, seen: np.ndarray) -> np.ndarray:
+    """Positions never recommended: excluded, unavailable in the catalogue, and (``exclude_seen``) seen."""
+    explicit = np.union1d(_positions(catalogue, query.exclude), attributes.unavailable_positions(catalogue))
     return np.union1d(seen, explicit) if query.exclude_seen else explicit
 
 
@@ -223,6 +224,7 @@ def _cold_start(
         return (
             item not in seen
             and item not in query.exclude
+            and attributes.available(item)
             and (not query.include or item in query.include)
             and (not query.filters or attributes.matches(item, query.filters))
         )
@@ -235,7 +237,7 @@ def _cold_start(
         ranked = speed.popular(len(seen) + len(query.exclude) + query.k + 1_000)
         return Recommendation([Scored(i, s) for i, s in ranked if keep(i)][: query.k], "popular", None, len(history))
     popularity = np.concatenate([catalogue.model.popularity, np.zeros(len(catalogue.new_ids))])
-    blocked = _blocked(catalogue, query, _positions(catalogue, seen))
+    blocked = _blocked(catalogue, attributes, query, _positions(catalogue, seen))
     best = top_k(popularity, query.k, blocked, _allowed(catalogue, attributes, query))
     items = [Scored(catalogue.item_id(p), float(popularity[p])) for p in best]
     return Recommendation(items, "popular", version, len(history))
@@ -274,7 +276,7 @@ def similar(catalogue: Catalogue, attributes: ItemAttributes, item_id: str, quer
     position = catalogue.position(item_id)
     if position is None:
         return None
-    blocked = np.union1d([position], _positions(catalogue, query.exclude))
+    blocked = np.union1d([position], _blocked(catalogue, attributes, replace(query, exclude_seen=False), np.empty(0)))
     if catalogue.model.family == "ease":
         weights = catalogue.model.neighbours[position].toarray().ravel()
         weights[weights <= 0] = -np.inf  # only items it speaks for

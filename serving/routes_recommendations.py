@@ -139,9 +139,9 @@ async def get_trending(
     speed layer's sliding window (the last ``speed_trending_window_s``, starting at ``window_start``)."""
     segments = [(name, value) for name, value in (("country", country), ("device", device)) if value]
     filters = _filters(filter)
-    found = rec.trending(
-        services.speed_view, segments, k, lambda item: not filters or services.attributes.matches(item, filters)
-    )
+    attributes = services.attributes
+    found = rec.trending(services.speed_view, segments, k, lambda item: attributes.available(item) and (
+        not filters or attributes.matches(item, filters)))
     items, strategy, segment, window = found if found is not None else ([], None, None, None)
     return TrendingResponse(
         items=_items(items), strategy=strategy, segment=segment, window_start=window,

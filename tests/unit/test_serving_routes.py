@@ -133,6 +133,32 @@ def test_include_exclude_exclude_seen_and_attribute_filters(app, client, setting
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "filter", 0]
 
 
+def test_an_item_the_catalogue_marks_unavailable_is_never_recommended(app, client, settings):
+    apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "a4", 9.0), trending_row(*GLOBAL_SEGMENT, "b3", 5.0)])
+    lake = Lake(settings)
+
+    def catalogue(available: bool, day: int) -> None:
+        lake.append_arrow(ITEM_CATALOGUE, pa.Table.from_pylist(
+            [{"item_id": "a3", "category": "hats", "available": available,
+              "updated_at": datetime(2024, 1, day, tzinfo=UTC)}], schema=ITEM_CATALOGUE.schema))
+        assert app.state.services.attributes.reload()
+
+    def seen() -> set[str]:
+        answers = [client.get("/v1/users/alice/recommendations", params={"k": 10}).json(),
+                   client.get("/v1/items/a0/similar", params={"k": 10}).json(),
+                   client.get("/v1/trending", params={"k": 10}).json(),
+                   client.get("/v1/users/stranger/recommendations", params={"k": 10}).json()]
+        return {item for answer in answers for item in ids(answer)}
+
+    catalogue(True, 1)
+    assert "a3" in seen()
+    assert ids(client.get("/v1/users/alice/recommendations", params={"filter": "category:hats"}).json()) == ["a3"]
+    catalogue(False, 2)
+    assert "a3" not in seen() and "a4" in seen()
+    catalogue(True, 3)  # back in stock
+    assert "a3" in seen()
+
+
 def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client, settings):
     apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "b3", 5.0), trending_row(*GLOBAL_SEGMENT, "a4", 9.0),
                                  trending_row("country", "DE", "b2", 7.0), trending_row("device", "ios", "a3", 2.0)])
