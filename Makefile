@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DURATION ?= 300
+DURATION ?= 480
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 

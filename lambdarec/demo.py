@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
+from lambdarec.postgres import cluster_dir
 from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_command, spark_submit_env, speed_job_command
-from schemas.tables import DEAD_LETTER, EVENTS
+from schemas.tables import DEAD_LETTER, EVENTS, ITEM_CATALOGUE
 
 # Records injected straight into Kafka, bypassing the API, to show the dead-letter path.
 BAD_RECORDS = (
@@ -84,6 +85,29 @@ class Demo:
         wait_for(lambda: child.check_alive() and '"broker_ready"' in child.log_path.read_text(),
                  self.remaining(60), "the embedded broker and its topics")
         say(f"  broker at {self.settings.bootstrap_servers}")
+
+    def start_operational_db(self, world: World) -> None:
+        """The embedded Postgres, seeded with the world's items and users, and CDC (Connect + Debezium)."""
+        import psycopg
+
+        child = self._start("postgres", lambdarec_command("postgres"))
+        wait_for(lambda: child.check_alive() and '"postgres_ready"' in child.log_path.read_text(),
+                 self.remaining(60), "the embedded Postgres")
+        rng = random.Random(self.args.seed)
+        with psycopg.connect(self.settings.operational_db) as db, db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO items (item_id, title, category, price, attributes) VALUES (%s, %s, %s, %s, %s)",
+                [(item_id(n), f"Item {n}", f"category-{world.item_cluster(item_id(n))}", round(rng.uniform(2, 200), 2),
+                  json.dumps({"colour": rng.choice(["red", "blue", "green"])})) for n in range(world.n_items)])
+            cursor.executemany(
+                "INSERT INTO users (user_id, country, age_band, membership) VALUES (%s, %s, %s, %s)",
+                [(user_id(n), rng.choice(["DE", "FR", "US", "GB"]), rng.choice(["18-24", "25-34", "35-54", "55+"]),
+                  rng.choice(["free", "plus"])) for n in range(world.n_users)])
+        connect = self._start("cdc", lambdarec_command("cdc"))
+        wait_for(lambda: connect.check_alive() and '"cdc_ready"' in connect.log_path.read_text(),
+                 self.remaining(120), "Kafka Connect with the Debezium connector")
+        self.summary["operational_items"], self.summary["operational_users"] = world.n_items, world.n_users
+        say(f"  Postgres seeded with {world.n_items} items and {world.n_users} users; CDC running")
 
     def start_speed(self) -> None:
         child = self._start("speed", speed_job_command(self.settings))
@@ -228,6 +252,39 @@ class Demo:
             self.summary[f"trending_{name}_{value}"] = [i["item_id"] for i in segment["items"]]
         say(f"  trending since {body['window_start']}: {self.summary['trending_global']}")
 
+    def catalogue_to_serving(self, world: World) -> None:
+        """Items set unavailable in Postgres, one at a time: how long until no answer holds them
+        (CDC → the speed job's MERGE → serving's catalogue check)."""
+        import psycopg
+
+        lake = Lake(self.settings)
+        wait_for(lambda: lake.exists(ITEM_CATALOGUE) and lake.read_arrow(ITEM_CATALOGUE).num_rows >= world.n_items,
+                 self.remaining(120), "the catalogue's snapshot in item_catalogue", interval_s=0.5)
+        latencies = []
+        with psycopg.connect(self.settings.operational_db, autocommit=True) as db, \
+                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client:
+            for n in range(self.args.availability_probes):
+                user = user_id(n)
+
+                def answers(user=user) -> set[str]:
+                    lists = [client.get(f"/users/{user}/recommendations", params={"k": 10}).json(),
+                             client.get("/trending", params={"k": 50}).json()]
+                    return {item["item_id"] for body in lists for item in body["items"]}
+
+                target = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()["items"][0]["item_id"]
+                db.execute("UPDATE items SET available = false, updated_at = now() WHERE item_id = %s", [target])
+                started = time.monotonic()
+                def gone(target: str = target, answers=answers) -> bool:
+                    return target not in answers()
+
+                wait_for(gone, self.remaining(60), f"{target} to leave every answer", interval_s=0.02)
+                latencies.append((time.monotonic() - started) * 1000)
+                db.execute("UPDATE items SET available = true, updated_at = now() WHERE item_id = %s", [target])
+        self.summary["unavailable_to_serving_ms_p50"] = round(statistics.median(latencies))
+        self.summary["unavailable_to_serving_ms_p95"] = round(percentile(latencies, 95))
+        say(f"  an item set unavailable in Postgres left every answer in {self.summary['unavailable_to_serving_ms_p50']}"
+            f" ms (p50), {self.summary['unavailable_to_serving_ms_p95']} ms (p95) over {len(latencies)} items")
+
     def final_counts(self) -> None:
         expected = self.summary["events_accepted"]
         wait_for(lambda: lake_counts(self.settings)["events"] >= expected, self.remaining(60),
@@ -275,13 +332,13 @@ class Demo:
 
     def _check_children(self) -> bool:
         """True while every started child runs; a StageError naming the first that exited."""
-        for name in ("broker", "speed", "serving"):
+        for name in ("broker", "postgres", "cdc", "speed", "serving"):
             if name in self.children:
                 self.children[name].check_alive()
         return True
 
     def stop_all(self) -> None:
-        for name in ("serving", "speed", "broker", "train", "erasure"):
+        for name in ("serving", "speed", "cdc", "postgres", "broker", "train", "erasure"):
             child = self.children.get(name)
             if child is not None:
                 code = child.stop()
@@ -323,7 +380,7 @@ def say(line: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=300, help="Hard limit for the whole run, seconds.")
+    parser.add_argument("--duration", type=float, default=480, help="Hard limit for the whole run, seconds.")
     parser.add_argument("--summary-json", type=Path, help="Also write the summary figures here.")
     parser.add_argument("--root", type=Path, help="Scratch root for this run (default: <root>/demo, wiped first).")
     parser.add_argument("--events", type=int, default=30_000, help="Generated events to send.")
@@ -334,6 +391,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="Events per POST /events/batch.")
     parser.add_argument("--probes", type=int, default=20, help="Users whose freshness is measured.")
     parser.add_argument("--latency-requests", type=int, default=500, help="GETs timed for serve latency.")
+    parser.add_argument("--availability-probes", type=int, default=20,
+                        help="Items set unavailable in Postgres, timed until they leave every answer.")
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
@@ -348,6 +407,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "embedded_broker_port": free_port(settings.embedded_broker_port),
             "embedded_controller_port": free_port(settings.embedded_controller_port),
             "serve_port": free_port(settings.serve_port),
+            "embedded_postgres_port": free_port(settings.embedded_postgres_port),
+            "cdc_connect_port": free_port(settings.cdc_connect_port),
             "serve_model_poll_s": 2.0,
             "allow_development_key": True,  # a demo is development: its data is generated
             "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),
@@ -355,6 +416,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     )
     if not settings.uses_embedded_broker:
         say(f"using the Kafka cluster at {settings.kafka_bootstrap_servers}")
+    shutil.rmtree(cluster_dir(settings), ignore_errors=True)  # outside the root when root cannot share it
     world = World(n_users=args.users, n_items=args.items, n_clusters=args.clusters, seed=args.seed)
     demo = Demo(settings, args, deadline=time.monotonic() + args.duration)
     started = time.monotonic()
@@ -364,6 +426,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             if settings.uses_embedded_broker:
                 demo.stage("start broker", demo.start_broker)
+            demo.stage("start Postgres and CDC (Debezium on Kafka Connect)", demo.start_operational_db, world)
             demo.stage("start speed job", demo.start_speed)
             demo.stage("start serving", demo.start_serving)
             demo.stage("send events through the API", demo.send_events, world)
@@ -372,6 +435,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             model = demo.stage("train, evaluate and publish (spark-submit)", demo.train)
             demo.stage("serving loads the model", demo.load_model, model["model_version"])
             demo.stage("users act; measure freshness", demo.probe_freshness, world)
+            demo.stage("catalogue changes reach serving (CDC)", demo.catalogue_to_serving, world)
             demo.stage("measure serving latency", demo.measure_serving, world)
             demo.stage("trending from the speed layer", demo.report_trending)
             demo.stage("check the lake", demo.final_counts)

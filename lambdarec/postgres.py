@@ -1,7 +1,8 @@
 """The embedded Postgres: the operational database of the one-machine setup (the shop's items and users).
 
 A Postgres cluster from Debian's package (``postgresql-15``) under
-``<root>/postgres/data`` (``embedded_postgres_dir``), run as a child process in the foreground, so it never
+``<root>/postgres/data`` (``embedded_postgres_dir``; see ``cluster_dir`` for a root the
+``postgres`` user cannot reach), run as a child process in the foreground, so it never
 outlives the process that started it. It is configured for logical decoding
 (``wal_level=logical``; Debezium reads it through the built-in ``pgoutput``).
 Postgres refuses to run as root, so under root it runs as the ``postgres``
@@ -17,6 +18,7 @@ nothing to embed: point CDC at that database instead (README: CDC).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -88,7 +90,7 @@ class EmbeddedPostgres:
             )
         self.settings = settings
         self.port = settings.embedded_postgres_port
-        self.home = Path(settings.embedded_postgres_dir or Path(settings.root) / "postgres").resolve()
+        self.home = cluster_dir(settings)
         self.data_dir = self.home / "data"
         self.log_path = self.home / "postgres.log"
         self.startup_timeout_s = startup_timeout_s
@@ -215,6 +217,21 @@ def bootstrap(settings: Settings, superuser_url: str) -> None:
             owner.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(PUBLICATION), tables))
 
 
+def cluster_dir(settings: Settings) -> Path:
+    """The cluster's folder: ``embedded_postgres_dir``, else ``<root>/postgres``; but as root, when the
+    postgres user cannot reach that (a root under a private home), a folder of this root's own in
+    ``/var/tmp/lambdarec-postgres``."""
+    if settings.embedded_postgres_dir:
+        return Path(settings.embedded_postgres_dir).resolve()
+    home = (Path(settings.root) / "postgres").resolve()
+    user = _run_as()
+    if user is None or _unreachable(home.parent, user) is None:
+        return home
+    shared = Path("/var/tmp/lambdarec-postgres")
+    shared.mkdir(mode=0o711, exist_ok=True)
+    return shared / hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+
 def _binaries() -> Path:
     """The newest installed Postgres's bin folder (Debian: /usr/lib/postgresql/<major>/bin)."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
@@ -241,13 +258,25 @@ def _as_user(user: pwd.struct_passwd | None) -> dict:
     return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
+def _unreachable(folder: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first of ``folder`` and its parents that ``user`` cannot pass through (None: all can be)."""
+    for parent in [folder, *folder.parents]:
+        if not parent.exists():
+            continue
+        stat = parent.stat()
+        if not (stat.st_mode & 0o001 or (stat.st_gid == user.pw_gid and stat.st_mode & 0o010)
+                or stat.st_uid == user.pw_uid):
+            return parent
+    return None
+
+
 def _require_reachable(folder: Path, user: pwd.struct_passwd) -> None:
     """Every parent of ``folder`` must let ``user`` through, or Postgres cannot reach its data."""
-    for parent in [folder, *folder.parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001 and not (parent.stat().st_gid == user.pw_gid and mode & 0o010):
-            raise PostgresError(f"{parent} is not traversable by the {user.pw_name!r} user that runs Postgres "
-                                f"(mode {oct(mode & 0o777)}); `chmod o+x {parent}`, or set LAMBDAREC_EMBEDDED_POSTGRES_DIR elsewhere")
+    blocked = _unreachable(folder, user)
+    if blocked is not None:
+        raise PostgresError(f"{blocked} is not traversable by the {user.pw_name!r} user that runs Postgres "
+                            f"(mode {oct(blocked.stat().st_mode & 0o777)}); `chmod o+x {blocked}`, or set "
+                            "LAMBDAREC_EMBEDDED_POSTGRES_DIR elsewhere")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

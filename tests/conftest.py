@@ -18,7 +18,7 @@ import pytest
 
 from lambdarec.settings import Settings, get_settings
 
-pytest_plugins = ["tests.plugins.broker"]
+pytest_plugins = ["tests.plugins.broker", "tests.plugins.cdc"]
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

@@ -8,8 +8,6 @@ goes on after the last change it delivered, without a new snapshot.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import psycopg
@@ -19,10 +17,9 @@ from lambdarec.cdc import KafkaConnect, topic
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
-from lambdarec.processes import free_port
-from lambdarec.pseudonym import pseudonymise
-from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES
+from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE
 from speed.job import run_dimensions
+from tests.support.cdc import lake_matches_postgres
 from tests.support.privacy import traces
 from tests.support.serving import read_topic, wait_until
 
@@ -39,17 +36,6 @@ def changes(settings, table: str, expected: int) -> list[tuple[dict, dict | None
         consumer.close()
     records = sorted(read_topic(settings, name, expected), key=lambda r: (r.partition, r.offset))
     return [(json.loads(r.key), json.loads(r.value) if r.value is not None else None) for r in records]
-
-
-@pytest.fixture
-def cdc_settings(broker_settings):
-    """Settings for a fresh Postgres and Connect beside the test's broker. The cluster lives outside
-    pytest's tmp_path (mode 700): run as root, Postgres runs as the postgres user, who must reach it."""
-    home = Path(tempfile.mkdtemp(prefix="lambdarec-postgres-"))
-    home.chmod(0o711)
-    yield broker_settings.model_copy(update={"embedded_postgres_port": free_port(), "cdc_connect_port": free_port(),
-                                             "embedded_postgres_dir": str(home)})
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_settings):
@@ -86,34 +72,16 @@ def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_sett
     assert (key, value["op"], value["after"]["title"]) == ({"item_id": "i1"}, "u", "Trail shoe 2")
 
 
-def postgres_rows(settings, table: str) -> dict:
-    with psycopg.connect(settings.operational_db) as db:
-        cursor = db.execute(f"SELECT * FROM {table}")  # noqa: S608 - a fixed table name
-        names = [c.name for c in cursor.description]
-        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
-
-
 @pytest.mark.spark
 def test_the_dimensions_query_keeps_the_lake_equal_to_postgres(spark, cdc_settings):
     settings = cdc_settings.model_copy(update={"speed_trigger_ms": 200})
     lake = Lake(settings)
-    key = settings.pseudonym_key
 
     def lake_items() -> dict:
         return {r["item_id"]: r for r in lake.read_arrow(ITEM_CATALOGUE).to_pylist()}
 
     def matches() -> bool:
-        items, users = postgres_rows(settings, "items"), postgres_rows(settings, "users")
-        got_items = lake_items()
-        got_users = {r["user_id"]: r for r in lake.read_arrow(USER_PROFILES).to_pylist()}
-        return (set(got_items) == set(items) and all(
-            (got_items[i]["title"], got_items[i]["category"], got_items[i]["price"], got_items[i]["available"],
-             dict(got_items[i]["attributes"])) == (row["title"], row["category"], float(row["price"]), row["available"],
-                                                    {k: str(v) for k, v in row["attributes"].items()})
-            for i, row in items.items())
-            and set(got_users) == {pseudonymise(u, key) for u in users}
-            and all((got_users[pseudonymise(u, key)]["country"], got_users[pseudonymise(u, key)]["signup_date"])
-                    == (row["country"], row["signup_date"]) for u, row in users.items()))
+        return lake_matches_postgres(settings)
 
     with EmbeddedPostgres(settings), psycopg.connect(settings.operational_db, autocommit=True) as db:
         db.execute("INSERT INTO items (item_id, title, category, price, attributes) VALUES "

@@ -21,10 +21,11 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     result = subprocess.run(
         [
             sys.executable, "-m", "lambdarec.cli", "demo",
-            "--duration", "400", "--events", "6000", "--probes", "8", "--latency-requests", "200",
+            "--duration", "480", "--events", "6000", "--probes", "8", "--latency-requests", "200",
+            "--availability-probes", "5",
             "--root", str(tmp_path / "demo"), "--summary-json", str(summary_path),
         ],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=700,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads(summary_path.read_text())
@@ -41,6 +42,8 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     assert summary["serve_latency_ms_p50"] > 0
     assert summary["after_withdrawal_strategy"] in ("trending_segment", "trending_global", "popular")
     assert summary["erasure_removed"]["events"] > 0 and summary["erasure_seconds_to_receipt"] > 0
+    assert summary["operational_items"] > 0  # Postgres seeded, CDC into item_catalogue
+    assert 0 < summary["unavailable_to_serving_ms_p50"] <= summary["unavailable_to_serving_ms_p95"]
     # a user's fresh events reach their list: EASE sums their items' neighbours, ALS folds them in
     fresh = "neighbours" if summary["model_engine"] == "ease" else "fold_in"
     assert "before (" in result.stdout and f"after  ({fresh})" in result.stdout
