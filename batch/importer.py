@@ -1,4 +1,5 @@
-"""``lambdarec import``: backfill historical interactions into the ``events`` table.
+"""``lambdarec import``: backfill historical interactions into ``events``, or load catalogue and profile
+files into ``item_catalogue`` and ``user_profiles`` (``--kind``; ``lambdarec.dimension_files``).
 
 Layouts: CSV or Parquet with columns ``user, item, weight | rating, timestamp``
 (an optional ``event_type`` column too), MovieLens ``u.data`` (tab-separated
@@ -29,12 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from lambdarec import dimension_files
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
 from schemas.events import EVENT_TYPES, event_row
-from schemas.tables import EVENTS
+from schemas.tables import EVENTS, ITEM_CATALOGUE, USER_PROFILES
 
 ID_NAMESPACE = uuid.UUID("6d1f3c2e-8f0a-4b7e-9a51-3c0e2f4d5b17")
 
@@ -128,8 +130,34 @@ def import_file(path: Path, settings: Settings, fmt: str = "auto", event_type: s
     return {"file": str(path), "format": fmt, "sha256": digest, "imported": imported, "events_version": version}
 
 
+def import_dimension(path: Path, settings: Settings, kind: str) -> dict[str, Any]:
+    """Upsert a catalogue or profile file into its table (a Delta MERGE by key: importing it again
+    changes nothing but ``updated_at``). A later CDC change of the same row wins over the file."""
+    if not path.is_file():
+        raise BadImportFile(f"{path}: no such file")
+    if kind == dimension_files.CATALOGUE:
+        spec, rows = ITEM_CATALOGUE, dimension_files.read_catalogue(path)
+    else:
+        spec, rows = USER_PROFILES, [{**row, "user_id": pseudonymise(row["user_id"], settings.pseudonym_key)}
+                                     for row in dimension_files.read_profiles(path)]
+    if not rows:
+        raise BadImportFile(f"{path.name}: no rows")
+    key = spec.keys[0]
+    if len({row[key] for row in rows}) != len(rows):
+        raise BadImportFile(f"{path.name}: a {key} appears twice")
+    source = pa.Table.from_pylist([{**row, "source_lsn": None} for row in rows], schema=spec.schema)
+    merger = Lake(settings).merge_arrow(spec, source, f"t.{key} = s.{key}")
+    assert merger is not None  # no app transaction: never skipped
+    metrics = merger.when_matched_update_all().when_not_matched_insert_all().execute()
+    return {"file": str(path), "kind": kind, "table": spec.name, "rows": len(rows),
+            "inserted": metrics.get("num_target_rows_inserted"), "updated": metrics.get("num_target_rows_updated")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, help="CSV, Parquet, MovieLens u.data or ratings.csv file.")
+    parser.add_argument("path", type=Path, help="CSV, Parquet, MovieLens u.data or ratings.csv file; with --kind, "
+                        "a catalogue or profile file (CSV, JSON, MovieLens u.item or u.user).")
+    parser.add_argument("--kind", choices=("events", dimension_files.CATALOGUE, dimension_files.PROFILES),
+                        help="What the file holds (default: events, but catalogue for u.item, profiles for u.user).")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="File layout (default: detect).")
     parser.add_argument(
         "--event-type", choices=EVENT_TYPES, default="view",
@@ -138,8 +166,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
+    kind = args.kind or dimension_files.kind_of(args.path) or "events"
     try:
-        summary = import_file(args.path, settings, args.format, args.event_type)
+        if kind == "events":
+            summary = import_file(args.path, settings, args.format, args.event_type)
+        else:
+            summary = import_dimension(args.path, settings, kind)
     except BadImportFile as exc:
         print(f"lambdarec import: {exc}", file=sys.stderr)
         return 2

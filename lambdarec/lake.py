@@ -33,6 +33,7 @@ from lambdarec.settings import Settings
 from schemas.tables import TableSpec
 
 if TYPE_CHECKING:
+    from deltalake.table import TableMerger
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,16 @@ class Lake:
         if app_id is not None and appender.committed(app_id, _txn_version(txn_version)):
             return None
         return appender.append(table, app_id, txn_version)
+
+    def merge_arrow(self, spec: TableSpec, source: pa.Table, predicate: str, app_id: str | None = None,
+                    txn_version: int | None = None) -> "TableMerger | None":
+        """A delta-rs MERGE of ``source`` (alias ``s``) into the table (alias ``t``), keyed by the app
+        transaction: the caller adds its clauses and executes it. None if the transaction is already in."""
+        if app_id is not None and self.committed(spec, app_id, _txn_version(txn_version)):
+            return None
+        self.ensure(spec)
+        return self.open(spec).merge(source, predicate, source_alias="s", target_alias="t",
+                                     commit_properties=_commit_properties(app_id, txn_version))
 
     def appender(self, spec: TableSpec) -> "Appender":
         """An appender that keeps ``spec``'s table open between commits (streaming sinks)."""

@@ -5,8 +5,11 @@ Each batch parses the envelopes, keeps per key the change with the newest LSN
 (then Kafka offset), and MERGEs them into the table: an insert, update or
 snapshot read upserts the row, a delete removes it, and a change older than the
 row's ``source_lsn`` changes nothing, so a change Connect delivers twice (it is at
-least once) is applied once. Each MERGE carries the app transaction
-(``cdc-<query id>``, the batch id), so a replayed batch writes nothing twice.
+least once) is applied once. Spark parses and validates; the parsed changes come
+to the driver as Arrow and each table's MERGE runs with delta-rs, carrying the
+app transaction (``cdc-<query id>``, the batch id), so a replayed batch writes
+nothing twice. (A delta-spark MERGE plans several Spark jobs per table, which kept
+every batch busy for seconds on two cores, however few its changes.)
 Tombstones (null values after a delete) carry nothing and are skipped. A change
 that cannot be applied — a broken envelope, a value that does not convert — goes
 to ``dead_letter`` with its reason; a user's raw id in it is redacted. User ids are
@@ -19,12 +22,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import reduce
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lambdarec.cdc import topic
 from lambdarec.checkpoint_files import CheckpointFiles
-from lambdarec.lake import Lake, delta_transaction, spark_path
+from lambdarec.lake import Lake
 from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
 from schemas.events import REDACTED_USER_ID
@@ -151,7 +158,9 @@ def _dead_raw(dimension: Dimension) -> "Column":
 
 
 class DimensionsSink:
-    """foreachBatch sink: per table, the newest change per key MERGEd, bad changes dead-lettered."""
+    """foreachBatch sink: per table, the batch's changes parsed by Spark and brought to the driver as
+    Arrow (changes are few next to events), the newest per key MERGEd with delta-rs, the bad ones
+    appended to ``dead_letter``; each commit keyed by (this query, the batch)."""
 
     def __init__(self, settings: Settings, checkpoint: str):
         self.settings = settings
@@ -165,49 +174,59 @@ class DimensionsSink:
         started = time.perf_counter()
         if self._app_id is None:
             self._app_id = f"cdc-{CheckpointFiles(batch.sparkSession, self.checkpoint).query_id()}"
-        batch = batch.persist()
         summary: dict[str, int] = {}
-        try:
-            dead: list["DataFrame"] = []
-            for dimension in DIMENSIONS:
-                parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
-                               self.settings)
-                summary[dimension.spec.name] = self._merge(parsed.filter(F.col("reason").isNull()), dimension,
-                                                           batch_id)
-                dead.append(parsed.filter(F.col("reason").isNotNull()).select(
-                    "raw", "reason", F.col("topic").alias("kafka_topic"),
-                    F.col("partition").cast("int").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
-                    F.current_timestamp().alias("recorded_at")))
-            bad = reduce(lambda a, b: a.unionByName(b), dead).persist()
-            summary["dead_letters"] = bad.count()
-            if summary["dead_letters"]:
-                self.lake.append_spark(DEAD_LETTER, bad, self._app_id, batch_id)
-            bad.unpersist()
-        finally:
-            batch.unpersist()
+        dead: list[pa.Table] = []
+        for dimension in DIMENSIONS:
+            parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
+                           self.settings).toArrow()
+            if not parsed.num_rows:
+                continue
+            bad = pc.is_valid(parsed.column("reason"))
+            summary[dimension.spec.name] = self._merge(parsed.filter(pc.invert(bad)), dimension, batch_id)
+            dead.append(_dead_letters(parsed.filter(bad)))
+        bad_rows = pa.concat_tables(dead) if dead else None
+        if bad_rows is not None and bad_rows.num_rows:
+            self.lake.ensure(DEAD_LETTER)
+            self.lake.append_arrow(DEAD_LETTER, bad_rows, self._app_id, batch_id)
+            summary["dead_letters"] = bad_rows.num_rows
         log.info(json.dumps({"event": "batch", "query": "dimensions", "batch_id": batch_id, **summary,
                              "ms": round((time.perf_counter() - started) * 1000)}))
 
-    def _merge(self, changes: "DataFrame", dimension: Dimension, batch_id: int) -> int:
-        """MERGE the newest change per key; the number of keys changed."""
-        from delta.tables import DeltaTable
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
-
-        newest = Window.partitionBy(dimension.key).orderBy(F.col("lsn").desc(), F.col("offset").desc())
-        latest = (changes.withColumn("n", F.row_number().over(newest)).filter("n = 1")
-                  .withColumnRenamed("lsn", "source_lsn").drop("n", "reason", "raw", "topic", "partition", "offset"))
-        count = latest.count()
-        if not count:
+    def _merge(self, changes: pa.Table, dimension: Dimension, batch_id: int) -> int:
+        """MERGE the newest change per key; the number of keys it touched (0 if a replay found it done)."""
+        latest = _newest_per_key(changes, dimension.key)
+        if not latest.num_rows:
             return 0
-        self.lake.ensure(dimension.spec)
-        columns: dict[str, "str | Column"] = {name: f"s.{name}" for name in dimension.spec.columns}
-        target = DeltaTable.forPath(latest.sparkSession, spark_path(self.lake.uri(dimension.spec)))
-        with delta_transaction(latest.sparkSession, self._app_id, batch_id):
-            (target.alias("t").merge(latest.alias("s"), f"t.{dimension.key} = s.{dimension.key}")
-             .whenMatchedDelete(condition="s.op = 'd' AND s.source_lsn >= coalesce(t.source_lsn, -1)")
-             .whenMatchedUpdate(condition="s.op != 'd' AND s.source_lsn >= coalesce(t.source_lsn, -1)", set=columns)
-             .whenNotMatchedInsert(condition="s.op != 'd'", values=columns)
-             .execute())
-        return count
+        source = latest.rename_columns(["source_lsn" if name == "lsn" else name for name in latest.column_names])
+        merger = self.lake.merge_arrow(dimension.spec, source, f"t.{dimension.key} = s.{dimension.key}",
+                                       self._app_id, batch_id)
+        if merger is None:
+            return 0
+        columns = {name: f"s.{name}" for name in dimension.spec.columns}
+        newer = "s.source_lsn >= coalesce(t.source_lsn, -1)"
+        (merger.when_matched_delete(predicate=f"s.op = 'd' AND {newer}")
+         .when_matched_update(updates=columns, predicate=f"s.op != 'd' AND {newer}")
+         .when_not_matched_insert(updates=columns, predicate="s.op != 'd'")
+         .execute())
+        return latest.num_rows
 
+
+def _newest_per_key(changes: pa.Table, key: str) -> pa.Table:
+    """Per key, the change with the greatest (LSN, Kafka partition, offset)."""
+    if not changes.num_rows:
+        return changes
+    ordered = changes.sort_by([(key, "ascending"), ("lsn", "descending"), ("partition", "descending"),
+                               ("offset", "descending")])
+    keys = ordered.column(key).to_numpy(zero_copy_only=False)
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return ordered.filter(pa.array(first)).drop_columns(["reason", "raw", "topic", "partition", "offset"])
+
+
+def _dead_letters(bad: pa.Table) -> pa.Table:
+    now = datetime.now(UTC)
+    return pa.table({
+        "raw": bad.column("raw"), "reason": bad.column("reason"), "kafka_topic": bad.column("topic"),
+        "kafka_partition": pc.cast(bad.column("partition"), pa.int32()), "kafka_offset": bad.column("offset"),
+        "recorded_at": pa.array([now] * bad.num_rows, pa.timestamp("us", tz="UTC")),
+    }, schema=DEAD_LETTER.schema)
