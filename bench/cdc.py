@@ -99,7 +99,7 @@ def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[
 def burst(settings: Settings, changes: int, items: int) -> float:
     """Changes applied per second: ``changes`` price updates, until item_catalogue holds the last of each."""
     lake = Lake(settings)
-    marker = 1000.0 + time.time() % 1000  # a price no row holds yet
+    marker = float(1000 + int(time.time()) % 1000) * 100  # a whole price no row holds yet (numeric(12, 2))
     with psycopg.connect(settings.operational_db) as db, db.cursor() as cursor:
         started = time.monotonic()
         for first in range(0, changes, 100):
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
             print(json.dumps({
                 "change_to_serving_ms": figures(to_serving), "change_to_lake_ms": figures(to_lake),
                 "changes_per_s": round(rate), "burst_changes": args.burst, "items": args.items,
-                "speed_trigger_ms": settings.speed_trigger_ms, "serve_catalogue_poll_s": settings.serve_catalogue_poll_s,
+                "speed_dimensions_trigger_ms": settings.speed_dimensions_trigger_ms, "serve_catalogue_poll_s": settings.serve_catalogue_poll_s,
             }))
         finally:
             serving.stop()

@@ -54,6 +54,11 @@ def topic(settings: Settings, table: str) -> str:
     return f"{settings.cdc_topic_prefix}.{table}"
 
 
+def cdc_topics(settings: Settings) -> list[str]:
+    """Every topic the connector writes: one per operational table."""
+    return [topic(settings, table) for table in CDC_TABLES]
+
+
 def connector_config(settings: Settings) -> dict[str, str]:
     """The Debezium connector's configuration for the operational database in settings."""
     url = urlsplit(settings.operational_db)
@@ -224,7 +229,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     with connect:
         print(json.dumps({"event": "cdc_ready", "rest": connect.rest, "connector": CONNECTOR,
-                          "topics": [topic(settings, table) for table in CDC_TABLES], "pid": connect.pid,
+                          "topics": cdc_topics(settings), "pid": connect.pid,
                           "log": str(connect.log_path)}), flush=True)
         while not stop_requested.wait(0.5):
             if not connect.running():

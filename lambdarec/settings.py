@@ -407,6 +407,10 @@ class Settings(BaseSettings):
         True, description="Run the speed job's dimensions query, which applies the CDC topics (`lambdarec cdc`) "
         "to item_catalogue and user_profiles; without CDC its topics are empty and it idles.",
     )
+    speed_dimensions_trigger_ms: int = Field(
+        250, ge=10, description="Micro-batch interval of the dimensions query: a catalogue change waits at most "
+        "this before its MERGE starts (an interval with no change runs no batch).",
+    )
     cdc_topic_prefix: str = Field(
         "cdc", pattern=r"^[A-Za-z0-9_.-]+$",
         description="Debezium's topic.prefix: a table's changes go to <prefix>.<schema>.<table>.",

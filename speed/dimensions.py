@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdarec.cdc import topic
+from lambdarec.cdc import cdc_topics, topic
 from lambdarec.checkpoint_files import CheckpointFiles
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import spark_pseudonym
@@ -72,7 +72,7 @@ def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
-        .option("subscribe", ",".join(topic(settings, d.table) for d in DIMENSIONS))
+        .option("subscribe", ",".join(cdc_topics(settings)))
         .option("startingOffsets", "earliest")
         .option("failOnDataLoss", str(settings.speed_fail_on_data_loss).lower())
         .option("maxOffsetsPerTrigger", str(settings.speed_max_offsets_per_trigger))
@@ -92,7 +92,7 @@ def parse(records: "DataFrame", dimension: Dimension, settings: Settings) -> "Da
             .withColumn("row", F.from_json(F.coalesce(F.col("envelope.after"), F.col("envelope.before")),
                                            dimension.after_schema)))
     key = F.coalesce(F.col("row")[dimension.key], F.get_json_object(F.col("key").cast("string"), f"$.{dimension.key}"))
-    values, required = _values(dimension, settings)
+    values, required = _values(dimension)
     checks = [
         (F.try_parse_json(text).isNull(), F.lit("malformed_json")),
         (~F.col("envelope.op").isin(*OPS) | F.col("envelope.op").isNull(), F.lit(f"{INVALID}:op")),
@@ -119,7 +119,7 @@ def _raw_fields(dimension: Dimension) -> set[str]:
     return {part.split()[0] for part in dimension.after_schema.split(", ")}
 
 
-def _values(dimension: Dimension, settings: Settings) -> tuple[dict[str, "Column"], tuple[str, ...]]:
+def _values(dimension: Dimension) -> tuple[dict[str, "Column"], tuple[str, ...]]:
     """The lake row's columns converted from the parsed row (null where a value does not convert),
     and the columns a row must have."""
     from pyspark.sql import functions as F
@@ -176,14 +176,18 @@ class DimensionsSink:
             self._app_id = f"cdc-{CheckpointFiles(batch.sparkSession, self.checkpoint).query_id()}"
         summary: dict[str, int] = {}
         dead: list[pa.Table] = []
-        for dimension in DIMENSIONS:
-            parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
-                           self.settings).toArrow()
-            if not parsed.num_rows:
-                continue
-            bad = pc.is_valid(parsed.column("reason"))
-            summary[dimension.spec.name] = self._merge(parsed.filter(pc.invert(bad)), dimension, batch_id)
-            dead.append(_dead_letters(parsed.filter(bad)))
+        batch = batch.persist()  # read from Kafka once for both tables
+        try:
+            for dimension in DIMENSIONS:
+                parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
+                               self.settings).toArrow()
+                if not parsed.num_rows:
+                    continue
+                bad = pc.is_valid(parsed.column("reason"))
+                summary[dimension.spec.name] = self._merge(parsed.filter(pc.invert(bad)), dimension, batch_id)
+                dead.append(_dead_letters(parsed.filter(bad)))
+        finally:
+            batch.unpersist()
         bad_rows = pa.concat_tables(dead) if dead else None
         if bad_rows is not None and bad_rows.num_rows:
             self.lake.ensure(DEAD_LETTER)

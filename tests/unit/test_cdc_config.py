@@ -29,3 +29,10 @@ def test_an_existing_database_is_read_from_its_url(settings):
 def test_a_url_that_is_not_postgres_is_refused(url):
     with pytest.raises(ConnectError, match="operational_db_url"):
         connector_config(Settings(operational_db_url=url))
+
+
+def test_the_dimensions_query_reads_every_table_the_connector_captures():
+    from lambdarec.postgres import CDC_TABLES
+    from speed.dimensions import DIMENSIONS
+
+    assert sorted(d.table for d in DIMENSIONS) == sorted(CDC_TABLES)
