@@ -23,20 +23,16 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
-import threading
 import uuid
 from pathlib import Path
 
 from lambdarec import jars, kafka_io
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
-from lambdarec.processes import die_with_parent
+from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import Settings
 
 
@@ -349,28 +345,12 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"embedded_broker_port": args.port})
     if getattr(args, "controller_port", None) is not None:
         settings = settings.model_copy(update={"embedded_controller_port": args.controller_port})
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    try:
-        broker = EmbeddedBroker(settings).start()
-    except (BrokerError, kafka_io.BrokerUnavailableError) as exc:
-        print(json.dumps({"event": "broker_failed", "error": str(exc)}), file=sys.stderr, flush=True)
-        return 1
-    with broker:
-        print(json.dumps({
-            "event": "broker_ready",
-            "bootstrap_servers": broker.bootstrap_servers,
-            "controller_port": broker.controller_port,
-            "topics": kafka_io.platform_topics(settings),
-            "partitions": settings.topic_partitions,
-            "pid": broker.pid,
-            "data": str(broker.data_dir),
-            "log": str(broker.log_path),
-        }), flush=True)
-        while not stop_requested.wait(0.5):
-            if not broker.running():
-                print(json.dumps({"event": "broker_died", "log_tail": broker.log_tail()}), flush=True)
-                return 1
-    print(json.dumps({"event": "broker_stopped", "bootstrap_servers": broker.bootstrap_servers}), flush=True)
-    return 0
+    return run_until_signalled("broker", EmbeddedBroker(settings).start, lambda broker: {
+        "bootstrap_servers": broker.bootstrap_servers,
+        "controller_port": broker.controller_port,
+        "topics": kafka_io.platform_topics(settings),
+        "partitions": settings.topic_partitions,
+        "pid": broker.pid,
+        "data": str(broker.data_dir),
+        "log": str(broker.log_path),
+    }, (BrokerError, kafka_io.BrokerUnavailableError))

@@ -18,12 +18,8 @@ Connect cluster, post ``connector_config(settings)`` to its REST API instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +30,7 @@ import httpx
 from lambdarec import jars
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.postgres import CDC_TABLES, PUBLICATION
-from lambdarec.processes import die_with_parent
+from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -219,21 +215,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     """``lambdarec cdc``: run Connect with the CDC connector until SIGINT or SIGTERM; non-zero if it dies."""
     if args.port is not None:
         settings = settings.model_copy(update={"cdc_connect_port": args.port})
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    try:
-        connect = KafkaConnect(settings).start()
-    except ConnectError as exc:
-        print(json.dumps({"event": "cdc_failed", "error": str(exc)}), file=sys.stderr, flush=True)
-        return 1
-    with connect:
-        print(json.dumps({"event": "cdc_ready", "rest": connect.rest, "connector": CONNECTOR,
-                          "topics": cdc_topics(settings), "pid": connect.pid,
-                          "log": str(connect.log_path)}), flush=True)
-        while not stop_requested.wait(0.5):
-            if not connect.running():
-                print(json.dumps({"event": "cdc_died", "log_tail": connect.log_tail()}), flush=True)
-                return 1
-    print(json.dumps({"event": "cdc_stopped"}), flush=True)
-    return 0
+    return run_until_signalled("cdc", KafkaConnect(settings).start, lambda connect: {
+        "rest": connect.rest, "connector": CONNECTOR, "topics": cdc_topics(settings), "pid": connect.pid,
+        "log": str(connect.log_path),
+    }, (ConnectError,))

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-from lambdarec.processes import die_with_parent
+from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -288,21 +285,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     """``lambdarec postgres``: run the embedded Postgres until SIGINT or SIGTERM; non-zero if it dies."""
     if args.port is not None:
         settings = settings.model_copy(update={"embedded_postgres_port": args.port})
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
-    try:
-        server = EmbeddedPostgres(settings).start()
-    except PostgresError as exc:
-        print(json.dumps({"event": "postgres_failed", "error": str(exc)}), file=sys.stderr, flush=True)
-        return 1
-    with server:
-        print(json.dumps({"event": "postgres_ready", "url": server.url.replace(f":{ROLE}@", ":***@"),
-                          "publication": PUBLICATION, "tables": list(CDC_TABLES), "pid": server.pid,
-                          "data": str(server.data_dir), "log": str(server.log_path)}), flush=True)
-        while not stop_requested.wait(0.5):
-            if not server.running():
-                print(json.dumps({"event": "postgres_died", "log_tail": server.log_tail()}), flush=True)
-                return 1
-    print(json.dumps({"event": "postgres_stopped"}), flush=True)
-    return 0
+    return run_until_signalled("postgres", EmbeddedPostgres(settings).start, lambda server: {
+        "url": server.url.replace(f":{ROLE}@", ":***@"), "publication": PUBLICATION, "tables": list(CDC_TABLES),
+        "pid": server.pid, "data": str(server.data_dir), "log": str(server.log_path),
+    }, (PostgresError,))

@@ -13,6 +13,7 @@ with SIGKILL, which runs no cleanup, still takes its children with it.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -158,3 +159,40 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return sock.getsockname()[1]
     raise StageError("no free port")
+
+
+class Service(Protocol):
+    """A process lambdarec runs in the foreground: the embedded broker, Postgres, Kafka Connect."""
+
+    def running(self) -> bool: ...
+
+    def log_tail(self, lines: int = ...) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+def run_until_signalled(name: str, start: Callable[[], S], ready: Callable[[S], dict],
+                        errors: tuple[type[Exception], ...]) -> int:
+    """A ``lambdarec <name>`` command: start the service, print ``<name>_ready`` with ``ready(service)``,
+    run until SIGINT or SIGTERM, stop it and print ``<name>_stopped``; 1 if it cannot start or dies."""
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
+    try:
+        service = start()
+    except errors as exc:
+        print(json.dumps({"event": f"{name}_failed", "error": str(exc)}), file=sys.stderr, flush=True)
+        return 1
+    try:
+        print(json.dumps({"event": f"{name}_ready", **ready(service)}), flush=True)
+        while not stop_requested.wait(0.5):
+            if not service.running():
+                print(json.dumps({"event": f"{name}_died", "log_tail": service.log_tail()}), flush=True)
+                return 1
+    finally:
+        service.stop()
+    print(json.dumps({"event": f"{name}_stopped"}), flush=True)
+    return 0
