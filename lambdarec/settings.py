@@ -347,8 +347,8 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Serving bind address.")
     serve_port: int = Field(8000, description="Serving port.")
     serve_catalogue_poll_s: float = Field(
-        1.0, gt=0, description="How often serving checks item_catalogue for a new version (an item marked "
-        "unavailable stops being recommended after the next check).",
+        1.0, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
+        "item marked unavailable stops being recommended after the next check).",
     )
     serve_model_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newer published model."

@@ -22,6 +22,7 @@ from serving.poller import Poller
 from serving.rate_limit import RateLimiter
 from serving.speed_bootstrap import bootstrap
 from serving.speed_view import SpeedView
+from serving.user_profiles import UserProfiles
 
 __all__ = ["Services", "get_settings", "get_services"]
 
@@ -43,6 +44,7 @@ class Services:
     idle_gate: IdleGate
     erasures: Erasures
     consents: Consents
+    profiles: UserProfiles
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -56,6 +58,7 @@ class Services:
 
         model_store = ModelStore(settings, lake, prepare=prepare, pause=idle_gate.pause)
         erasures, consents = Erasures(lake, speed_view), Consents(lake, speed_view)
+        profiles = UserProfiles(lake)
         return cls(
             settings=settings,
             lake=lake,
@@ -67,10 +70,11 @@ class Services:
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=Metrics(),
             pollers=(Poller(settings.serve_model_poll_s, [model_store.reload, erasures.reload, consents.reload]),
-                     Poller(settings.serve_catalogue_poll_s, [attributes.reload])),
+                     Poller(settings.serve_catalogue_poll_s, [attributes.reload, profiles.reload])),
             idle_gate=idle_gate,
             erasures=erasures,
             consents=consents,
+            profiles=profiles,
         )
 
     def catalogue(self) -> Catalogue | None:
@@ -83,7 +87,7 @@ class Services:
         catalogue = self.catalogue()
         erased = catalogue is not None and self.erasures.hides(user_key, catalogue.model.source_events_version)
         return recommend(catalogue, self.speed_view, self.attributes, user_key, query, erased,
-                         personal=self.consents.personalises(user_key))
+                         personal=self.consents.personalises(user_key), profile=self.profiles.get(user_key))
 
     def ready(self) -> bool:
         return self.model_store.current is not None and self.speed_view.following

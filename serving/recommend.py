@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -75,15 +76,18 @@ def recommend(
     query: Query = Query(),
     erased: bool = False,
     personal: bool = True,
+    profile: dict[str, Any] | None = None,
 ) -> Recommendation:
     """Top ``query.k`` items for the pseudonymous ``user_key``; an ``erased`` user's row of the model
     (and their training interactions) is not used: they are new to it. Without ``personal`` (no
-    consent) nothing of the user is: the answer is the request's segment's, as for a stranger."""
+    consent) nothing of the user is: the answer is the request's segment's, as for a stranger.
+    ``profile`` is the user's row of ``user_profiles`` (the operational database's), whose country is
+    their segment when neither the request nor their recent events give one."""
     if not personal:
         return _cold_start(catalogue, speed, attributes, None, query, [])
     history = speed.interactions(user_key)
     if catalogue is None:
-        return _cold_start(None, speed, attributes, user_key, query, history)
+        return _cold_start(None, speed, attributes, user_key, query, history, profile)
     model = catalogue.model
     user = None if erased else model.user_positions.get(user_key)
     if user is None:
@@ -92,7 +96,7 @@ def recommend(
         train_items, train_ratings = model.history(user)
     fresh, n_fresh = _fresh(catalogue, history, train_items)
     if not fresh and user is None:
-        return _cold_start(catalogue, speed, attributes, user_key, query, history)
+        return _cold_start(catalogue, speed, attributes, user_key, query, history, profile)
 
     rated, ratings = _merge(train_items, train_ratings, fresh)
     seen = np.union1d(train_items, _positions(catalogue, {i.item_id for i in history}))
@@ -215,6 +219,7 @@ def _cold_start(
     user_key: str | None,
     query: Query,
     history: list[Interaction],
+    profile: dict[str, Any] | None = None,
 ) -> Recommendation:
     """Trending for the user's segment, else global trending, else the most used items."""
     version = catalogue.model.version if catalogue else None
@@ -229,7 +234,7 @@ def _cold_start(
             and (not query.filters or attributes.matches(item, query.filters))
         )
 
-    found = trending(speed, _segments(speed, user_key, query), query.k, keep)
+    found = trending(speed, _segments(speed, user_key, query, profile), query.k, keep)
     if found is not None:
         items, strategy, label, _window = found
         return Recommendation(items, strategy, version, len(history), label)
@@ -259,12 +264,14 @@ def trending(
     return None
 
 
-def _segments(speed: SpeedView, user_key: str | None, query: Query) -> list[tuple[str, str]]:
-    """The user's segments, most specific first: the request's values, else their profile's (if known)."""
-    profile = (speed.profile(user_key) if user_key else None) or {}
+def _segments(speed: SpeedView, user_key: str | None, query: Query,
+              profile: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The user's segments, most specific first: the request's values, else their recent events'
+    (the speed profile), else their operational profile's (if known)."""
+    recent = (speed.profile(user_key) if user_key else None) or {}
     segments = []
     for name in SEGMENT_ATTRIBUTES:
-        value = query.segment.get(name) or profile.get(name)
+        value = query.segment.get(name) or recent.get(name) or (profile or {}).get(name)
         if value:
             segments.append((name, str(value)))
     return segments

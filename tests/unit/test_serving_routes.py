@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, encode_rows, segments
-from schemas.tables import ITEM_CATALOGUE
+from schemas.tables import ITEM_CATALOGUE, USER_PROFILES
 from serving.app import create_app
 from tests.support.serving import write_model
 
@@ -157,6 +157,24 @@ def test_an_item_the_catalogue_marks_unavailable_is_never_recommended(app, clien
     assert "a3" not in seen() and "a4" in seen()
     catalogue(True, 3)  # back in stock
     assert "a3" in seen()
+
+
+def test_a_new_user_with_only_an_operational_profile_gets_their_country_s_trending(app, client, settings):
+    apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "a4", 9.0), trending_row("country", "FR", "b1", 3.0)])
+    dora = pseudonymise("dora", settings.pseudonym_key)
+    Lake(settings).append_arrow(USER_PROFILES, pa.Table.from_pylist(
+        [{"user_id": dora, "country": "FR", "age_band": "25-34", "updated_at": datetime(2024, 1, 1, tzinfo=UTC)}],
+        schema=USER_PROFILES.schema))
+
+    def get(user, **params):
+        body = client.get(f"/v1/users/{user}/recommendations", params=params).json()
+        return body["strategy"], body["segment"], ids(body)
+
+    assert get("dora") == ("trending_global", None, ["a4"])  # before serving has read the profile
+    assert app.state.services.profiles.reload()
+    assert get("dora") == ("trending_segment", "country:FR", ["b1"])
+    assert get("dora", country="DE") == ("trending_global", None, ["a4"])  # the request's segment first
+    assert get("stranger") == ("trending_global", None, ["a4"])
 
 
 def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client, settings):
