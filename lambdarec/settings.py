@@ -350,6 +350,10 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
         "item marked unavailable stops being recommended after the next check).",
     )
+    serve_newcomer_slots: int = Field(
+        1, ge=0, le=10, description="Places of a recommendation list given to catalogue items no model knows "
+        "yet, of the user's strongest category (marked via=category:<c>); 0 turns it off.",
+    )
     serve_model_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newer published model."
     )

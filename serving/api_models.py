@@ -24,6 +24,9 @@ class ScoredItem(BaseModel):
     because: list[Because] | None = Field(
         None, description="With explain=true: the user's items that contributed most, largest first."
     )
+    via: str | None = Field(
+        None, description="Set for an item no model knows yet (no interactions): 'category:<c>', the user's "
+        "strongest category, which its catalogue attributes match.")
 
 
 class SpeedViewPosition(BaseModel):

@@ -87,7 +87,8 @@ class Services:
         catalogue = self.catalogue()
         erased = catalogue is not None and self.erasures.hides(user_key, catalogue.model.source_events_version)
         return recommend(catalogue, self.speed_view, self.attributes, user_key, query, erased,
-                         personal=self.consents.personalises(user_key), profile=self.profiles.get(user_key))
+                         personal=self.consents.personalises(user_key), profile=self.profiles.get(user_key),
+                         newcomer_slots=self.settings.serve_newcomer_slots)
 
     def ready(self) -> bool:
         return self.model_store.current is not None and self.speed_view.following

@@ -32,6 +32,9 @@ class ItemAttributes:
         self.version: int | None = None
         self.items: dict[str, dict[str, str]] = {}
         self.unavailable: frozenset[str] = frozenset()  # items the catalogue marks unavailable
+        self.categories: dict[str, str] = {}  # item -> category
+        self._by_category: dict[str, list[str]] = {}  # category -> its available items, newest first
+        self._newcomers: dict[tuple, list[str]] = {}
         self._unavailable_positions: tuple[tuple, np.ndarray] | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
@@ -58,9 +61,28 @@ class ItemAttributes:
             for name, value in attributes.items():
                 index[(name, value)].add(item)
         unavailable = frozenset(item for item, row in newest.items() if row.get("available") is False)
+        categories = {item: row["category"] for item, row in newest.items() if row.get("category")}
+        by_category: dict[str, list[str]] = defaultdict(list)
+        for item, _row in sorted(newest.items(), key=lambda pair: pair[1]["updated_at"], reverse=True):
+            if item in categories and item not in unavailable:
+                by_category[categories[item]].append(item)
         with self._lock:
             self.items, self._index, self._masks, self.version = items, dict(index), {}, version
-            self.unavailable = unavailable
+            self.unavailable, self.categories, self._by_category, self._newcomers = (
+                unavailable, categories, dict(by_category), {})
+
+    def newcomers(self, catalogue: Catalogue, category: str) -> list[str]:
+        """Available items of ``category`` that no model nor the speed view knows yet (no factors, no
+        interactions), newest first: what cold start from attributes can offer."""
+        key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.version, category)
+        found = self._newcomers.get(key)
+        if found is None:
+            found = [item for item in self._by_category.get(category, []) if catalogue.position(item) is None]
+            with self._lock:
+                if len(self._newcomers) >= MASKS_KEPT:
+                    self._newcomers.clear()
+                self._newcomers[key] = found
+        return found
 
     def available(self, item_id: str) -> bool:
         return item_id not in self.unavailable

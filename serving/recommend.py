@@ -56,6 +56,7 @@ class Scored:
     item_id: str
     score: float
     because: list[Because] | None = None
+    via: str | None = None  # "category:<c>": an item no model knows yet, chosen by the user's strongest category
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ def recommend(
     erased: bool = False,
     personal: bool = True,
     profile: dict[str, Any] | None = None,
+    newcomer_slots: int = 0,
 ) -> Recommendation:
     """Top ``query.k`` items for the pseudonymous ``user_key``; an ``erased`` user's row of the model
     (and their training interactions) is not used: they are new to it. Without ``personal`` (no
     consent) nothing of the user is: the answer is the request's segment's, as for a stranger.
     ``profile`` is the user's row of ``user_profiles`` (the operational database's), whose country is
-    their segment when neither the request nor their recent events give one."""
+    their segment when neither the request nor their recent events give one. Up to ``newcomer_slots``
+    places go to items only the catalogue knows, of the user's strongest category."""
     if not personal:
         return _cold_start(catalogue, speed, attributes, None, query, [])
     history = speed.interactions(user_key)
@@ -120,7 +123,33 @@ def recommend(
     best = top_k(scores, query.k, blocked, allowed)
     because: list[list[Because] | None] = list(explain(best)) if query.explain else [None] * len(best)
     items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
+    if newcomer_slots:
+        items = _with_newcomers(catalogue, attributes, query, rated, ratings, history, items, newcomer_slots)
     return Recommendation(items, strategy, model.version, n_fresh, model_family=model.family)
+
+
+def _with_newcomers(catalogue: Catalogue, attributes: ItemAttributes, query: Query, rated: np.ndarray,
+                    ratings: np.ndarray, history: list[Interaction], items: list[Scored], slots: int) -> list[Scored]:
+    """``items`` with up to ``slots`` of its last places given to items of the user's strongest
+    category (by the summed weights of their items) that no model knows yet: a new item with only
+    attributes can be recommended before anyone has used it."""
+    affinity: dict[str, float] = {}
+    for position, weight in zip(rated, ratings, strict=True):
+        category = attributes.categories.get(catalogue.item_id(int(position)))
+        if category is not None:
+            affinity[category] = affinity.get(category, 0.0) + float(weight)
+    if not affinity:
+        return items
+    category = max(affinity, key=lambda name: (affinity[name], name))
+    taken = {s.item_id for s in items} | {i.item_id for i in history} | set(query.exclude)
+    chosen = [item for item in attributes.newcomers(catalogue, category)
+              if item not in taken and (not query.include or item in query.include)
+              and (not query.filters or attributes.matches(item, query.filters))][:min(slots, query.k)]
+    if not chosen:
+        return items
+    score = items[-1].score if items else 0.0
+    kept = items[:max(query.k - len(chosen), 0)] if len(items) + len(chosen) > query.k else items
+    return kept + [Scored(item, score, [] if query.explain else None, f"category:{category}") for item in chosen]
 
 
 def _neighbour_scores(

@@ -46,7 +46,7 @@ def _filters(raw: list[str]) -> dict[str, set[str]]:
 
 def _item(s: rec.Scored) -> dict:
     because = None if s.because is None else [{"item_id": b.item_id, "contribution": b.contribution} for b in s.because]
-    return {"item_id": s.item_id, "score": s.score, "because": because}
+    return {"item_id": s.item_id, "score": s.score, "because": because, "via": s.via}
 
 
 def _items(scored: list[rec.Scored]) -> list[ScoredItem]:

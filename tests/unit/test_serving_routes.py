@@ -159,6 +159,28 @@ def test_an_item_the_catalogue_marks_unavailable_is_never_recommended(app, clien
     assert "a3" in seen()
 
 
+def test_a_new_item_with_only_attributes_is_offered_to_users_of_its_category(app, client, settings):
+    day = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [{"item_id": f"a{n}", "category": "alpha", "available": True, "updated_at": day} for n in range(5)]
+    rows += [{"item_id": f"b{n}", "category": "beta", "available": True, "updated_at": day} for n in range(5)]
+    rows += [{"item_id": "new-alpha", "category": "alpha", "available": True, "updated_at": day},
+             {"item_id": "gone-alpha", "category": "alpha", "available": False, "updated_at": day},
+             {"item_id": "new-beta", "category": "beta", "available": True, "updated_at": day}]
+    Lake(settings).append_arrow(ITEM_CATALOGUE, pa.Table.from_pylist(rows, schema=ITEM_CATALOGUE.schema))
+    assert app.state.services.attributes.reload()
+
+    def items(user, **params):
+        return client.get(f"/v1/users/{user}/recommendations", params={"k": 4, **params}).json()["items"]
+
+    alice = items("alice")  # she used a0 and a1: alpha is her category
+    assert len(alice) == 4 and alice[-1]["item_id"] == "new-alpha" and alice[-1]["via"] == "category:alpha"
+    assert all(item["via"] is None for item in alice[:-1])
+    assert [i["item_id"] for i in items("bob")][-1] == "new-beta"  # b0 weighs most in his history
+    assert "new-alpha" not in [i["item_id"] for i in items("alice", exclude="new-alpha")]
+    assert items("alice", explain=True)[-1]["because"] == []  # no item of hers scored it: it is new
+    assert all(i["via"] is None for i in items("stranger"))  # no history, no category
+
+
 def test_a_new_user_with_only_an_operational_profile_gets_their_country_s_trending(app, client, settings):
     apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "a4", 9.0), trending_row("country", "FR", "b1", 3.0)])
     dora = pseudonymise("dora", settings.pseudonym_key)
