@@ -15,7 +15,8 @@ import sys
 from lambdarec.settings import Settings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark's Kafka connector, Delta) with Maven."),
+    "jars": ("lambdarec.jars", "Resolve the JVM jars (Kafka broker, Spark's Kafka connector, Delta, Kafka Connect "
+             "with Debezium) with Maven."),
     "broker": ("lambdarec.broker", "Run the embedded single-node Apache Kafka broker (KRaft) on loopback."),
     "postgres": ("lambdarec.postgres", "Run the embedded Postgres (the operational database) on loopback."),
     "cdc": ("lambdarec.cdc", "Run Kafka Connect with Debezium's Postgres connector (catalogue and users into Kafka)."),
@@ -26,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lambdarec.evaluate", "Benchmark the product on an interactions file: split, import, train, serve, score."),
     "erase": ("batch.erasure", "Erase a user from every layer (or complete pending erasures) and write the receipt."),
     "export": ("lambdarec.export", "Print everything held on a user as one JSON document (right of access)."),
-    "import": ("batch.importer", "Backfill historical interactions (CSV, Parquet, MovieLens) into events."),
+    "import": ("batch.importer", "Backfill historical interactions into events, or load a catalogue or user profiles (--kind)."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
 }
