@@ -3,7 +3,8 @@
 Segments:
     Trending is counted per segment, a ``(segment_type, segment)`` pair: ``GLOBAL_SEGMENT``
     for every event, plus one per context attribute the event carries
-    (``("country", "DE")``, ``("device", "ios")``); ``segments()`` lists an event's.
+    (``("country", "DE")``, ``("device", "ios")``) and one for its user's profile age band
+    (``("age_band", "25-34")``); ``segments()`` lists an event's.
 
 Messages (one JSON object per Kafka record, UTF-8), by ``kind``:
     ``interaction``      the fields of ``INTERACTION_FIELDS`` flat in the message, plus
@@ -45,8 +46,11 @@ ROW_KINDS = (KIND_USER_INTERACTIONS, KIND_USER_FEATURES, KIND_ITEM_TRENDING)
 SEGMENT_GLOBAL = "global"
 SEGMENT_COUNTRY = "country"
 SEGMENT_DEVICE = "device"
+SEGMENT_AGE_BAND = "age_band"
 GLOBAL_SEGMENT = (SEGMENT_GLOBAL, "*")
-SEGMENT_ATTRIBUTES = (SEGMENT_COUNTRY, SEGMENT_DEVICE)  # event context attributes with a segment, most specific first
+SEGMENT_ATTRIBUTES = (SEGMENT_COUNTRY, SEGMENT_AGE_BAND, SEGMENT_DEVICE)
+"""Attributes with a trending segment, most specific first: the event's country and device (its
+context) and the user's age band (their profile in ``user_profiles``, joined by the speed layer)."""
 
 INTERACTION_FIELDS = ("event_id", "user_id", "item_id", "event_type", "weight", "occurred_at", "country", "device")
 USER_FEATURES_FIELDS = ("user_id", "last_seen", "session_id", "session_start", "session_events", "counts_1h",
@@ -67,9 +71,10 @@ class BadUpdate(ValueError):
     """A speed-updates record that is not a well-formed update."""
 
 
-def segments(country: str | None, device: str | None) -> list[tuple[str, str]]:
+def segments(country: str | None, device: str | None, age_band: str | None = None) -> list[tuple[str, str]]:
     """The trending segments an event counts in: global, and each of its known attributes."""
-    return [GLOBAL_SEGMENT, *((name, value) for name, value in zip(SEGMENT_ATTRIBUTES, (country, device), strict=True) if value)]
+    values = {SEGMENT_COUNTRY: country, SEGMENT_DEVICE: device, SEGMENT_AGE_BAND: age_band}
+    return [GLOBAL_SEGMENT, *((name, value) for name in SEGMENT_ATTRIBUTES if (value := values[name]))]
 
 
 # -- timestamps -----------------------------------------------------------------------

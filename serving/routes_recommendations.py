@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 
 from lambdarec.pseudonym import pseudonymise
+from schemas.speed_updates import SEGMENT_ATTRIBUTES
 from serving import recommend as rec
 from serving.api_models import (
     Because,
@@ -33,7 +34,13 @@ Filters = Annotated[
 K = Annotated[int, Query(ge=1, le=1000, description="How many items.")]
 Country = Annotated[str | None, Query(pattern=r"^[A-Z]{2}$", description="Segment: ISO country code.")]
 Device = Annotated[str | None, Query(min_length=1, max_length=64, description="Segment: device.")]
+AgeBand = Annotated[str | None, Query(min_length=1, max_length=32, description="Segment: age band (from profiles).")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "Unknown item or no model loaded."}}
+
+
+def _segments(**values: str | None) -> list[tuple[str, str]]:
+    """The request's segments, in ``SEGMENT_ATTRIBUTES`` order (most specific first)."""
+    return [(name, value) for name in SEGMENT_ATTRIBUTES if (value := values.get(name))]
 
 
 def _filters(raw: list[str]) -> dict[str, set[str]]:
@@ -72,6 +79,7 @@ async def get_recommendations(
     explain: Annotated[bool, Query(description="Add, per item, the user's items that contributed most.")] = False,
     country: Country = None,
     device: Device = None,
+    age_band: AgeBand = None,
 ) -> JSONResponse:
     """Top ``k`` items for the raw ``user_id`` (pseudonymised here, never stored).
 
@@ -87,7 +95,7 @@ async def get_recommendations(
         exclude=frozenset(exclude),
         filters=_filters(filter),
         explain=explain,
-        segment={name: value for name, value in (("country", country), ("device", device)) if value},
+        segment=dict(_segments(country=country, age_band=age_band, device=device)),
     )
     result = services.recommend(key, query)
     services.metrics.recommendations.labels(result.strategy).inc()
@@ -133,11 +141,12 @@ async def get_trending(
     k: K = 10,
     country: Country = None,
     device: Device = None,
+    age_band: AgeBand = None,
     filter: Filters = [],  # noqa: B006, A002
 ) -> TrendingResponse:
-    """Trending items of a segment (country, else device), else global: each item's events in the
+    """Trending items of a segment (country, else age band, else device), else global: each item's events in the
     speed layer's sliding window (the last ``speed_trending_window_s``, starting at ``window_start``)."""
-    segments = [(name, value) for name, value in (("country", country), ("device", device)) if value]
+    segments = _segments(country=country, age_band=age_band, device=device)
     filters = _filters(filter)
     attributes = services.attributes
     found = rec.trending(services.speed_view, segments, k, lambda item: attributes.available(item) and (

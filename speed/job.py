@@ -43,6 +43,7 @@ from schemas.tables import (
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
     PRIVACY_REQUESTS,
+    USER_PROFILES,
 )
 from speed import progress
 from speed.sinks import EventsSink, FeaturesSink
@@ -200,7 +201,7 @@ def prepare(spark: "SparkSession", settings: Settings) -> None:
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
-                 SPEED_PROGRESS, PRIVACY_REQUESTS):
+                 SPEED_PROGRESS, PRIVACY_REQUESTS, USER_PROFILES):  # user_profiles: the features query joins it
         lake.ensure(spec)
 
 

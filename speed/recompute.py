@@ -36,13 +36,16 @@ def recompute(spark: "SparkSession", settings: Settings) -> Views:
     """(users, items) feature rows folded from the whole ``events`` table."""
     from pyspark.sql import functions as F
 
+    from speed.stateful import with_age_band
+
     events = Lake(settings).read_spark(spark, EVENTS)
-    rows = to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
+    rows = with_age_band(to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at")),
+                         spark, settings)
     by_user: dict[str, list] = defaultdict(list)
     by_item: dict[tuple, list] = defaultdict(list)
     for row in rows.toArrow().to_pylist():
         by_user[row["user_id"]].append(row)
-        for segment in features.segments(row["country"], row["device"]):
+        for segment in features.segments(row["country"], row["device"], row["age_band"]):
             by_item[(*segment, row["item_id"])].append(row)
     users = {
         user: _comparable(features.user_features(user, features.fold_user(features.new_user(), evs),

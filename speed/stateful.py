@@ -23,8 +23,8 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 from lambdarec.lake import Lake
 from lambdarec.privacy import SPEED_STATE_ERASURE
 from lambdarec.settings import Settings
-from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
-from schemas.tables import EVENTS, PRIVACY_REQUESTS
+from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_AGE_BAND, SEGMENT_ATTRIBUTES
+from schemas.tables import EVENTS, PRIVACY_REQUESTS, USER_PROFILES
 from speed import features
 from speed.transforms import to_user_interactions
 
@@ -50,12 +50,22 @@ def interactions(spark: "SparkSession", settings: Settings) -> "DataFrame":
 
     events = (spark.readStream.format("delta").option("skipChangeCommits", "true")
               .load(Lake(settings).uri(EVENTS)))
-    return to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
+    rows = to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
+    return with_age_band(rows, spark, settings)
+
+
+def with_age_band(rows: "DataFrame", spark: "SparkSession", settings: Settings) -> "DataFrame":
+    """``rows`` with their user's ``age_band`` from ``user_profiles`` (null without a profile). In a stream
+    this is a stream-static join: each micro-batch reads the table's latest version."""
+    from pyspark.sql import functions as F
+
+    profiles = Lake(settings).read_spark(spark, USER_PROFILES).select("user_id", SEGMENT_AGE_BAND)
+    return rows.join(F.broadcast(profiles), "user_id", "left")
 
 
 def entity_rows(accepted: "DataFrame") -> "DataFrame":
     """Each interaction once per entity it updates: its user, and its item in each of its trending
-    segments (``schemas.speed_updates.segments``: global, and per country and device when known)."""
+    segments (``schemas.speed_updates.segments``: global, and per country, age band and device when known)."""
     from pyspark.sql import functions as F
 
     item = lambda segment_type, segment: F.concat_ws(SEP, F.lit("i"), segment_type, segment, "item_id")  # noqa: E731

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyarrow as pa
 import pytest
 
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT
-from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES
+from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, USER_PROFILES
 from speed.job import run_features
 from speed.recompute import current, recompute
 from tests.support.speed import message, pid, produce, run_to_end, speed_updates
@@ -33,8 +34,14 @@ def run_features_to_end(spark, settings) -> None:
     assert query.exception() is None and not query.isActive
 
 
+def profile(settings, user: str, age_band: str) -> None:
+    Lake(settings).append_arrow(USER_PROFILES, pa.Table.from_pylist(
+        [{"user_id": user, "age_band": age_band, "updated_at": T0}], schema=USER_PROFILES.schema))
+
+
 def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broker_settings):
     settings = broker_settings
+    profile(settings, pid("a"), "25-34")
     first = [
         message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(0)),
         message(user_id=pid("a"), item_id="i2", event_type="click", occurred_at=at(10)),
@@ -45,11 +52,14 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     run_to_end(spark, settings)
     run_features_to_end(spark, settings)
 
-    # A second wave: u_a returns after the session gap; a replayed id changes nothing.
+    # A second wave: u_a returns after the session gap; a replayed id changes nothing; b has a
+    # profile now, which the running stream's join picks up.
+    profile(settings, pid("b"), "55+")
     replay = first[0]
     second = [
         message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(90)),
         message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(95)),
+        message(user_id=pid("b"), item_id="i1", event_type="view", occurred_at=at(92), context={"country": "FR"}),
         replay,
     ]
     produce(settings, second)
@@ -64,10 +74,15 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     assert (a["country"], a["device"]) == ("DE", "ios")
     # Trending rows are per (segment, item, minute); i1's are those of the hour ending after minute 95.
     assert {key[3]: row["events"] for key, row in items.items() if key[:3] == (*GLOBAL_SEGMENT, "i1")} == {
-        us(90): 1, us(95): 1}
+        us(90): 1, us(92): 1, us(95): 1}
     assert {key[3]: row["events"] for key, row in items.items() if key[:3] == ("device", "ios", "i1")} == {
         us(90): 1, us(95): 1}
-    assert items[("country", "FR", "i1", us(5))]["events"] == 1  # b's purchase: FR, no device
+    assert items[("country", "FR", "i1", us(92))]["events"] == 1  # b's view: FR, no device
+    # the age band from user_profiles: a's since the start, b's since the second wave
+    assert {key[3]: row["events"] for key, row in items.items() if key[:3] == ("age_band", "25-34", "i1")} == {
+        us(90): 1, us(95): 1}
+    assert {key[3]: row["events"] for key, row in items.items() if key[:3] == ("age_band", "55+", "i1")} == {
+        us(92): 1}
     assert not [key for key in items if key[:2] == ("device", None)]
 
     for spec in (SPEED_USER_FEATURES, SPEED_ITEM_TRENDING):  # delta-spark wrote them; delta-rs reads them

@@ -197,6 +197,10 @@ def test_a_new_user_with_only_an_operational_profile_gets_their_country_s_trendi
     assert get("dora") == ("trending_segment", "country:FR", ["b1"])
     assert get("dora", country="DE") == ("trending_global", None, ["a4"])  # the request's segment first
     assert get("stranger") == ("trending_global", None, ["a4"])
+    apply(app, "item_trending", [trending_row("age_band", "25-34", "b2", 4.0)], batch_id=1)
+    assert get("dora", country="DE") == ("trending_segment", "age_band:25-34", ["b2"])  # her profile's age band
+    trending = client.get("/v1/trending", params={"age_band": "25-34"}).json()
+    assert (trending["segment"], ids(trending)) == ("age_band:25-34", ["b2"])
 
 
 def test_cold_start_uses_the_segment_from_the_request_or_the_profile(app, client, settings):

@@ -84,6 +84,8 @@ def test_item_minutes_in_the_newest_window_do_not_depend_on_batching():
 
 def test_segments_are_global_country_and_device_with_the_contracts_names():
     assert features.segments("DE", "ios") == [GLOBAL_SEGMENT, ("country", "DE"), ("device", "ios")]
+    assert features.segments("DE", "ios", "25-34") == [GLOBAL_SEGMENT, ("country", "DE"), ("age_band", "25-34"),
+                                                       ("device", "ios")]
     assert features.segments(None, "web") == [("global", "*"), ("device", "web")]
     assert features.segments(None, None) == [("global", "*")]
     assert GLOBAL_SEGMENT == serving_speed_state.GLOBAL_SEGMENT  # one constant, both layers
