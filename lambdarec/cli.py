@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+from typing import NoReturn
 
 from lambdarec.settings import Settings
 
@@ -48,6 +51,22 @@ def _requested(argv: list[str]) -> set[str]:
     return {arg for arg in argv if arg in SUBCOMMANDS}
 
 
+def run() -> NoReturn:
+    """The ``lambdarec`` console script: ``main``, then an exit that skips interpreter teardown."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush and leave without tearing the interpreter down. delta-rs's runtime threads can abort a
+    process that has finished its work (SIGABRT, "terminate called without an active exception":
+    delta-io/delta-rs#2184) while Python finalises around them, and a scheduler would then fail a
+    task that succeeded. Every command has stopped its children and closed its files by now."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *argv]
@@ -57,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
