@@ -8,7 +8,7 @@ MERGE's source, never in its predicate, so the Delta log does not keep it.
 
 Open-source Delta runs a MERGE at Serializable isolation: an append to a
 partition it read, committed meanwhile, fails it. The speed sinks append to
-``events``, ``dead_letter``, ``speed_user_interactions``, ``user_consent`` and
+``events``, ``dead_letter``, ``speed_user_interactions``, ``user_consent``, ``user_profiles`` and
 ``speed_user_features`` every few seconds, so under load the erasure job's
 MERGE on those loses the race; each sink therefore also deletes, at the start of
 a micro-batch, the rows of erasures that are ready (their speed-state marker is

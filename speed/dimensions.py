@@ -7,7 +7,7 @@ snapshot read upserts the row, a delete removes it, and a change older than the
 row's ``source_lsn`` changes nothing, so a change Connect delivers twice (it is at
 least once) is applied once. Spark parses and validates; the parsed changes come
 to the driver as Arrow and each table's MERGE runs with delta-rs, carrying the
-app transaction (``cdc-<query id>``, the batch id), so a replayed batch writes
+app transaction (``speed-<query id>``, the batch id), so a replayed batch writes
 nothing twice. (A delta-spark MERGE plans several Spark jobs per table, which kept
 every batch busy for seconds on two cores, however few its changes.)
 Tombstones (null values after a delete) carry nothing and are skipped. A change
@@ -30,12 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdarec.cdc import cdc_topics, topic
-from lambdarec.checkpoint_files import CheckpointFiles
-from lambdarec.lake import Lake
 from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
 from schemas.events import REDACTED_USER_ID
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES, TableSpec
+from speed.sinks import Sink
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -157,23 +156,20 @@ def _dead_raw(dimension: Dimension) -> "Column":
                             f'"user_id":"{REDACTED_USER_ID}"').cast("binary")
 
 
-class DimensionsSink:
+class DimensionsSink(Sink):
     """foreachBatch sink: per table, the batch's changes parsed by Spark and brought to the driver as
     Arrow (changes are few next to events), the newest per key MERGEd with delta-rs, the bad ones
-    appended to ``dead_letter``; each commit keyed by (this query, the batch)."""
+    appended to ``dead_letter``; each commit keyed by (this query, the batch). Like the other sinks,
+    it deletes the rows of ready erasures from the user table it writes before its own commits."""
 
-    def __init__(self, settings: Settings, checkpoint: str):
-        self.settings = settings
-        self.lake = Lake(settings)
-        self.checkpoint = checkpoint
-        self._app_id: str | None = None
+    erased_tables = (USER_PROFILES,)
 
     def __call__(self, batch: "DataFrame", batch_id: int) -> None:
         from pyspark.sql import functions as F
 
         started = time.perf_counter()
-        if self._app_id is None:
-            self._app_id = f"cdc-{CheckpointFiles(batch.sparkSession, self.checkpoint).query_id()}"
+        self.files(batch)
+        self.erasures.apply(batch.sparkSession)
         summary: dict[str, int] = {}
         dead: list[pa.Table] = []
         batch = batch.persist()  # read from Kafka once for both tables
@@ -191,7 +187,7 @@ class DimensionsSink:
         bad_rows = pa.concat_tables(dead) if dead else None
         if bad_rows is not None and bad_rows.num_rows:
             self.lake.ensure(DEAD_LETTER)
-            self.lake.append_arrow(DEAD_LETTER, bad_rows, self._app_id, batch_id)
+            self.lake.append_arrow(DEAD_LETTER, bad_rows, self.app_id(), batch_id)
             summary["dead_letters"] = bad_rows.num_rows
         log.info(json.dumps({"event": "batch", "query": "dimensions", "batch_id": batch_id, **summary,
                              "ms": round((time.perf_counter() - started) * 1000)}))
@@ -203,7 +199,7 @@ class DimensionsSink:
             return 0
         source = latest.rename_columns(["source_lsn" if name == "lsn" else name for name in latest.column_names])
         merger = self.lake.merge_arrow(dimension.spec, source, f"t.{dimension.key} = s.{dimension.key}",
-                                       self._app_id, batch_id)
+                                       self.app_id(), batch_id)
         if merger is None:
             return 0
         columns = {name: f"s.{name}" for name in dimension.spec.columns}
