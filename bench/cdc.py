@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.cdc import KafkaConnect  # noqa: E402
+from lambdarec.demo import percentile  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.postgres import EmbeddedPostgres  # noqa: E402
 from lambdarec.processes import free_port, lambdarec_command, start_child, wait_for  # noqa: E402
@@ -45,11 +47,6 @@ from schemas.tables import ITEM_CATALOGUE  # noqa: E402
 from tests.support.serving import write_model  # noqa: E402
 
 USER = "bench-user"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def figures(values: list[float]) -> dict[str, float]:
@@ -69,11 +66,14 @@ def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[
     """Set the user's top item unavailable, time it out of serving and into the lake; then restore it."""
     lake, to_serving, to_lake = Lake(settings), [], []
     with psycopg.connect(settings.operational_db, autocommit=True) as db, httpx.Client(base_url=api) as client:
-        for _ in range(probes):
-            def answer() -> list[str]:
-                body = client.get(f"/v1/users/{USER}/recommendations", params={"k": 20}).json()
-                return [item["item_id"] for item in body["items"]]
+        def answer() -> list[str]:
+            body = client.get(f"/v1/users/{USER}/recommendations", params={"k": 20}).json()
+            return [item["item_id"] for item in body["items"]]
 
+        def on_top(item: str) -> bool:
+            return answer()[:1] == [item]
+
+        for _ in range(probes):
             target = answer()[0]
             db.execute("UPDATE items SET available = false WHERE item_id = %s", [target])
             started = time.monotonic()
@@ -92,7 +92,8 @@ def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[
             to_serving.append(served)
             to_lake.append(landed)
             db.execute("UPDATE items SET available = true WHERE item_id = %s", [target])
-            time.sleep(1.5)  # let the restore reach serving before the next probe reads the list
+            # the model is fixed: once serving has the restore, the item is back on top
+            wait_for(partial(on_top, target), 60, f"{target} back at the top of the list", interval_s=0.05)
     return to_serving, to_lake
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,7 +29,7 @@ import httpx
 from lambdarec import jars
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.postgres import CDC_TABLES, PUBLICATION
-from lambdarec.processes import die_with_parent, run_until_signalled
+from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
 from lambdarec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ QUIET_LOGGERS = ("org.reflections", "org.apache.kafka.clients", "org.eclipse.jet
                  "org.apache.kafka.connect.runtime.WorkerConfig", "io.debezium.connector.common.BaseSourceTask")
 
 
-class ConnectError(RuntimeError):
+class ConnectError(StageError):
     """Kafka Connect or its connector cannot be started, or failed."""
 
 
@@ -176,8 +175,7 @@ class KafkaConnect:
         }
 
     def _wait_running(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
+        def running() -> bool:
             if self._process is not None and self._process.poll() is not None:
                 raise ConnectError(f"Kafka Connect exited with code {self._process.returncode} during startup; "
                                    f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
@@ -187,12 +185,14 @@ class KafkaConnect:
             if "FAILED" in states:
                 traces = [task.get("trace", "") for task in found.get("tasks", [])] if found else []
                 raise ConnectError(f"the {CONNECTOR} connector failed: {traces or found}")
-            if len(states) > 1 and set(states) == {"RUNNING"}:
-                return
-            if time.monotonic() > deadline:
-                raise ConnectError(f"the {CONNECTOR} connector was not RUNNING within {self.startup_timeout_s:.0f}s "
-                                   f"(status {found}); log tail:\n{self.log_tail()}")
-            time.sleep(0.2)
+            return len(states) > 1 and set(states) == {"RUNNING"}
+
+        try:
+            wait_for(running, self.startup_timeout_s, f"the {CONNECTOR} connector and its task to be RUNNING", 0.2)
+        except ConnectError:
+            raise
+        except StageError as exc:  # the deadline
+            raise ConnectError(f"{exc} (status {self.status()}); log tail:\n{self.log_tail()}") from exc
 
     def __enter__(self) -> "KafkaConnect":
         return self if self.running() else self.start()

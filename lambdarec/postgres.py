@@ -25,10 +25,9 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from lambdarec.processes import die_with_parent, run_until_signalled
+from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
 from lambdarec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ SERVER_OPTIONS = {
 }
 
 
-class PostgresError(RuntimeError):
+class PostgresError(StageError):
     """The embedded Postgres cannot be started here, or it died."""
 
 
@@ -174,19 +173,19 @@ class EmbeddedPostgres:
     def _wait_ready(self) -> None:
         import psycopg
 
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
+        def accepting() -> bool:
             if self._process is not None and self._process.poll() is not None:
                 raise PostgresError(f"postgres exited with code {self._process.returncode} during startup; its log "
                                     f"({self.log_path}) ends with:\n{self.log_tail()}")
-            try:
-                psycopg.connect(self._superuser_url(), connect_timeout=2).close()
-                return
-            except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise PostgresError(f"postgres did not accept connections on port {self.port} within "
-                                        f"{self.startup_timeout_s:.0f}s ({exc}); log tail:\n{self.log_tail()}") from exc
-                time.sleep(0.1)
+            psycopg.connect(self._superuser_url(), connect_timeout=2).close()
+            return True
+
+        try:
+            wait_for(accepting, self.startup_timeout_s, f"postgres to accept connections on port {self.port}", 0.1)
+        except PostgresError:
+            raise
+        except StageError as exc:  # the deadline
+            raise PostgresError(f"{exc}; log tail:\n{self.log_tail()}") from exc
 
     def __enter__(self) -> "EmbeddedPostgres":
         return self if self.running() else self.start()

@@ -32,6 +32,15 @@ CHOOSER = USERS[2]
 NON_PERSONAL = ("trending_segment", "trending_global", "popular")
 
 
+def change(client, granted: bool) -> dict:
+    """The chooser grants or withdraws personalisation consent through the API; the answer's body."""
+    time.sleep(0.01)  # "later" is measured in Kafka timestamps (ms): keep events and the change apart
+    answer = client.post(f"/v1/users/{CHOOSER}/consent", json={"purpose": "personalisation", "granted": granted})
+    assert answer.status_code == 202, answer.text
+    time.sleep(0.01)
+    return answer.json()
+
+
 def test_after_a_withdrawal_no_later_event_is_stored_and_answers_are_not_personal(spark, broker_settings):
     settings = broker_settings.model_copy(update={
         "speed_realtime": False, "speed_features_trigger_ms": 1000, "serve_model_poll_s": 0.5})
@@ -50,13 +59,6 @@ def test_after_a_withdrawal_no_later_event_is_stored_and_answers_are_not_persona
 
     def everyone_else_at(count: int) -> None:
         wait_until(lambda: all(stored(u) >= count for u in USERS if u != CHOOSER), f"{count} events per user")
-
-    def change(client, granted: bool) -> dict:
-        time.sleep(0.01)  # "later" is measured in Kafka timestamps (ms): keep the rounds apart
-        answer = client.post(f"/v1/users/{CHOOSER}/consent", json={"purpose": "personalisation", "granted": granted})
-        assert answer.status_code == 202, answer.text
-        time.sleep(0.01)
-        return answer.json()
 
     queries = start_speed(spark, settings)
     try:
@@ -135,8 +137,7 @@ def test_with_erasure_on_withdrawal_a_withdrawal_erases_the_user(spark, broker_s
         with serving(settings) as client:
             assert client.post("/v1/events/batch", json=api_events(CHOOSER, 4)).status_code == 202
             wait_until(lambda: lake.read_arrow(EVENTS).num_rows == 4, "the user's events")
-            time.sleep(0.01)
-            answer = client.post(f"/v1/users/{CHOOSER}/consent", json={"granted": False}).json()
+            answer = change(client, False)
         request_id = answer["erasure_request_id"]
         assert request_id == consent.erasure_request_id(answer["change_id"])
         wait_until(lambda: privacy.request(lake, request_id), "the speed job to record the erasure")
