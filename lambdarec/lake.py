@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Schema, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from lambdarec.settings import Settings
@@ -80,6 +80,18 @@ class Lake:
             description=spec.description,
             configuration=table_configuration(spec),
         )
+
+    def add_missing_columns(self, spec: TableSpec) -> list[str]:
+        """Add the columns of ``spec`` an existing table lacks (a lake written by an older release),
+        as nullable columns in one metadata commit, so writers of the new schema can append. Returns
+        the names added."""
+        table = DeltaTable(self.uri(spec))
+        present = set(table.schema().to_arrow().names)
+        missing = [field for field in spec.schema if field.name not in present]
+        if missing:
+            table.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields))
+            log.info("%s: added columns %s", spec.name, [field.name for field in missing])
+        return [field.name for field in missing]
 
     def version(self, spec: TableSpec) -> int | None:
         try:

@@ -54,7 +54,10 @@ context) and the user's age band (their profile in ``user_profiles``, joined by 
 
 INTERACTION_FIELDS = ("event_id", "user_id", "item_id", "event_type", "weight", "occurred_at", "country", "device")
 USER_FEATURES_FIELDS = ("user_id", "last_seen", "session_id", "session_start", "session_events", "counts_1h",
-                        "counts_24h", "country", "device")
+                        "counts_24h", "categories_1h", "categories_24h", "country", "device")
+MAP_FIELDS = ("counts_1h", "counts_24h", "categories_1h", "categories_24h")
+"""User feature maps, name → count: by event type (``counts_``) and by the item's catalogue category
+(``categories_``, the user's category affinities) over the last hour and day."""
 ITEM_TRENDING_FIELDS = ("segment_type", "segment", "window_start", "window_end", "item_id", "events", "weight")
 TIMESTAMP_FIELDS = frozenset({"occurred_at", "last_seen", "session_start", "window_start", "window_end"})
 ROW_FIELDS = {KIND_USER_INTERACTIONS: (*INTERACTION_FIELDS, "events_version"),
@@ -149,7 +152,7 @@ def _json_value(name: str, value: Any) -> Any:
         return None
     if name in TIMESTAMP_FIELDS:
         return timestamp(value)
-    if isinstance(value, list) and name.startswith("counts_"):
+    if isinstance(value, list) and name in MAP_FIELDS:
         return {str(k): v for k, v in value}
     return value
 
@@ -218,7 +221,7 @@ def decode_row(kind: str, values: Any) -> dict[str, Any]:
                     raise ValueError(f"{name} is not finite")
             elif name in ("events", "session_events", "events_version"):
                 out[name] = _int(values, name)
-            elif name.startswith("counts_"):
+            elif name in MAP_FIELDS:
                 out[name] = {str(k): int(v) for k, v in dict(value).items()}
             else:
                 out[name] = str(value)

@@ -123,6 +123,8 @@ SPEED_USER_FEATURES = TableSpec(
             ("session_events", pa.int64()),
             ("counts_1h", pa.map_(pa.string(), pa.int64())),
             ("counts_24h", pa.map_(pa.string(), pa.int64())),
+            ("categories_1h", pa.map_(pa.string(), pa.int64())),
+            ("categories_24h", pa.map_(pa.string(), pa.int64())),
             ("country", pa.string()),
             ("device", pa.string()),
             ("query_id", pa.string()),

@@ -124,23 +124,20 @@ def recommend(
     because: list[list[Because] | None] = list(explain(best)) if query.explain else [None] * len(best)
     items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
     if newcomer_slots:
-        items = _with_newcomers(catalogue, attributes, query, rated, ratings, history, items, newcomer_slots)
+        items = _with_newcomers(catalogue, speed, attributes, user_key, query, rated, ratings, history, items,
+                                newcomer_slots)
     return Recommendation(items, strategy, model.version, n_fresh, model_family=model.family)
 
 
-def _with_newcomers(catalogue: Catalogue, attributes: ItemAttributes, query: Query, rated: np.ndarray,
-                    ratings: np.ndarray, history: list[Interaction], items: list[Scored], slots: int) -> list[Scored]:
+def _with_newcomers(catalogue: Catalogue, speed: SpeedView, attributes: ItemAttributes, user_key: str, query: Query,
+                    rated: np.ndarray, ratings: np.ndarray, history: list[Interaction], items: list[Scored],
+                    slots: int) -> list[Scored]:
     """``items`` with up to ``slots`` of its last places given to items of the user's strongest
-    category (by the summed weights of their items) that no model knows yet: a new item with only
-    attributes can be recommended before anyone has used it."""
-    affinity: dict[str, float] = {}
-    for position, weight in zip(rated, ratings, strict=True):
-        category = attributes.categories.get(catalogue.item_id(int(position)))
-        if category is not None:
-            affinity[category] = affinity.get(category, 0.0) + float(weight)
-    if not affinity:
+    category that no model knows yet: a new item with only attributes can be recommended before
+    anyone has used it."""
+    category = _strongest_category(catalogue, speed, attributes, user_key, rated, ratings)
+    if category is None:
         return items
-    category = max(affinity, key=lambda name: (affinity[name], name))
     taken = {s.item_id for s in items} | {i.item_id for i in history} | set(query.exclude)
     chosen = [item for item in attributes.newcomers(catalogue, category)
               if item not in taken and (not query.include or item in query.include)
@@ -150,6 +147,20 @@ def _with_newcomers(catalogue: Catalogue, attributes: ItemAttributes, query: Que
     score = items[-1].score if items else 0.0
     kept = items[:max(query.k - len(chosen), 0)] if len(items) + len(chosen) > query.k else items
     return kept + [Scored(item, score, [] if query.explain else None, f"category:{category}") for item in chosen]
+
+
+def _strongest_category(catalogue: Catalogue, speed: SpeedView, attributes: ItemAttributes, user_key: str,
+                        rated: np.ndarray, ratings: np.ndarray) -> str | None:
+    """The user's category affinity: the speed layer's count of their last day's interactions per
+    category (``categories_24h``, what they are into now), else the summed weights of all they rated."""
+    features = speed.profile(user_key)
+    affinity: dict[str, float] = dict((features or {}).get("categories_24h") or {})
+    if not affinity:
+        for position, weight in zip(rated, ratings, strict=True):
+            category = attributes.categories.get(catalogue.item_id(int(position)))
+            if category is not None:
+                affinity[category] = affinity.get(category, 0.0) + float(weight)
+    return max(affinity, key=lambda name: (affinity[name], name)) if affinity else None
 
 
 def _neighbour_scores(

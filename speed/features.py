@@ -40,13 +40,19 @@ def new_user() -> dict[str, Any]:
 
 
 def fold_user(state: dict[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Add events (``occurred_at`` in µs, ``event_type``, ``event_id``, ``country``, ``device``)."""
+    """Add events (``occurred_at`` in µs, ``event_type``, ``event_id``, ``country``, ``device``, and
+    the item's catalogue ``category`` when known)."""
     buckets: dict[str, list] = state["buckets"]
     for e in events:
         ts = int(e["occurred_at"])
-        b = buckets.setdefault(str(minute_of(ts)), [{}, ts, ts])  # counts by type, first and last µs
+        # counts by type, first and last µs, counts by category (absent from states older than it)
+        b = buckets.setdefault(str(minute_of(ts)), [{}, ts, ts, {}])
+        if len(b) == 3:
+            b.append({})
         b[0][e["event_type"]] = b[0].get(e["event_type"], 0) + 1
         b[1], b[2] = min(b[1], ts), max(b[2], ts)
+        if category := e.get("category"):
+            b[3][category] = b[3].get(category, 0) + 1
         if state["last_seen"] is None or (ts, e["event_id"]) > (state["last_seen"], state["last_event_id"]):
             state.update(last_seen=ts, last_event_id=e["event_id"], country=e.get("country"), device=e.get("device"))
     horizon = minute_of(state["last_seen"]) - DAY_US
@@ -55,18 +61,20 @@ def fold_user(state: dict[str, Any], events: Iterable[Mapping[str, Any]]) -> dic
 
 
 def user_features(user_id: str, state: Mapping[str, Any], session_gap_s: int) -> dict[str, Any]:
-    """The user's row: counts by type in the last 1 h / 24 h, the current session, last seen."""
+    """The user's row: counts by event type and by category (their affinities) in the last 1 h / 24 h,
+    the current session, last seen."""
     last = state["last_seen"]
     ordered = sorted(((int(m), b) for m, b in state["buckets"].items()), reverse=True)
-    counts_1h: dict[str, int] = {}
-    counts_24h: dict[str, int] = {}
-    for minute, (counts, _, _) in ordered:
-        for event_type, n in counts.items():
-            counts_24h[event_type] = counts_24h.get(event_type, 0) + n
-            if minute > minute_of(last) - HOUR_US:
-                counts_1h[event_type] = counts_1h.get(event_type, 0) + n
+    totals: dict[str, dict[str, int]] = {"counts_1h": {}, "counts_24h": {}, "categories_1h": {}, "categories_24h": {}}
+    for minute, (counts, _, _, *by_category) in ordered:
+        recent = minute > minute_of(last) - HOUR_US
+        for prefix, values in (("counts", counts), ("categories", by_category[0] if by_category else {})):
+            for name, n in values.items():
+                for window in ("24h", "1h") if recent else ("24h",):
+                    total = totals[f"{prefix}_{window}"]
+                    total[name] = total.get(name, 0) + n
     session_start, session_events, previous_first = None, 0, None
-    for _, (counts, first, newest) in ordered:
+    for _, (counts, first, newest, *_) in ordered:
         if previous_first is not None and previous_first - newest > session_gap_s * 1_000_000:
             break
         session_start, previous_first = first, first
@@ -78,8 +86,7 @@ def user_features(user_id: str, state: Mapping[str, Any], session_gap_s: int) ->
         "session_id": session_id,
         "session_start": session_start,
         "session_events": session_events,
-        "counts_1h": sorted(counts_1h.items()),
-        "counts_24h": sorted(counts_24h.items()),
+        **{name: sorted(total.items()) for name, total in totals.items()},
         "country": state["country"],
         "device": state["device"],
     }

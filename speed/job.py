@@ -38,6 +38,7 @@ from lambdarec.settings import Settings
 from schemas.tables import (
     DEAD_LETTER,
     EVENTS,
+    ITEM_CATALOGUE,
     SPEED_ITEM_TRENDING,
     SPEED_PROGRESS,
     SPEED_USER_FEATURES,
@@ -201,8 +202,9 @@ def prepare(spark: "SparkSession", settings: Settings) -> None:
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
-                 SPEED_PROGRESS, PRIVACY_REQUESTS, USER_PROFILES):  # user_profiles: the features query joins it
+                 SPEED_PROGRESS, PRIVACY_REQUESTS, USER_PROFILES, ITEM_CATALOGUE):  # the features query joins the last two
         lake.ensure(spec)
+        lake.add_missing_columns(spec)
 
 
 def run(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":

@@ -36,11 +36,11 @@ def recompute(spark: "SparkSession", settings: Settings) -> Views:
     """(users, items) feature rows folded from the whole ``events`` table."""
     from pyspark.sql import functions as F
 
-    from speed.stateful import with_age_band
+    from speed.stateful import with_dimensions
 
     events = Lake(settings).read_spark(spark, EVENTS)
-    rows = with_age_band(to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at")),
-                         spark, settings)
+    interactions = to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
+    rows = with_dimensions(interactions, spark, settings)
     by_user: dict[str, list] = defaultdict(list)
     by_item: dict[tuple, list] = defaultdict(list)
     for row in rows.toArrow().to_pylist():

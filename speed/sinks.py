@@ -30,7 +30,7 @@ from schemas.tables import (
     USER_CONSENT,
     TableSpec,
 )
-from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, encode_rows
+from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, MAP_FIELDS, encode_rows
 from lambdarec.checkpoint_files import CheckpointFiles
 from speed.consent import ConsentState
 from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
@@ -249,8 +249,7 @@ def user_rows(rows: "DataFrame") -> "DataFrame":
         "session_id",
         F.timestamp_micros("session_start").alias("session_start"),
         "session_events",
-        F.from_json("counts_1h", counts).alias("counts_1h"),
-        F.from_json("counts_24h", counts).alias("counts_24h"),
+        *(F.from_json(name, counts).alias(name) for name in MAP_FIELDS),
         "country",
         "device",
     )

@@ -23,8 +23,8 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 from lambdarec.lake import Lake
 from lambdarec.privacy import SPEED_STATE_ERASURE
 from lambdarec.settings import Settings
-from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_AGE_BAND, SEGMENT_ATTRIBUTES
-from schemas.tables import EVENTS, PRIVACY_REQUESTS, USER_PROFILES
+from schemas.speed_updates import GLOBAL_SEGMENT, MAP_FIELDS, SEGMENT_AGE_BAND, SEGMENT_ATTRIBUTES
+from schemas.tables import EVENTS, ITEM_CATALOGUE, PRIVACY_REQUESTS, USER_PROFILES
 from speed import features
 from speed.transforms import to_user_interactions
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 SEP = "\x1f"
 OUTPUT_SCHEMA = (
     "kind string, user_id string, last_seen long, session_id string, session_start long, session_events long, "
-    "counts_1h string, counts_24h string, country string, device string, segment_type string, segment string, "
+    "counts_1h string, counts_24h string, categories_1h string, categories_24h string, country string, device string, segment_type string, segment string, "
     "window_start long, window_end long, item_id string, events long, weight double"
 )
 OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
@@ -51,16 +51,19 @@ def interactions(spark: "SparkSession", settings: Settings) -> "DataFrame":
     events = (spark.readStream.format("delta").option("skipChangeCommits", "true")
               .load(Lake(settings).uri(EVENTS)))
     rows = to_user_interactions(events, settings).withColumn("occurred_at", F.unix_micros("occurred_at"))
-    return with_age_band(rows, spark, settings)
+    return with_dimensions(rows, spark, settings)
 
 
-def with_age_band(rows: "DataFrame", spark: "SparkSession", settings: Settings) -> "DataFrame":
-    """``rows`` with their user's ``age_band`` from ``user_profiles`` (null without a profile). In a stream
-    this is a stream-static join: each micro-batch reads the table's latest version."""
+def with_dimensions(rows: "DataFrame", spark: "SparkSession", settings: Settings) -> "DataFrame":
+    """``rows`` with their user's ``age_band`` from ``user_profiles`` and their item's ``category`` from
+    ``item_catalogue`` (null where unknown). In a stream these are stream-static joins: each
+    micro-batch reads the tables' latest versions, so an event takes the attributes of its time."""
     from pyspark.sql import functions as F
 
-    profiles = Lake(settings).read_spark(spark, USER_PROFILES).select("user_id", SEGMENT_AGE_BAND)
-    return rows.join(F.broadcast(profiles), "user_id", "left")
+    lake = Lake(settings)
+    profiles = lake.read_spark(spark, USER_PROFILES).select("user_id", SEGMENT_AGE_BAND)
+    catalogue = lake.read_spark(spark, ITEM_CATALOGUE).select("item_id", "category")
+    return rows.join(F.broadcast(profiles), "user_id", "left").join(F.broadcast(catalogue), "item_id", "left")
 
 
 def entity_rows(accepted: "DataFrame") -> "DataFrame":
@@ -77,7 +80,7 @@ def entity_rows(accepted: "DataFrame") -> "DataFrame":
     )
     return accepted.select(
         F.explode(F.filter(entities, lambda e: e.isNotNull())).alias("entity"),
-        "occurred_at", "event_type", "weight", "event_id", "country", "device",
+        "occurred_at", "event_type", "weight", "event_id", "country", "device", "category",
     )
 
 
@@ -93,7 +96,7 @@ def erasure_markers(spark: "SparkSession", settings: Settings) -> "DataFrame":
     return requests.filter((F.col("kind") == SPEED_STATE_ERASURE) & F.col("user_id").isNotNull()).select(
         F.concat_ws(SEP, F.lit("u"), "user_id").alias("entity"), F.unix_micros("requested_at").alias("occurred_at"),
         F.col("kind").alias("event_type"), F.lit(None).cast("double").alias("weight"),
-        F.col("request_id").alias("event_id"), none.alias("country"), none.alias("device"),
+        F.col("request_id").alias("event_id"), none.alias("country"), none.alias("device"), none.alias("category"),
     )
 
 
@@ -135,7 +138,8 @@ class FeatureProcessor(StatefulProcessor):
                     return
             state = features.fold_user(previous or features.new_user(), events)
             row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
-            row["counts_1h"], row["counts_24h"] = json.dumps(dict(row["counts_1h"])), json.dumps(dict(row["counts_24h"]))
+            for name in MAP_FIELDS:
+                row[name] = json.dumps(dict(row[name]))
         else:
             segment_type, segment, item_id = rest
             state = features.fold_item(previous or features.new_item(), events, self.window_s)

@@ -9,7 +9,7 @@ import pytest
 
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT
-from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, USER_PROFILES
+from schemas.tables import ITEM_CATALOGUE, SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, USER_PROFILES
 from speed.job import run_features
 from speed.recompute import current, recompute
 from tests.support.speed import message, pid, produce, run_to_end, speed_updates
@@ -39,9 +39,16 @@ def profile(settings, user: str, age_band: str) -> None:
         [{"user_id": user, "age_band": age_band, "updated_at": T0}], schema=USER_PROFILES.schema))
 
 
+def categories(settings, **category_of: str) -> None:
+    Lake(settings).append_arrow(ITEM_CATALOGUE, pa.Table.from_pylist(
+        [{"item_id": item, "category": category, "available": True, "updated_at": T0}
+         for item, category in category_of.items()], schema=ITEM_CATALOGUE.schema))
+
+
 def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broker_settings):
     settings = broker_settings
     profile(settings, pid("a"), "25-34")
+    categories(settings, i1="shoes", i2="hats")
     first = [
         message(user_id=pid("a"), item_id="i1", event_type="view", occurred_at=at(0)),
         message(user_id=pid("a"), item_id="i2", event_type="click", occurred_at=at(10)),
@@ -72,6 +79,8 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     assert a["session_events"] == 2 and a["session_start"] == round((T0 + dt.timedelta(minutes=90)).timestamp() * 1e6)
     assert dict(a["counts_24h"]) == {"view": 3, "click": 1} and dict(a["counts_1h"]) == {"view": 2}
     assert (a["country"], a["device"]) == ("DE", "ios")
+    # category affinities: the catalogue's category of each item a used, per window
+    assert dict(a["categories_24h"]) == {"shoes": 3, "hats": 1} and dict(a["categories_1h"]) == {"shoes": 2}
     # Trending rows are per (segment, item, minute); i1's are those of the hour ending after minute 95.
     assert {key[3]: row["events"] for key, row in items.items() if key[:3] == (*GLOBAL_SEGMENT, "i1")} == {
         us(90): 1, us(92): 1, us(95): 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def test_append_with_app_transaction_is_idempotent(settings):
     assert lake.read_arrow(EVENTS).num_rows == 10
     assert lake.append_arrow(EVENTS, event_rows(5, start=10), app_id="job", txn_version=1) == 2
     assert lake.read_arrow(EVENTS).num_rows == 15
+
+
+def test_missing_columns_of_an_older_table_are_added_as_nulls(settings):
+    lake = Lake(settings)
+    older = dataclasses.replace(EVENTS, schema=pa.schema([f for f in EVENTS.schema if f.name != "device"]))
+    lake.append_arrow(older, event_rows(3).drop_columns(["device"]))
+    assert lake.add_missing_columns(EVENTS) == ["device"]
+    assert lake.add_missing_columns(EVENTS) == []
+    lake.append_arrow(EVENTS, event_rows(2, start=3))
+    table = lake.read_arrow(EVENTS)
+    assert table.num_rows == 5 and table.column("device").null_count == 3
 
 
 def test_pinned_version_reads_that_snapshot(settings):

@@ -179,6 +179,10 @@ def test_a_new_item_with_only_attributes_is_offered_to_users_of_its_category(app
     assert "new-alpha" not in [i["item_id"] for i in items("alice", exclude="new-alpha")]
     assert items("alice", explain=True)[-1]["because"] == []  # no item of hers scored it: it is new
     assert all(i["via"] is None for i in items("stranger"))  # no history, no category
+    alice_key = pseudonymise("alice", settings.pseudonym_key)
+    apply(app, "user_features", [{"user_id": alice_key, "last_seen": "2024-05-01T12:59:00.000000+00:00",
+                                  "categories_24h": {"beta": 3, "alpha": 1}}])
+    assert items("alice")[-1] == {**items("alice")[-1], "item_id": "new-beta", "via": "category:beta"}  # today: beta
 
 
 def test_a_new_user_with_only_an_operational_profile_gets_their_country_s_trending(app, client, settings):

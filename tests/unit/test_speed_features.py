@@ -38,8 +38,25 @@ def test_user_counts_session_and_last_seen():
     assert row["last_seen"] == T0 + 110 * MIN and row["country"] == "FR"
 
 
+def test_user_category_affinities_count_the_items_categories_per_window():
+    events = [{**ev(0, n=1), "category": "shoes"}, {**ev(100, n=2), "category": "shoes"},
+              {**ev(110, n=3), "category": "hats"}, {**ev(111, n=4), "category": None}]
+    row = user(events)
+    assert row["categories_24h"] == [("hats", 1), ("shoes", 2)]  # an item without a category counts in none
+    assert row["categories_1h"] == [("hats", 1), ("shoes", 1)]
+    assert row["counts_24h"] == [("view", 4)]
+
+
+def test_a_state_from_before_category_counts_folds_new_events():
+    old = {"buckets": {str(T0): [{"view": 1}, T0, T0]}, "last_seen": T0, "last_event_id": "e0", "country": "DE",
+           "device": "ios"}  # a stored bucket of three fields: no category counts yet
+    row = features.user_features("u", features.fold_user(old, [{**ev(0.5, n=9), "category": "shoes"}]), 1800)
+    assert row["counts_24h"] == [("view", 2)] and row["categories_24h"] == [("shoes", 1)]
+
+
 def test_user_features_do_not_depend_on_order_or_batching():
-    events = [ev(m, t, n=i) for i, (m, t) in enumerate(itertools.product([0, 5, 50, 61, 1500, 1510], ["view", "click"]))]
+    events = [{**ev(m, t, n=i), "category": ("a", "b", None)[i % 3]}
+              for i, (m, t) in enumerate(itertools.product([0, 5, 50, 61, 1500, 1510], ["view", "click"]))]
     expected = user(events)
     rng = random.Random(7)
     for _ in range(20):
