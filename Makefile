@@ -9,7 +9,7 @@ DURATION ?= 480
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit lint venv jars blas postgres airflow clean
+.PHONY: demo test unit lint venv jars blas postgres prometheus airflow clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,20 @@ postgres:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	  else sudo apt-get install -y --no-install-recommends postgresql; fi; }
 
-demo: jars blas postgres
+# promtool, which checks and unit-tests the alert rules in ops/prometheus/: Debian's prometheus
+# package (nothing uses its system service; in containers it is not even started).
+prometheus:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else sudo apt-get install -y --no-install-recommends prometheus; fi; }
+
+demo: jars blas postgres prometheus
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json
 
-test: jars blas postgres
+test: jars blas postgres prometheus
 	$(BIN)/pytest
 
-unit: jars
+unit: jars prometheus
 	$(BIN)/pytest -m unit
 
 # ruff (style and likely bugs), mypy (types) and import-linter (the layering: batch, speed
