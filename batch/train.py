@@ -99,6 +99,19 @@ def run(
 
 
 
+class StageClock:
+    """Seconds per stage of a run, each from the end of the one before (the registry keeps them)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.monotonic()
+
+    def done(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = round(now - self._since, 2)
+        self._since = now
+
+
 def _train(
     spark: "SparkSession",
     settings: Settings,
@@ -108,19 +121,23 @@ def _train(
     base: dict[str, Any],
 ) -> dict[str, Any]:
     """Every family competes on the holdout; the winner is refitted on the whole snapshot and written."""
+    stages = StageClock()
     events = lake.read_spark(spark, EVENTS, events_version)  # time travel to the pinned version
     checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
     data = Prepared.from_events(spark, lake, events, settings, model_version)
     try:
         if data.train.count() == 0:
             raise ValueError(f"events version {events_version} holds no weighted interactions to train on")
+        stages.done("prepare")
         winner, evaluated, tuning, compared = _compete(spark, lake, settings, data, checkpoints, model_version)
+        stages.done("evaluate")
     finally:
         data.unpersist()
     whole = Prepared.whole(spark, lake, events, data.rate, model_version)
     try:
         counts = {"n_interactions": whole.train.count(), "n_users": whole.users.num_rows, "n_items": whole.items.num_rows}
         trained = families.fit(winner, whole, settings, checkpoints)
+        stages.done("refit")
         metrics = {**evaluated, **coverage(trained, whole), "families": compared}
         _log("train_refitted", model_version=model_version, family=winner.family, **counts)
         rows = {spec: spark.createDataFrame(table) for spec, table in trained.tables(model_version, whole).items()}
@@ -129,8 +146,10 @@ def _train(
             spec.name: lake.append_spark(spec, frame, app_id=app_id(spec.name), txn_version=model_version)
             for spec, frame in rows.items()
         }
+        stages.done("write")
     finally:
         whole.unpersist()
+    metrics["stage_seconds"] = stages.seconds
 
     params = {**base["params"], **winner.record(settings), **({"tuning": tuning} if tuning else {})}
     fields = {**base, **counts, "engine": winner.engine_id(settings), "params": params, "metrics": metrics}

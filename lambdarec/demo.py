@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
+from lambdarec.metrics_text import samples, total
 from lambdarec.postgres import cluster_dir
 from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
@@ -285,6 +286,49 @@ class Demo:
         say(f"  an item set unavailable in Postgres left every answer in {self.summary['unavailable_to_serving_ms_p50']}"
             f" ms (p50), {self.summary['unavailable_to_serving_ms_p95']} ms (p95) over {len(latencies)} items")
 
+    def cold_start_from_attributes(self, world: World) -> None:
+        """A user who exists only in Postgres gets their profile segment's trending; items that exist
+        only in Postgres (one per category) reach a user whose category affinity they match."""
+        import psycopg
+
+        newcomer_user = "newcomer@example.com"
+        new_items = {f"new-item-{cluster}": f"category-{cluster}" for cluster in range(world.n_clusters)}
+        with psycopg.connect(self.settings.operational_db, autocommit=True) as db, \
+                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client:
+            started = time.monotonic()
+            db.execute("INSERT INTO users (user_id, country, age_band) VALUES (%s, 'FR', '25-34')", [newcomer_user])
+
+            def profile_answer() -> dict[str, Any] | None:
+                body = client.get(f"/users/{newcomer_user}/recommendations", params={"k": 5}).json()
+                return body if body["strategy"] == "trending_segment" and body["items"] else None
+
+            body = wait_for(profile_answer, self.remaining(60), "the new user's segment trending", interval_s=0.1)
+            assert body is not None  # wait_for returns only once its condition is truthy
+            self.summary["cold_start_profile_ms"] = round((time.monotonic() - started) * 1000)
+            self.summary["cold_start_profile_segment"] = body["segment"]
+            say(f"  a user known only to Postgres got {body['segment']} trending after "
+                f"{self.summary['cold_start_profile_ms']} ms: {[i['item_id'] for i in body['items']]}")
+
+            started = time.monotonic()
+            with db.cursor() as cursor:
+                cursor.executemany("INSERT INTO items (item_id, title, category, price) VALUES (%s, %s, %s, 9.99)",
+                                   [(item, f"New in {category}", category) for item, category in new_items.items()])
+            user = next(user for user in map(user_id, range(world.n_users)) if client.get(
+                f"/users/{user}/recommendations", params={"k": 1}).json()["strategy"] in PERSONAL)
+
+            def newcomer() -> dict[str, Any] | None:
+                items = client.get(f"/users/{user}/recommendations", params={"k": 10, "explain": True}).json()["items"]
+                return next((i for i in items if i["item_id"] in new_items), None)
+
+            item = wait_for(newcomer, self.remaining(60), "a new item in a user's list by its category", interval_s=0.1)
+            assert item is not None
+        if item["via"] != f"category:{new_items[item['item_id']]}":
+            raise StageError(f"{item['item_id']} of {new_items[item['item_id']]} came via {item['via']}")
+        self.summary["newcomer_item_ms"] = round((time.monotonic() - started) * 1000)
+        self.summary["newcomer_item"] = {"user": user, **item}
+        say(f"  {item['item_id']}, known only to Postgres, reached {user}'s list via {item['via']} after "
+            f"{self.summary['newcomer_item_ms']} ms")
+
     def final_counts(self) -> None:
         expected = self.summary["events_accepted"]
         wait_for(lambda: lake_counts(self.settings)["events"] >= expected, self.remaining(60),
@@ -296,6 +340,15 @@ class Demo:
         if counts["events"] != expected or self.summary["duplicates_in_lake"]:
             raise StageError(f"lake holds {counts['events']} events ({self.summary['duplicates_in_lake']} "
                              f"duplicates) for {expected} accepted")
+        speed = samples(httpx.get(f"http://127.0.0.1:{self.settings.speed_metrics_port}/metrics", timeout=10).text)
+        serving = samples(httpx.get(f"{self.api}/metrics", timeout=10).text)
+        self.summary["metrics"] = {
+            "speed_events_landed": speed.get(("lambdarec_speed_rows_landed_total", (("table", "events"),)), 0),
+            "speed_dead_letters": total(speed, "lambdarec_dead_letters_total"),
+            "speed_batches": total(speed, "lambdarec_speed_batch_duration_seconds_count"),
+            "serving_freshness_observed": total(serving, "lambdarec_freshness_seconds_count"),
+        }
+        say(f"  metrics: {self.summary['metrics']}")
 
     def privacy(self) -> None:
         """One user withdraws consent and gets non-personal answers; another is erased: DELETE, the
@@ -343,6 +396,9 @@ class Demo:
             if child is not None:
                 code = child.stop()
                 say(f"  stopped {name} (exit {code})")
+
+
+PERSONAL = ("model", "fold_in", "neighbours")  # the strategies that score a user's own history
 
 
 def item_outside_cluster(world: World, user: str, exclude: set[str], rng: random.Random) -> str:
@@ -409,6 +465,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "serve_port": free_port(settings.serve_port),
             "embedded_postgres_port": free_port(settings.embedded_postgres_port),
             "cdc_connect_port": free_port(settings.cdc_connect_port),
+            "speed_metrics_port": free_port(settings.speed_metrics_port),
             "serve_model_poll_s": 2.0,
             "allow_development_key": True,  # a demo is development: its data is generated
             "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),
@@ -436,6 +493,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             demo.stage("serving loads the model", demo.load_model, model["model_version"])
             demo.stage("users act; measure freshness", demo.probe_freshness, world)
             demo.stage("catalogue changes reach serving (CDC)", demo.catalogue_to_serving, world)
+            demo.stage("cold start from attributes (CDC)", demo.cold_start_from_attributes, world)
             demo.stage("measure serving latency", demo.measure_serving, world)
             demo.stage("trending from the speed layer", demo.report_trending)
             demo.stage("check the lake", demo.final_counts)

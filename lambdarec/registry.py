@@ -48,7 +48,12 @@ def _oldest_first(registry: pa.Table) -> list[dict[str, Any]]:
 
 def current_statuses(lake: Lake) -> dict[int, dict[str, Any]]:
     """Each model version's newest row."""
-    return _newest_per_version(_rows(lake))
+    return current_statuses_in(lake.read_arrow(MODELS))
+
+
+def current_statuses_in(registry: pa.Table) -> dict[int, dict[str, Any]]:
+    """``current_statuses`` over the rows of a registry snapshot already read."""
+    return _newest_per_version(_oldest_first(registry))
 
 
 def _newest_per_version(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -65,7 +70,7 @@ def latest_published(lake: Lake) -> dict[str, Any] | None:
 
 def latest_published_in(registry: pa.Table) -> dict[str, Any] | None:
     """``latest_published`` over the rows of a registry snapshot already read."""
-    published = [row for row in _newest_per_version(_oldest_first(registry)).values() if row["status"] == PUBLISHED]
+    published = [row for row in current_statuses_in(registry).values() if row["status"] == PUBLISHED]
     if not published:
         return None
     return parsed(max(published, key=lambda r: (r["recorded_at"], r["model_version"])))

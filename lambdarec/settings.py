@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     speed_features_partitions: int = Field(
         1, ge=1, description="State partitions of the speed features query (fixed when its checkpoint is new)."
     )
+    speed_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of the speed job's Prometheus /metrics (its driver); 0 turns it off.",
+    )
     speed_session_gap_s: int = Field(1800, ge=1, description="Inactivity that ends a user's session.")
     speed_trending_window_s: int = Field(3600, ge=60, description="Length of the item trending window.")
     speed_state_ttl_s: int = Field(

@@ -8,7 +8,9 @@ Segments:
 
 Messages (one JSON object per Kafka record, UTF-8), by ``kind``:
     ``interaction``      the fields of ``INTERACTION_FIELDS`` flat in the message, plus
-                         ``events_version`` once the event is in Delta (absent or null before);
+                         ``events_version`` once the event is in Delta (absent or null before)
+                         and ``received_at``, when the platform accepted the event (serving's
+                         freshness: accepted → visible);
     ``user_interactions`` ``{query_id, batch_id, events_version, rows}``, rows of
                          ``INTERACTION_FIELDS`` (and optionally their own ``events_version``);
     ``user_features``    ``{query_id, batch_id, rows}``, rows of ``USER_FEATURES_FIELDS``;
@@ -59,8 +61,9 @@ MAP_FIELDS = ("counts_1h", "counts_24h", "categories_1h", "categories_24h")
 """User feature maps, name → count: by event type (``counts_``) and by the item's catalogue category
 (``categories_``, the user's category affinities) over the last hour and day."""
 ITEM_TRENDING_FIELDS = ("segment_type", "segment", "window_start", "window_end", "item_id", "events", "weight")
-TIMESTAMP_FIELDS = frozenset({"occurred_at", "last_seen", "session_start", "window_start", "window_end"})
-ROW_FIELDS = {KIND_USER_INTERACTIONS: (*INTERACTION_FIELDS, "events_version"),
+TIMESTAMP_FIELDS = frozenset({"occurred_at", "received_at", "last_seen", "session_start", "window_start",
+                              "window_end"})
+ROW_FIELDS = {KIND_USER_INTERACTIONS: (*INTERACTION_FIELDS, "events_version", "received_at"),
               KIND_USER_FEATURES: USER_FEATURES_FIELDS, KIND_ITEM_TRENDING: ITEM_TRENDING_FIELDS}
 REQUIRED = {
     KIND_USER_INTERACTIONS: ("event_id", "user_id", "item_id", "event_type", "weight", "occurred_at"),

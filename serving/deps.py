@@ -49,7 +49,9 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         lake = Lake(settings)
-        speed_view, catalogues, attributes = SpeedView(settings), CatalogueCache(), ItemAttributes(lake)
+        metrics = Metrics()
+        speed_view = SpeedView(settings, on_fresh=metrics.freshness.observe)
+        catalogues, attributes = CatalogueCache(), ItemAttributes(lake)
         idle_gate = IdleGate()
 
         def prepare(model: Model) -> None:
@@ -68,7 +70,7 @@ class Services:
             attributes=attributes,
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
-            metrics=Metrics(),
+            metrics=metrics,
             pollers=(Poller(settings.serve_model_poll_s, [model_store.reload, erasures.reload, consents.reload]),
                      Poller(settings.serve_catalogue_poll_s, [attributes.reload, profiles.reload])),
             idle_gate=idle_gate,

@@ -80,6 +80,7 @@ class ModelStore:
         self._reload_lock = threading.Lock()
         self._registry = LogTail(self.lake, MODELS)
         self._registry_seen: int | None = None  # the registry version the serving model reflects
+        self.registry_rows = MODELS.schema.empty_table()  # the registry as last polled (for /metrics)
 
     def reload(self) -> bool:
         """Load the published model if it differs from the serving one; True if swapped."""
@@ -87,6 +88,8 @@ class ModelStore:
             try:
                 self.pause()
                 seen = self._registry.poll(self.pause)  # reads only new commits: polls stay cheap
+                if seen != self._registry_seen:
+                    self.registry_rows = self._registry.rows()
                 if seen is None or seen == self._registry_seen:
                     self.last_checked_at = time.time()
                     return False

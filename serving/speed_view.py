@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 import datetime as dt
 from typing import Any
@@ -51,8 +51,11 @@ __all__ = ["BadUpdate", "SpeedView"]  # BadUpdate: the contract's (schemas.speed
 class SpeedView:
     """Per-user interactions and profiles, per-segment trending, and the view's position."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, on_fresh: Callable[[float], None] | None = None):
+        """``on_fresh`` hears, for each event the view learns first from the topic, the seconds from
+        its acceptance (``received_at``) to now: the platform's freshness."""
         self.settings = settings
+        self.on_fresh = on_fresh
         self._lock = threading.Lock()
         self._interactions = Interactions(settings.speed_recent_items)
         self._profiles = Profiles()
@@ -114,6 +117,9 @@ class SpeedView:
             if interaction.events_version is None and user in self._withheld:
                 return 0  # the real-time query does not know consent; the events query drops these
             changed = self._interactions.add(user, interaction)
+            received_at = row.get("received_at")
+            if changed and received_at is not None and self.on_fresh is not None:
+                self.on_fresh(max(time.time() - timestamp_us(received_at) / 1e6, 0.0))
             if interaction.events_version is not None and (
                     self.events_version is None or interaction.events_version > self.events_version):
                 self.events_version = interaction.events_version

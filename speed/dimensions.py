@@ -34,6 +34,7 @@ from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
 from schemas.events import REDACTED_USER_ID
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES, TableSpec
+from speed.metrics import METRICS
 from speed.sinks import Sink
 
 if TYPE_CHECKING:
@@ -181,6 +182,7 @@ class DimensionsSink(Sink):
                     continue
                 bad = pc.is_valid(parsed.column("reason"))
                 summary[dimension.spec.name] = self._merge(parsed.filter(pc.invert(bad)), dimension, batch_id)
+                METRICS.landed.labels(dimension.spec.name).inc(summary[dimension.spec.name])
                 dead.append(_dead_letters(parsed.filter(bad)))
         finally:
             batch.unpersist()
@@ -189,6 +191,8 @@ class DimensionsSink(Sink):
             self.lake.ensure(DEAD_LETTER)
             self.lake.append_arrow(DEAD_LETTER, bad_rows, self.app_id(), batch_id)
             summary["dead_letters"] = bad_rows.num_rows
+            METRICS.count_dead_letters({str(c["values"]): int(c["counts"])
+                                        for c in pc.value_counts(bad_rows.column("reason")).to_pylist()})
         log.info(json.dumps({"event": "batch", "query": "dimensions", "batch_id": batch_id, **summary,
                              "ms": round((time.perf_counter() - started) * 1000)}))
 

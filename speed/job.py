@@ -46,7 +46,7 @@ from schemas.tables import (
     PRIVACY_REQUESTS,
     USER_PROFILES,
 )
-from speed import progress
+from speed import metrics, progress
 from speed.sinks import EventsSink, FeaturesSink
 from speed.transforms import (
     consented,
@@ -262,6 +262,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     speed_settings = settings.model_copy(update={"spark_master": settings.speed_spark_master})
     spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
+    metrics.serve(settings.speed_metrics_port)
     queries = [run(spark, settings, available_now=args.available_now),
                run_features(spark, settings, available_now=args.available_now)]
     if settings.speed_cdc:

@@ -22,6 +22,7 @@ from lambdarec.lake import Appender, Lake
 from lambdarec.settings import Settings
 from schemas.tables import SPEED_PROGRESS
 from schemas.topics import SPEED_UPDATE_KIND_PROGRESS
+from speed.metrics import METRICS
 
 log = logging.getLogger("lambdarec.speed")
 
@@ -102,6 +103,7 @@ class ProgressRecorder(StreamingQueryListener):
             log.info(json.dumps({"event": "progress", "query": row["query_name"], "batch_id": row["batch_id"],
                                  "rows_in": row["rows_in"], "source_lag": row["source_lag"],
                                  "duration_ms": dict(event.progress.durationMs)}))  # where a batch's time goes
+            METRICS.observe_progress(row, list(event.progress.stateOperators or ()))
             self.record(row, *watched)
         except Exception:  # a listener that raises is removed by Spark; losing one row is better
             log.exception("event=progress_record_failed")

@@ -33,6 +33,7 @@ from schemas.tables import (
 from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, MAP_FIELDS, encode_rows
 from lambdarec.checkpoint_files import CheckpointFiles
 from speed.consent import ConsentState
+from speed.metrics import METRICS
 from speed.transforms import CONTEXT_COLUMNS, LATE, interaction_messages, interval_seconds, late_reason
 
 if TYPE_CHECKING:
@@ -165,17 +166,20 @@ class EventsSink(Sink):
             dead = rows.filter(F.col("reason").isNotNull()).select(
                 F.col("dead_row").withField("reason", F.col("reason")).alias("d")).select("d.*")
             self.commit(DEAD_LETTER, dead, batch_id)
+            METRICS.count_dead_letters({r["reason"]: r["count"] for r in dead.groupBy("reason").count().collect()})
             timings["dead_letter_ms"] = _ms_since(started)
         if not summary["events"]:
             return
         started = time.perf_counter()
         valid = rows.filter(F.col("reason").isNull())
         events_version = self.commit(EVENTS, valid.select("event_row.*"), batch_id)
+        METRICS.landed.labels(EVENTS.name).inc(summary["events"])
         timings["events_ms"] = _ms_since(started)
         interactions = valid.filter(F.col("weight").isNotNull()).select(
             *[F.col(f"event_row.{name}").alias(name) for name in ("user_id", "item_id", "event_type")],
             "weight",
-            *[F.col(f"event_row.{name}").alias(name) for name in ("occurred_at", "event_id", *CONTEXT_COLUMNS)],
+            *[F.col(f"event_row.{name}").alias(name)
+              for name in ("occurred_at", "event_id", *CONTEXT_COLUMNS, "received_at")],
         )
         version = F.lit(events_version).cast("long")
         started = time.perf_counter()
@@ -232,6 +236,7 @@ class FeaturesSink(Sink):
                 if not arrow.num_rows:
                     continue
                 self.commit(spec, table, batch_id)
+                METRICS.landed.labels(spec.name).inc(arrow.num_rows)
                 self.push(kind, batch_id, arrow.to_pylist())
         finally:
             rows.unpersist()

@@ -23,7 +23,7 @@ from schemas.events import (
     SCHEMA_VERSION,
     spark_message_schema,
 )
-from schemas.speed_updates import INTERACTION_FIELDS, KIND_INTERACTION, SPARK_TIMESTAMP_PATTERN
+from schemas.speed_updates import INTERACTION_FIELDS, KIND_INTERACTION, SPARK_TIMESTAMP_PATTERN, TIMESTAMP_FIELDS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -238,7 +238,8 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
 
     weight = implicit_weight(F.col("event_type"), F.col("value"), settings)
     return events.select(
-        "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS
+        "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS,
+        "received_at",
     ).filter(F.col("weight").isNotNull())
 
 
@@ -256,8 +257,8 @@ def interaction_messages(rows: "DataFrame", events_version: "Column | None" = No
     from pyspark.sql import functions as F
 
     fields = [F.lit(KIND_INTERACTION).alias("kind")] + [
-        F.date_format(name, SPARK_TIMESTAMP_PATTERN).alias(name) if name == "occurred_at" else F.col(name)
-        for name in INTERACTION_FIELDS
+        F.date_format(name, SPARK_TIMESTAMP_PATTERN).alias(name) if name in TIMESTAMP_FIELDS else F.col(name)
+        for name in (*INTERACTION_FIELDS, "received_at")
     ]
     if events_version is not None:
         fields.append(events_version.alias("events_version"))

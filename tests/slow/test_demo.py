@@ -34,6 +34,10 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     assert summary["events_in_lake"] == summary["events_accepted"]
     assert summary["duplicates_in_lake"] == 0
     assert summary["dead_letter_rows"] == summary["bad_records_injected"] > 0
+    # every process reports what it did: the speed job's counters match the lake, serving heard freshness
+    assert summary["metrics"]["speed_events_landed"] == summary["events_in_lake"]
+    assert summary["metrics"]["speed_dead_letters"] == summary["dead_letter_rows"]
+    assert summary["metrics"]["speed_batches"] > 0 and summary["metrics"]["serving_freshness_observed"] > 0
     assert summary["model_version"] >= 1
     assert summary["model_recall_at_10"] > summary["popularity_recall_at_10"]
     # Freshness is measured, not judged here: its target is a benchmark figure (see the demo summary).
@@ -44,6 +48,9 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     assert summary["erasure_removed"]["events"] > 0 and summary["erasure_seconds_to_receipt"] > 0
     assert summary["operational_items"] > 0  # Postgres seeded, CDC into item_catalogue
     assert 0 < summary["unavailable_to_serving_ms_p50"] <= summary["unavailable_to_serving_ms_p95"]
+    # cold start from Postgres rows alone: a profile's segment, a new item by its category
+    assert summary["cold_start_profile_segment"] in ("country:FR", "age_band:25-34")
+    assert summary["newcomer_item"]["via"].startswith("category:") and summary["newcomer_item"]["because"] == []
     # a user's fresh events reach their list: EASE sums their items' neighbours, ALS folds them in
     fresh = "neighbours" if summary["model_engine"] == "ease" else "fold_in"
     assert "before (" in result.stdout and f"after  ({fresh})" in result.stdout

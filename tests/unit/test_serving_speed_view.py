@@ -242,3 +242,13 @@ def test_forget_drops_a_user_at_once_and_ignores_their_older_updates_after(view)
     view.apply(encode_interaction({"user_id": "u1", "item_id": "d", "event_type": "click", "weight": 1.0,
                                    "occurred_at": "2024-01-03T00:00:00+00:00", "event_id": "e5"}))
     assert [i.item_id for i in view.interactions("u1")] == ["d"]
+
+
+def test_freshness_is_heard_once_per_event_from_its_acceptance(settings):
+    heard: list[float] = []
+    view = SpeedView(settings, on_fresh=heard.append)
+    accepted = timestamp(timestamp_us(timestamp(datetime.now(UTC))) - 2_000_000)  # two seconds ago
+    assert view.apply({**interaction("e1"), "received_at": accepted}) == 1
+    assert view.apply({**interaction("e1", events_version=4), "received_at": accepted}) == 0  # a copy: not again
+    assert view.apply(interaction("e2")) == 1  # no received_at (an older producer): nothing to hear
+    assert len(heard) == 1 and 2.0 <= heard[0] < 10.0
