@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Both create the
+# The two commands of the README: `make demo` and `make test` (and `make up` / `make down` / `make ps`
+# for the long-running platform). They create the
 # virtual environment from pyproject.toml (with the dev and airflow extras) and
 # resolve the JVM jars (Maven Central) on first use. `make lint` checks style,
 # types and the layering's import contracts.
@@ -9,7 +10,7 @@ DURATION ?= 480
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit lint venv jars blas postgres prometheus airflow clean
+.PHONY: demo test unit lint venv jars blas postgres prometheus airflow up down ps clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +78,20 @@ airflow: jars
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_PASSWORDS) \
 	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/airflow standalone
+
+# The long-running platform (`lambdarec up`): broker, Postgres + CDC, speed job, serving and Airflow
+# (scheduler, dag-processor, API server on AIRFLOW_PORT, sized for the machine) under a supervisor that
+# restarts what dies; state and logs in $(LAMBDAREC_ROOT)/platform/. A laptop's: the development
+# pseudonym key is allowed (set LAMBDAREC_PSEUDONYM_KEY for real data). UP_ARGS='--without airflow' etc.
+up: jars blas postgres
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) LAMBDAREC_ALLOW_DEVELOPMENT_KEY=$${LAMBDAREC_ALLOW_DEVELOPMENT_KEY:-true} \
+	$(BIN)/lambdarec up --airflow-port $(AIRFLOW_PORT) $(UP_ARGS)
+
+down: venv
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/lambdarec down
+
+ps: venv
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/lambdarec ps
 
 clean:
 	rm -rf .lambdarec demo-summary.json

@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import": ("batch.importer", "Backfill historical interactions into events, or load a catalogue or user profiles (--kind)."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
+    "up": ("lambdarec.platform_up", "Start the long-running platform (broker, CDC, speed job, serving, Airflow) under "
+           "a supervisor that restarts what dies; returns once it is ready."),
+    "down": ("lambdarec.platform_down", "Stop what `lambdarec up` started; returns once every process is gone."),
+    "ps": ("lambdarec.platform_ps", "List the components `lambdarec up` runs: status, pid, restarts, uptime, memory."),
 }
 
 

@@ -1,0 +1,228 @@
+"""``lambdarec up`` / ``ps`` / ``down`` for real: the supervisor restarts what is killed, and nothing is lost.
+
+Each test brings the platform up on a temp root and free ports with the CLI, as
+a user would, kills components with SIGKILL and reads ``lambdarec ps --json``
+until the supervisor has restarted them (a new pid, a restart counted), then
+checks the data path end to end: every event the API accepted, before and after
+the kills, is in the Delta ``events`` table exactly once. Airflow is brought up
+on its own in the second test, which measures its memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pytest
+
+from lambdarec import airflow_platform, proc_tree
+from lambdarec.lake import Lake
+from lambdarec.processes import wait_for
+from lambdarec.settings import Settings
+from schemas.tables import EVENTS
+from tests.plugins.broker import free_ports
+
+pytestmark = pytest.mark.integration
+
+AIRFLOW_RSS_LIMIT = 1.5e9
+UP_TIMEOUT_S = 480
+
+
+class Platform:
+    """The ``lambdarec`` CLI on one temp root and its own free ports."""
+
+    def __init__(self, tmp_path: Path, postgres_home: Path):
+        broker, controller, serve, postgres, connect, self.airflow_port = free_ports(6)
+        self.root = tmp_path / "lambdarec"
+        self.env = {
+            **os.environ,
+            "LAMBDAREC_ROOT": str(self.root),
+            "LAMBDAREC_EMBEDDED_BROKER_PORT": str(broker),
+            "LAMBDAREC_EMBEDDED_CONTROLLER_PORT": str(controller),
+            "LAMBDAREC_SERVE_PORT": str(serve),
+            "LAMBDAREC_EMBEDDED_POSTGRES_PORT": str(postgres),
+            "LAMBDAREC_CDC_CONNECT_PORT": str(connect),
+            "LAMBDAREC_EMBEDDED_POSTGRES_DIR": str(postgres_home),
+        }
+        self.api = f"http://127.0.0.1:{serve}"
+        self.settings = Settings(root=self.root, embedded_broker_port=broker, embedded_controller_port=controller,
+                                 serve_port=serve)
+
+    def run(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lambdarec.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout_s)
+
+    def up(self, *args: str) -> subprocess.CompletedProcess:
+        done = self.run("up", "--airflow-port", str(self.airflow_port), "--timeout", str(UP_TIMEOUT_S), *args,
+                        timeout_s=UP_TIMEOUT_S + 120)
+        assert done.returncode == 0, done.stdout + done.stderr + self.logs()
+        return done
+
+    def ps(self) -> dict:
+        done = self.run("ps", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def component(self, name: str, info: dict | None = None) -> dict:
+        return next(c for c in (info or self.ps())["components"] if c["name"] == name)
+
+    def pids(self) -> set[int]:
+        """Every live process of every component's tree."""
+        return {pid for c in self.ps()["components"] if c["alive"] for pid in proc_tree.tree(c["pid"])}
+
+    def kill_9(self, name: str) -> int:
+        """SIGKILL the process the supervisor started for ``name``; wait until ps shows it back, with a new pid."""
+        old = self.component(name)
+        assert old["status"] == "running" and old["alive"], old
+        os.kill(old["pid"], signal.SIGKILL)
+
+        def restarted() -> dict | None:
+            now = self.component(name)
+            back = now["status"] == "running" and now["alive"] and now["pid"] != old["pid"]
+            return now if back and now["restarts"] >= old["restarts"] + 1 else None
+
+        new = wait_for(restarted, 300, f"the supervisor to restart {name}", interval_s=0.5)
+        assert not proc_tree.alive(old["pid"])
+        return new["pid"]
+
+    def logs(self, lines: int = 30) -> str:
+        folder = self.root / "platform" / "logs"
+        tails = [f"\n--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                 for path in sorted(folder.glob("*.log"))] if folder.exists() else []
+        return "".join(tails)
+
+
+@pytest.fixture
+def platform(tmp_path):
+    # Run as root, Postgres runs as the postgres user, who must reach its cluster: not under pytest's tmp_path.
+    postgres_home = Path(tempfile.mkdtemp(prefix="lambdarec-postgres-"))
+    postgres_home.chmod(0o711)
+    platform = Platform(tmp_path, postgres_home)
+    yield platform
+    down = platform.run("down", timeout_s=400)
+    leftovers = platform.run("ps", "--json")
+    shutil.rmtree(postgres_home, ignore_errors=True)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert json.loads(leftovers.stdout)["up"] is False
+
+
+def events(n: int, rng: random.Random) -> list[dict]:
+    return [{
+        "event_id": str(uuid.uuid4()),
+        "user_id": f"user-{rng.randrange(40)}",
+        "item_id": f"item-{rng.randrange(60)}",
+        "event_type": rng.choice(["view", "click", "add_to_cart", "purchase"]),
+        "occurred_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "context": {"device": "web", "country": rng.choice(["DE", "FR", "US"])},
+    } for _ in range(n)]
+
+
+def post(api: str, batches: int, rng: random.Random) -> list[str]:
+    """POST ``batches`` batches of 20 events to /v1/events/batch; a batch the API could not take (the broker or
+    serving just restarted) is sent again with the same event ids until accepted. The ids accepted."""
+    accepted: list[str] = []
+    with httpx.Client(base_url=api, timeout=30) as client:
+        for _ in range(batches):
+            batch = events(20, rng)
+
+            def send(batch=batch) -> list[str] | None:
+                response = client.post("/v1/events/batch", json=batch)
+                return response.json()["accepted"] if response.status_code == 202 else None
+
+            accepted += wait_for(send, 120, "serving to accept a batch", interval_s=0.5)
+    return accepted
+
+
+def lake_event_ids(settings: Settings) -> list[str]:
+    lake = Lake(settings)
+    return lake.read_arrow(EVENTS).column("event_id").to_pylist() if lake.exists(EVENTS) else []
+
+
+@pytest.mark.spark
+def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform):
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    started = time.monotonic()
+    up = platform.up("--without", "airflow")
+    up_s = time.monotonic() - started
+    assert platform.api in up.stdout and f"Kafka bootstrap: {platform.settings.bootstrap_servers}" in up.stdout
+    info = platform.ps()
+    assert info["up"] and info["status"] == "running"
+    assert [c["name"] for c in info["components"]] == ["broker", "postgres", "cdc", "speed", "serving"]
+    assert all(c["status"] == "running" and c["alive"] and c["restarts"] == 0 for c in info["components"]), info
+    assert all(c["rss_bytes"] > 0 for c in info["components"])
+    again = platform.run("up", "--without", "airflow")
+    assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
+
+    accepted = post(platform.api, 5, rng)
+    timings = {}
+    for name in ("speed", "serving", "broker"):
+        killed_at = time.monotonic()
+        platform.kill_9(name)
+        timings[name] = round(time.monotonic() - killed_at, 1)
+        accepted += post(platform.api, 5, rng)
+
+    wait_for(lambda: len(lake_event_ids(platform.settings)) >= len(accepted), 300,
+             f"{len(accepted)} accepted events in the lake", interval_s=1.0)
+    ids = lake_event_ids(platform.settings)
+    assert len(ids) == len(set(ids)) == len(set(accepted)) == len(accepted)
+    assert set(ids) == set(accepted)
+    table = Lake(platform.settings).read_arrow(EVENTS)
+    assert pc.count_distinct(table.column("event_id")).as_py() == table.num_rows
+
+    info = platform.ps()
+    assert all(c["status"] == "running" and c["alive"] for c in info["components"]), info
+    assert all(c["restarts"] >= 1 for c in info["components"] if c["name"] in timings), info
+    pids = platform.pids()
+    assert len(pids) >= 5
+    down = platform.run("down", timeout_s=400)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not [pid for pid in pids if proc_tree.alive(pid)]
+    assert platform.ps()["up"] is False
+    restarts = {c["name"]: c["restarts"] for c in info["components"]}
+    print(f"platform: up in {up_s:.0f} s; back after kill -9 (s): {timings}; restarts {restarts}; "
+          f"events accepted={len(accepted)} in lake={len(ids)}; {len(pids)} processes gone after down")
+
+
+def test_airflow_under_up_stays_small_and_restarts(platform):
+    up = platform.up("--without", "cdc,speed,serving")
+    password = json.loads((platform.root / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
+    assert f"http://127.0.0.1:{platform.airflow_port}" in up.stdout and f"password: {password}" in up.stdout
+    api = f"http://127.0.0.1:{platform.airflow_port}"
+
+    def dags() -> list[str] | None:
+        token = httpx.post(f"{api}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+        found = httpx.get(f"{api}/api/v2/dags", headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+                          timeout=10).json()
+        return sorted(d["dag_id"] for d in found["dags"]) if found["total_entries"] == 3 else None
+
+    assert wait_for(dags, 180, "the dag-processor to parse dags/", interval_s=1.0) == \
+        ["lambdarec_batch", "lambdarec_maintenance", "lambdarec_privacy"]
+    info = platform.ps()
+    airflow = [c for c in info["components"] if c["name"].startswith("airflow-")]
+    assert [c["name"] for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
+                                            "airflow-scheduler"]
+    assert airflow[0]["status"] == "done"
+    assert all(c["status"] == "running" and c["rss_bytes"] > 0 for c in airflow[1:]), airflow
+    processes = sum(c["processes"] for c in airflow)
+    rss = info["rss_bytes"]["airflow"]
+    assert rss == sum(c["rss_bytes"] for c in airflow) < AIRFLOW_RSS_LIMIT, airflow
+    # One process each, the executor's workers, and a DAG file being parsed (not 42 processes).
+    assert processes <= 3 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
+
+    platform.kill_9("airflow-scheduler")
+    after = platform.ps()["rss_bytes"]["airflow"]
+    assert after < AIRFLOW_RSS_LIMIT
+    print(f"airflow: {processes} processes, {rss / 2**20:.0f} MiB RSS; {after / 2**20:.0f} MiB after a scheduler "
+          f"restart; {json.dumps({c['name']: round(c['rss_bytes'] / 2**20) for c in airflow})}")
