@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lambdarec import airflow_platform
+from lambdarec import airflow_platform, prometheus_server
 from lambdarec.processes import lambdarec_command
 from lambdarec.readiness import AirflowHeartbeat, HttpOk, LogLine, Probe
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_env, speed_job_command
 
-OPTIONAL = ("cdc", "speed", "serving", "airflow")
+OPTIONAL = ("cdc", "speed", "serving", "airflow", "prometheus")
 """What ``up --without`` can leave out (``cdc`` is Postgres with Kafka Connect). The broker is left out by
 pointing the platform at a Kafka cluster (LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -46,10 +46,14 @@ class Component:
 
 
 def platform_settings(settings: Settings, without: set[str]) -> Settings:
-    """Settings the components share: the DAG's reload goes to this serving unless told otherwise."""
-    if "serving" in without or settings.serving_url:
-        return settings
-    return settings.model_copy(update={"serving_url": f"http://{settings.serve_host}:{settings.serve_port}"})
+    """Settings the components share: the DAG's reload goes to this serving and the dashboard reads
+    this Prometheus, unless told otherwise."""
+    update = {}
+    if "serving" not in without and not settings.serving_url:
+        update["serving_url"] = f"http://{settings.serve_host}:{settings.serve_port}"
+    if "prometheus" not in without and not settings.prometheus_url:
+        update["prometheus_url"] = prometheus_server.url(settings)
+    return settings.model_copy(update=update) if update else settings
 
 
 def plan(settings: Settings, without: set[str], airflow_port: int = airflow_platform.DEFAULT_PORT) -> list[Component]:
@@ -81,6 +85,11 @@ def plan(settings: Settings, without: set[str], airflow_port: int = airflow_plat
         found.append(Component(
             "serving", lambdarec_command("serve"), env, HttpOk(f"{api}/health"), after=("broker",),
             ports={settings.serve_port: "LAMBDAREC_SERVE_PORT"}, url=api))
+    if "prometheus" not in without:
+        found.append(Component(
+            "prometheus", prometheus_server.command(settings), env,
+            HttpOk(f"{prometheus_server.url(settings)}/-/ready"),
+            ports={settings.prometheus_port: "LAMBDAREC_PROMETHEUS_PORT"}, url=prometheus_server.url(settings)))
     if "airflow" not in without:
         found += airflow_components(settings, env, airflow_port)
     return found

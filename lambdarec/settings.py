@@ -365,6 +365,18 @@ class Settings(BaseSettings):
         description="Local folder where serving keeps loaded models as memory-mapped arrays. "
         "Empty means <root>/serving-models.",
     )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="Loopback port of the Prometheus `lambdarec up` runs.",
+    )
+    prometheus_url: str = Field(
+        "", description="Base URL of a Prometheus that scrapes serving and the speed job (e.g. http://localhost:9090): "
+        "the dashboard (/dashboard) charts from its query API. Empty = none: serving samples its own metrics and "
+        "the speed job's (speed_metrics_url) every 2 s and keeps the last 10 minutes in memory.",
+    )
+    speed_metrics_url: str = Field(
+        "", description="The speed job's Prometheus /metrics that serving's dashboard reads when there is no "
+        "prometheus_url. Empty means http://127.0.0.1:<speed_metrics_port>/metrics (the driver on this machine).",
+    )
     admin_token: SecretStr = Field(
         SecretStr(""),
         description="Bearer token for serving's /admin routes (the batch DAG sends it); empty = admin off.",
@@ -437,6 +449,13 @@ class Settings(BaseSettings):
     @property
     def model_cache_root(self) -> Path:
         return Path(self.serve_model_cache_dir) if self.serve_model_cache_dir else self.root / "serving-models"
+
+    @property
+    def speed_metrics_endpoint(self) -> str | None:
+        """Where the speed job's driver serves /metrics (None: its metrics are off)."""
+        if self.speed_metrics_url:
+            return self.speed_metrics_url
+        return f"http://127.0.0.1:{self.speed_metrics_port}/metrics" if self.speed_metrics_port else None
 
     @property
     def jars_root(self) -> Path:

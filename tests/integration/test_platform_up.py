@@ -44,7 +44,7 @@ class Platform:
     """The ``lambdarec`` CLI on one temp root and its own free ports."""
 
     def __init__(self, tmp_path: Path, postgres_home: Path):
-        broker, controller, serve, postgres, connect, self.airflow_port = free_ports(6)
+        broker, controller, serve, postgres, connect, self.airflow_port, speed_metrics, prometheus = free_ports(8)
         self.root = tmp_path / "lambdarec"
         self.env = {
             **os.environ,
@@ -55,7 +55,10 @@ class Platform:
             "LAMBDAREC_EMBEDDED_POSTGRES_PORT": str(postgres),
             "LAMBDAREC_CDC_CONNECT_PORT": str(connect),
             "LAMBDAREC_EMBEDDED_POSTGRES_DIR": str(postgres_home),
+            "LAMBDAREC_SPEED_METRICS_PORT": str(speed_metrics),
+            "LAMBDAREC_PROMETHEUS_PORT": str(prometheus),
         }
+        self.prometheus = f"http://127.0.0.1:{prometheus}"
         self.api = f"http://127.0.0.1:{serve}"
         self.settings = Settings(root=self.root, embedded_broker_port=broker, embedded_controller_port=controller,
                                  serve_port=serve)
@@ -151,6 +154,12 @@ def lake_event_ids(settings: Settings) -> list[str]:
 
 
 @pytest.mark.spark
+def prometheus_value(base: str, query: str) -> float | None:
+    """The one value of an instant PromQL query (None while it has no result)."""
+    result = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
 def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform):
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     started = time.monotonic()
@@ -159,7 +168,7 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
     assert platform.api in up.stdout and f"Kafka bootstrap: {platform.settings.bootstrap_servers}" in up.stdout
     info = platform.ps()
     assert info["up"] and info["status"] == "running"
-    assert [c["name"] for c in info["components"]] == ["broker", "postgres", "cdc", "speed", "serving"]
+    assert [c["name"] for c in info["components"]] == ["broker", "postgres", "cdc", "speed", "serving", "prometheus"]
     assert all(c["status"] == "running" and c["alive"] and c["restarts"] == 0 for c in info["components"]), info
     assert all(c["rss_bytes"] > 0 for c in info["components"])
     again = platform.run("up", "--without", "airflow")
@@ -184,6 +193,12 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
     info = platform.ps()
     assert all(c["status"] == "running" and c["alive"] for c in info["components"]), info
     assert all(c["restarts"] >= 1 for c in info["components"] if c["name"] in timings), info
+    # Prometheus scrapes serving and the speed job, whose counters saw the events land
+    landed = 'sum(lambdarec_speed_rows_landed_total{table="events"})'
+    assert wait_for(lambda: prometheus_value(platform.prometheus, landed), 120,
+                    "Prometheus to scrape the speed job's landed events", interval_s=1.0) > 0
+    assert wait_for(lambda: prometheus_value(platform.prometheus, 'sum(lambdarec_ingested_events_total)'), 60,
+                    "Prometheus to scrape serving", interval_s=1.0) > 0  # since serving's restart
     pids = platform.pids()
     assert len(pids) >= 5
     down = platform.run("down", timeout_s=400)
@@ -196,7 +211,7 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
 
 
 def test_airflow_under_up_stays_small_and_restarts(platform):
-    up = platform.up("--without", "cdc,speed,serving")
+    up = platform.up("--without", "cdc,speed,serving,prometheus")
     password = json.loads((platform.root / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
     assert f"http://127.0.0.1:{platform.airflow_port}" in up.stdout and f"password: {password}" in up.stdout
     api = f"http://127.0.0.1:{platform.airflow_port}"

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from lambdarec import airflow_platform, proc_tree
 from lambdarec.platform_components import plan
@@ -108,7 +110,7 @@ def test_the_airflow_password_is_generated_once(settings):
 
 def test_the_plan_is_in_dependency_order_with_the_ports_it_needs(settings):
     components = plan(settings, without={"speed", "airflow"})
-    assert [c.name for c in components] == ["broker", "postgres", "cdc", "serving"]
+    assert [c.name for c in components] == ["broker", "postgres", "cdc", "serving", "prometheus"]
     named = {c.name: c for c in components}
     assert named["cdc"].after == ("broker", "postgres") and named["serving"].after == ("broker",)
     assert list(named["broker"].ports) == [settings.embedded_broker_port, settings.embedded_controller_port]
@@ -117,12 +119,18 @@ def test_the_plan_is_in_dependency_order_with_the_ports_it_needs(settings):
     assert named["broker"].env["LAMBDAREC_SERVING_URL"] == named["serving"].url
     assert named["broker"].env == named["serving"].env
     assert ":***@" in named["postgres"].url  # no password in the state file
+    # Prometheus scrapes this serving and speed job with the repository's alert rules; the dashboard reads it
+    assert named["serving"].env["LAMBDAREC_PROMETHEUS_URL"] == named["prometheus"].url
+    scraped = yaml.safe_load((settings.root / "prometheus" / "prometheus.yml").read_text())
+    assert [job["static_configs"][0]["targets"] for job in scraped["scrape_configs"]] == [
+        [f"127.0.0.1:{settings.serve_port}"], [f"127.0.0.1:{settings.speed_metrics_port}"]]
+    assert Path(scraped["rule_files"][0]).is_file()
     external = settings.model_copy(update={"kafka_bootstrap_servers": "kafka:9092"})
-    assert [c.name for c in plan(external, without={"speed", "airflow", "cdc"})] == ["serving"]
+    assert [c.name for c in plan(external, without={"speed", "airflow", "cdc", "prometheus"})] == ["serving"]
 
 
 def test_the_airflow_components_get_make_airflows_environment(settings):
-    components = plan(settings, without={"speed", "serving", "cdc"}, airflow_port=18080)
+    components = plan(settings, without={"speed", "serving", "cdc", "prometheus"}, airflow_port=18080)
     airflow = [c for c in components if c.name.startswith("airflow-")]
     assert [c.name for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
                                          "airflow-scheduler"]
