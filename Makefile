@@ -10,7 +10,7 @@ DURATION ?= 480
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit lint venv jars blas postgres prometheus airflow up down ps clean
+.PHONY: demo test unit lint venv jars blas postgres prometheus chromium airflow up down ps clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,17 @@ prometheus:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	  else sudo apt-get install -y --no-install-recommends prometheus; fi; }
 
+# Chromium, the headless browser the dashboard's browser test drives (with playwright from PyPI):
+# Debian's package, at /usr/bin/chromium.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else sudo apt-get install -y --no-install-recommends chromium; fi; }
+
 demo: jars blas postgres prometheus
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json
 
-test: jars blas postgres prometheus
+test: jars blas postgres prometheus chromium
 	$(BIN)/pytest
 
 unit: jars prometheus
@@ -94,4 +101,4 @@ ps: venv
 	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/lambdarec ps
 
 clean:
-	rm -rf .lambdarec demo-summary.json
+	rm -rf .lambdarec demo-summary.json demo-report.html

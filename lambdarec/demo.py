@@ -10,14 +10,19 @@ before and after they act. Every figure in the summary is measured in this run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import random
 import secrets
 import shutil
 import statistics
+import sys
+import threading
 import time
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +33,7 @@ import httpx
 from pydantic import SecretStr
 from tqdm import tqdm
 
+from lambdarec import demo_report
 from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
 from lambdarec.metrics_text import samples, total
@@ -219,10 +225,14 @@ class Demo:
                     shown.append((user, item, before, after))
         self.summary["freshness_ms_p50"] = round(statistics.median(freshness), 1)
         self.summary["freshness_ms_p95"] = round(percentile(freshness, 95), 1)
-        for user, item, before, after in shown:
-            say(f"  {user} bought {item}")
-            say(f"    before ({before['strategy']}): {[i['item_id'] for i in before['items']]}")
-            say(f"    after  ({after['strategy']}): {[i['item_id'] for i in after['items']]}")
+        self.summary["before_after"] = [
+            {"user": user, "bought": item, "changed_after_ms": round(ms, 1),
+             "before_strategy": before["strategy"], "before": [i["item_id"] for i in before["items"]],
+             "after_strategy": after["strategy"], "after": [i["item_id"] for i in after["items"]]}
+            for (user, item, before, after), ms in zip(shown, freshness, strict=False)]
+        for example in self.summary["before_after"]:
+            say(f"  {example['user']} bought {example['bought']}: their list changed {example['changed_after_ms']} ms "
+                f"later ({example['before_strategy']} → {example['after_strategy']}; side by side in the summary)")
         self.summary["example_recommendations"] = {u: [i["item_id"] for i in a["items"]] for u, _, _, a in shown}
 
     def measure_serving(self, world: World) -> None:
@@ -263,7 +273,8 @@ class Demo:
                  self.remaining(120), "the catalogue's snapshot in item_catalogue", interval_s=0.5)
         latencies = []
         with psycopg.connect(self.settings.operational_db, autocommit=True) as db, \
-                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client:
+                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client, \
+                self.events_flowing(world, self.args.load_events_per_s):
             for n in range(self.args.availability_probes):
                 user = user_id(n)
 
@@ -285,6 +296,38 @@ class Demo:
         self.summary["unavailable_to_serving_ms_p95"] = round(percentile(latencies, 95))
         say(f"  an item set unavailable in Postgres left every answer in {self.summary['unavailable_to_serving_ms_p50']}"
             f" ms (p50), {self.summary['unavailable_to_serving_ms_p95']} ms (p95) over {len(latencies)} items")
+
+    @contextmanager
+    def events_flowing(self, world: World, per_s: int) -> Iterator[None]:
+        """Events posted in the background at about ``per_s`` while the block runs (its stage is measured
+        under load); they count as sent and accepted like the rest, so the lake check covers them."""
+        stop, counts = threading.Event(), {"sent": 0, "accepted": 0}
+        drawn = itertools.cycle(list(world.events(max(per_s * 60, 1))))  # a minute's worth, reused with new ids
+
+        def post() -> None:
+            with httpx.Client(base_url=self.api, timeout=30) as client:
+                while not stop.wait(0.1):
+                    now = datetime.now(UTC).isoformat()
+                    chunk = [{**event, "event_id": str(uuid.uuid4()), "occurred_at": now}
+                             for event in itertools.islice(drawn, max(per_s // 10, 1))]
+                    response = client.post("/events/batch", json=chunk)
+                    counts["sent"] += len(chunk)
+                    if response.status_code == 202:
+                        counts["accepted"] += len(response.json()["accepted"])
+
+        thread = threading.Thread(target=post, name="demo-load", daemon=True)
+        thread.start()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(30)
+            self.summary["events_sent"] += counts["sent"]
+            self.summary["events_accepted"] += counts["accepted"]
+            rate = counts["accepted"] / max(time.monotonic() - started, 1e-9)
+            self.summary["load_events_per_s"] = round(rate)
+            say(f"  meanwhile {counts['accepted']} events were accepted ({rate:.0f}/s)")
 
     def cold_start_from_attributes(self, world: World) -> None:
         """A user who exists only in Postgres gets their profile segment's trending; items that exist
@@ -435,9 +478,25 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def colour_output() -> bool:
+    """ANSI colour only for a person at a terminal (not with NO_COLOR, not into a pipe or a file)."""
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def text_width() -> int:
+    """The summary's width: 100 columns, less in a narrower terminal."""
+    return max(60, min(demo_report.WIDTH, shutil.get_terminal_size((demo_report.WIDTH, 24)).columns))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=480, help="Hard limit for the whole run, seconds.")
-    parser.add_argument("--summary-json", type=Path, help="Also write the summary figures here.")
+    parser.add_argument("--summary-json", type=Path,
+                        help="Write the summary figures here (default: demo-summary.json in the demo's root).")
+    parser.add_argument("--report", type=Path, help="Write the HTML report with charts here "
+                        f"(default: {demo_report.REPORT_NAME} next to the summary JSON).")
+    parser.add_argument("--report-from", type=Path, metavar="SUMMARY_JSON",
+                        help="Run nothing: print the summary and write the HTML report from a summary JSON "
+                        "an earlier run wrote.")
     parser.add_argument("--root", type=Path, help="Scratch root for this run (default: <root>/demo, wiped first).")
     parser.add_argument("--events", type=int, default=30_000, help="Generated events to send.")
     parser.add_argument("--users", type=int, default=500)
@@ -449,9 +508,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-requests", type=int, default=500, help="GETs timed for serve latency.")
     parser.add_argument("--availability-probes", type=int, default=20,
                         help="Items set unavailable in Postgres, timed until they leave every answer.")
+    parser.add_argument("--load-events-per-s", type=int, default=200,
+                        help="Events posted in the background while catalogue changes are timed.")
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.report_from:
+        text, path = demo_report.report_from(args.report_from, args.report, colour=colour_output(), width=text_width())
+        say(text)
+        say(f"\nreport:  {path}")
+        return 0
     root = (args.root or settings.root / "demo").resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -504,9 +570,17 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             for child in demo.children.values():
                 say(f"--- {child.name} log ({child.log_path}) ---\n{child.log_tail(15)}")
     summary = {**demo.summary, "ok": failure is None, "error": failure, "stages": demo.stages,
-               "wall_s": round(time.monotonic() - started, 1), "root": str(root)}
-    text = json.dumps(summary, indent=2)
-    say(text)
-    if args.summary_json:
-        args.summary_json.write_text(text + "\n")
+               "wall_s": round(time.monotonic() - started, 1), "root": str(root),
+               "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "targets": demo_report.TARGETS}
+    summary_json = args.summary_json or root / "demo-summary.json"
+    summary_json.parent.mkdir(parents=True, exist_ok=True)
+    summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    say(demo_report.console_summary(summary, text_width(), colour_output()))
+    say(f"\nsummary: {summary_json}")
+    report = args.report or demo_report.default_report_path(args.summary_json, root)
+    try:
+        say(f"report:  {demo_report.write_report(summary, report)}")
+    except Exception as exc:  # the figures are safe in the JSON; say why the report is not
+        say(f"✗ could not write the report {report}: {exc!r}")
+        return 1
     return 0 if failure is None else 1
