@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DURATION ?= 480
+DURATION ?= 600
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 

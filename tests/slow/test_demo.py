@@ -21,11 +21,11 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     result = subprocess.run(
         [
             sys.executable, "-m", "lambdarec.cli", "demo",
-            "--duration", "480", "--events", "6000", "--probes", "8", "--latency-requests", "200",
+            "--duration", "600", "--events", "6000", "--probes", "8", "--latency-requests", "200",
             "--availability-probes", "5",
             "--root", str(tmp_path / "demo"), "--summary-json", str(summary_path),
         ],
-        capture_output=True, text=True, timeout=700,
+        capture_output=True, text=True, timeout=820,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads(summary_path.read_text())
