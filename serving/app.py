@@ -2,7 +2,7 @@
 
 The API lives under ``/v1``; the same routes answer unversioned too (hidden from
 the OpenAPI document) so clients and the batch DAG written before versioning keep
-working. Operations routes (/health, /ready, /metrics) are unversioned only.
+working. Operations routes (/health, /ready, /metrics) and the dashboard are unversioned only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 
 from lambdarec.settings import Settings, get_settings
 from lambdarec.pseudonym import is_development_key
-from serving import routes_consent, routes_events, routes_ops, routes_privacy, routes_recommendations
+from serving import routes_consent, routes_dashboard, routes_events, routes_ops, routes_privacy, routes_recommendations
+from serving.dashboard_data import Dashboard
 from serving.deps import Services
 from serving.idle_gate import CountRequests
 from serving.limits import BodySizeLimit
@@ -33,12 +34,15 @@ API_VERSION = "v1"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start polling the registry and following the speed view; stop both on shutdown."""
+    """Start polling the registry, following the speed view and sampling for the dashboard; stop all on shutdown."""
     services: Services = app.state.services
+    dashboard: Dashboard = app.state.dashboard
     services.start()
+    dashboard.start()
     try:
         yield
     finally:
+        dashboard.stop()
         services.stop()
 
 
@@ -128,12 +132,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services = Services.build(settings)
+    app.state.dashboard = Dashboard(services)
     app.dependency_overrides[get_settings] = lambda: settings
     for router in (routes_events.router, routes_consent.router, routes_recommendations.router, routes_privacy.router,
                    routes_ops.admin):
         app.include_router(router, prefix=f"/{API_VERSION}")
         app.include_router(router, include_in_schema=False)
     app.include_router(routes_ops.router)
+    app.include_router(routes_dashboard.router)
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(CountRequests, gate=services.idle_gate)
