@@ -39,6 +39,9 @@ class Interactions:
         self.users: dict[str, deque[Interaction]] = {}
         self.item_users: dict[str, dict[str, float]] = {}  # item -> user -> summed weight
         self.item_weight: dict[str, float] = {}
+        # ids of each user's events pushed out of their recent list, as many again: the events query's copy
+        # of an event can arrive after its real-time copy left the list, and must not count it twice
+        self.forgotten: dict[str, deque[str]] = {}
         self.generation = 0  # bumps on every change; caches of derived state key on it
         self.newest_occurred_at: str | None = None
 
@@ -50,8 +53,12 @@ class Interactions:
                 if seen.events_version is None and interaction.events_version is not None:
                     recent[index] = replace(seen, events_version=interaction.events_version)
                 return False
+        if interaction.event_id in self.forgotten.get(user_id, ()):
+            return False
         if len(recent) == self.recent_items:
-            self._forget(user_id, recent.popleft())
+            old = recent.popleft()
+            self._forget(user_id, old)
+            self.forgotten.setdefault(user_id, deque(maxlen=self.recent_items)).append(old.event_id)
         recent.append(interaction)
         users = self.item_users.setdefault(interaction.item_id, {})
         users[user_id] = users.get(user_id, 0.0) + interaction.weight
@@ -64,6 +71,7 @@ class Interactions:
     def drop_user(self, user_id: str) -> int:
         """Forget every interaction of ``user_id`` (an erasure); how many there were."""
         recent = self.users.pop(user_id, deque())
+        self.forgotten.pop(user_id, None)
         for old in recent:
             users = self.item_users.get(old.item_id, {})
             users.pop(user_id, None)

@@ -64,6 +64,14 @@ def test_keeps_only_the_most_recent_interactions(view):
     assert [i.item_id for i in view.interactions("u1")] == ["i2", "i3", "i4"]
 
 
+def test_a_late_copy_of_an_event_that_left_the_recent_list_counts_nothing(view):
+    for n in range(5):  # recent list of 3: e0 and e1 are pushed out
+        assert view.apply(interaction(f"e{n}", item=f"i{n}")) == 1
+    popular = view.popular(10)
+    assert view.apply(interaction("e0", item="i0", events_version=9)) == 0  # the events query's copy, later
+    assert [i.item_id for i in view.interactions("u1")] == ["i2", "i3", "i4"] and view.popular(10) == popular
+
+
 def test_popular_excludes_items(view):
     view.apply(update(0, 1, [("u1", "a", 5.0, "e1"), ("u2", "b", 3.0, "e2"), ("u3", "c", 1.0, "e3")]))
     assert view.popular(2, exclude={"a"}) == [("b", 3.0), ("c", 1.0)]
