@@ -66,10 +66,10 @@ class ItemAttributes:
         for item, _row in sorted(newest.items(), key=lambda pair: pair[1]["updated_at"], reverse=True):
             if item in categories and item not in unavailable:
                 by_category[categories[item]].append(item)
-        with self._lock:
-            self.items, self._index, self._masks, self.version = items, dict(index), {}, version
-            self.unavailable, self.categories, self._by_category, self._newcomers = (
-                unavailable, categories, dict(by_category), {})
+        with self._lock:  # the version last: a reader that sees it sees everything it names (below)
+            self.items, self._index, self._masks, self.unavailable, self.categories, self._by_category = (
+                items, dict(index), {}, unavailable, categories, dict(by_category))
+            self._newcomers, self.version = {}, version
 
     def newcomers(self, catalogue: Catalogue, category: str) -> list[str]:
         """Available items of ``category`` that no model nor the speed view knows yet (no factors, no
@@ -89,11 +89,14 @@ class ItemAttributes:
 
     def unavailable_positions(self, catalogue: Catalogue) -> np.ndarray:
         """Catalogue positions of the unavailable items, cached per catalogue and table version."""
+        # The version before the set: a reload between the two gives a newer set under the older key, never
+        # an older set under the newer key (which would keep a restored item out until the next change).
         key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.version)
+        unavailable = self.unavailable
         cached = self._unavailable_positions
         if cached is not None and cached[0] == key:
             return cached[1]
-        found = (catalogue.position(item) for item in self.unavailable)
+        found = (catalogue.position(item) for item in unavailable)
         positions = np.asarray(sorted(p for p in found if p is not None), dtype=np.int64)
         self._unavailable_positions = (key, positions)
         return positions
