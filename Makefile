@@ -72,7 +72,8 @@ lint: venv
 AIRFLOW_PORT ?= 8080
 AIRFLOW_PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json
 
-# Airflow standalone (API server + UI, scheduler, dag-processor, SQLite) on dags/.
+# Airflow standalone (API server + UI, scheduler, dag-processor, SQLite) on dags/, sized for the
+# machine as under `make up` (lambdarec.airflow_platform.sizing: one task slot per two cores).
 # The admin password is generated once into $(AIRFLOW_PASSWORDS) and printed here.
 airflow: jars
 	mkdir -p $(AIRFLOW_HOME)
@@ -84,7 +85,8 @@ airflow: jars
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://localhost:$(AIRFLOW_PORT)/execution/ \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_PASSWORDS) \
-	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) $(BIN)/airflow standalone
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) env $$($(BIN)/python -c "from lambdarec.airflow_platform import sizing; print(*(k + '=' + v for k, v in sizing().items()))") \
+	$(BIN)/airflow standalone
 
 # The long-running platform (`lambdarec up`): broker, Postgres + CDC, speed job, serving and Airflow
 # (scheduler, dag-processor, API server on AIRFLOW_PORT, sized for the machine) under a supervisor that
