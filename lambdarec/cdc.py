@@ -76,6 +76,7 @@ def connector_config(settings: Settings) -> dict[str, str]:
         "publication.autocreate.mode": "disabled",  # the database's owner creates it (lambdarec.postgres)
         "snapshot.mode": "initial",
         "decimal.handling.mode": "string",  # prices as "9.50", not base64 bytes
+        "poll.interval.ms": "100",  # hand changes to Connect every 100 ms, not 500: availability is a latency
         "topic.creation.default.partitions": str(settings.topic_partitions),
         "topic.creation.default.replication.factor": str(settings.topic_replication_factor),
         "topic.creation.default.retention.ms": str(settings.topic_retention_ms),

@@ -350,7 +350,7 @@ class Settings(BaseSettings):
     serve_host: str = Field("127.0.0.1", description="Serving bind address.")
     serve_port: int = Field(8000, description="Serving port.")
     serve_catalogue_poll_s: float = Field(
-        1.0, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
+        0.5, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
         "item marked unavailable stops being recommended after the next check).",
     )
     serve_newcomer_slots: int = Field(
