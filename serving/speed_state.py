@@ -31,6 +31,9 @@ class Interaction:
     events_version: int | None  # None: seen on the real-time path, not yet known to be in Delta
 
 
+EVICTED_KEPT = 500_000  # about 40 MB of hashes: minutes of events at thousands per second
+
+
 class Interactions:
     """Each user's most recent interactions, and who touched each item (for item fold-in)."""
 
@@ -39,9 +42,11 @@ class Interactions:
         self.users: dict[str, deque[Interaction]] = {}
         self.item_users: dict[str, dict[str, float]] = {}  # item -> user -> summed weight
         self.item_weight: dict[str, float] = {}
-        # ids of each user's events pushed out of their recent list, as many again: the events query's copy
-        # of an event can arrive after its real-time copy left the list, and must not count it twice
-        self.forgotten: dict[str, deque[str]] = {}
+        # (hashes of) the ids of the last EVICTED_KEPT events pushed out of their user's recent list: the events
+        # query's copy of an event can arrive after its real-time copy left the list (a burst lands a minute
+        # later), and must not count it twice
+        self._evicted: set[int] = set()
+        self._evicted_order: deque[int] = deque()
         self.generation = 0  # bumps on every change; caches of derived state key on it
         self.newest_occurred_at: str | None = None
 
@@ -53,12 +58,12 @@ class Interactions:
                 if seen.events_version is None and interaction.events_version is not None:
                     recent[index] = replace(seen, events_version=interaction.events_version)
                 return False
-        if interaction.event_id in self.forgotten.get(user_id, ()):
+        if hash(interaction.event_id) in self._evicted:
             return False
         if len(recent) == self.recent_items:
             old = recent.popleft()
             self._forget(user_id, old)
-            self.forgotten.setdefault(user_id, deque(maxlen=self.recent_items)).append(old.event_id)
+            self._remember_evicted(old.event_id)
         recent.append(interaction)
         users = self.item_users.setdefault(interaction.item_id, {})
         users[user_id] = users.get(user_id, 0.0) + interaction.weight
@@ -71,7 +76,6 @@ class Interactions:
     def drop_user(self, user_id: str) -> int:
         """Forget every interaction of ``user_id`` (an erasure); how many there were."""
         recent = self.users.pop(user_id, deque())
-        self.forgotten.pop(user_id, None)
         for old in recent:
             users = self.item_users.get(old.item_id, {})
             users.pop(user_id, None)
@@ -80,6 +84,13 @@ class Interactions:
             self.item_weight[old.item_id] = self.item_weight.get(old.item_id, 0.0) - old.weight
         self.generation += 1
         return len(recent)
+
+    def _remember_evicted(self, event_id: str) -> None:
+        key = hash(event_id)
+        self._evicted.add(key)
+        self._evicted_order.append(key)
+        if len(self._evicted_order) > EVICTED_KEPT:
+            self._evicted.discard(self._evicted_order.popleft())
 
     def _forget(self, user_id: str, old: Interaction) -> None:
         users = self.item_users[old.item_id]
