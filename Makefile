@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DURATION ?= 600
+DURATION ?= 900
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
