@@ -16,17 +16,18 @@ import time
 from pathlib import Path
 
 from lambdarec.platform_state import PlatformState, read_state
+from lambdarec.processes import StageError, wait_for
 from lambdarec.settings import Settings
 
 POLL_S = 0.1
 
 
 def _wait(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S)  # poll interval of a condition with a deadline
+    """``processes.wait_for`` as a yes/no: whether ``condition`` held within ``timeout_s``."""
+    try:
+        wait_for(condition, timeout_s, "processes to exit", interval_s=POLL_S)
+    except StageError:
+        return False
     return True
 
 
