@@ -10,7 +10,7 @@ DURATION ?= 900
 AIRFLOW_HOME ?= $(CURDIR)/.lambdarec/airflow
 LAMBDAREC_ROOT ?= $(CURDIR)/.lambdarec
 
-.PHONY: demo test unit lint venv jars blas postgres prometheus chromium airflow up down ps clean
+.PHONY: demo test unit lint venv jars blas postgres prometheus chromium bench-tools airflow up down ps clean
 
 $(BIN)/lambdarec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,26 +29,30 @@ jars: venv
 blas:
 	@/sbin/ldconfig -p | grep -q libopenblas || echo "NOTE: no native BLAS found; Spark ALS will use Java BLAS (about 3x slower). Install it with: sudo apt-get install libopenblas0-pthread"
 
+# Debian package $(2) unless `$(1)` finds it already there: apt-get as root, else with sudo.
+apt_install = $(1) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2); \
+	  else sudo apt-get install -y --no-install-recommends $(2); fi; }
+
 # Postgres, the operational database CDC reads: Debian's package (the product runs its own cluster
 # under LAMBDAREC_ROOT with `lambdarec postgres`, never the system service).
 postgres:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
-	  else sudo apt-get install -y --no-install-recommends postgresql; fi; }
+	@$(call apt_install,ls /usr/lib/postgresql/*/bin/postgres,postgresql)
 
 # promtool, which checks and unit-tests the alert rules in ops/prometheus/: Debian's prometheus
 # package (nothing uses its system service; in containers it is not even started).
 prometheus:
-	@command -v promtool >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	  else sudo apt-get install -y --no-install-recommends prometheus; fi; }
+	@$(call apt_install,command -v promtool,prometheus)
 
 # Chromium, the headless browser the dashboard's browser test drives (with playwright from PyPI):
 # Debian's package, at /usr/bin/chromium.
 chromium:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
-	  else sudo apt-get install -y --no-install-recommends chromium; fi; }
+	@$(call apt_install,test -x /usr/bin/chromium,chromium)
+
+# wrk, the HTTP load generator of bench/ingest.py and bench/serve.py (C, so it takes little of
+# the CPU it measures).
+bench-tools:
+	@$(call apt_install,command -v wrk,wrk)
 
 demo: jars blas postgres prometheus
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json

@@ -8,13 +8,15 @@ changes) and ``lambdarec serve`` in a temporary root, with a published model ove
 - latency: --probes times, sets the top item of a user's list unavailable in
   Postgres and times from the commit until no answer for that user holds it
   (``change_to_serving_ms``), and until its row in ``item_catalogue`` says so
-  (``change_to_lake_ms``);
+  (``change_to_lake_ms``), while other users' events are posted to the API at
+  --load-events-per-s (the demo's rate; 0 for none), so the speed job is busy;
 - throughput: commits --burst updates (one per row, 100 per transaction) and
   times until ``item_catalogue`` holds them all (``changes_per_s``).
 
 Prints one JSON object (medians and p95s over the probes).
 
-    .venv/bin/python bench/cdc.py [--items 2000] [--probes 20] [--burst 20000]
+    .venv/bin/python bench/cdc.py [--items 2000] [--probes 20] [--burst 20000] [--load-events-per-s 200]
+                                  [--no-serve-follow-cdc]  (serving waits for item_catalogue)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.cdc import KafkaConnect  # noqa: E402
+from lambdarec.event_load import LoadCounts, events_flowing  # noqa: E402
+from lambdarec.generator import World  # noqa: E402
 from lambdarec.demo import percentile  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.postgres import EmbeddedPostgres  # noqa: E402
@@ -73,6 +78,9 @@ def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[
         def on_top(item: str) -> bool:
             return answer()[:1] == [item]
 
+        def restored(item: str) -> bool:
+            return lake.read_arrow(ITEM_CATALOGUE, filter=(pc.field("item_id") == item) & pc.field("available")).num_rows > 0
+
         for _ in range(probes):
             target = answer()[0]
             db.execute("UPDATE items SET available = false WHERE item_id = %s", [target])
@@ -94,6 +102,7 @@ def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[
             db.execute("UPDATE items SET available = true WHERE item_id = %s", [target])
             # the model is fixed: once serving has the restore, the item is back on top
             wait_for(partial(on_top, target), 60, f"{target} back at the top of the list", interval_s=0.05)
+            wait_for(partial(restored, target), 60, f"{target} available again in the lake", interval_s=0.05)
     return to_serving, to_lake
 
 
@@ -123,12 +132,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--burst", type=int, default=20_000)
+    parser.add_argument("--load-events-per-s", type=int, default=200)
+    parser.add_argument("--serve-follow-cdc", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-cdc-"))
     root.chmod(0o711)  # run as root, Postgres runs as the postgres user
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_port=free_port(), embedded_postgres_port=free_port(), cdc_connect_port=free_port(),
-                        allow_development_key=True, speed_realtime=False)
+                        allow_development_key=True, serve_follow_cdc=args.serve_follow_cdc)
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
     with EmbeddedBroker(settings), EmbeddedPostgres(settings), KafkaConnect(settings):
@@ -141,12 +152,19 @@ def main(argv: list[str]) -> int:
                      and lake.read_arrow(ITEM_CATALOGUE).num_rows >= args.items, 300, "the snapshot in the lake")
             wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/ready", timeout=1).status_code == 200,
                      120, "serving")
-            to_serving, to_lake = probe(settings, api, args.probes)
+            events = World(n_users=1000, n_items=args.items, n_clusters=10, seed=7).events(60 * args.load_events_per_s)
+            started = time.monotonic()
+            with events_flowing(f"{api}/v1", events, args.load_events_per_s) if args.load_events_per_s else \
+                    nullcontext(LoadCounts()) as load:
+                to_serving, to_lake = probe(settings, api, args.probes)
+            load_rate = load.accepted / (time.monotonic() - started)
             rate = burst(settings, args.burst, args.items)
             print(json.dumps({
                 "change_to_serving_ms": figures(to_serving), "change_to_lake_ms": figures(to_lake),
                 "changes_per_s": round(rate), "burst_changes": args.burst, "items": args.items,
-                "speed_dimensions_trigger_ms": settings.speed_dimensions_trigger_ms, "serve_catalogue_poll_s": settings.serve_catalogue_poll_s,
+                "load_events_per_s": round(load_rate), "serve_follow_cdc": args.serve_follow_cdc,
+                "speed_dimensions_trigger_ms": settings.speed_dimensions_trigger_ms,
+                "serve_catalogue_poll_s": settings.serve_catalogue_poll_s,
             }))
         finally:
             serving.stop()

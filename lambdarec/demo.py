@@ -10,7 +10,6 @@ before and after they act. Every figure in the summary is measured in this run.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -18,7 +17,6 @@ import secrets
 import shutil
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ import httpx
 from pydantic import SecretStr
 from tqdm import tqdm
 
-from lambdarec import demo_report
+from lambdarec import demo_report, event_load
 from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
 from lambdarec.metrics_text import samples, total
@@ -301,33 +299,14 @@ class Demo:
     def events_flowing(self, world: World, per_s: int) -> Iterator[None]:
         """Events posted in the background at about ``per_s`` while the block runs (its stage is measured
         under load); they count as sent and accepted like the rest, so the lake check covers them."""
-        stop, counts = threading.Event(), {"sent": 0, "accepted": 0}
-        drawn = itertools.cycle(list(world.events(max(per_s * 60, 1))))  # a minute's worth, reused with new ids
-
-        def post() -> None:
-            with httpx.Client(base_url=self.api, timeout=30) as client:
-                while not stop.wait(0.1):
-                    now = datetime.now(UTC).isoformat()
-                    chunk = [{**event, "event_id": str(uuid.uuid4()), "occurred_at": now}
-                             for event in itertools.islice(drawn, max(per_s // 10, 1))]
-                    response = client.post("/events/batch", json=chunk)
-                    counts["sent"] += len(chunk)
-                    if response.status_code == 202:
-                        counts["accepted"] += len(response.json()["accepted"])
-
-        thread = threading.Thread(target=post, name="demo-load", daemon=True)
-        thread.start()
         started = time.monotonic()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(30)
-            self.summary["events_sent"] += counts["sent"]
-            self.summary["events_accepted"] += counts["accepted"]
-            rate = counts["accepted"] / max(time.monotonic() - started, 1e-9)
-            self.summary["load_events_per_s"] = round(rate)
-            say(f"  meanwhile {counts['accepted']} events were accepted ({rate:.0f}/s)")
+        with event_load.events_flowing(self.api, world.events(max(per_s * 60, 1)), per_s) as counts:
+            yield  # a minute's worth of events, reused with new ids
+        self.summary["events_sent"] += counts.sent
+        self.summary["events_accepted"] += counts.accepted
+        rate = counts.accepted / max(time.monotonic() - started, 1e-9)
+        self.summary["load_events_per_s"] = round(rate)
+        say(f"  meanwhile {counts.accepted} events were accepted ({rate:.0f}/s)")
 
     def cold_start_from_attributes(self, world: World) -> None:
         """A user who exists only in Postgres gets their profile segment's trending; items that exist

@@ -85,6 +85,8 @@ def send_all(
     Returns the record metadata in send order; raises KafkaDeliveryError naming
     the first record that failed, so a caller never reports success for a lost send.
     ``partition`` pins every record to one partition; by default the key decides.
+    It waits on these records' futures only, never ``flush()``: on a producer that
+    concurrent requests share, a flush would also wait for everyone else's records.
     """
     futures = []
     for index, (key, value) in enumerate(records):
@@ -95,7 +97,6 @@ def send_all(
                 f"record {index} to topic {topic!r} could not be sent ({exc}); "
                 f"the {index} records before it may have been delivered"
             ) from exc
-    producer.flush(timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
     delivered = []
     for index, future in enumerate(futures):

@@ -353,6 +353,14 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
         "item marked unavailable stops being recommended after the next check).",
     )
+    serve_follow_cdc: bool = Field(
+        True, description="Serving also reads item changes straight from the CDC topic and applies availability "
+        "at once, ahead of item_catalogue (checked by LSN); off, an item leaves the answers when the table has it.",
+    )
+    serve_cdc_replay_s: int = Field(
+        300, ge=0, description="How far back serving reads the items CDC topic on start: longer than the dimensions "
+        "query takes to land a change (older changes are in the table already; replays change nothing).",
+    )
     serve_newcomer_slots: int = Field(
         1, ge=0, le=10, description="Places of a recommendation list given to catalogue items no model knows "
         "yet, of the user's strongest category (marked via=category:<c>); 0 turns it off.",

@@ -15,6 +15,7 @@ from serving.metrics import Metrics
 from serving.model import Model
 from serving.model_store import ModelStore
 from serving.catalogue import Catalogue, CatalogueCache
+from serving.catalogue_changes import CatalogueChanges
 from serving.consents import Consents
 from serving.erasures import Erasures
 from serving.recommend import Query, Recommendation, recommend
@@ -37,6 +38,7 @@ class Services:
     speed_view: SpeedView
     catalogues: CatalogueCache
     attributes: ItemAttributes
+    catalogue_changes: CatalogueChanges | None  # None: serve_follow_cdc is off
     ingestor: Ingestor
     rate_limiter: RateLimiter
     metrics: Metrics
@@ -68,6 +70,7 @@ class Services:
             speed_view=speed_view,
             catalogues=catalogues,
             attributes=attributes,
+            catalogue_changes=CatalogueChanges(settings, attributes) if settings.serve_follow_cdc else None,
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=metrics,
@@ -99,8 +102,12 @@ class Services:
         for poller in self.pollers:
             poller.start()
         self.speed_view.start(bootstrap=lambda view: bootstrap(self.lake, view))
+        if self.catalogue_changes is not None:
+            self.catalogue_changes.start()
 
     def stop(self) -> None:
+        if self.catalogue_changes is not None:
+            self.catalogue_changes.stop()
         self.speed_view.stop()
         for poller in self.pollers:
             poller.stop()

@@ -5,6 +5,12 @@ that the product side owns (kept by CDC, one row per item; where several rows
 name an item the newest ``updated_at`` wins), its ``category`` among them, not
 from the events' context (which describes the user's device and
 country). An item without a catalogue row matches no attribute filter.
+
+Availability also arrives ahead of the table: ``apply(change)`` takes a change
+straight from the CDC topic (``serving.catalogue_changes``) and it holds until the
+table has that change or a newer one (compared by LSN), so an item set
+unavailable leaves the answers in the time Connect and Kafka take, not the
+dimensions query's.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lambdarec.lake import Lake
+from schemas.cdc import AvailabilityChange
 from schemas.tables import ITEM_CATALOGUE
 from lambdarec.id_index import encode
 from serving.model import Model
@@ -30,6 +37,7 @@ class ItemAttributes:
     def __init__(self, lake: Lake):
         self.lake = lake
         self.version: int | None = None
+        self.revision = 0  # changes with every load and every change applied ahead of the table
         self.items: dict[str, dict[str, str]] = {}
         self.unavailable: frozenset[str] = frozenset()  # items the catalogue marks unavailable
         self.categories: dict[str, str] = {}  # item -> category
@@ -39,6 +47,9 @@ class ItemAttributes:
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
         self._encoded_members: dict[tuple, np.ndarray] = {}
+        self._table_unavailable: frozenset[str] = frozenset()
+        self._table_lsn: dict[str, int] = {}  # item -> LSN of the change its table row holds
+        self._ahead: dict[str, AvailabilityChange] = {}  # changes the table does not have yet
         self._lock = threading.Lock()
 
     def reload(self) -> bool:
@@ -66,10 +77,36 @@ class ItemAttributes:
         for item, _row in sorted(newest.items(), key=lambda pair: pair[1]["updated_at"], reverse=True):
             if item in categories and item not in unavailable:
                 by_category[categories[item]].append(item)
+        lsns = {item: row["source_lsn"] for item, row in newest.items() if row.get("source_lsn") is not None}
         with self._lock:  # the version last: a reader that sees it sees everything it names (below)
-            self.items, self._index, self._masks, self.unavailable, self.categories, self._by_category = (
-                items, dict(index), {}, unavailable, categories, dict(by_category))
+            self.items, self._index, self._masks, self.categories, self._by_category = (
+                items, dict(index), {}, categories, dict(by_category))
+            self._table_unavailable, self._table_lsn = unavailable, lsns
+            self._ahead = {item: change for item, change in self._ahead.items()  # a deleted row gone: done too
+                           if change.lsn > lsns.get(item, -1) and (change.available is not None or item in newest)}
+            self._publish_unavailable()
             self._newcomers, self.version = {}, version
+
+    def apply(self, change: AvailabilityChange) -> None:
+        """A change from the CDC topic, applied until the table holds it (older than the table's: ignored)."""
+        with self._lock:
+            if change.lsn <= max(self._table_lsn.get(change.item_id, -1),
+                                 getattr(self._ahead.get(change.item_id), "lsn", -1)):
+                return
+            self._ahead[change.item_id] = change
+            self._publish_unavailable()
+
+    def _publish_unavailable(self) -> None:
+        """The table's unavailable items overridden by the changes ahead of it (called under the lock);
+        a deleted item keeps the table's word until the table drops its row."""
+        unavailable = set(self._table_unavailable)
+        for item, change in self._ahead.items():
+            if change.available is False:
+                unavailable.add(item)
+            elif change.available is True:
+                unavailable.discard(item)
+        self.unavailable = frozenset(unavailable)
+        self.revision += 1
 
     def newcomers(self, catalogue: Catalogue, category: str) -> list[str]:
         """Available items of ``category`` that no model nor the speed view knows yet (no factors, no
@@ -89,9 +126,9 @@ class ItemAttributes:
 
     def unavailable_positions(self, catalogue: Catalogue) -> np.ndarray:
         """Catalogue positions of the unavailable items, cached per catalogue and table version."""
-        # The version before the set: a reload between the two gives a newer set under the older key, never
+        # The revision before the set: a change between the two gives a newer set under the older key, never
         # an older set under the newer key (which would keep a restored item out until the next change).
-        key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.version)
+        key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.revision)
         unavailable = self.unavailable
         cached = self._unavailable_positions
         if cached is not None and cached[0] == key:

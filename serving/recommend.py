@@ -140,7 +140,7 @@ def _with_newcomers(catalogue: Catalogue, speed: SpeedView, attributes: ItemAttr
         return items
     taken = {s.item_id for s in items} | {i.item_id for i in history} | set(query.exclude)
     chosen = [item for item in attributes.newcomers(catalogue, category)
-              if item not in taken and (not query.include or item in query.include)
+              if item not in taken and attributes.available(item) and (not query.include or item in query.include)
               and (not query.filters or attributes.matches(item, query.filters))][:min(slots, query.k)]
     if not chosen:
         return items

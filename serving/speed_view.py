@@ -22,9 +22,6 @@ from collections.abc import Set as AbstractSet
 import datetime as dt
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-
-from lambdarec.kafka_io import make_consumer
 from lambdarec.settings import Settings
 from schemas.speed_updates import (
     GLOBAL_SEGMENT,
@@ -40,11 +37,11 @@ from schemas.speed_updates import (
     timestamp_us,
 )
 from serving.speed_state import Interaction, Interactions, Profiles, Trending
+from serving.topic_follower import RETRY_S, TopicFollower
 
 log = logging.getLogger(__name__)
 
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
-RETRY_S = (0.5, 5.0)  # first and longest wait between reconnects; doubles while failing
 __all__ = ["BadUpdate", "SpeedView"]  # BadUpdate: the contract's (schemas.speed_updates)
 
 
@@ -65,16 +62,14 @@ class SpeedView:
         self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
         self._erased: dict[str, int] = {}  # user -> request time (µs): their events until then are gone
         self._withheld: frozenset[str] = frozenset()  # users without personalisation consent
-        self._offsets: dict[int, int] = {}
-        self._highwater: dict[int, int] = {}
         self.bootstrap_versions: dict[str, int] | None = None  # table -> Delta version loaded
         self.events_version: int | None = None
         self.batch_id: int | None = None
         self.last_update_at: float | None = None
-        self.following = False
         self.bad_records = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._follower = TopicFollower(settings.bootstrap_servers, settings.topic_speed_updates,
+                                       "lambdarec-serving-speed-view", settings.speed_view_replay_s,
+                                       self._apply_record)
 
     # -- applying updates ----------------------------------------------------------
 
@@ -216,9 +211,8 @@ class SpeedView:
 
     def position(self) -> dict[str, Any]:
         """Where the view stands: offsets consumed, latest batch, and how stale it is."""
+        offsets, lag = self._follower.position()
         with self._lock:
-            offsets = dict(self._offsets)
-            lag = sum(max(self._highwater.get(p, o) - o, 0) for p, o in offsets.items())
             progress = self._progress
             newest = self._interactions.newest_occurred_at
         age_ms = None if self.last_update_at is None else round((time.time() - self.last_update_at) * 1000)
@@ -236,92 +230,28 @@ class SpeedView:
 
     # -- following the topic -------------------------------------------------------
 
+    @property
+    def following(self) -> bool:
+        return self._follower.following
+
     def start(self, bootstrap=None) -> None:
         """Follow the topic in a daemon thread, after ``bootstrap(view)`` succeeded (if given)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._follow, args=(bootstrap,), name="speed-view", daemon=True)
-        self._thread.start()
+        self._follower.start(before=lambda stop: self._bootstrap(bootstrap, stop))
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        self._follower.stop()
 
-    def _follow(self, bootstrap) -> None:
+    def _bootstrap(self, bootstrap, stop: threading.Event) -> None:
         delay = RETRY_S[0]
-        while bootstrap is not None and self.bootstrap_versions is None and not self._stop.is_set():
+        while bootstrap is not None and self.bootstrap_versions is None and not stop.is_set():
             try:
                 self.bootstrap_versions = bootstrap(self)
             except Exception as exc:  # a lake that is not there yet: retry, never serve half a view
                 log.warning("speed view bootstrap failed; retrying", extra={"error": repr(exc)})
-                self._stop.wait(delay)
+                stop.wait(delay)
                 delay = min(delay * 2, RETRY_S[1])
         if bootstrap is None:
             self.bootstrap_versions = {}
-        delay = RETRY_S[0]
-        while not self._stop.is_set():
-            consumer = None
-            try:
-                consumer = make_consumer(
-                    self.settings.bootstrap_servers,
-                    client_id="lambdarec-serving-speed-view",
-                    auto_offset_reset="earliest",
-                    bootstrap_timeout_ms=5000,
-                )
-                if self._assign(consumer):
-                    delay = RETRY_S[0]
-                    self._poll_until_stopped(consumer)
-            except Exception as exc:  # keep following whatever the broker does
-                log.warning("speed view lost the broker; retrying", extra={"error": repr(exc)})
-            finally:
-                self.following = False
-                if consumer is not None:
-                    consumer.close()
-            self._stop.wait(delay)
-            delay = min(delay * 2, RETRY_S[1])
-
-    def _assign(self, consumer: KafkaConsumer) -> bool:
-        """Assign every partition at our position (or the beginning); False if no topic yet."""
-        topic = self.settings.topic_speed_updates
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            log.info("speed view waiting for topic", extra={"topic": topic})
-            return False
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        with self._lock:
-            new = [tp for tp in assigned if tp.partition not in self._offsets]
-        starts = self._replay_starts(consumer, new)
-        with self._lock:
-            for tp in assigned:
-                self._offsets.setdefault(tp.partition, starts.get(tp.partition, 0))
-                consumer.seek(tp, self._offsets[tp.partition])
-        self.following = True
-        log.info("speed view following", extra={"topic": topic, "partitions": sorted(partitions)})
-        return True
-
-    def _replay_starts(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[int, int]:
-        """First offsets at most ``speed_view_replay_s`` before now (a partition's end if none is that new)."""
-        if not partitions:
-            return {}
-        since_ms = int((time.time() - self.settings.speed_view_replay_s) * 1000)
-        found = consumer.offsets_for_times({tp: since_ms for tp in partitions})
-        ends = consumer.end_offsets(partitions)
-        return {tp.partition: (found[tp].offset if found.get(tp) else ends[tp]) for tp in partitions}
-
-    def _poll_until_stopped(self, consumer: KafkaConsumer) -> None:
-        while not self._stop.is_set():
-            batches = consumer.poll(timeout_ms=200)
-            for tp, records in batches.items():
-                for record in records:
-                    self._apply_record(record)
-                    with self._lock:
-                        self._offsets[tp.partition] = record.offset + 1
-            with self._lock:
-                for tp in consumer.assignment():
-                    highwater = consumer.highwater(tp)
-                    if highwater is not None:
-                        self._highwater[tp.partition] = highwater
 
     def _apply_record(self, record) -> None:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,8 +31,9 @@ import pyarrow.compute as pc
 from lambdarec.cdc import cdc_topics, topic
 from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
+from schemas.cdc import DELETE, DIMENSIONS, ENVELOPE_SCHEMA, ITEMS, OPS, USERS, Dimension
 from schemas.events import REDACTED_USER_ID
-from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE, USER_PROFILES, TableSpec
+from schemas.tables import DEAD_LETTER, USER_PROFILES
 from speed.metrics import METRICS
 from speed.sinks import Sink
 
@@ -41,30 +41,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger("lambdarec.speed")
-OPS = ("c", "u", "d", "r")  # create, update, delete, snapshot read
 INVALID = "cdc_invalid"
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One operational table and the lake table its changes are merged into."""
-
-    table: str  # schema.name in Postgres
-    spec: TableSpec
-    key: str
-    after_schema: str  # the row as Debezium's JSON converter writes it
-
-
-ITEMS = Dimension(
-    "public.items", ITEM_CATALOGUE, "item_id",
-    "item_id string, title string, category string, price string, available boolean, attributes string, "
-    "updated_at string",
-)
-USERS = Dimension(
-    "public.users", USER_PROFILES, "user_id",
-    "user_id string, country string, age_band string, signup_date int, membership string, updated_at string",
-)
-DIMENSIONS = (ITEMS, USERS)
 
 
 def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
@@ -86,7 +63,7 @@ def parse(records: "DataFrame", dimension: Dimension, settings: Settings) -> "Da
     from pyspark.sql import functions as F
 
     text = F.col("value").cast("string")
-    envelope = F.from_json(text, "op string, source struct<lsn:bigint>, after string, before string")
+    envelope = F.from_json(text, ENVELOPE_SCHEMA)
     rows = (records.filter(F.col("value").isNotNull())
             .withColumn("envelope", envelope)
             .withColumn("row", F.from_json(F.coalesce(F.col("envelope.after"), F.col("envelope.before")),
@@ -98,9 +75,9 @@ def parse(records: "DataFrame", dimension: Dimension, settings: Settings) -> "Da
         (~F.col("envelope.op").isin(*OPS) | F.col("envelope.op").isNull(), F.lit(f"{INVALID}:op")),
         (F.col("envelope.source.lsn").isNull(), F.lit(f"{INVALID}:source.lsn")),
         (key.isNull(), F.lit(f"{INVALID}:{dimension.key}")),
-        ((F.col("envelope.op") != "d") & F.col("envelope.after").isNull(), F.lit(f"{INVALID}:after")),
+        ((F.col("envelope.op") != DELETE) & F.col("envelope.after").isNull(), F.lit(f"{INVALID}:after")),
     ]
-    upsert = F.col("envelope.op") != "d"
+    upsert = F.col("envelope.op") != DELETE
     checks += [(upsert & F.col(f"row.{name}").isNotNull() & values[name].isNull(), F.lit(f"{INVALID}:after.{name}"))
                for name in values if name in _raw_fields(dimension)]
     checks += [(upsert & values[name].isNull(), F.lit(f"{INVALID}:after.{name}")) for name in required]
@@ -208,9 +185,9 @@ class DimensionsSink(Sink):
             return 0
         columns = {name: f"s.{name}" for name in dimension.spec.columns}
         newer = "s.source_lsn >= coalesce(t.source_lsn, -1)"
-        (merger.when_matched_delete(predicate=f"s.op = 'd' AND {newer}")
-         .when_matched_update(updates=columns, predicate=f"s.op != 'd' AND {newer}")
-         .when_not_matched_insert(updates=columns, predicate="s.op != 'd'")
+        (merger.when_matched_delete(predicate=f"s.op = '{DELETE}' AND {newer}")
+         .when_matched_update(updates=columns, predicate=f"s.op != '{DELETE}' AND {newer}")
+         .when_not_matched_insert(updates=columns, predicate=f"s.op != '{DELETE}'")
          .execute())
         return latest.num_rows
 

@@ -17,7 +17,10 @@ from lambdarec.cdc import KafkaConnect, topic
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
+from schemas.cdc import AvailabilityChange, decode_availability
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE
+from serving.catalogue_changes import CatalogueChanges
+from serving.item_attributes import ItemAttributes
 from speed.job import run_dimensions
 from tests.support.cdc import lake_matches_postgres
 from tests.support.privacy import traces
@@ -40,8 +43,11 @@ def changes(settings, table: str, expected: int) -> list[tuple[dict, dict | None
 
 def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_settings):
     settings = cdc_settings
+    attributes = ItemAttributes(Lake(settings))  # serving's view of availability, fed by the topic alone
+    following = CatalogueChanges(settings, attributes)
     with EmbeddedPostgres(settings), psycopg.connect(settings.operational_db, autocommit=True) as db:
         db.execute("INSERT INTO items (item_id, title, category, price) VALUES ('i1', 'Trail shoe', 'shoes', 9.50)")
+        following.start()
         with KafkaConnect(settings):  # i1 is there before Connect starts: it comes as a snapshot read
             db.execute("INSERT INTO items (item_id, title, category, price, attributes) "
                        "VALUES ('i2', 'Sock', 'socks', 2.00, '{\"colour\": \"red\"}')")
@@ -50,6 +56,8 @@ def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_sett
             db.execute("INSERT INTO users (user_id, country, age_band) VALUES ('alice@example.com', 'DE', '25-34')")
             items = changes(settings, "public.items", 5)
             [(user_key, user)] = changes(settings, "public.users", 1)
+            wait_until(lambda: following.applied == 4, "serving to apply the items' changes")
+            following.stop()
         db.execute("UPDATE items SET title = 'Trail shoe 2' WHERE item_id = 'i1'")  # while Connect is down
         with KafkaConnect(settings):
             after_restart = changes(settings, "public.items", 6)
@@ -66,6 +74,11 @@ def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_sett
     streamed = [envelope[k]["source"]["lsn"] for k in ("i2c", "i1u", "i2d")]
     assert streamed == sorted(streamed) and len(set(streamed)) == 3  # LSNs order the changes
     assert (user_key, user["op"], user["after"]["country"]) == ({"user_id": "alice@example.com"}, "c", "DE")
+    decoded = {name: decode_availability(json.dumps(value).encode()) for name, value in envelope.items()}
+    lsn = {name: value["source"]["lsn"] for name, value in envelope.items()}
+    assert decoded == {"i1r": AvailabilityChange("i1", lsn["i1r"], True), "i2c": AvailabilityChange("i2", lsn["i2c"], True),
+                       "i1u": AvailabilityChange("i1", lsn["i1u"], False), "i2d": AvailabilityChange("i2", lsn["i2d"], None)}
+    assert attributes.unavailable == {"i1"}  # i2 came and went; i1 was set unavailable
 
     assert len(after_restart) == 6 and all(change in after_restart for change in items)  # no repeat, no snapshot
     [(key, value)] = [change for change in after_restart if change not in items]

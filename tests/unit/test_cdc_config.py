@@ -33,6 +33,6 @@ def test_a_url_that_is_not_postgres_is_refused(url):
 
 def test_the_dimensions_query_reads_every_table_the_connector_captures():
     from lambdarec.postgres import CDC_TABLES
-    from speed.dimensions import DIMENSIONS
+    from schemas.cdc import DIMENSIONS
 
     assert sorted(d.table for d in DIMENSIONS) == sorted(CDC_TABLES)
