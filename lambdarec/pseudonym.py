@@ -13,6 +13,7 @@ pseudonyms, unlinkable to the new ones without the old key (README: key rotation
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -35,8 +36,7 @@ def pseudonymise(user_id: str, key: SecretStr | bytes | str) -> str:
     if not isinstance(user_id, str) or not user_id:
         raise ValueError("user_id must be a non-empty string")
     version, secret = key_version(key)
-    digest = hmac.new(secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
-    return prefix(version) + digest[:HEX_CHARS]
+    return prefix(version) + hmac.digest(secret, user_id.encode("utf-8"), "sha256").hex()[:HEX_CHARS]
 
 
 def prefix(version: int) -> str:
@@ -47,7 +47,11 @@ def key_version(key: SecretStr | bytes | str) -> tuple[int, bytes]:
     """(version, secret bytes) of a configured key; an empty secret is refused."""
     if isinstance(key, SecretStr):
         key = key.get_secret_value()
-    text = key.decode("utf-8") if isinstance(key, bytes) else key
+    return _parsed(key.decode("utf-8") if isinstance(key, bytes) else key)
+
+
+@functools.lru_cache(maxsize=8)  # the ingestion edge asks once per event, always about the same key
+def _parsed(text: str) -> tuple[int, bytes]:
     found = _VERSIONED.match(text)
     version, secret = (int(found.group(1)), found.group(2)) if found else (1, text)
     if not secret:

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psycopg
 import pyarrow.compute as pc
 import pytest
 
@@ -31,7 +32,7 @@ from lambdarec import airflow_platform, proc_tree
 from lambdarec.lake import Lake
 from lambdarec.processes import wait_for
 from lambdarec.settings import Settings
-from schemas.tables import EVENTS
+from schemas.tables import EVENTS, ITEM_CATALOGUE
 from tests.plugins.broker import free_ports
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ class Platform:
         self.prometheus = f"http://127.0.0.1:{prometheus}"
         self.api = f"http://127.0.0.1:{serve}"
         self.settings = Settings(root=self.root, embedded_broker_port=broker, embedded_controller_port=controller,
-                                 serve_port=serve)
+                                 serve_port=serve, embedded_postgres_port=postgres)
 
     def run(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "lambdarec.cli", *args], env=self.env, capture_output=True,
@@ -176,11 +177,18 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
 
     accepted = post(platform.api, 5, rng)
     timings = {}
-    for name in ("speed", "serving", "broker"):
+    for name in ("speed", "serving", "broker", "postgres", "cdc", "prometheus"):
         killed_at = time.monotonic()
         platform.kill_9(name)
         timings[name] = round(time.monotonic() - killed_at, 1)
         accepted += post(platform.api, 5, rng)
+    # the catalogue still flows from Postgres through Connect into the lake after every part was killed once
+    with psycopg.connect(platform.settings.operational_db, autocommit=True) as db:
+        db.execute("INSERT INTO items (item_id, title, category) VALUES ('after-kills', 'Survivor', 'c1')")
+    lake = Lake(platform.settings)
+    wait_for(lambda: lake.exists(ITEM_CATALOGUE) and lake.read_arrow(
+        ITEM_CATALOGUE, filter=pc.field("item_id") == "after-kills").num_rows == 1, 300,
+        "a row inserted in Postgres after the kills to reach item_catalogue", interval_s=1.0)
 
     wait_for(lambda: len(lake_event_ids(platform.settings)) >= len(accepted), 300,
              f"{len(accepted)} accepted events in the lake", interval_s=1.0)
