@@ -14,13 +14,13 @@ and librdkafka about a fifth of that.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from lambdarec.pseudonym import pseudonymise
@@ -47,26 +47,25 @@ class IngestResult:
 
 
 class _Delivery:
-    """The delivery reports of one request's records, counted down as librdkafka serves them."""
+    """The delivery reports of one request's records, counted down as librdkafka serves them (in
+    whichever request's thread polls)."""
 
     def __init__(self, expected: int):
         self.left = expected
-        self.offsets: list[tuple[int, int, int]] = [(-1, -1, -1)] * expected  # (partition, offset, timestamp ms)
+        self.timestamp_ms = -1  # the broker's time of the last record acknowledged
         self.error: str | None = None
         self.done = threading.Event()
         self._lock = threading.Lock()
 
-    def report(self, index: int):
-        def on_delivery(error: KafkaError | None, message) -> None:
-            with self._lock:
-                if error is not None:
-                    self.error = self.error or f"record {index}: {error.str()}"
-                else:
-                    self.offsets[index] = (message.partition(), message.offset(), message.timestamp()[1])
-                self.left -= 1
-                if self.left == 0:
-                    self.done.set()
-        return on_delivery
+    def on_delivery(self, error: KafkaError | None, message) -> None:
+        with self._lock:
+            if error is not None:
+                self.error = self.error or error.str()
+            else:
+                self.timestamp_ms = message.timestamp()[1]
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
 
 
 class Ingestor:
@@ -88,7 +87,7 @@ class Ingestor:
                 continue
             pseudonym = pseudonymise(event.user_id, self.settings.pseudonym_key)
             message = event.to_message(pseudonym, received_at)
-            records.append((pseudonym.encode(), json.dumps(message).encode()))
+            records.append((pseudonym.encode(), orjson.dumps(message)))
             result.accepted.append(str(event.event_id))
         if records:
             self._send(self.settings.topic_events, records)
@@ -96,16 +95,16 @@ class Ingestor:
 
     def publish_consent(self, change: ConsentChange) -> datetime:
         """Produce one consent change, keyed by the user, and wait for the broker; its Kafka timestamp."""
-        [(_, _, timestamp_ms)] = self._send(self.settings.topic_consent, [(change.user_id.encode(), change.to_message())])
+        timestamp_ms = self._send(self.settings.topic_consent, [(change.user_id.encode(), change.to_message())])
         return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
-    def _send(self, topic: str, records: list[tuple[bytes, bytes]]) -> list[tuple[int, int, int]]:
-        """Produce ``records`` and wait for their delivery reports: (partition, offset, timestamp ms) each."""
+    def _send(self, topic: str, records: list[tuple[bytes, bytes]]) -> int:
+        """Produce ``records`` and wait for their delivery reports; the broker's time of the last one (ms)."""
         delivery = _Delivery(len(records))
         try:
             producer = self._get_producer()
-            for index, (key, value) in enumerate(records):
-                producer.produce(topic, value, key, on_delivery=delivery.report(index))
+            for key, value in records:
+                producer.produce(topic, value, key, on_delivery=delivery.on_delivery)
             deadline = time.monotonic() + DELIVERY_TIMEOUT_S
             while not delivery.done.is_set():  # serves every request's reports; ours set ``done``
                 if time.monotonic() > deadline:
@@ -114,7 +113,7 @@ class Ingestor:
                 producer.poll(POLL_S)
             if delivery.error is not None:
                 raise BrokerUnavailable(delivery.error)
-            return delivery.offsets
+            return delivery.timestamp_ms
         except (KafkaException, BufferError, BrokerUnavailable) as exc:
             self._discard_producer()
             log.warning("produce failed", extra={"topic": topic, "error": str(exc)})
