@@ -34,7 +34,7 @@ from tqdm import tqdm
 from lambdarec import demo_report, event_load
 from lambdarec.generator import World, item_id, user_id
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import samples, total
+from lambdarec.metrics_text import Samples, samples, total
 from lambdarec.postgres import cluster_dir
 from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
 from lambdarec.settings import Settings
@@ -362,10 +362,18 @@ class Demo:
         if counts["events"] != expected or self.summary["duplicates_in_lake"]:
             raise StageError(f"lake holds {counts['events']} events ({self.summary['duplicates_in_lake']} "
                              f"duplicates) for {expected} accepted")
-        speed = samples(httpx.get(f"http://127.0.0.1:{self.settings.speed_metrics_port}/metrics", timeout=10).text)
+        landed = ("lambdarec_speed_rows_landed_total", (("table", "events"),))
+
+        def speed_metrics() -> Samples | None:
+            """The speed job's counters once they count what the lake holds: the sink counts a batch just
+            after its commit, so a read right after the lake's count can miss the last batch."""
+            found = samples(httpx.get(f"http://127.0.0.1:{self.settings.speed_metrics_port}/metrics", timeout=10).text)
+            return found if found.get(landed, 0) >= counts["events"] else None
+
+        speed = wait_for(speed_metrics, self.remaining(30), "the speed job's counters to catch up", interval_s=0.25)
         serving = samples(httpx.get(f"{self.api}/metrics", timeout=10).text)
         self.summary["metrics"] = {
-            "speed_events_landed": speed.get(("lambdarec_speed_rows_landed_total", (("table", "events"),)), 0),
+            "speed_events_landed": speed.get(landed, 0),
             "speed_dead_letters": total(speed, "lambdarec_dead_letters_total"),
             "speed_batches": total(speed, "lambdarec_speed_batch_duration_seconds_count"),
             "serving_freshness_observed": total(serving, "lambdarec_freshness_seconds_count"),

@@ -66,7 +66,7 @@ class StageError(RuntimeError):
     """A stage of a multi-process run failed; the message says which and why."""
 
 
-def wait_for(condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
+def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy; raise StageError at the deadline.
 
     Other errors from ``condition`` are retried (what it probes may not be up yet);
