@@ -94,7 +94,8 @@ class ItemAttributes:
                                  getattr(self._ahead.get(change.item_id), "lsn", -1)):
                 return
             self._ahead[change.item_id] = change
-            self._publish_unavailable()
+            if change.available is not None and change.available != (change.item_id not in self.unavailable):
+                self._publish_unavailable()  # only a flip costs a new set (most changes are prices, titles)
 
     def _publish_unavailable(self) -> None:
         """The table's unavailable items overridden by the changes ahead of it (called under the lock);
