@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -82,11 +81,11 @@ def accepted(api: str) -> float:
 
 
 def settled(api: str):
-    """A probe that gives the accepted count once it held still for a second (wrk stops with requests in flight)."""
+    """A probe for ``wait_for`` polling once a second: the accepted count once it held still between two
+    polls (wrk stops with requests in flight)."""
     last = [accepted(api)]
 
     def probe() -> float | None:
-        time.sleep(1)
         now = accepted(api)
         still, last[0] = now == last[0], now
         return now if still else None
@@ -134,7 +133,7 @@ def main(argv: list[str]) -> int:
                 run = wrk(url, batches, args.connections, args.seconds)
                 run["accepted_events_per_s"] = round((accepted(api) - before) / run["duration_s"])
                 runs.append(run)
-            total = wait_for(settled(api), 60, "the requests wrk left in flight to finish")
+            total = wait_for(settled(api), 60, "the requests wrk left in flight to finish", interval_s=1.0)
             wait_for(lambda: on_topic(settings) >= total, 30, "every accepted event on the topic")
             print(json.dumps({
                 "single_event_ms": one["latency_ms"], "single_event_requests_per_s": round(one["requests"] / one["duration_s"]),
