@@ -20,9 +20,12 @@ load) to the first swap; the requests scheduled while a reload ran are pooled as
 "during" (one swap's ~100 requests would make its p99 nearly their maximum).
 ``--no-bundle`` publishes those models without their model bundles, so serving
 builds them in its idle-priority loader.
+Before serving starts it measures the item index (``serve_ann_ef``; ``--ann-ef 0``
+serves exactly): recall@10 of serving's candidate path against exact scoring over
+500 stored user vectors, with and without the requests' category filter.
 Prints one JSON object.
 
-    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--swaps 3] [--no-bundle]
+    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--swaps 3] [--ann-ef 256] [--no-bundle]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,7 +55,7 @@ from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
-from lambdarec.model_bundle import publish_model_bundle  # noqa: E402
+from lambdarec.model_bundle import local_path, model_bundle_uri, publish_model_bundle  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.registry import PUBLISHED, record_status  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
@@ -124,13 +128,14 @@ def write_catalogue(lake: Lake, n_items: int) -> None:
 def push_fresh(settings: Settings, n_items: int) -> None:
     """Speed-view interactions (newer than every model) for the first FRESH_USERS users."""
     rng = np.random.default_rng(7)
-    producer = make_producer(settings, max_request_size=16 * 1024 * 1024)
+    producer = make_producer(settings)
     rows = [{"user_id": pseudonymise(f"user-{u}", settings.pseudonym_key), "item_id": f"item-{i}",
              "event_type": "purchase", "weight": 8.0, "occurred_at": datetime.now(UTC).isoformat(),
              "event_id": f"bench-{u}-{n}"}
             for u in range(FRESH_USERS) for n, i in enumerate(rng.integers(0, n_items, 3))]
-    message = {"kind": "user_interactions", "query_id": "bench", "batch_id": 0, "events_version": 10_000, "rows": rows}
-    send_all(producer, settings.topic_speed_updates, [(None, json.dumps(message).encode())])
+    messages = [{"kind": "user_interactions", "query_id": "bench", "batch_id": n, "events_version": 10_000,
+                 "rows": rows[start:start + 500]} for n, start in enumerate(range(0, len(rows), 500))]  # < 1 MB each
+    send_all(producer, settings.topic_speed_updates, [(None, json.dumps(message).encode()) for message in messages])
     producer.close()
 
 
@@ -165,6 +170,41 @@ def _median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return round(1000 * float(np.median(times)), 3)
+
+
+def index_recall(settings: Settings, version: int, samples: int = 500) -> dict:
+    """recall@10 of serving's ranking (``Catalogue.top``) with the item index against exact scoring,
+    over stored user vectors excluding their seen items: unfiltered, with the requests' category
+    filter (a tenth of the items) and with half the categories; how often the index supplied the
+    candidates (a narrow filter's items are scored exactly instead), and each way's median time."""
+    from serving.catalogue import build
+    from serving.model import open_model
+    from serving.speed_view import SpeedView
+
+    model = open_model(local_path(model_bundle_uri(settings, version)), 0.0, ann_ef=settings.serve_ann_ef)
+    catalogue = build(model, SpeedView(settings))
+    exact = build(replace(model, item_index=None), SpeedView(settings))
+    category = np.asarray([int(item.rsplit("-", 1)[1]) % CATEGORIES for item in model.item_ids])
+    rng = np.random.default_rng(11)
+    cases = {"unfiltered": lambda user: None, "category_filter": lambda user: category == user % CATEGORIES,
+             "half_the_categories": lambda user: (category + user) % 2 == 0}
+    out = {}
+    with threadpool_limits(1, user_api="blas"):
+        for name, allowed_for in cases.items():
+            recalls, by_index, times = [], 0, {"index": [], "exact": []}
+            for user in rng.choice(len(model.user_positions), samples, replace=False):
+                vector, blocked, allowed = model.user_factors[user], np.unique(model.history(user)[0]), allowed_for(user)
+                plan = catalogue.candidates(vector, 10, blocked, allowed)
+                by_index += plan is not None and not plan[1]
+                found = {}
+                for path, ranked in (("index", catalogue), ("exact", exact)):
+                    started = time.perf_counter()
+                    found[path] = ranked.top(vector, 10, blocked, allowed)[0]
+                    times[path].append(time.perf_counter() - started)
+                recalls.append(len(set(found["index"]) & set(found["exact"])) / 10)
+            out[name] = {"recall_at_10": round(float(np.mean(recalls)), 4), "index_share": by_index / samples,
+                         **{f"{path}_median_ms": round(1000 * float(np.median(t)), 3) for path, t in times.items()}}
+    return {"ef": settings.serve_ann_ef, "samples": samples, **out}
 
 
 # -- load generator (separate process) --------------------------------------------------
@@ -260,12 +300,15 @@ def main() -> int:
     parser.add_argument("--pin-loadgen", action=argparse.BooleanOptionalAction, default=True,
                         help="Run the load generator on the last CPU only (default), as a client with its own CPU; "
                              "unpinned, the server's threads delay its sends, and that delay counts as latency.")
+    parser.add_argument("--ann-ef", type=int, default=Settings.model_fields["serve_ann_ef"].default,
+                        help="Serving's item-index search list (serve_ann_ef); 0 scores every item exactly.")
     parser.add_argument("--no-bundle", action="store_true",
                         help="Publish the swapped-in model without its model bundle, so serving builds it itself.")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
-    settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port())
+    settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
+                        serve_ann_ef=args.ann_ef, allow_development_key=True)
     lake = Lake(settings)
     cpus = {os.cpu_count() - 1} if args.pin_loadgen and os.cpu_count() > 1 else None
     figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count(),
@@ -275,18 +318,24 @@ def main() -> int:
     write_catalogue(lake, args.items)
     figures["write_model_s"] = round(time.perf_counter() - started, 1)
     figures["floor_ms"] = floor(args.items, args.rank)
+    if settings.serve_ann_ef:
+        figures["item_index"] = index_recall(settings, 1)
 
     broker = EmbeddedBroker(settings).start()
     port = free_port()
     env = {**os.environ, "LAMBDAREC_ROOT": str(root), "LAMBDAREC_EMBEDDED_BROKER_PORT": str(settings.embedded_broker_port),
-           "LAMBDAREC_ADMIN_TOKEN": TOKEN, "LAMBDAREC_SERVE_MODEL_POLL_S": "3600"}
+           "LAMBDAREC_ADMIN_TOKEN": TOKEN, "LAMBDAREC_SERVE_MODEL_POLL_S": "3600",
+           "LAMBDAREC_SERVE_ANN_EF": str(args.ann_ef), "LAMBDAREC_ALLOW_DEVELOPMENT_KEY": "true"}
+    server_log = (root / "serving.log").open("wb")
     server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                              env=env, stderr=subprocess.DEVNULL)
+                              env=env, stderr=server_log)
     try:
         base = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         push_fresh(settings, args.items)
         def caught_up() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"serving exited {server.returncode}: see {root / 'serving.log'}")
             ready = httpx.get(f"{base}/ready", timeout=5).json()
             view = ready["speed_view"]
             return ready["ready"] and view["lag_records"] == 0 and view["age_ms"] is not None

@@ -39,12 +39,13 @@ from scipy.sparse import csr_matrix
 
 from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
+from lambdarec.item_index import ITEM_INDEX, build_item_index
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from lambdarec.settings import Settings, canonical_als_params, canonical_engine
 from schemas.tables import ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, USER_FACTORS
 
-FORMAT = 3  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (3: families, confidence)
+FORMAT = 4  # bump when the bundle layout or what an array means changes; older bundles are rebuilt (4: item index)
 META = "meta.json"
 ARRAYS = (
     "item_ids",  # position -> item id (unicode array)
@@ -56,7 +57,7 @@ ARRAYS = (
     "history_indptr", "history_items", "history_ratings",  # users' training ratings, CSR
     "popularity",  # per item: sum of training ratings
     "neighbour_indptr", "neighbour_items", "neighbour_weights",  # EASE's B by item position, CSR
-)
+)  # and, for an ALS model, the HNSW index over its item factors (``lambdarec.item_index``)
 MODEL_BUNDLES = "_model_bundles"  # lake folder of the published models' bundles (not a Delta table)
 LOAD_ERROR_EXIT = 3  # exit status of a loader that found the model inconsistent (message on stderr)
 
@@ -78,6 +79,8 @@ def write_model_bundle(directory: Path, meta: dict[str, Any], arrays: dict[str, 
     directory.mkdir(parents=True, exist_ok=True)
     for name in ARRAYS:
         np.save(directory / f"{name}.npy", arrays[name], allow_pickle=False)
+    if meta.get("family") == "als":
+        build_item_index(arrays["item_factors"], directory / ITEM_INDEX)
     (directory / META).write_text(json.dumps({**meta, "format": FORMAT}))
 
 

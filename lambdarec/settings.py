@@ -365,6 +365,10 @@ class Settings(BaseSettings):
         1, ge=0, le=10, description="Places of a recommendation list given to catalogue items no model knows "
         "yet, of the user's strongest category (marked via=category:<c>); 0 turns it off.",
     )
+    serve_ann_ef: int = Field(
+        256, ge=0, description="Candidate list of the approximate nearest-neighbour search over an ALS model's "
+        "items (its HNSW index): larger is closer to exact and slower. 0 scores every item exactly for every request.",
+    )
     serve_model_poll_s: float = Field(
         5.0, gt=0, description="How often serving checks the registry for a newer published model."
     )

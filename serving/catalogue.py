@@ -12,6 +12,9 @@ catalogue is the model's items until the next training run.
 The result extends the model's catalogue: positions past the model's items, and
 a Gram matrix over all of them, so user fold-in stays the exact ALS step over the
 extended catalogue. It is cached per (model, speed-view generation).
+
+Ranking (``Catalogue.top``) scores candidates, not every item, where it can: a
+narrow filter's items, or an ALS model's item index neighbours (``lambdarec.item_index``).
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from lambdarec.model_bundle import gram
-from serving.foldin import fold_in, fold_in_rows
+from serving.foldin import fold_in, fold_in_rows, top_k
 from serving.model import Model
 from serving.speed_view import SpeedView
 
 LOOKUP_CHUNK = 250  # item ids looked up between two pauses of a swap: a short stretch of work
+FEW_ALLOWED = 0.25  # a filter passing at most this share of the items: score just those, exactly
+OVERSAMPLE = 2  # index candidates per wanted item, after the filters' share of the items
+MAX_CANDIDATES = 1_000  # past this many, scoring every item of a 100k-item model is cheaper than the search
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Catalogue:
         """The factor rows at catalogue ``positions``."""
         positions = np.asarray(positions, dtype=np.int64)
         n = len(self.model.item_ids)
+        if not len(self.new_ids):
+            return self.model.item_factors[positions]
         out = np.empty((len(positions), self.model.item_factors.shape[1]), dtype=np.float32)
         old = positions < n
         out[old] = self.model.item_factors[positions[old]]
@@ -68,6 +76,50 @@ class Catalogue:
         x = np.asarray(vector, dtype=np.float32)
         scores = self.model.item_factors @ x
         return np.concatenate([scores, self.new_factors @ x]) if len(self.new_ids) else scores
+
+    def top(self, vector: np.ndarray, k: int, blocked: np.ndarray, allowed: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best positions for a user vector and their exact scores, best first, never a
+        ``blocked`` one and only ``allowed`` ones (as ``top_k``, ties by position).
+
+        Only candidates are scored: the allowed items themselves when a filter passes few of
+        them, else (with the model's item index) its approximate neighbours, oversampled for
+        what the filters drop, plus the new items. When the neighbours that survive are fewer
+        than ``k``, or there is no index, every item is scored."""
+        found = self.candidates(vector, k, blocked, allowed)
+        if found is not None:
+            candidates, exhaustive = found
+            candidates = candidates[~np.isin(candidates, blocked)]
+            if allowed is not None:
+                candidates = candidates[allowed[candidates]]
+            if exhaustive or len(candidates) >= k:
+                scores = self.vectors(candidates) @ np.asarray(vector, dtype=np.float32)
+                best = top_k(scores, k)
+                return candidates[best], scores[best]
+        scores = self.scores(vector)
+        best = top_k(scores, k, blocked, allowed)
+        return best, scores[best]
+
+    def candidates(self, vector: np.ndarray, k: int, blocked: np.ndarray, allowed: np.ndarray | None
+                    ) -> tuple[np.ndarray, bool] | None:
+        """(positions in ascending order, whether they are every item that may be returned), or None
+        to score every item."""
+        if allowed is not None:
+            passing = np.flatnonzero(allowed)
+            if len(passing) <= FEW_ALLOWED * self.size:
+                return passing, True
+        index = self.model.item_index
+        if index is None:
+            return None
+        share = 1.0 if allowed is None else len(passing) / self.size
+        count = int(np.ceil(OVERSAMPLE * k / share)) + len(blocked)
+        if count > MAX_CANDIDATES:
+            return None
+        try:
+            near = index.candidates(vector, count)
+        except RuntimeError:  # hnswlib found fewer than count items (a small, sparsely linked graph)
+            return None
+        return np.concatenate([np.sort(near), np.arange(len(self.model.item_ids), self.size)]), False
 
 
 class KnownItems:

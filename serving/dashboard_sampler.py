@@ -35,9 +35,9 @@ def registry_samples(registry: CollectorRegistry) -> Samples:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in registry.collect() for s in family.samples}
 
 
-def fetch_samples(url: str, timeout_s: float = SPEED_TIMEOUT_S) -> Samples:
+def fetch_samples(client: httpx.Client, url: str) -> Samples:
     """A /metrics endpoint's samples; raises ``httpx.HTTPError`` or ``ValueError`` when it cannot be read."""
-    response = httpx.get(url, timeout=timeout_s)
+    response = client.get(url)
     response.raise_for_status()
     return samples(response.text)
 
@@ -68,6 +68,8 @@ class Sampler:
         self._points: deque[tuple[float, Point]] = deque(maxlen=points)
         self._lock = threading.Lock()
         self.speed_error: str | None = None
+        # one client for every sample: a new one builds an SSL context, about 40 ms holding the GIL
+        self._client: httpx.Client | None = None
 
     def sample(self) -> None:
         """Take one reading and add the point it makes with the oldest reading kept."""
@@ -84,7 +86,8 @@ class Sampler:
             self.speed_error = "the speed job's metrics are off (speed_metrics_port 0, no speed_metrics_url)"
             return None
         try:
-            found = fetch_samples(self.speed_url)
+            self._client = self._client or httpx.Client(timeout=SPEED_TIMEOUT_S)
+            found = fetch_samples(self._client, self.speed_url)
         except (httpx.HTTPError, ValueError) as exc:
             self.speed_error = f"the speed job's metrics at {self.speed_url} did not answer: {exc}"
             return None

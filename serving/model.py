@@ -18,6 +18,7 @@ from scipy.sparse import csr_matrix
 
 from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
+from lambdarec.item_index import ITEM_INDEX, ItemIndex
 from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
 
 TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap: a short stretch of work
@@ -48,6 +49,7 @@ class Model:
     neighbours: csr_matrix  # EASE's B over item positions (empty for ALS); rows score columns
     directory: Path
     loaded_at: float = field(compare=False)
+    item_index: ItemIndex | None = field(default=None, compare=False)  # ALS only, when serving searches approximately
 
     def touch(self, pause: Callable[[], object] = lambda: None) -> None:
         """Read the arrays every request scores against, so the first requests after a swap
@@ -66,8 +68,9 @@ class Model:
         return self.history_items[start:end], self.history_ratings[start:end]
 
 
-def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = lambda: None) -> Model:
-    """Memory-map a complete model bundle; ``pause()`` runs between arrays."""
+def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = lambda: None, ann_ef: int = 0) -> Model:
+    """Memory-map a complete model bundle; ``pause()`` runs between arrays. With ``ann_ef`` an ALS
+    model's item index is loaded too, searching with that candidate list (``serve_ann_ef``)."""
     meta = read_meta(directory)
     if meta is None:
         raise FileNotFoundError(f"no model bundle of format {FORMAT} at {directory}")
@@ -77,6 +80,9 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         # np.asarray drops the memmap subclass (no copy), keeping per-request numpy calls plain
         a[name] = np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False))
     n_items = len(a["item_ids"])
+    pause()
+    index = ItemIndex(directory / ITEM_INDEX, a["item_factors"].shape[1], n_items, ann_ef) if (
+        ann_ef and meta["family"] == "als") else None
     return Model(
         version=int(meta["version"]),
         source_events_version=int(meta["source_events_version"]),
@@ -101,4 +107,5 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         ),
         directory=directory,
         loaded_at=loaded_at,
+        item_index=index,
     )

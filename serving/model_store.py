@@ -105,7 +105,8 @@ class ModelStore:
                 return False
             try:
                 self.pause()
-                model = open_model(self._model_bundle(row), loaded_at=time.time(), pause=self.pause)
+                model = open_model(self._model_bundle(row), loaded_at=time.time(), pause=self.pause,
+                                   ann_ef=self.lake.settings.serve_ann_ef)
                 model.touch(self.pause)
                 self.pause()
                 if self.prepare is not None:

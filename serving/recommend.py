@@ -106,6 +106,8 @@ def recommend(
     blocked, allowed = _blocked(catalogue, attributes, query, seen), _allowed(catalogue, attributes, query)
     if model.family == "ease":
         scores, explain = _neighbour_scores(catalogue, rated, ratings)
+        best = top_k(scores, query.k, blocked, allowed)
+        best_scores = scores[best]
         strategy = "neighbours"
     else:
         vector: np.ndarray | None = model.user_factors[user] if user is not None else None
@@ -117,12 +119,12 @@ def recommend(
             )
             vector = solve(a, b) if fresh else vector
         assert vector is not None  # a known user has a stored vector; an unknown one has fresh interactions
-        scores = catalogue.scores(vector)
+        best, best_scores = catalogue.top(vector, query.k, blocked, allowed)
         explain = partial(_explain, catalogue, a, rated, ratings)
         strategy = "fold_in" if fresh else "model"
-    best = top_k(scores, query.k, blocked, allowed)
     because: list[list[Because] | None] = list(explain(best)) if query.explain else [None] * len(best)
-    items = [Scored(catalogue.item_id(p), float(scores[p]), why) for p, why in zip(best, because, strict=True)]
+    items = [Scored(catalogue.item_id(p), float(score), why)
+             for p, score, why in zip(best, best_scores, because, strict=True)]
     if newcomer_slots:
         items = _with_newcomers(catalogue, speed, attributes, user_key, query, rated, ratings, history, items,
                                 newcomer_slots)

@@ -51,9 +51,11 @@ def _isolated_test(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings rooted in this test's temp folder, on small defaults."""
-    return Settings(root=tmp_path / "lambdarec", spark_shuffle_partitions=2, topic_partitions=2)
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings rooted in this test's temp folder, on small defaults; a test parametrised over
+    ``settings`` (``tests.support.serving.INDEX_ON_AND_OFF``) gets that ``serve_ann_ef``."""
+    search = {"serve_ann_ef": request.param} if hasattr(request, "param") else {}
+    return Settings(root=tmp_path / "lambdarec", spark_shuffle_partitions=2, topic_partitions=2, **search)
 
 
 @pytest.fixture(scope="session")

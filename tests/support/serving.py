@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import httpx
 import numpy as np
 import pyarrow as pa
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from kafka import TopicPartition
@@ -31,6 +32,9 @@ from serving.app import create_app
 from serving.foldin import fold_in
 from tests.plugins.broker import free_port
 from lambdarec.confidence import Confidence
+
+# A test of what recommendations may hold runs with ALS served through the item index and through exact scoring.
+INDEX_ON_AND_OFF = pytest.mark.parametrize("settings", [256, 0], indirect=True, ids=["index", "exact"])
 
 REG, ALPHA = 0.1, 5.0
 CONFIDENCE = Confidence("linear", ALPHA)  # rows without a scaling were linear

@@ -22,7 +22,7 @@ from serving.catalogue import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
 from serving.speed_view import SpeedView
-from tests.support.serving import CONFIDENCE, REG, speed_rows, write_model
+from tests.support.serving import CONFIDENCE, INDEX_ON_AND_OFF, REG, speed_rows, write_model
 
 pytestmark = pytest.mark.unit
 
@@ -101,6 +101,7 @@ def test_inconsistent_factor_lengths_are_refused(settings, lake):
         ModelStore(settings, lake).reload()
 
 
+@INDEX_ON_AND_OFF
 def test_training_user_gets_model_vector_and_no_seen_items(store, settings):
     result = recommend(store.current, SpeedView(settings), "ua", k=3)
     assert result.strategy == "model" and result.model_version == 1
@@ -109,6 +110,7 @@ def test_training_user_gets_model_vector_and_no_seen_items(store, settings):
     assert scores == sorted(scores, reverse=True)
 
 
+@INDEX_ON_AND_OFF
 def test_fresh_interactions_are_folded_in(store, settings):
     view = SpeedView(settings)
     speed_rows(view, 11, [("ua", "b0", 8.0, "e1"), ("ua", "b1", 8.0, "e2"), ("ua", "b2", 8.0, "e3")])
@@ -126,6 +128,7 @@ def test_interactions_the_model_trained_on_are_not_fresh(store, settings):
     assert "a0" not in set(names(result))
 
 
+@INDEX_ON_AND_OFF
 def test_snapshot_interactions_missing_from_training_are_folded_in(store, settings):
     """Held out of training (or dropped): in the snapshot, but the model never saw them."""
     view = SpeedView(settings)
@@ -144,6 +147,7 @@ def test_fold_in_of_a_training_user_matches_the_stored_vector(store, settings):
     assert np.allclose(x, model.user_factors[position], atol=1e-6)
 
 
+@INDEX_ON_AND_OFF
 def test_new_user_with_fresh_interactions_gets_fold_in(store, settings):
     view = SpeedView(settings)
     speed_rows(view, 11, [("newbie", "b0", 4.0, "e1")])
@@ -175,6 +179,7 @@ def test_store_reads_pseudonymised_users(settings, lake):
     assert alice in store.current.user_positions
 
 
+@INDEX_ON_AND_OFF
 def test_a_new_item_is_folded_in_from_its_users_and_becomes_recommendable(store, settings):
     model = store.current
     view = SpeedView(settings)

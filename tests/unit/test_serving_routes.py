@@ -17,7 +17,7 @@ from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, encode_rows, segments
 from schemas.tables import ITEM_CATALOGUE, USER_PROFILES
 from serving.app import create_app
-from tests.support.serving import write_model
+from tests.support.serving import INDEX_ON_AND_OFF, write_model
 
 pytestmark = pytest.mark.unit
 
@@ -113,6 +113,7 @@ def test_explain_names_the_users_items_and_sums_to_the_score(client):
     assert ids(plain) == ids(body) and plain["items"][0]["because"] is None
 
 
+@INDEX_ON_AND_OFF
 def test_include_exclude_exclude_seen_and_attribute_filters(app, client, settings):
     rows = [{"item_id": f"a{n}", "attributes": [("colour", "red" if n % 2 else "blue")],
              "updated_at": datetime(2024, 1, 1, tzinfo=UTC)} for n in range(5)]
@@ -133,6 +134,7 @@ def test_include_exclude_exclude_seen_and_attribute_filters(app, client, setting
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "filter", 0]
 
 
+@INDEX_ON_AND_OFF
 def test_an_item_the_catalogue_marks_unavailable_is_never_recommended(app, client, settings):
     apply(app, "item_trending", [trending_row(*GLOBAL_SEGMENT, "a4", 9.0), trending_row(*GLOBAL_SEGMENT, "b3", 5.0)])
     lake = Lake(settings)
@@ -159,6 +161,7 @@ def test_an_item_the_catalogue_marks_unavailable_is_never_recommended(app, clien
     assert "a3" in seen()
 
 
+@INDEX_ON_AND_OFF
 def test_a_new_item_with_only_attributes_is_offered_to_users_of_its_category(app, client, settings):
     day = datetime(2024, 1, 1, tzinfo=UTC)
     rows = [{"item_id": f"a{n}", "category": "alpha", "available": True, "updated_at": day} for n in range(5)]
