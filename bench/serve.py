@@ -13,7 +13,8 @@ that delay would count as serving latency.
 Each rate is offered for SETTLE_S + --seconds and only the last --seconds
 count: the load generator's first ~150 ms (a fresh process opening its 64
 connections) queue requests at any rate, and were most of the 300 rps p99.
-The swap phase writes models 2.. (--swaps of them), offers load, and after
+The swap phase writes models 2.. (--swaps of them), offers load (by default at the
+highest rate whose p99 was under 20 ms), and after
 2 x --seconds publishes them one at a time, asking serving to reload after each.
 The "before" window runs from the end of the first --seconds (which settle the
 load) to the first swap; the requests scheduled while a reload ran are pooled as
@@ -293,7 +294,9 @@ def main() -> int:
     parser.add_argument("--per-user", type=int, default=5, help="Training interactions per user.")
     parser.add_argument("--rates", default="100,200,300,500")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--swap-rate", type=float, default=300.0)
+    parser.add_argument("--swap-rate", type=float, default=None,
+                        help="Rate offered during the swaps; default: the highest rate with p99 under 20 ms "
+                             "(else the lowest rate offered).")
     parser.add_argument("--swaps", type=int, default=3,
                         help="Models swapped in one after another under the same load; the requests during all "
                              "swaps are pooled.")
@@ -379,13 +382,14 @@ def main() -> int:
                 return windows
 
         duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + 1)
-        results, windows = offer(port, args.swap_rate, duration, paths, cpus, during=swaps)
+        swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
+        results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
         first = windows[0][1]
         before = [r for r in after(results, args.seconds) if r[0] + r[1] < first]
         per_swap = [[r for r in results if began <= r[0] <= ended] for _, began, ended, _ in windows]
         during = [r for window in per_swap for r in window]
         figures["swap"] = {
-            "rate": args.swap_rate,
+            "rate": swap_rate,
             "model_bundle": "built by serving" if args.no_bundle else "published with the model",
             "swaps": [
                 {"model_version": version, "reload": reloaded, "swap_s": round(ended - began, 2),
