@@ -115,10 +115,7 @@ class Catalogue:
         count = int(np.ceil(OVERSAMPLE * k / share)) + len(blocked)
         if count > MAX_CANDIDATES:
             return None
-        try:
-            near = index.candidates(vector, count)
-        except RuntimeError:  # hnswlib found fewer than count items (a small, sparsely linked graph)
-            return None
+        near = index.candidates(vector, count)
         return np.concatenate([np.sort(near), np.arange(len(self.model.item_ids), self.size)]), False
 
 

@@ -81,8 +81,7 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         a[name] = np.asarray(np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False))
     n_items = len(a["item_ids"])
     pause()
-    index = ItemIndex(directory / ITEM_INDEX, a["item_factors"].shape[1], n_items, ann_ef) if (
-        ann_ef and meta["family"] == "als") else None
+    index = ItemIndex(directory / ITEM_INDEX, ann_ef) if ann_ef and meta["family"] == "als" else None
     return Model(
         version=int(meta["version"]),
         source_events_version=int(meta["source_events_version"]),

@@ -1,6 +1,6 @@
 """The item index: built into an ALS model's bundle, searched by serving, exact where it must be.
 
-A real hnswlib index over a published model's bundle (no mocks): ``Catalogue.top``
+A real faiss HNSW index over a published model's bundle (no mocks): ``Catalogue.top``
 with the index must rank as exact scoring does, and fall back to exact scoring
 when the filters or exclusions leave the index's candidates too few.
 """
