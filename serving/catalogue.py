@@ -90,7 +90,7 @@ class Catalogue:
         if found is not None:
             candidates, exhaustive = found
             candidates = candidates[~np.isin(candidates, blocked)]
-            if allowed is not None:
+            if allowed is not None and not exhaustive:  # a narrow filter's items passed it already
                 candidates = candidates[allowed[candidates]]
             if exhaustive or len(candidates) >= k:
                 scores = self.vectors(candidates) @ np.asarray(vector, dtype=np.float32)
