@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+JAVA_FRAME = re.compile(r"\s+(at \S+\(|\.\.\. \d+ more$)")
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
@@ -109,10 +111,13 @@ class Child:
         return True
 
     def log_tail(self, lines: int = 25) -> str:
+        """The log's last ``lines`` lines, Java stack frames left out: a JVM's failure then shows its
+        exception and every ``Caused by`` rather than 25 frames of one trace."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return "(no log)"
+        return "\n".join([line for line in text.splitlines() if not JAVA_FRAME.match(line)][-lines:])
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM the process group, wait, then SIGKILL; returns the exit code."""
