@@ -7,7 +7,8 @@ It runs three Structured Streaming queries in one driver, each checkpointed:
   ``events`` with Spark's Kafka source, validates with built-in functions, drops
   no-consent events and writes each accepted event to ``speed-updates`` through
   the Kafka sink within milliseconds: the path serving's fold-in waits on. It
-  keeps no state, so it is at least once; serving drops repeated event ids;
+  keeps no state, so it is at least once; serving drops repeated event ids. If
+  it fails, the job starts it again (``speed.realtime_restart``);
 - the events query (micro-batches) reads the same records, deduplicates by
   event_id and commits ``events``, ``dead_letter`` and ``speed_user_interactions``
   exactly once through delta-spark, then sends each event again with the
@@ -47,6 +48,7 @@ from schemas.tables import (
     USER_PROFILES,
 )
 from speed import metrics, progress
+from speed.realtime_restart import RestartingQuery
 from speed.sinks import EventsSink, FeaturesSink
 from speed.transforms import (
     consented,
@@ -267,20 +269,26 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
                run_features(spark, settings, available_now=args.available_now)]
     if settings.speed_cdc:
         queries.append(run_dimensions(spark, settings, available_now=args.available_now))
+    realtime = None
     if settings.speed_realtime and not args.available_now:  # a catch-up run only lands what is there
-        queries.append(run_realtime(spark, settings))
+        realtime = RestartingQuery(lambda: run_realtime(spark, settings))
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
     log.info(json.dumps({"event": "started", "query_id": str(queries[0].id),
-                         "queries": [q.name for q in queries], "checkpoint": checkpoint_location(settings)}))
+                         "queries": [q.name for q in queries] + ([realtime.query.name] if realtime else []),
+                         "checkpoint": checkpoint_location(settings)}))
     # Poll rather than block: a signal handler must not call into the JVM mid-call.
     while all(q.isActive for q in queries) and not stopping:
         queries[0].awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; a fraction works, the stubs say int
+        if realtime is not None:
+            realtime.check()
     if stopping:
         log.info(json.dumps({"event": "stopping", "signal": stopping[0]}))
     for query in queries:
         query.stop()
+    if realtime is not None:
+        realtime.query.stop()
     errors = [str(q.exception()) for q in queries if q.exception() is not None]
     spark.stop()
     if errors:

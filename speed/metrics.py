@@ -39,6 +39,8 @@ class SpeedMetrics:
                                 "processed (when its last batch was planned).", by_query, registry=self.registry)
         self.landed = Counter("lambdarec_speed_rows_landed", "Rows committed to a Delta table.", ["table"],
                               registry=self.registry)
+        self.query_restarts = Counter("lambdarec_speed_query_restarts", "Times a failed query was started again "
+                                      "within the job (the real-time query only).", by_query, registry=self.registry)
         self.dead_letters = Counter("lambdarec_dead_letters", "Rows sent to dead_letter, by reason.", ["reason"],
                                     registry=self.registry)
 
