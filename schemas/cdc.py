@@ -29,12 +29,14 @@ class Dimension:
     spec: TableSpec
     key: str
     after_schema: str  # the row as Debezium's JSON converter writes it (Spark DDL)
+    keeps_deleted: bool = False  # a delete marks the row deleted rather than removing it
 
 
 ITEMS = Dimension(
     "public.items", ITEM_CATALOGUE, "item_id",
     "item_id string, title string, category string, price string, available boolean, attributes string, "
     "updated_at string",
+    keeps_deleted=True,  # the model still knows a deleted item: serving must know it is gone
 )
 USERS = Dimension(
     "public.users", USER_PROFILES, "user_id",

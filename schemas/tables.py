@@ -291,7 +291,9 @@ ITEM_CATALOGUE = TableSpec(
     description=(
         "The shop's items as the operational database has them, one row per item, kept by CDC "
         "(speed.dimensions: a Delta MERGE per change, newest LSN wins; change data feed on). "
-        "Filters match its attributes and category; an unavailable item is not recommended."
+        "Filters match its attributes and category; an unavailable item is not recommended. A "
+        "deleted item keeps its row, marked deleted and unavailable, so that serving still knows "
+        "not to recommend what the model learned about it."
     ),
     keys=("item_id",),
     change_data_feed=True,
@@ -305,6 +307,7 @@ ITEM_CATALOGUE = TableSpec(
             ("price", pa.float64()),
             ("available", pa.bool_()),
             ("source_lsn", pa.int64()),  # the Postgres LSN of the change this row holds (null: imported)
+            ("deleted", pa.bool_()),  # true: deleted in the operational database (null/false: live)
         ]
     ),
 )

@@ -4,7 +4,9 @@ Attributes belong to items, not to events, so they come from a catalogue table
 that the product side owns (kept by CDC, one row per item; where several rows
 name an item the newest ``updated_at`` wins), its ``category`` among them, not
 from the events' context (which describes the user's device and
-country). An item without a catalogue row matches no attribute filter.
+country). An item without a catalogue row matches no attribute filter; a
+deleted item's row stays, unavailable, so the model's factors for it never
+bring it back.
 
 Availability also arrives ahead of the table: ``apply(change)`` takes a change
 straight from the CDC topic (``serving.catalogue_changes``) and it holds until the
@@ -65,16 +67,18 @@ class ItemAttributes:
             current = newest.get(row["item_id"])
             if current is None or row["updated_at"] >= current["updated_at"]:
                 newest[row["item_id"]] = row
+        live = {item: row for item, row in newest.items() if not row.get("deleted")}
         items = {item: {**dict(row["attributes"] or ()), **({"category": row["category"]} if row.get("category") else {})}
-                 for item, row in newest.items()}
+                 for item, row in live.items()}
         index: dict[tuple[str, str], set[str]] = defaultdict(set)
         for item, attributes in items.items():
             for name, value in attributes.items():
                 index[(name, value)].add(item)
-        unavailable = frozenset(item for item, row in newest.items() if row.get("available") is False)
-        categories = {item: row["category"] for item, row in newest.items() if row.get("category")}
+        unavailable = frozenset(item for item, row in newest.items()
+                                if row.get("available") is False or row.get("deleted"))
+        categories = {item: row["category"] for item, row in live.items() if row.get("category")}
         by_category: dict[str, list[str]] = defaultdict(list)
-        for item, _row in sorted(newest.items(), key=lambda pair: pair[1]["updated_at"], reverse=True):
+        for item, _row in sorted(live.items(), key=lambda pair: pair[1]["updated_at"], reverse=True):
             if item in categories and item not in unavailable:
                 by_category[categories[item]].append(item)
         lsns = {item: row["source_lsn"] for item, row in newest.items() if row.get("source_lsn") is not None}
@@ -82,8 +86,7 @@ class ItemAttributes:
             self.items, self._index, self._masks, self.categories, self._by_category = (
                 items, dict(index), {}, categories, dict(by_category))
             self._table_unavailable, self._table_lsn = unavailable, lsns
-            self._ahead = {item: change for item, change in self._ahead.items()  # a deleted row gone: done too
-                           if change.lsn > lsns.get(item, -1) and (change.available is not None or item in newest)}
+            self._ahead = {item: change for item, change in self._ahead.items() if change.lsn > lsns.get(item, -1)}
             self._publish_unavailable()
             self._newcomers, self.version = {}, version
 
@@ -94,18 +97,18 @@ class ItemAttributes:
                                  getattr(self._ahead.get(change.item_id), "lsn", -1)):
                 return
             self._ahead[change.item_id] = change
-            if change.available is not None and change.available != (change.item_id not in self.unavailable):
+            if (change.available is True) != (change.item_id not in self.unavailable):
                 self._publish_unavailable()  # only a flip costs a new set (most changes are prices, titles)
 
     def _publish_unavailable(self) -> None:
         """The table's unavailable items overridden by the changes ahead of it (called under the lock);
-        a deleted item keeps the table's word until the table drops its row."""
+        a deleted item (``available`` None) is unavailable, as the table marks it once it has the delete."""
         unavailable = set(self._table_unavailable)
         for item, change in self._ahead.items():
-            if change.available is False:
-                unavailable.add(item)
-            elif change.available is True:
+            if change.available is True:
                 unavailable.discard(item)
+            else:
+                unavailable.add(item)
         self.unavailable = frozenset(unavailable)
         self.revision += 1
 

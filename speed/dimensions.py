@@ -3,7 +3,9 @@
 A micro-batch query of the speed job over the CDC topics (``lambdarec.cdc``).
 Each batch parses the envelopes, keeps per key the change with the newest LSN
 (then Kafka offset), and MERGEs them into the table: an insert, update or
-snapshot read upserts the row, a delete removes it, and a change older than the
+snapshot read upserts the row, a delete removes a user's row and marks an item's
+deleted and unavailable (the model still holds the item; serving must know it is
+gone; a delete of an item the table never held adds nothing), and a change older than the
 row's ``source_lsn`` changes nothing, so a change Connect delivers twice (it is at
 least once) is applied once. Spark parses and validates; the parsed changes come
 to the driver as Arrow and each table's MERGE runs with delta-rs, carrying the
@@ -183,12 +185,18 @@ class DimensionsSink(Sink):
                                        self.app_id(), batch_id)
         if merger is None:
             return 0
-        columns = {name: f"s.{name}" for name in dimension.spec.columns}
+        columns = {name: f"s.{name}" for name in dimension.spec.columns if name != "deleted"}
         newer = "s.source_lsn >= coalesce(t.source_lsn, -1)"
-        (merger.when_matched_delete(predicate=f"s.op = '{DELETE}' AND {newer}")
-         .when_matched_update(updates=columns, predicate=f"s.op != '{DELETE}' AND {newer}")
-         .when_not_matched_insert(updates=columns, predicate=f"s.op != '{DELETE}'")
-         .execute())
+        delete, upsert = f"s.op = '{DELETE}' AND {newer}", f"s.op != '{DELETE}' AND {newer}"
+        if dimension.keeps_deleted:
+            merger = (merger.when_matched_update(
+                updates={"available": "false", "deleted": "true", "source_lsn": "s.source_lsn"}, predicate=delete)
+                .when_matched_update(updates={**columns, "deleted": "false"}, predicate=upsert))
+            columns = {**columns, "deleted": "false"}
+        else:
+            merger = (merger.when_matched_delete(predicate=delete)
+                      .when_matched_update(updates=columns, predicate=upsert))
+        merger.when_not_matched_insert(updates=columns, predicate=f"s.op != '{DELETE}'").execute()
         return latest.num_rows
 
 

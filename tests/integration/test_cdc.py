@@ -78,7 +78,7 @@ def test_row_changes_arrive_in_debezium_envelopes_and_a_restart_resumes(cdc_sett
     lsn = {name: value["source"]["lsn"] for name, value in envelope.items()}
     assert decoded == {"i1r": AvailabilityChange("i1", lsn["i1r"], True), "i2c": AvailabilityChange("i2", lsn["i2c"], True),
                        "i1u": AvailabilityChange("i1", lsn["i1u"], False), "i2d": AvailabilityChange("i2", lsn["i2d"], None)}
-    assert attributes.unavailable == {"i1"}  # i2 came and went; i1 was set unavailable
+    assert attributes.unavailable == {"i1", "i2"}  # i1 was set unavailable; i2 came and was deleted
 
     assert len(after_restart) == 6 and all(change in after_restart for change in items)  # no repeat, no snapshot
     [(key, value)] = [change for change in after_restart if change not in items]
@@ -113,6 +113,7 @@ def test_the_dimensions_query_keeps_the_lake_equal_to_postgres(spark, cdc_settin
                 db.execute("DELETE FROM users WHERE user_id = 'bob'")
                 wait_until(matches, "the changes in the lake", timeout_s=120)
                 assert lake_items()["i1"]["available"] is False
+                assert (lake_items()["i2"]["deleted"], lake_items()["i2"]["available"]) == (True, False)
 
                 # Changes that cannot be applied: dead-lettered with a reason; the rest still applies.
                 producer = make_producer(settings)

@@ -18,12 +18,17 @@ def postgres_rows(settings, table: str) -> dict:
 
 
 def lake_matches_postgres(settings) -> bool:
-    """Whether item_catalogue and user_profiles hold exactly Postgres's items and users, row for row."""
+    """Whether item_catalogue and user_profiles hold exactly Postgres's items and users, row for row;
+    an item deleted in Postgres stays in the lake marked deleted and unavailable."""
     lake, key = Lake(settings), settings.pseudonym_key
     items, users = postgres_rows(settings, "items"), postgres_rows(settings, "users")
-    got_items = {r["item_id"]: r for r in lake.read_arrow(ITEM_CATALOGUE).to_pylist()}
+    catalogue = lake.read_arrow(ITEM_CATALOGUE).to_pylist()
+    got_items = {r["item_id"]: r for r in catalogue if not r["deleted"]}
+    deleted = [r for r in catalogue if r["deleted"]]
     got_users = {r["user_id"]: r for r in lake.read_arrow(USER_PROFILES).to_pylist()}
     if set(got_items) != set(items) or set(got_users) != {pseudonymise(u, key) for u in users}:
+        return False
+    if any(r["item_id"] in items or r["available"] is not False for r in deleted):
         return False
     return all(
         (got["title"], got["category"], got["price"], got["available"], dict(got["attributes"] or ()))

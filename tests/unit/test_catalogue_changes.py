@@ -40,8 +40,9 @@ def test_records_the_dimensions_query_dead_letters_say_nothing(value):
     assert decode_availability(value) is None
 
 
-def row(item: str, available: bool, lsn: int | None) -> dict:
-    return {"item_id": item, "updated_at": 1, "attributes": {}, "available": available, "source_lsn": lsn}
+def row(item: str, available: bool, lsn: int | None, deleted: bool | None = None) -> dict:
+    return {"item_id": item, "updated_at": 1, "attributes": {"colour": "red"}, "category": "shoes",
+            "available": available, "source_lsn": lsn, "deleted": deleted}
 
 
 def test_a_change_holds_until_the_table_has_it_or_a_newer_one(settings):
@@ -62,13 +63,21 @@ def test_a_change_holds_until_the_table_has_it_or_a_newer_one(settings):
     assert attributes.available("i2")
 
 
-def test_a_deleted_item_keeps_the_tables_word_until_its_row_goes(settings):
+def test_a_deleted_item_is_unavailable_from_its_change_on_and_matches_no_filter_once_the_table_has_it(settings):
     attributes = ItemAttributes(Lake(settings))
-    attributes.load([row("i1", False, 10)], version=1)
-    attributes.apply(AvailabilityChange("i1", 11, None))
+    attributes.load([row("i1", True, 10), row("i2", True, 10)], version=1)
+    attributes.apply(AvailabilityChange("i1", 11, None))  # deleted in Postgres; the table lags
+    assert not attributes.available("i1") and attributes.available("i2")
+
+    # The dimensions query keeps the row, marked deleted and unavailable (speed.dimensions).
+    attributes.load([row("i1", False, 11, deleted=True), row("i2", True, 10)], version=2)
     assert not attributes.available("i1")
-    attributes.load([], version=2)
-    assert attributes._ahead == {}  # noqa: SLF001 - nothing left to hold once the row is gone
+    assert attributes._ahead == {}  # noqa: SLF001 - the table holds the delete: nothing left ahead of it
+    assert "i1" not in attributes.items and "i1" not in attributes.categories
+    assert attributes._by_category == {"shoes": ["i2"]}  # noqa: SLF001 - cold start offers live items only
+
+    attributes.apply(AvailabilityChange("i1", 12, True))  # inserted again under the same id
+    assert attributes.available("i1")
 
 
 def test_an_item_set_unavailable_leaves_the_cached_positions_at_once(settings):
