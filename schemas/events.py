@@ -43,6 +43,14 @@ class EventContext(BaseModel):
     country: str | None = Field(None, pattern=r"^[A-Z]{2}$")
     consent: bool | None = None
 
+    def present(self) -> dict[str, Any]:
+        """The fields and extra keys that have a value: ``model_dump(exclude_none=True)`` without its
+        per-call cost, which was the ingestion edge's largest share of a message's CPU."""
+        values = {name: value for name, value in self.__dict__.items() if value is not None}
+        if self.__pydantic_extra__:
+            values.update((key, value) for key, value in self.__pydantic_extra__.items() if value is not None)
+        return values
+
     def model_post_init(self, __context: Any) -> None:
         for key, value in (self.model_extra or {}).items():
             if not isinstance(value, str) or len(value) > 256:
@@ -63,8 +71,11 @@ class Event(BaseModel):
     occurred_at: AwareDatetime
     context: EventContext = Field(default_factory=EventContext)
 
-    def to_message(self, pseudonymous_user_id: str, received_at: datetime) -> dict[str, Any]:
-        """The Kafka message for this event: the raw user id replaced by its pseudonym."""
+    def to_message(self, pseudonymous_user_id: str, received_at: str) -> dict[str, Any]:
+        """The Kafka message for this event: the raw user id replaced by its pseudonym.
+
+        ``received_at`` is ISO-8601 text, formatted once per request: ``isoformat()``
+        costs as much as the rest of a message on this path."""
         return {
             "schema_version": SCHEMA_VERSION,
             "event_id": str(self.event_id),
@@ -73,8 +84,8 @@ class Event(BaseModel):
             "event_type": self.event_type,
             "value": self.value,
             "occurred_at": self.occurred_at.isoformat(),
-            "received_at": received_at.isoformat(),
-            "context": self.context.model_dump(exclude_none=True),
+            "received_at": received_at,
+            "context": self.context.present(),
         }
 
 

@@ -79,7 +79,7 @@ class Ingestor:
     def publish(self, events: list[Event]) -> IngestResult:
         """Produce every consented event and wait for the broker's acknowledgement."""
         result = IngestResult()
-        received_at = datetime.now(UTC)
+        received_at = datetime.now(UTC).isoformat()
         records = []
         for event in events:
             if event.context.consent is False:
@@ -88,7 +88,7 @@ class Ingestor:
             pseudonym = pseudonymise(event.user_id, self.settings.pseudonym_key)
             message = event.to_message(pseudonym, received_at)
             records.append((pseudonym.encode(), orjson.dumps(message)))
-            result.accepted.append(str(event.event_id))
+            result.accepted.append(message["event_id"])
         if records:
             self._send(self.settings.topic_events, records)
         return result

@@ -82,10 +82,19 @@ def test_properties_agree():
 
 def test_message_replaces_the_raw_user_id():
     event = Event.model_validate(VALID)
-    message = event.to_message("u_pseudo", datetime(2026, 11, 26, tzinfo=UTC))
+    message = event.to_message("u_pseudo", datetime(2026, 11, 26, tzinfo=UTC).isoformat())
     assert message["user_id"] == "u_pseudo"
     assert "user-1" not in str(message)
     assert message["schema_version"] == 1
+
+
+@pytest.mark.parametrize("context", [{}, {"device": "web"}, {"country": "DE", "consent": False, "campaign": "x1"},
+                                     {"device": None, "referrer": "mail", "consent": True}])
+def test_a_messages_context_is_what_pydantic_dumps_without_nulls(context):
+    event = Event.model_validate({**VALID, "context": context})
+    message = event.to_message("u_pseudo", "2026-11-26T00:00:00+00:00")
+    assert message["context"] == event.context.model_dump(exclude_none=True)
+    assert list(message["context"]) == list(event.context.model_dump(exclude_none=True))
 
 
 def test_table_specs_name_their_keys_and_partitions():
