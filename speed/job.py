@@ -1,7 +1,7 @@
 """The speed layer's streaming job: Kafka ``events`` → Delta tables and ``speed-updates``.
 
 Run it as a user would: ``spark-submit speed/job.py`` (or ``lambdarec speed``).
-It runs three Structured Streaming queries in one driver, each checkpointed:
+It runs four Structured Streaming queries in one driver, each checkpointed:
 
 - the real-time query (``trigger(realTime=...)``, Spark's real-time mode) reads
   ``events`` with Spark's Kafka source, validates with built-in functions, drops
