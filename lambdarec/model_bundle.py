@@ -23,11 +23,13 @@ No Spark is imported here: serving imports this module.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Literal
 
@@ -329,4 +331,15 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        code = main(sys.argv[1:])
+    except BaseException:  # reported here, since the exit below skips the interpreter's own report
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The bundle is complete and its files closed. Skipping the interpreter's teardown avoids a
+    # native thread pool (Arrow's, under delta-rs and pyarrow) being destroyed while a worker is
+    # alive, which aborts the process now and then ("terminate called without an active
+    # exception", exit -6) after the work is done; CI saw it fail a model load.
+    os._exit(code)
