@@ -185,18 +185,17 @@ class DimensionsSink(Sink):
                                        self.app_id(), batch_id)
         if merger is None:
             return 0
-        columns = {name: f"s.{name}" for name in dimension.spec.columns if name != "deleted"}
+        columns = {name: "false" if name == "deleted" else f"s.{name}" for name in dimension.spec.columns}
         newer = "s.source_lsn >= coalesce(t.source_lsn, -1)"
-        delete, upsert = f"s.op = '{DELETE}' AND {newer}", f"s.op != '{DELETE}' AND {newer}"
+        delete = f"s.op = '{DELETE}' AND {newer}"
         if dimension.keeps_deleted:
-            merger = (merger.when_matched_update(
+            merger = merger.when_matched_update(
                 updates={"available": "false", "deleted": "true", "source_lsn": "s.source_lsn"}, predicate=delete)
-                .when_matched_update(updates={**columns, "deleted": "false"}, predicate=upsert))
-            columns = {**columns, "deleted": "false"}
         else:
-            merger = (merger.when_matched_delete(predicate=delete)
-                      .when_matched_update(updates=columns, predicate=upsert))
-        merger.when_not_matched_insert(updates=columns, predicate=f"s.op != '{DELETE}'").execute()
+            merger = merger.when_matched_delete(predicate=delete)
+        (merger.when_matched_update(updates=columns, predicate=f"s.op != '{DELETE}' AND {newer}")
+         .when_not_matched_insert(updates=columns, predicate=f"s.op != '{DELETE}'")
+         .execute())
         return latest.num_rows
 
 
