@@ -17,7 +17,7 @@ on the events topic: the topic's records equal the accepted count (``on_topic``,
 ``accepted``). The producer is the API's (acks=all, idempotent). Prints one JSON
 object.
 
-    .venv/bin/python bench/ingest.py [--connections 8] [--batch 500] [--seconds 15] [--runs 3]
+    .venv/bin/python bench/ingest.py [--connections 16] [--batch 500] [--seconds 15] [--runs 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -104,10 +104,11 @@ def on_topic(settings: Settings) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="Serving processes (lambdarec serve --workers).")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: run `make bench-tools`")
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> int:
     write_bodies(single, 1, seed=1)
     write_bodies(batches, args.batch, seed=2)
     with EmbeddedBroker(settings):
-        serving = start_child("serving", lambdarec_command("serve", "--log-level", "warning"), root / "logs",
+        serving = start_child("serving", lambdarec_command("serve", "--workers", str(args.workers), "--log-level", "warning"), root / "logs",
                               spark_submit_env(settings))
         try:
             wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/health", timeout=1).status_code == 200,
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> int:
                                           "runs": [r["accepted_events_per_s"] for r in runs]},
                 "batch_latency_ms": [r["latency_ms"] for r in runs], "non_2xx": sum(r["non_2xx"] for r in runs),
                 "accepted": int(total), "on_topic": on_topic(settings),
-                "connections": args.connections, "batch": args.batch, "seconds": args.seconds,
+                "connections": args.connections, "batch": args.batch, "seconds": args.seconds, "workers": args.workers,
             }))
         finally:
             serving.stop()

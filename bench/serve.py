@@ -4,7 +4,7 @@ Builds a model of 100k items x 64 factors and 1M users in a temporary lake
 (pyarrow, no Spark), publishes it as the publish gate does (model bundle into
 the lake, then the registry row), and adds an item catalogue for filters and
 speed-view updates so the requested users go through fold-in. It starts an
-embedded broker and ``lambdarec serve`` (uvicorn, one worker) and drives it from
+embedded broker and ``lambdarec serve`` (uvicorn, --workers processes) and drives it from
 a load generator in a separate process on loopback at fixed rates (open loop:
 latency counts from each request's scheduled time, so queueing is not hidden).
 The load generator is pinned to the last CPU (--no-pin-loadgen to leave it
@@ -26,7 +26,8 @@ serves exactly): recall@10 of serving's candidate path against exact scoring ove
 500 stored user vectors, with and without the requests' category filter.
 Prints one JSON object.
 
-    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--swaps 3] [--ann-ef 256] [--no-bundle]
+    .venv/bin/python bench/serve.py [--rates 100,200,300,500] [--seconds 10] [--swaps 3] [--ann-ef 256] [--workers 1]
+        [--no-bundle]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ FRESH_USERS = 2000  # users with speed-view interactions: their requests fold in
 CONNECTIONS = 64
 SETTLE_S = 1.0  # offered before each rate's counted window
 SWAP_GAP_S = 1.0  # between publishing a model and its swap, and after the swap
+FOLLOW_POLL_S = 1.0  # with --workers, the registry poll of the workers a reload did not reach
 
 
 def free_port() -> int:
@@ -305,6 +307,9 @@ def main() -> int:
                              "unpinned, the server's threads delay its sends, and that delay counts as latency.")
     parser.add_argument("--ann-ef", type=int, default=Settings.model_fields["serve_ann_ef"].default,
                         help="Serving's item-index search list (serve_ann_ef); 0 scores every item exactly.")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Serving processes (lambdarec serve --workers); the workers a reload misses swap on "
+                             "their registry poll (FOLLOW_POLL_S), inside the swap's window.")
     parser.add_argument("--no-bundle", action="store_true",
                         help="Publish the swapped-in model without its model bundle, so serving builds it itself.")
     args = parser.parse_args()
@@ -315,6 +320,7 @@ def main() -> int:
     lake = Lake(settings)
     cpus = {os.cpu_count() - 1} if args.pin_loadgen and os.cpu_count() > 1 else None
     figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count(),
+                     "workers": args.workers,
                      "loadgen_cpus": sorted(cpus) if cpus else "any", "settle_s": SETTLE_S}
     started = time.perf_counter()
     write_model(lake, 1, args.items, args.users, args.rank, args.per_user, seed=1)
@@ -327,10 +333,12 @@ def main() -> int:
     broker = EmbeddedBroker(settings).start()
     port = free_port()
     env = {**os.environ, "LAMBDAREC_ROOT": str(root), "LAMBDAREC_EMBEDDED_BROKER_PORT": str(settings.embedded_broker_port),
-           "LAMBDAREC_ADMIN_TOKEN": TOKEN, "LAMBDAREC_SERVE_MODEL_POLL_S": "3600",
+           "LAMBDAREC_ADMIN_TOKEN": TOKEN,
+           "LAMBDAREC_SERVE_MODEL_POLL_S": str(FOLLOW_POLL_S) if args.workers > 1 else "3600",
            "LAMBDAREC_SERVE_ANN_EF": str(args.ann_ef), "LAMBDAREC_ALLOW_DEVELOPMENT_KEY": "true"}
     server_log = (root / "serving.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port), "--log-level", "warning"],
+    server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port),
+                               "--workers", str(args.workers), "--log-level", "warning"],
                               env=env, stderr=server_log)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -377,11 +385,13 @@ def main() -> int:
                     time.sleep(SWAP_GAP_S)
                     began = time.perf_counter()
                     response = client.post("/admin/reload")
+                    time.sleep(followers_s)  # the other workers swap on their poll meanwhile
                     windows.append((version, began, time.perf_counter(), response.json()))
                     time.sleep(SWAP_GAP_S)
                 return windows
 
-        duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + 1)
+        followers_s = FOLLOW_POLL_S + SWAP_GAP_S if args.workers > 1 else 0.0
+        duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + followers_s + 1)
         swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
         results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
         first = windows[0][1]

@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("lambdarec.broker", "Run the embedded single-node Apache Kafka broker (KRaft) on loopback."),
     "postgres": ("lambdarec.postgres", "Run the embedded Postgres (the operational database) on loopback."),
     "cdc": ("lambdarec.cdc", "Run Kafka Connect with Debezium's Postgres connector (catalogue and users into Kafka)."),
-    "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn)."),
+    "serve": ("serving.cli", "Run the serving API (FastAPI under uvicorn), in one process or several (--workers)."),
     "speed": ("speed.job", "Run the speed layer streaming job in this process."),
     "train": ("batch.train", "Train every model family, refit the best on the whole snapshot, gate and publish it."),
     "status": ("lambdarec.status", "Show the speed job's progress, lag and the published model."),

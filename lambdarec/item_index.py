@@ -37,7 +37,7 @@ class ItemIndex:
     def __init__(self, path: Path, ef: int):
         """``ef`` is the search's candidate list; a query for more than ``ef`` items searches with its count."""
         # one thread: a single query is too small to split, and idle OpenMP workers spinning on
-        # a small host slow every request (as OpenBLAS's did, serving/cli.py)
+        # a small host slow every request (as OpenBLAS's did, serving/workers.py)
         faiss.omp_set_num_threads(1)
         self._index = faiss.read_index(str(path))
         self.ef = ef

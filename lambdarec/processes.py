@@ -54,14 +54,20 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
                     threading.current_thread().name)
         return None
     parent = os.getpid()
-    prctl = _prctl
+    return lambda: exit_with_parent(parent, sig)  # runs in the child between fork and exec: no locks, no logging
 
-    def set_death_signal() -> None:  # runs in the child between fork and exec: no locks, no logging
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        if os.getppid() != parent:  # the parent is already gone
-            os.kill(os.getpid(), sig)
 
-    return set_death_signal
+def exit_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """Have this process receive ``sig`` when ``parent``, its parent, dies (and at once if it already has).
+
+    Linux only (a no-op elsewhere). The same caveat as ``die_with_parent``: the signal
+    comes when the parent's thread that started this process exits.
+    """
+    if _prctl is None:
+        return
+    _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:  # the parent is already gone
+        os.kill(os.getpid(), sig)
 
 
 class StageError(RuntimeError):

@@ -349,6 +349,11 @@ class Settings(BaseSettings):
 
     serve_host: str = Field("127.0.0.1", description="Serving bind address.")
     serve_port: int = Field(8000, description="Serving port.")
+    serve_workers: int = Field(
+        1, ge=0, description="Serving processes sharing the port (0 = one per core). Each maps the same model "
+        "files, follows the speed view and produces events itself; /metrics from any of them sums their "
+        "counters. Python runs one request at a time per process, so more cores need more workers.",
+    )
     serve_catalogue_poll_s: float = Field(
         0.5, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
         "item marked unavailable stops being recommended after the next check).",

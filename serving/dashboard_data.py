@@ -67,7 +67,7 @@ class Dashboard:
         self.sampler: Sampler | None = None
         self._poller: Poller | None = None
         if self.prometheus is None:
-            self.sampler = Sampler(services.metrics.registry, self._job_lag, settings.speed_metrics_endpoint,
+            self.sampler = Sampler(services.metrics.exposition, self._job_lag, settings.speed_metrics_endpoint,
                                    pause=services.idle_gate.pause)
             self._poller = Poller(SAMPLE_S, [self.sampler.sample])
 

@@ -74,7 +74,10 @@ class Services:
             ingestor=Ingestor(settings),
             rate_limiter=RateLimiter(settings.ingest_rate_limit_per_s, settings.ingest_rate_burst),
             metrics=metrics,
-            pollers=(Poller(settings.serve_model_poll_s, [model_store.reload, erasures.reload, consents.reload]),
+            # The view gauges are set on each poll, not only when scraped: under --workers a scrape
+            # reaches one worker and shows the others' gauges as they last set them.
+            pollers=(Poller(settings.serve_model_poll_s, [model_store.reload, erasures.reload, consents.reload,
+                                                          lambda: metrics.observe_views(model_store, speed_view)]),
                      Poller(settings.serve_catalogue_poll_s, [attributes.reload, profiles.reload])),
             idle_gate=idle_gate,
             erasures=erasures,

@@ -9,19 +9,87 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lambdarec.registry import PUBLISHED, REJECTED, current_statuses_in
+from schemas.tables import MODELS
+from serving.workers import MULTIPROCESS_DIR_ENV
+
+if TYPE_CHECKING:
+    from serving.model_store import ModelStore
+    from serving.speed_view import SpeedView
 
 log = logging.getLogger("serving.requests")
 
 
+class RegistryGauges(Collector):
+    """Model and training gauges from the registry (``lambdarec.registry``): batch runs are short-lived,
+    so serving, which follows the registry anyway, exports what they recorded.
+
+    Computed when scraped from the rows last observed rather than kept in gauges: every
+    worker holds the same registry, and a labelled gauge cannot drop a label in
+    prometheus_client's multiprocess mode, so an old run's stages would linger.
+    """
+
+    def __init__(self) -> None:
+        self._rows = MODELS.schema.empty_table()
+        self._serving_version: int | None = None
+
+    def observe(self, registry: pa.Table, serving_version: int | None) -> None:
+        self._rows, self._serving_version = registry, serving_version
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rows, serving_version = self._rows, self._serving_version
+        statuses = current_statuses_in(rows)
+        models = GaugeMetricFamily("lambdarec_models", "Model versions in the registry by current status.",
+                                   labels=["status"])
+        for status in sorted({row["status"] for row in statuses.values()}):
+            models.add_metric([status], sum(row["status"] == status for row in statuses.values()))
+        yield models
+        published = [row for row in rows.to_pylist()
+                     if row["status"] == PUBLISHED and row["model_version"] == serving_version]
+        yield GaugeMetricFamily(
+            "lambdarec_model_age_seconds", "Seconds since the served model was published (-1: none).",
+            value=time.time() - published[-1]["recorded_at"].timestamp() if published else -1)
+        gated = [row for _, row in sorted(statuses.items()) if row["status"] in (PUBLISHED, REJECTED)]
+        yield GaugeMetricFamily(
+            "lambdarec_training_last_published",
+            "1: the newest gated training run was published; 0: the publish gate rejected it (-1: none yet).",
+            value=-1 if not gated else int(gated[-1]["status"] == PUBLISHED))
+        trained = [row for row in sorted(rows.to_pylist(), key=lambda row: (row["model_version"], row["recorded_at"]))
+                   if row["metrics"]]
+        metrics = json.loads(trained[-1]["metrics"]) if trained else {}
+        stages = GaugeMetricFamily("lambdarec_training_stage_seconds",
+                                   "Duration of each stage of the newest trained model's run.", labels=["stage"])
+        for stage, seconds in (metrics.get("stage_seconds") or {}).items():
+            stages.add_metric([stage], seconds)
+        yield stages
+        values = GaugeMetricFamily("lambdarec_training_metric",
+                                   "Holdout metrics of the newest trained model (model_ and popularity_).",
+                                   labels=["metric"])
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.add_metric([name], value)
+        yield values
+
+
 class Metrics:
+    """Serving's metrics. ``registry`` holds the instruments; ``exposition`` is what /metrics and the
+    dashboard read: the same registry in one process, and under ``--workers`` every worker's
+    counters and histograms summed (and each view gauge by the worst worker) from
+    prometheus_client's multiprocess files."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.request_seconds = Histogram(
@@ -43,96 +111,66 @@ class Metrics:
             ["strategy"],
             registry=self.registry,
         )
+        # Each worker has its own views; under --workers the modes say which one a scrape shows.
         self.model_version = Gauge(
-            "lambdarec_model_version", "Version of the model being served (-1: none).", registry=self.registry
+            "lambdarec_model_version", "Version of the model being served (-1: none; the oldest over workers).",
+            registry=self.registry, multiprocess_mode="livemin",
         )
         self.speed_view_age = Gauge(
             "lambdarec_speed_view_age_seconds",
-            "Seconds since the speed view applied an update (-1: never).",
-            registry=self.registry,
+            "Seconds since the speed view applied an update (-1: never; the largest over workers).",
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.speed_view_lag = Gauge(
             "lambdarec_speed_view_lag_records",
-            "Records on speed-updates the view has not applied yet (-1: not following).",
-            registry=self.registry,
+            "Records on speed-updates the view has not applied yet (-1: not following; the largest over workers).",
+            registry=self.registry, multiprocess_mode="livemax",
         )
-
         self.speed_job_lag = Gauge(
             "lambdarec_speed_job_lag_records",
             "The speed job's source lag from its latest progress row (-1: unknown).",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemax",
         )
         self.freshness = Histogram(
             "lambdarec_freshness_seconds",
-            "Event accepted by the platform (received_at) -> visible in this process's speed view: the SLO metric.",
+            "Event accepted by the platform (received_at) -> visible in this process's speed view: the SLO "
+            "metric (under --workers, once per worker).",
             registry=self.registry,
             buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
         )
-        self.model_age = Gauge(
-            "lambdarec_model_age_seconds", "Seconds since the served model was published (-1: none).",
-            registry=self.registry,
-        )
-        self.models = Gauge(
-            "lambdarec_models", "Model versions in the registry by current status.", ["status"], registry=self.registry
-        )
-        self.training_last_published = Gauge(
-            "lambdarec_training_last_published",
-            "1: the newest gated training run was published; 0: the publish gate rejected it (-1: none yet).",
-            registry=self.registry,
-        )
-        self.training_stage = Gauge(
-            "lambdarec_training_stage_seconds", "Duration of each stage of the newest trained model's run.",
-            ["stage"], registry=self.registry,
-        )
-        self.training_metric = Gauge(
-            "lambdarec_training_metric", "Holdout metrics of the newest trained model (model_ and popularity_).",
-            ["metric"], registry=self.registry,
-        )
         self.speed_view_events_version = Gauge(
             "lambdarec_speed_view_events_version",
-            "Newest events table version the speed view applied (-1: none).",
-            registry=self.registry,
+            "Newest events table version the speed view applied (-1: none; the oldest over workers).",
+            registry=self.registry, multiprocess_mode="livemin",
         )
+        self.registry_gauges = RegistryGauges()
+        multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if multiprocess_dir:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, multiprocess_dir)
+        else:
+            self.exposition = self.registry
+        self.exposition.register(self.registry_gauges)
 
-    def observe_views(self, model, position: dict, registry: pa.Table) -> None:
+    def observe_views(self, model_store: ModelStore, speed_view: SpeedView) -> None:
         """Set the view gauges from the serving model, the speed view's position and the registry's rows."""
 
         def number(value, scale: float = 1.0) -> float:
             return -1 if value is None else value / scale
 
+        model, position = model_store.current, speed_view.position()
         self.model_version.set(model.version if model else -1)
-        self.observe_registry(registry, model.version if model else None)
+        self.observe_registry(model_store.registry_rows, model.version if model else None)
         self.speed_view_age.set(number(position["age_ms"], 1000))
         self.speed_view_lag.set(number(position["lag_records"]))
         self.speed_job_lag.set(number(position["speed_job_lag_records"]))
         self.speed_view_events_version.set(number(position["events_version"]))
 
     def observe_registry(self, registry: pa.Table, serving_version: int | None) -> None:
-        """Model and training gauges from the registry (``lambdarec.registry``): batch runs are short-lived,
-        so serving, which follows the registry anyway, exports what they recorded."""
-        statuses = current_statuses_in(registry)
-        self.models.clear()
-        for status in {row["status"] for row in statuses.values()}:
-            self.models.labels(status).set(sum(row["status"] == status for row in statuses.values()))
-        published = [row for row in registry.to_pylist()
-                     if row["status"] == PUBLISHED and row["model_version"] == serving_version]
-        self.model_age.set(time.time() - published[-1]["recorded_at"].timestamp() if published else -1)
-        gated = [row for _, row in sorted(statuses.items()) if row["status"] in (PUBLISHED, REJECTED)]
-        self.training_last_published.set(-1 if not gated else int(gated[-1]["status"] == PUBLISHED))
-        trained = [row for row in sorted(registry.to_pylist(), key=lambda row: (row["model_version"], row["recorded_at"]))
-                   if row["metrics"]]
-        self.training_stage.clear()
-        self.training_metric.clear()
-        if trained:
-            metrics = json.loads(trained[-1]["metrics"])
-            for stage, seconds in (metrics.get("stage_seconds") or {}).items():
-                self.training_stage.labels(stage).set(seconds)
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.training_metric.labels(name).set(value)
+        self.registry_gauges.observe(registry, serving_version)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.exposition)
 
 
 class RequestMetrics:

@@ -43,8 +43,7 @@ def ready(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
     """Prometheus text: latency per route, freshness, the model and training runs, speed-view lag."""
-    services.metrics.observe_views(services.model_store.current, services.speed_view.position(),
-                                   services.model_store.registry_rows)
+    services.metrics.observe_views(services.model_store, services.speed_view)
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

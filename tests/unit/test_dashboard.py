@@ -132,7 +132,7 @@ def test_speed_charts_need_the_speed_job_in_both_readings_and_unknown_gauges_are
 def test_the_sampler_keeps_a_bounded_ring_and_reports_an_unreachable_speed_job():
     clock = iter(float(t) for t in range(0, 1000, 2))
     metrics = Metrics()
-    sampler = Sampler(metrics.registry, lambda: None, f"http://127.0.0.1:{free_port()}/metrics",
+    sampler = Sampler(metrics.exposition, lambda: None, f"http://127.0.0.1:{free_port()}/metrics",
                       clock=lambda: next(clock), points=4)
     for n in range(10):
         metrics.events.labels("accepted").inc(2 * n)

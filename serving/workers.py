@@ -1,0 +1,99 @@
+"""``lambdarec serve --workers N``: several serving processes on one port, under uvicorn's supervisor.
+
+Python answers one request at a time per process, so serving uses more cores only
+through more processes. uvicorn binds the port in the parent, hands the socket to N
+spawned workers and restarts a worker that dies or stops answering its health pipe.
+Each worker builds the whole app: it maps the same model files (built once per host,
+``serving.model_store``), follows the speed view and the CDC topic itself and has its
+own Kafka producer. What a worker holds apart:
+
+- metrics live in prometheus_client's multiprocess files, one folder per port, so a
+  scrape of any worker answers every worker's counters and histograms summed;
+- ``/admin/reload`` swaps the model in the worker that takes it; the others find the
+  new version on their next registry poll (``serve_model_poll_s``);
+- the ingestion rate limit is a bucket per worker, so a client may reach N times it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambdarec.processes import exit_with_parent
+from lambdarec.proc_tree import alive
+from lambdarec.settings import Settings
+from serving.logs import configure_logging
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode, read at import
+PARENT_ENV = "LAMBDAREC_SERVE_PARENT_PID"
+LOG_LEVEL_ENV = "LAMBDAREC_SERVE_LOG_LEVEL"
+SWITCH_INTERVAL_S = 0.0005
+LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+
+
+def worker_count(requested: int) -> int:
+    """``requested`` processes, or one per core this process may run on for 0."""
+    return requested or len(os.sched_getaffinity(0))
+
+
+def metrics_dir(settings: Settings, port: int) -> Path:
+    return settings.root.resolve() / "serving-metrics" / str(port)
+
+
+def tune_process() -> None:
+    """Per-process settings every serving process needs before its first request."""
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: a request's matrix-vector product is too small to split, and numpy's
+    # and scipy's OpenBLAS pools spinning on few cores slow every request (README: measurements).
+    threadpool_limits(1, user_api="blas")
+    # A model swap prepares the new model's caches on a worker thread beside the requests; numpy
+    # drops and retakes the GIL on every call, and with the default switch interval each retake
+    # waits behind that thread.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def run_workers(settings: Settings, host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve with ``workers`` processes until stopped; a fresh metrics folder for each start."""
+    import uvicorn
+
+    folder = metrics_dir(settings, port)
+    shutil.rmtree(folder, ignore_errors=True)  # the last run's counters would add to this one's
+    folder.mkdir(parents=True)
+    os.environ.update({MULTIPROCESS_DIR_ENV: str(folder), PARENT_ENV: str(os.getpid()),
+                       LOG_LEVEL_ENV: log_level.upper()})
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                log_config=None, access_log=False)
+
+
+def worker_app() -> "FastAPI":
+    """uvicorn's app factory in each worker."""
+    from serving.app import create_app
+
+    exit_with_parent(int(os.environ[PARENT_ENV]), signal.SIGTERM)  # a killed parent leaves no worker holding the port
+    configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
+    tune_process()
+    forget_dead_workers(Path(os.environ[MULTIPROCESS_DIR_ENV]))
+    return create_app()
+
+
+def forget_dead_workers(folder: Path) -> None:
+    """Drop the view gauges of workers that died, which would otherwise show in the "live" modes forever.
+
+    uvicorn replaces a dead worker without telling prometheus_client; its replacement
+    clears up here. Dead workers' counters stay: they are counts the platform made.
+    """
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for path in folder.glob("gauge_live*.db"):
+        found = LIVE_GAUGE_FILE.fullmatch(path.name)
+        if found and not alive(int(found.group(1))):
+            mark_process_dead(int(found.group(1)), str(folder))

@@ -1,0 +1,112 @@
+"""``lambdarec serve --workers 2``, started as a user starts it: two processes on one port.
+
+A real broker, a published model in a real lake, the real command line. Both
+workers take requests; /metrics from either sums both; a killed worker is
+replaced and its counts are kept; a new model reaches both workers; a killed
+parent takes its workers with it, so nothing holds the port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from lambdarec.lake import Lake
+from lambdarec.metrics_text import samples
+from lambdarec.proc_tree import alive, tree
+from lambdarec.processes import lambdarec_command, start_child
+from lambdarec.submit import spark_submit_env
+from tests.plugins.broker import free_port
+from tests.support.serving import wait_until, write_model
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "workers-admin-token"
+ITEMS = {f"i{n}": [1.0, 0.1 * n] for n in range(10)}
+RATINGS = {f"u{n}": {f"i{n}": 3.0} for n in range(5)}
+ACCEPTED = ("lambdarec_ingested_events_total", (("outcome", "accepted"),))
+BATCH = 20
+
+
+def batch() -> list[dict]:
+    return [{"event_id": str(uuid.uuid4()), "user_id": f"user-{n}", "item_id": f"i{n % 10}", "event_type": "click",
+             "occurred_at": "2024-05-01T12:00:00+00:00"} for n in range(BATCH)]
+
+
+def post_batches(api: str, count: int) -> None:
+    """``count`` batches from 8 threads, each on a new connection, so both workers take some."""
+    def post(_: int) -> int:
+        return httpx.post(f"{api}/v1/events/batch", json=batch(), timeout=30).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(post, range(count))) == {202}
+
+
+def metric(api: str, key: tuple) -> float:
+    return samples(httpx.get(f"{api}/metrics", timeout=10).text).get(key, 0.0)
+
+
+def workers(parent: int) -> set[int]:
+    """uvicorn's worker processes under ``parent`` (multiprocessing's spawned children)."""
+    def cmdline(pid: int) -> str:
+        try:
+            return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        except OSError:
+            return ""
+    return {pid for pid in tree(parent) if pid != parent and "spawn_main" in cmdline(pid)}
+
+
+def request_pids(log: str) -> set[int]:
+    """The pids that logged an ingestion request."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return {line["pid"] for line in lines if line.get("route") == "/v1/events/batch"}
+
+
+def test_two_workers_share_the_port_sum_their_metrics_and_are_replaced_when_killed(broker_settings, tmp_path):
+    settings = broker_settings.model_copy(update={"serve_port": free_port(), "serve_model_poll_s": 1.0,
+                                                  "admin_token": SecretStr(TOKEN)})
+    lake = Lake(settings)
+    write_model(lake, 1, 10, ITEMS, RATINGS)
+    api = f"http://127.0.0.1:{settings.serve_port}"
+    server = start_child("serving", lambdarec_command("serve", "--workers", "2"), tmp_path / "logs",
+                         spark_submit_env(settings))
+    try:
+        wait_until(lambda: server.check_alive() and len(workers(server.process.pid)) == 2, "two workers", 60)
+        wait_until(lambda: all(httpx.get(f"{api}/ready", timeout=5).status_code == 200 for _ in range(6)),
+                   "every worker ready", 120)
+
+        post_batches(api, 40)
+        assert request_pids(server.log_path.read_text()) == workers(server.process.pid)  # both took requests
+        # whichever worker answers, the count is both workers'
+        assert [metric(api, ACCEPTED) for _ in range(6)] == [40 * BATCH] * 6
+
+        killed = next(iter(workers(server.process.pid)))
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: killed not in workers(server.process.pid) and len(workers(server.process.pid)) == 2,
+                   "uvicorn to replace the killed worker", 60)
+        wait_until(lambda: all(httpx.get(f"{api}/ready", timeout=5).status_code == 200 for _ in range(6)),
+                   "the new worker ready", 120)
+        post_batches(api, 10)
+        assert [metric(api, ACCEPTED) for _ in range(6)] == [50 * BATCH] * 6  # the killed worker's counts kept
+
+        write_model(lake, 2, 20, ITEMS, RATINGS)
+        reload = httpx.post(f"{api}/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert reload.status_code == 200 and reload.json()["model_version"] == 2
+        # the worker the reload missed finds version 2 on its next registry poll; the gauge is the oldest served
+        wait_until(lambda: metric(api, ("lambdarec_model_version", ())) == 2, "both workers on model 2")
+
+        parent, children = server.process.pid, workers(server.process.pid)
+        os.kill(parent, signal.SIGKILL)
+        wait_until(lambda: not any(alive(pid) for pid in children), "the workers to leave with their parent")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", settings.serve_port))  # nothing holds the port
+    finally:
+        server.stop()
