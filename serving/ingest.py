@@ -14,9 +14,9 @@ and librdkafka about a fifth of that.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 BROKER_WAIT_MS = 5_000  # how long a request waits for a broker before it gets a 503
 DELIVERY_TIMEOUT_S = 15.0
 LINGER_MS = 1  # concurrent requests' records share batches; one event waits at most this long
-POLL_S = 0.005
+REPORTS_POLL_S = 0.1  # the reporting thread's wait for a delivery report; it returns at the first
 
 
 class BrokerUnavailable(RuntimeError):
@@ -47,25 +47,45 @@ class IngestResult:
 
 
 class _Delivery:
-    """The delivery reports of one request's records, counted down as librdkafka serves them (in
-    whichever request's thread polls)."""
+    """The delivery reports of one request's records, counted down on the producer's reporting thread."""
 
     def __init__(self, expected: int):
-        self.left = expected
+        self.expected = expected
+        self._reported = itertools.count(1)  # next() is atomic under the GIL: no lock per record
         self.timestamp_ms = -1  # the broker's time of the last record acknowledged
         self.error: str | None = None
         self.done = threading.Event()
-        self._lock = threading.Lock()
 
     def on_delivery(self, error: KafkaError | None, message) -> None:
-        with self._lock:
-            if error is not None:
-                self.error = self.error or error.str()
-            else:
-                self.timestamp_ms = message.timestamp()[1]
-            self.left -= 1
-            if self.left == 0:
-                self.done.set()
+        if error is not None:
+            self.error = self.error or error.str()
+        else:
+            self.timestamp_ms = message.timestamp()[1]
+        if next(self._reported) == self.expected:
+            self.done.set()
+
+
+class _ReportingProducer:
+    """A librdkafka producer with the one thread that serves its delivery reports.
+
+    Requests only wait on their own ``_Delivery``: threads polling the producer in
+    turns would each wake every few milliseconds to take the GIL.
+    """
+
+    def __init__(self, config: dict):
+        self.producer = Producer(config)
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve_reports, name="ingest-delivery-reports", daemon=True).start()
+
+    def _serve_reports(self) -> None:
+        # A discarded producer still reports what other requests sent through it: every record gets
+        # its report (or its error) within message.timeout.ms.
+        while not (self._stop.is_set() and len(self.producer) == 0):
+            self.producer.poll(REPORTS_POLL_S)
+
+    def stop(self) -> None:
+        """Stop serving reports once every record sent has had its report."""
+        self._stop.set()
 
 
 class Ingestor:
@@ -73,7 +93,7 @@ class Ingestor:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._producer: Producer | None = None
+        self._producer: _ReportingProducer | None = None
         self._lock = threading.Lock()
 
     def publish(self, events: list[Event]) -> IngestResult:
@@ -105,12 +125,9 @@ class Ingestor:
             producer = self._get_producer()
             for key, value in records:
                 producer.produce(topic, value, key, on_delivery=delivery.on_delivery)
-            deadline = time.monotonic() + DELIVERY_TIMEOUT_S
-            while not delivery.done.is_set():  # serves every request's reports; ours set ``done``
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(f"{delivery.left} of {len(records)} records unacknowledged after "
-                                            f"{DELIVERY_TIMEOUT_S:g} s")
-                producer.poll(POLL_S)
+            if not delivery.done.wait(DELIVERY_TIMEOUT_S):
+                raise BrokerUnavailable(f"{delivery.expected} records not all acknowledged after "
+                                        f"{DELIVERY_TIMEOUT_S:g} s")
             if delivery.error is not None:
                 raise BrokerUnavailable(delivery.error)
             return delivery.timestamp_ms
@@ -122,7 +139,7 @@ class Ingestor:
     def _get_producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                producer = Producer({
+                reporting = _ReportingProducer({
                     "bootstrap.servers": self.settings.bootstrap_servers,
                     "client.id": "lambdarec-serving-ingest",
                     "acks": "all",
@@ -131,17 +148,24 @@ class Ingestor:
                     "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
                     "logger": log,
                 })
-                producer.list_topics(timeout=BROKER_WAIT_MS / 1000)  # no broker: a 503 now, not after the timeout
-                self._producer = producer
-            return self._producer
+                try:  # no broker: a 503 now, not after the timeout
+                    reporting.producer.list_topics(timeout=BROKER_WAIT_MS / 1000)
+                except KafkaException:
+                    reporting.stop()
+                    raise
+                self._producer = reporting
+            return self._producer.producer
 
     def _discard_producer(self) -> None:
         """Drop a producer that failed, so the next request starts from a clean state."""
         with self._lock:
-            self._producer = None
+            reporting, self._producer = self._producer, None
+        if reporting is not None:
+            reporting.stop()
 
     def close(self) -> None:
         with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.flush(5)
+            reporting, self._producer = self._producer, None
+        if reporting is not None:
+            reporting.stop()
+            reporting.producer.flush(5)

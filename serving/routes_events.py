@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from lambdarec.settings import Settings
 from schemas.events import Event
-from serving.deps import Services, get_services, get_settings
+from serving.deps import Services, get_services
 from serving.api_models import Error
 from serving.ingest import BrokerUnavailable
 from serving.rate_limit import retry_after_header
@@ -36,13 +38,48 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _check_batch_size(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    """413 before the events are validated one by one (the parsed body is Starlette's cache)."""
-    body = await request.json()
-    if isinstance(body, list) and len(body) > settings.ingest_max_batch:
-        raise HTTPException(
-            413, detail=f"batch has {len(body)} events; at most {settings.ingest_max_batch} per request"
-        )
+EVENTS = TypeAdapter(list[Event])
+BATCH_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Event"},
+                                                "title": "Events"}}},
+}
+"""The batch route's request body in the OpenAPI document, as FastAPI writes it for a ``list[Event]`` parameter."""
+INVALID: dict[int | str, dict[str, Any]] = {
+    422: {"description": "Validation Error",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
+}
+
+
+def parse_batch(body: bytes, max_batch: int) -> list[Event]:
+    """The batch's events, parsed and validated in one pass over the raw body (pydantic-core's JSON
+    reader: a third less CPU than ``json.loads`` and then validation, README: measurements).
+
+    A batch over ``max_batch`` is a 413 whether or not its events are valid, as before
+    validation; a bad event is a 422 naming its position and field, as FastAPI names it.
+    """
+    try:
+        events = EVENTS.validate_json(body)
+    except ValidationError as exc:
+        _check_count(_length(body), max_batch)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]) from None
+    _check_count(len(events), max_batch)
+    return events
+
+
+def _length(body: bytes) -> int:
+    """How many items a JSON array body holds (0 for anything else): only on the error path."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return 0
+    return len(parsed) if isinstance(parsed, list) else 0
+
+
+def _check_count(count: int, max_batch: int) -> None:
+    if count > max_batch:
+        raise HTTPException(413, detail=f"batch has {count} events; at most {max_batch} per request")
 
 
 def _publish(services: Services, request: Request, events: list[Event]) -> IngestResponse | JSONResponse:
@@ -76,9 +113,10 @@ def post_event(event: Event, request: Request, services: Annotated[Services, Dep
     "/events/batch",
     status_code=202,
     response_model=IngestResponse,
-    responses=RESPONSES,
-    dependencies=[Depends(_check_batch_size)],
+    responses={**RESPONSES, **INVALID},
+    openapi_extra={"requestBody": BATCH_BODY},
 )
-def post_events(events: list[Event], request: Request, services: Annotated[Services, Depends(get_services)]):
+async def post_events(request: Request, services: Annotated[Services, Depends(get_services)]):
     """Take up to ``ingest_max_batch`` events; a 202 means every consented one is on the topic."""
-    return _publish(services, request, events)
+    events = parse_batch(await request.body(), services.settings.ingest_max_batch)
+    return await run_in_threadpool(_publish, services, request, events)

@@ -8,8 +8,10 @@ import json
 import uuid
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from schemas.events import Event
 from serving.app import create_app
 
 pytestmark = pytest.mark.unit
@@ -57,6 +59,25 @@ def test_batch_over_the_count_limit_is_413(client):
     response = client.post("/events/batch", json=[event() for _ in range(4)])
     assert response.status_code == 413
     assert "at most 3" in response.json()["detail"]
+
+
+def test_batch_over_the_count_limit_is_413_even_with_bad_events(client):
+    response = client.post("/events/batch", json=[event(event_type="teleport") for _ in range(4)])
+    assert response.status_code == 413
+
+
+def test_the_batch_body_is_documented_as_fastapi_documents_a_list_of_events(settings):
+    """The batch route reads its body itself (one parsing pass); its OpenAPI body and 422 must be what
+    FastAPI would write for a ``list[Event]`` parameter."""
+    reference = FastAPI()
+
+    @reference.post("/batch")
+    def batch(events: list[Event]) -> None: ...
+
+    expected = reference.openapi()["paths"]["/batch"]["post"]
+    ours = create_app(settings).openapi()["paths"]["/v1/events/batch"]["post"]
+    assert ours["requestBody"] == expected["requestBody"]
+    assert ours["responses"]["422"] == expected["responses"]["422"]
 
 
 def test_body_over_the_byte_limit_is_413_by_content_length(client):
