@@ -24,6 +24,7 @@ from lambdarec.metrics_text import samples
 from lambdarec.proc_tree import alive, tree
 from lambdarec.processes import lambdarec_command, start_child
 from lambdarec.submit import spark_submit_env
+from serving.workers import metrics_dir
 from tests.plugins.broker import free_port
 from tests.support.serving import wait_until, write_model
 
@@ -89,6 +90,7 @@ def test_two_workers_share_the_port_sum_their_metrics_and_are_replaced_when_kill
         assert [metric(api, ACCEPTED) for _ in range(6)] == [40 * BATCH] * 6
 
         killed = next(iter(workers(server.process.pid)))
+        assert list(metrics_dir(settings, settings.serve_port).glob(f"gauge_live*_{killed}.db"))
         os.kill(killed, signal.SIGKILL)
         wait_until(lambda: killed not in workers(server.process.pid) and len(workers(server.process.pid)) == 2,
                    "uvicorn to replace the killed worker", 60)
@@ -96,6 +98,8 @@ def test_two_workers_share_the_port_sum_their_metrics_and_are_replaced_when_kill
                    "the new worker ready", 120)
         post_batches(api, 10)
         assert [metric(api, ACCEPTED) for _ in range(6)] == [50 * BATCH] * 6  # the killed worker's counts kept
+        # its replacement dropped the killed worker's view gauges, which the "live" modes would show forever
+        assert not list(metrics_dir(settings, settings.serve_port).glob(f"gauge_live*_{killed}.db"))
 
         write_model(lake, 2, 20, ITEMS, RATINGS)
         reload = httpx.post(f"{api}/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
