@@ -1,7 +1,7 @@
 """``lambdarec serve --workers N``: several serving processes on one port, under uvicorn's supervisor.
 
-Python answers one request at a time per process, so serving uses more cores only
-through more processes. uvicorn binds the port in the parent, hands the socket to N
+A Python process runs its requests' Python code one at a time (the GIL), so serving
+uses more cores only through more processes. uvicorn binds the port in the parent, hands the socket to N
 spawned workers and restarts a worker that dies or stops answering its health pipe.
 Each worker builds the whole app: it maps the same model files (built once per host,
 ``serving.model_store``), follows the speed view and the CDC topic itself and has its
