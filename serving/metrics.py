@@ -43,21 +43,20 @@ class RegistryGauges(Collector):
     """
 
     def __init__(self) -> None:
-        self._rows = MODELS.schema.empty_table()
-        self._serving_version: int | None = None
+        self._observed: tuple[pa.Table, int | None] = (MODELS.schema.empty_table(), None)  # one snapshot
 
     def observe(self, registry: pa.Table, serving_version: int | None) -> None:
-        self._rows, self._serving_version = registry, serving_version
+        self._observed = (registry, serving_version)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        rows, serving_version = self._rows, self._serving_version
-        statuses = current_statuses_in(rows)
+        table, serving_version = self._observed
+        rows, statuses = table.to_pylist(), current_statuses_in(table)
         models = GaugeMetricFamily("lambdarec_models", "Model versions in the registry by current status.",
                                    labels=["status"])
         for status in sorted({row["status"] for row in statuses.values()}):
             models.add_metric([status], sum(row["status"] == status for row in statuses.values()))
         yield models
-        published = [row for row in rows.to_pylist()
+        published = [row for row in rows
                      if row["status"] == PUBLISHED and row["model_version"] == serving_version]
         yield GaugeMetricFamily(
             "lambdarec_model_age_seconds", "Seconds since the served model was published (-1: none).",
@@ -67,7 +66,7 @@ class RegistryGauges(Collector):
             "lambdarec_training_last_published",
             "1: the newest gated training run was published; 0: the publish gate rejected it (-1: none yet).",
             value=-1 if not gated else int(gated[-1]["status"] == PUBLISHED))
-        trained = [row for row in sorted(rows.to_pylist(), key=lambda row: (row["model_version"], row["recorded_at"]))
+        trained = [row for row in sorted(rows, key=lambda row: (row["model_version"], row["recorded_at"]))
                    if row["metrics"]]
         metrics = json.loads(trained[-1]["metrics"]) if trained else {}
         stages = GaugeMetricFamily("lambdarec_training_stage_seconds",
