@@ -18,7 +18,9 @@ highest rate whose p99 was under 20 ms), and after
 2 x --seconds publishes them one at a time, asking serving to reload after each.
 The "before" window runs from the end of the first --seconds (which settle the
 load) to the first swap; the requests scheduled while a reload ran are pooled as
-"during" (one swap's ~100 requests would make its p99 nearly their maximum).
+"during" (one swap's ~100 requests would make its p99 nearly their maximum). With
+--workers, a swap's window runs from the model's publish (workers polling the
+registry may swap from then) until /metrics shows every worker on it.
 ``--no-bundle`` publishes those models without their model bundles, so serving
 builds them in its idle-priority loader.
 Before serving starts it measures the item index (``serve_ann_ef``; ``--ann-ef 0``
@@ -57,6 +59,7 @@ from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
+from lambdarec.metrics_text import samples  # noqa: E402
 from lambdarec.model_bundle import local_path, model_bundle_uri, publish_model_bundle  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.registry import PUBLISHED, record_status  # noqa: E402
@@ -288,6 +291,10 @@ def summary(results: list) -> dict:
     }
 
 
+def served_version(client: httpx.Client) -> float | None:
+    return samples(client.get("/metrics").text).get(("lambdarec_model_version", ()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
@@ -381,16 +388,24 @@ def main() -> int:
                 windows = []
                 for version in swapped:
                     publish(lake, version, args.items, args.users, args.rank, args.per_user)
+                    published_at = time.perf_counter()
                     client.get("/health")  # connects: an idle keep-alive connection is closed after 5 s
                     time.sleep(SWAP_GAP_S)
-                    began = time.perf_counter()
+                    reloaded_at = time.perf_counter()
                     response = client.post("/admin/reload")
-                    time.sleep(followers_s)  # the other workers swap on their poll meanwhile
+                    # with --workers, the workers polling the registry may swap from the publish on, and those
+                    # the reload missed swap on their next poll: the window lasts until the served version (the
+                    # oldest over workers) is the new one
+                    began = published_at if args.workers > 1 else reloaded_at
+                    def every_worker_on(swapped: int = version) -> bool:
+                        return served_version(client) == swapped
+
+                    wait_for(every_worker_on, 30, f"every worker on model {version}", interval_s=0.25)
                     windows.append((version, began, time.perf_counter(), response.json()))
                     time.sleep(SWAP_GAP_S)
                 return windows
 
-        followers_s = FOLLOW_POLL_S + SWAP_GAP_S if args.workers > 1 else 0.0
+        followers_s = FOLLOW_POLL_S if args.workers > 1 else 0.0
         duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + followers_s + 1)
         swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
         results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
