@@ -39,6 +39,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -373,65 +374,67 @@ def main() -> int:
         p50_300 = rates.get("300", next(iter(rates.values())))["p50_ms"]
         figures["p50_over_floor"] = round(p50_300 / figures["floor_ms"]["numpy"], 2)
 
-        started = time.perf_counter()
-        swapped = list(range(2, 2 + args.swaps))
-        for version in swapped:  # written now; each is published just before its swap
-            write_model(lake, version, args.items, args.users, args.rank, args.per_user, seed=version,
-                        bundle=not args.no_bundle, register=False)
-        os.sync()  # their ~0.5 GB each of dirty pages are on disk before the "before" window
-        figures["write_swapped_models_s"] = round(time.perf_counter() - started, 1)
+        if args.swaps:
+            started = time.perf_counter()
+            swapped = list(range(2, 2 + args.swaps))
+            for version in swapped:  # written now; each is published just before its swap
+                write_model(lake, version, args.items, args.users, args.rank, args.per_user, seed=version,
+                            bundle=not args.no_bundle, register=False)
+            os.sync()  # their ~0.5 GB each of dirty pages are on disk before the "before" window
+            figures["write_swapped_models_s"] = round(time.perf_counter() - started, 1)
 
-        def swaps() -> list:
-            # the client (its TLS context alone is ~15 ms of CPU) and its connection are made outside the windows
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
-                time.sleep(2 * args.seconds)  # the first --seconds settle the load and are not counted
-                windows = []
-                for version in swapped:
-                    publish(lake, version, args.items, args.users, args.rank, args.per_user)
-                    published_at = time.perf_counter()
-                    client.get("/health")  # connects: an idle keep-alive connection is closed after 5 s
-                    time.sleep(SWAP_GAP_S)
-                    reloaded_at = time.perf_counter()
-                    response = client.post("/admin/reload")
-                    # with --workers, the workers polling the registry may swap from the publish on, and those
-                    # the reload missed swap on their next poll: the window lasts until the served version (the
-                    # oldest over workers) is the new one
-                    began = published_at if args.workers > 1 else reloaded_at
-                    def every_worker_on(swapped: int = version) -> bool:
-                        return served_version(client) == swapped
+            def swaps() -> list:
+                # the client (its TLS context alone is ~15 ms of CPU) and its connection are made outside the windows
+                with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
+                    time.sleep(2 * args.seconds)  # the first --seconds settle the load and are not counted
+                    windows = []
+                    for version in swapped:
+                        publish(lake, version, args.items, args.users, args.rank, args.per_user)
+                        published_at = time.perf_counter()
+                        client.get("/health")  # connects: an idle keep-alive connection is closed after 5 s
+                        time.sleep(SWAP_GAP_S)
+                        reloaded_at = time.perf_counter()
+                        response = client.post("/admin/reload")
+                        # with --workers, the workers polling the registry may swap from the publish on, and those
+                        # the reload missed swap on their next poll: the window lasts until the served version (the
+                        # oldest over workers) is the new one
+                        began = published_at if args.workers > 1 else reloaded_at
+                        def every_worker_on(swapped: int = version) -> bool:
+                            return served_version(client) == swapped
 
-                    wait_for(every_worker_on, 30, f"every worker on model {version}", interval_s=0.25)
-                    windows.append((version, began, time.perf_counter(), response.json()))
-                    time.sleep(SWAP_GAP_S)
-                return windows
+                        wait_for(every_worker_on, 30, f"every worker on model {version}", interval_s=0.25)
+                        windows.append((version, began, time.perf_counter(), response.json()))
+                        time.sleep(SWAP_GAP_S)
+                    return windows
 
-        followers_s = FOLLOW_POLL_S if args.workers > 1 else 0.0
-        duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + followers_s + 1)
-        swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
-        results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
-        first = windows[0][1]
-        before = [r for r in after(results, args.seconds) if r[0] + r[1] < first]
-        per_swap = [[r for r in results if began <= r[0] <= ended] for _, began, ended, _ in windows]
-        during = [r for window in per_swap for r in window]
-        figures["swap"] = {
-            "rate": swap_rate,
-            "model_bundle": "built by serving" if args.no_bundle else "published with the model",
-            "swaps": [
-                {"model_version": version, "reload": reloaded, "swap_s": round(ended - began, 2),
-                 "requests": len(window), "max_ms": round(1000 * max((r[1] for r in window), default=0), 2)}
-                for (version, began, ended, reloaded), window in zip(windows, per_swap, strict=True)
-            ],
-            "before": summary(before),
-            "during": summary(during) if during else None,
-            "failed_requests": sum(1 for r in results if r[2] != 200),
-            "p99_ratio_during_over_before": round(summary(during)["p99_ms"] / summary(before)["p99_ms"], 2)
-            if during and before else None,
-        }
+            followers_s = FOLLOW_POLL_S if args.workers > 1 else 0.0
+            duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + followers_s + 1)
+            swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
+            results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
+            first = windows[0][1]
+            before = [r for r in after(results, args.seconds) if r[0] + r[1] < first]
+            per_swap = [[r for r in results if began <= r[0] <= ended] for _, began, ended, _ in windows]
+            during = [r for window in per_swap for r in window]
+            figures["swap"] = {
+                "rate": swap_rate,
+                "model_bundle": "built by serving" if args.no_bundle else "published with the model",
+                "swaps": [
+                    {"model_version": version, "reload": reloaded, "swap_s": round(ended - began, 2),
+                     "requests": len(window), "max_ms": round(1000 * max((r[1] for r in window), default=0), 2)}
+                    for (version, began, ended, reloaded), window in zip(windows, per_swap, strict=True)
+                ],
+                "before": summary(before),
+                "during": summary(during) if during else None,
+                "failed_requests": sum(1 for r in results if r[2] != 200),
+                "p99_ratio_during_over_before": round(summary(during)["p99_ms"] / summary(before)["p99_ms"], 2)
+                if during and before else None,
+            }
     finally:
         server.terminate()
         server.wait(30)
         broker.stop()
     print(json.dumps(figures))
+    shutil.rmtree(root, ignore_errors=True)  # ~0.8 GB of models per run; kept only when a run fails, for its logs
     return 0
 
 
