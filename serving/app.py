@@ -133,7 +133,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services = Services.build(settings)
     app.state.dashboard = Dashboard(services)
-    app.dependency_overrides[get_settings] = lambda: settings
     for router in (routes_events.router, routes_consent.router, routes_recommendations.router, routes_privacy.router,
                    routes_ops.admin):
         app.include_router(router, prefix=f"/{API_VERSION}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from lambdarec.lake import Lake
-from lambdarec.settings import Settings, get_settings
+from lambdarec.settings import Settings
 from serving.idle_gate import IdleGate
 from serving.ingest import Ingestor
 from serving.item_attributes import ItemAttributes
@@ -25,7 +25,7 @@ from serving.speed_bootstrap import bootstrap
 from serving.speed_view import SpeedView
 from serving.user_profiles import UserProfiles
 
-__all__ = ["Services", "get_settings", "get_services"]
+__all__ = ["Services", "get_services"]
 
 
 @dataclass
@@ -117,5 +117,6 @@ class Services:
         self.ingestor.close()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async, so FastAPI resolves it on the event loop rather than handing each request to a thread."""
     return request.app.state.services

@@ -38,7 +38,7 @@ ASSETS = {
 }
 
 
-def get_dashboard(request: Request) -> Dashboard:
+async def get_dashboard(request: Request) -> Dashboard:
     return request.app.state.dashboard
 
 
