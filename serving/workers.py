@@ -1,8 +1,12 @@
 """``lambdarec serve --workers N``: several serving processes on one port, under uvicorn's supervisor.
 
 A Python process runs its requests' Python code one at a time (the GIL), so serving
-uses more cores only through more processes. uvicorn binds the port in the parent, hands the socket to N
-spawned workers and restarts a worker that dies or stops answering its health pipe.
+uses more cores only through more processes. uvicorn's supervisor spawns N workers and restarts a
+worker that dies or stops answering its health pipe. Each worker listens on a socket of its own
+on the one port (SO_REUSEPORT), so the kernel spreads new connections evenly over them: with one
+shared socket, whichever worker woke first accepted a whole burst of connections, and its
+keep-alive clients kept it saturated while the other idled (README: measurements). A worker that
+dies resets the connections still waiting in its socket's accept queue; clients retry those.
 Each worker builds the whole app: it maps the same model files (built once per host,
 ``serving.model_store``), follows the speed view and the CDC topic itself and has its
 own Kafka producer. What a worker holds apart:
@@ -20,9 +24,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from uvicorn.supervisors import Multiprocess
 
 from lambdarec.processes import exit_with_parent
 from lambdarec.proc_tree import alive
@@ -61,17 +68,52 @@ def tune_process() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
+class ReusePortSupervisor(Multiprocess):
+    """uvicorn's supervisor, giving every worker it starts (or restarts) a listening socket of its own."""
+
+    @property  # uvicorn's supervisor reads its sockets at each worker's start
+    def sockets(self) -> list[socket.socket]:
+        return [listening_socket(self.config.host, self.config.port, self.config.backlog)]
+
+    @sockets.setter
+    def sockets(self, shared: list[socket.socket]) -> None:
+        """The supervisor's constructor sets the one socket all workers would share: there is none."""
+
+
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A socket listening on ``host:port`` beside the other workers' (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+def claim_port(host: str, port: int) -> None:
+    """Fail, as a plain bind would, when something listens on the port already: SO_REUSEPORT would
+    otherwise let a second ``lambdarec serve`` of the same user join this one's port silently."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 def run_workers(settings: Settings, host: str, port: int, workers: int, log_level: str) -> None:
     """Serve with ``workers`` processes until stopped; a fresh metrics folder for each start."""
     import uvicorn
 
+    claim_port(host, port)
     folder = metrics_dir(settings, port)
     shutil.rmtree(folder, ignore_errors=True)  # the last run's counters would add to this one's
     folder.mkdir(parents=True)
     os.environ.update({MULTIPROCESS_DIR_ENV: str(folder), PARENT_ENV: str(os.getpid()),
                        LOG_LEVEL_ENV: log_level.upper()})
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
-                log_config=None, access_log=False)
+    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                            log_config=None, access_log=False)
+    ReusePortSupervisor(config, sockets=[]).run()
 
 
 def worker_app() -> "FastAPI":
