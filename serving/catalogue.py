@@ -64,12 +64,19 @@ class Catalogue:
         positions = np.asarray(positions, dtype=np.int64)
         n = len(self.model.item_ids)
         if not len(self.new_ids):
-            return self.model.item_factors[positions]
+            return np.take(self.model.item_factors, positions, axis=0)
         out = np.empty((len(positions), self.model.item_factors.shape[1]), dtype=np.float32)
         old = positions < n
-        out[old] = self.model.item_factors[positions[old]]
+        out[old] = np.take(self.model.item_factors, positions[old], axis=0)
         out[~old] = self.new_factors[positions[~old] - n]
         return out
+
+    def filtered_rows(self, positions: np.ndarray) -> np.ndarray:
+        """The factor rows at ascending ``positions``, the model's part from its cached blocks
+        (``serving.factor_blocks``)."""
+        cut = int(np.searchsorted(positions, len(self.model.item_ids)))
+        rows = self.model.factor_blocks.rows(positions[:cut])
+        return rows if cut == len(positions) else np.concatenate([rows, self.vectors(positions[cut:])])
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """Scores of every catalogue item for a user vector, in float32."""
@@ -89,10 +96,14 @@ class Catalogue:
         found = self.candidates(vector, k, blocked, allowed)
         if found is not None:
             candidates, exhaustive = found
+            if exhaustive:  # every item a narrow filter passes: the same rows request after request
+                scores = self.filtered_rows(candidates) @ np.asarray(vector, dtype=np.float32)
+                best = top_k(scores, k, np.flatnonzero(np.isin(candidates, blocked)))
+                return candidates[best], scores[best]
             candidates = candidates[~np.isin(candidates, blocked)]
-            if allowed is not None and not exhaustive:  # a narrow filter's items passed it already
+            if allowed is not None:
                 candidates = candidates[allowed[candidates]]
-            if exhaustive or len(candidates) >= k:
+            if len(candidates) >= k:
                 scores = self.vectors(candidates) @ np.asarray(vector, dtype=np.float32)
                 best = top_k(scores, k)
                 return candidates[best], scores[best]

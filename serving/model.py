@@ -20,6 +20,7 @@ from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
 from lambdarec.item_index import ITEM_INDEX, ItemIndex
 from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
+from serving.factor_blocks import FactorBlocks
 
 TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap: a short stretch of work
 
@@ -49,6 +50,7 @@ class Model:
     neighbours: csr_matrix  # EASE's B over item positions (empty for ALS); rows score columns
     directory: Path
     loaded_at: float = field(compare=False)
+    factor_blocks: FactorBlocks = field(compare=False)  # narrow filters' rows of item_factors, contiguous
     item_index: ItemIndex | None = field(default=None, compare=False)  # ALS only, when serving searches approximately
 
     def touch(self, pause: Callable[[], object] = lambda: None) -> None:
@@ -106,5 +108,6 @@ def open_model(directory: Path, loaded_at: float, pause: Callable[[], object] = 
         ),
         directory=directory,
         loaded_at=loaded_at,
+        factor_blocks=FactorBlocks(a["item_factors"]),
         item_index=index,
     )

@@ -5,6 +5,8 @@ with the index must rank as exact scoring does, and fall back to exact scoring
 when the filters or exclusions leave the index's candidates too few.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,24 @@ def test_a_narrow_filter_scores_exactly_the_items_it_passes(catalogue):
     assert plan is not None and list(plan[0]) == [3, 700, 1999] and plan[1] is True
     positions, _ = catalogue.top(vector, 10, np.asarray([700]), allowed)
     assert list(positions) == list(exact(catalogue, vector, 10, np.asarray([700]), allowed))
+
+
+def test_a_narrow_filter_ranks_as_exact_scoring_from_its_cached_rows_and_with_new_items(catalogue):
+    rng = np.random.default_rng(11)
+    vector = rng.standard_normal(RANK).astype(np.float32)
+    with_new = replace(catalogue, new_ids=np.asarray(["n0", "n1"], dtype=object),
+                       new_factors=3 * rng.standard_normal((2, RANK)).astype(np.float32),
+                       new_positions={"n0": N_ITEMS, "n1": N_ITEMS + 1})
+    allowed = np.zeros(with_new.size, dtype=bool)
+    allowed[::10] = True  # 10% of the model's items and the second new item
+    allowed[N_ITEMS + 1] = True
+    blocked = np.sort(exact(with_new, vector, 3, np.empty(0, dtype=np.int64), allowed))
+    want = list(exact(with_new, vector, 10, blocked, allowed))
+    for _ in range(2):  # the second time from the filter's cached rows
+        positions, scores = with_new.top(vector, 10, blocked, allowed)
+        assert list(positions) == want
+        assert np.allclose(scores, with_new.scores(vector)[positions])
+    assert with_new.model.factor_blocks.cached_bytes > 0
 
 
 def test_more_blocked_items_than_the_search_would_return_score_every_item(catalogue):

@@ -1,0 +1,57 @@
+"""Contiguous copies of the item-factor rows that narrow filters pass, kept per model.
+
+A filter that passes few of the items is ranked by scoring just those items, exactly
+(``serving.catalogue``). Gathering their rows from the memory-mapped factors was the
+largest single cost of such a request (README: measurements), and the same filters
+come back request after request. So a filter's rows are copied once into one
+contiguous block and reused. The copies are bounded in bytes, dropped least recently
+used first, and found by the positions themselves (compared in full), so a block
+can never be another filter's: the model's factors never change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+BUDGET_BYTES = 64 << 20  # per model and serving process: ten 10%-filters of a 100k x 64 model take 26 MB
+
+
+class FactorBlocks:
+    """``rows(positions)``: ``factors[positions]``, from a cached block when asked for before."""
+
+    def __init__(self, factors: np.ndarray, budget_bytes: int = BUDGET_BYTES):
+        self._factors = factors
+        self._budget = budget_bytes
+        self._blocks: OrderedDict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The factor rows at ``positions`` (int64); the result is shared: never write to it."""
+        if not len(positions):
+            return np.take(self._factors, positions, axis=0)
+        key = (len(positions), int(positions[0]), int(positions[-1]), int(positions.sum()))
+        with self._lock:
+            found = self._blocks.get(key)
+            if found is not None and np.array_equal(found[0], positions):
+                self._blocks.move_to_end(key)
+                return found[1]
+        block = np.take(self._factors, positions, axis=0)
+        size = positions.nbytes + block.nbytes
+        if size <= self._budget:
+            with self._lock:
+                replaced = self._blocks.pop(key, None)
+                self._bytes -= 0 if replaced is None else replaced[0].nbytes + replaced[1].nbytes
+                while self._blocks and self._bytes + size > self._budget:
+                    _, (old_positions, old_block) = self._blocks.popitem(last=False)
+                    self._bytes -= old_positions.nbytes + old_block.nbytes
+                self._blocks[key] = (positions.copy(), block)
+                self._bytes += size
+        return block
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes

@@ -1,0 +1,47 @@
+"""The cached factor rows of narrow filters: always the rows asked for, and bounded in bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.factor_blocks import FactorBlocks
+
+pytestmark = pytest.mark.unit
+
+FACTORS = np.random.default_rng(7).normal(size=(1_000, 8)).astype(np.float32)
+
+
+def test_rows_are_the_factors_rows_and_a_repeated_filter_reuses_its_block():
+    blocks = FactorBlocks(FACTORS)
+    positions = np.arange(3, 1_000, 10, dtype=np.int64)
+    first = blocks.rows(positions)
+    np.testing.assert_array_equal(first, FACTORS[positions])
+    assert first.flags.c_contiguous
+    assert blocks.rows(positions.copy()) is first
+    assert blocks.cached_bytes == positions.nbytes + first.nbytes
+
+
+def test_positions_that_collide_on_the_lookup_key_still_get_their_own_rows():
+    blocks = FactorBlocks(FACTORS)
+    one = np.asarray([0, 4, 6, 10], dtype=np.int64)
+    other = np.asarray([0, 5, 5, 10], dtype=np.int64)  # same length, ends and sum
+    blocks.rows(one)
+    np.testing.assert_array_equal(blocks.rows(other), FACTORS[other])
+    np.testing.assert_array_equal(blocks.rows(one), FACTORS[one])
+
+
+def test_the_least_recently_used_blocks_go_first_when_the_budget_is_spent():
+    per_block = 100 * 8 + 100 * 8 * 4  # positions and rows of 100 items
+    blocks = FactorBlocks(FACTORS, budget_bytes=2 * per_block)
+    a, b, c = (np.arange(start, start + 100, dtype=np.int64) for start in (0, 200, 400))
+    kept_a = blocks.rows(a)
+    blocks.rows(b)
+    assert blocks.rows(a) is kept_a  # a is now the most recently used
+    blocks.rows(c)  # evicts b
+    assert blocks.cached_bytes == 2 * per_block
+    assert blocks.rows(a) is kept_a
+    np.testing.assert_array_equal(blocks.rows(b), FACTORS[b])  # b again, rebuilt
+    too_big = np.arange(1_000, dtype=np.int64)
+    np.testing.assert_array_equal(blocks.rows(too_big), FACTORS)  # answered, not kept
+    assert blocks.cached_bytes <= 2 * per_block
