@@ -61,6 +61,23 @@ class CheckpointFiles:
     def delete(self, name: str) -> None:
         self._fs.delete(self._path(name), False)
 
+    def discard_interrupted_first_offsets(self) -> "builtins.list[str]":
+        """Remove what a query killed while writing its first batch's offsets left behind; the names removed.
+
+        Spark writes a batch's offsets as a hidden temporary file and renames it to the batch
+        number. A kill between the two, on a query's first batch, leaves only the temporary
+        file; Spark 4.2 then finds no batch, checks that the checkpoint of a query with no
+        batch is empty (``spark.sql.streaming.verifyCheckpointDirectoryEmptyOnStart``) and
+        refuses every restart. No batch ran, so nothing depends on that file. Once any
+        batch's offsets exist, nothing is removed.
+        """
+        names = self.list("offsets")
+        if any(not name.startswith(".") for name in names):
+            return []
+        for name in names:
+            self.delete(f"offsets/{name}")
+        return names
+
     def query_id(self) -> str:
         """The query's id from the checkpoint's ``metadata``: stable across restarts of the same query."""
         text = self.read("metadata")

@@ -33,7 +33,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from lambdarec.checkpoint_files import speed_checkpoint
+from lambdarec.checkpoint_files import CheckpointFiles, speed_checkpoint
 from lambdarec.lake import Lake, session_conf  # set while a query starts: it copies the session then
 from lambdarec.settings import Settings
 from schemas.tables import (
@@ -134,9 +134,17 @@ def _start(stream: "DataFrame", name: str, checkpoint: str, sink, trigger_ms: in
     """Start a query in a scheduler pool of its own: under FAIR scheduling a long features batch
     cannot hold both cores while an events batch waits."""
     stream.sparkSession.sparkContext.setLocalProperty("spark.scheduler.pool", name)
+    recover_first_batch(stream.sparkSession, name, checkpoint)
     writer = stream.writeStream.queryName(name).option("checkpointLocation", checkpoint).foreachBatch(sink)
     trigger = {"availableNow": True} if available_now else {"processingTime": f"{trigger_ms} milliseconds"}
     return writer.trigger(**trigger).start()
+
+
+def recover_first_batch(spark: "SparkSession", name: str, checkpoint: str) -> None:
+    """Let a query killed while it began its first batch start again (``CheckpointFiles``)."""
+    discarded = CheckpointFiles(spark, checkpoint).discard_interrupted_first_offsets()
+    if discarded:
+        log.warning(json.dumps({"event": "discarded_interrupted_first_batch", "query": name, "files": discarded}))
 
 
 def run_realtime(spark: "SparkSession", settings: Settings) -> "StreamingQuery":
@@ -147,6 +155,7 @@ def run_realtime(spark: "SparkSession", settings: Settings) -> "StreamingQuery":
     """
     check_task_slots(spark, settings)
     spark.sparkContext.setLocalProperty("spark.scheduler.pool", REALTIME_QUERY_NAME)
+    recover_first_batch(spark, REALTIME_QUERY_NAME, realtime_checkpoint_location(settings))
     messages = interaction_messages(realtime_interactions(
         parse_records(kafka_stream(spark, settings, admission_limit=False), settings), settings))
     return (
