@@ -82,8 +82,7 @@ class ReusePortSupervisor(Multiprocess):
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     """A socket listening on ``host:port`` beside the other workers' (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(address_family(host), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -92,11 +91,14 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def claim_port(host: str, port: int) -> None:
     """Fail, as a plain bind would, when something listens on the port already: SO_REUSEPORT would
     otherwise let a second ``lambdarec serve`` of the same user join this one's port silently."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 
