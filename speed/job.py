@@ -222,11 +222,10 @@ def run(spark: "SparkSession", settings: Settings, available_now: bool = False) 
     """Start the events query and return it; ``available_now`` processes what is there, then stops."""
     prepare(spark, settings)
     checkpoint = checkpoint_location(settings)
+    progress.watch(spark, QUERY_NAME, settings, push=True)
     with session_conf(spark, {"spark.sql.shuffle.partitions": str(settings.speed_dedupe_partitions)}):
-        query = _start(build_stream(spark, settings), QUERY_NAME, checkpoint, EventsSink(settings, checkpoint),
-                       settings.speed_trigger_ms, available_now)
-    progress.watch(spark, query, settings, push=True)
-    return query
+        return _start(build_stream(spark, settings), QUERY_NAME, checkpoint, EventsSink(settings, checkpoint),
+                      settings.speed_trigger_ms, available_now)
 
 
 def run_features(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
@@ -238,12 +237,11 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     rows = feature_rows(interactions(spark, settings), settings, erasure_markers(spark, settings))
     # RocksDB holds the per-entity state; a single state partition keeps each features batch to
     # one task, leaving the other core to the events query that serving's freshness waits on.
+    progress.watch(spark, FEATURES_QUERY_NAME, settings, push=False)
     with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,
                               "spark.sql.shuffle.partitions": str(settings.speed_features_partitions)}):
-        query = _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
-                       settings.speed_features_trigger_ms, available_now)
-    progress.watch(spark, query, settings, push=False)
-    return query
+        return _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
+                      settings.speed_features_trigger_ms, available_now)
 
 
 def run_dimensions(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
@@ -263,24 +261,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--available-now",
         action="store_true",
-        help="Process every record already on the topic, then exit (a catch-up run).",
+        help="Land every record already on the topics, one query after another, then exit (a catch-up run).",
     )
 
 
-def command(args: argparse.Namespace, settings: Settings) -> int:
-    from lambdarec.spark import build_spark
+def catch_up(spark: "SparkSession", settings: Settings) -> list[str]:
+    """Land what is on the topics now, each query after those it reads from, and return the errors.
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    speed_settings = settings.model_copy(update={"spark_master": settings.speed_spark_master})
-    spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
-    metrics.serve(settings.speed_metrics_port)
-    queries = [run(spark, settings, available_now=args.available_now),
-               run_features(spark, settings, available_now=args.available_now)]
+    The dimensions come first (the features query joins them), then the events,
+    then the features over the events just landed; each query ends, and its last
+    progress row is recorded, before the next starts.
+    """
+    starts = ([run_dimensions] if settings.speed_cdc else []) + [run, run_features]
+    for start in starts:
+        query = start(spark, settings, available_now=True)
+        query.awaitTermination()
+        progress.wait_recorded(spark, query)
+        if query.exception() is not None:
+            return [str(query.exception())]
+    return []
+
+
+def follow(spark: "SparkSession", settings: Settings) -> list[str]:
+    """Run every query until one fails or a signal asks to stop, and return the errors."""
+    queries = [run(spark, settings), run_features(spark, settings)]
     if settings.speed_cdc:
-        queries.append(run_dimensions(spark, settings, available_now=args.available_now))
-    realtime = None
-    if settings.speed_realtime and not args.available_now:  # a catch-up run only lands what is there
-        realtime = RestartingQuery(lambda: run_realtime(spark, settings))
+        queries.append(run_dimensions(spark, settings))
+    realtime = RestartingQuery(lambda: run_realtime(spark, settings)) if settings.speed_realtime else None
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
@@ -298,7 +305,17 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         query.stop()
     if realtime is not None:
         realtime.query.stop()
-    errors = [str(q.exception()) for q in queries if q.exception() is not None]
+    return [str(q.exception()) for q in queries if q.exception() is not None]
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    from lambdarec.spark import build_spark
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    speed_settings = settings.model_copy(update={"spark_master": settings.speed_spark_master})
+    spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
+    metrics.serve(settings.speed_metrics_port)
+    errors = catch_up(spark, settings) if args.available_now else follow(spark, settings)
     spark.stop()
     if errors:
         log.error(json.dumps({"event": "failed", "errors": errors}))

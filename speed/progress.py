@@ -5,7 +5,8 @@ rates, duration, source lag (the broker's end offsets when the batch was
 planned minus the offsets it processed up to) and the watermark. Rows are keyed
 by (query id, batch id) app transactions like every other speed write, so a
 replayed batch records nothing twice. The listener runs on Spark's listener bus,
-off the query's own thread, so recording never delays a batch.
+off the query's own thread, so recording never delays a batch; a run that ends
+waits for its last batch's row (``wait_recorded``) before the process exits.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from typing import Any
 
 import pyarrow as pa
@@ -84,18 +86,21 @@ class ProgressRecorder(StreamingQueryListener):
         self._watched: dict[str, tuple[Settings, bool]] = {}
         self._producers: dict[str, Any] = {}
         self._appenders: dict[str, Appender] = {}
+        self._handled: dict[str, int] = {}  # run id → the last batch whose progress was handled
+        self._handled_changed = threading.Condition()
 
-    def watch(self, query_id: str, settings: Settings, push: bool) -> None:
-        self._watched[str(query_id)] = (settings, push)
+    def watch(self, query_name: str, settings: Settings, push: bool) -> None:
+        """Watch the query named ``query_name`` from its next start (before it, so no batch is missed)."""
+        self._watched[query_name] = (settings, push)
 
     def onQueryStarted(self, event) -> None:
         pass
 
     def onQueryTerminated(self, event) -> None:
-        self._watched.pop(str(event.id), None)
+        pass
 
     def onQueryProgress(self, event) -> None:
-        watched = self._watched.get(str(event.progress.id))
+        watched = self._watched.get(event.progress.name)
         if watched is None:
             return
         try:
@@ -107,6 +112,23 @@ class ProgressRecorder(StreamingQueryListener):
             self.record(row, *watched)
         except Exception:  # a listener that raises is removed by Spark; losing one row is better
             log.exception("event=progress_record_failed")
+        finally:
+            with self._handled_changed:
+                self._handled[str(event.progress.runId)] = int(event.progress.batchId)
+                self._handled_changed.notify_all()
+
+    def wait_recorded(self, query, timeout_s: float) -> bool:
+        """Whether the progress of ``query``'s last batch was handled within ``timeout_s``.
+
+        Spark delivers progress to listeners asynchronously, so a query that has
+        ended may still have its last row on the way.
+        """
+        last = query.lastProgress
+        if last is None or str(last.name) not in self._watched:
+            return True
+        run_id, batch_id = str(last.runId), int(last.batchId)
+        with self._handled_changed:
+            return self._handled_changed.wait_for(lambda: self._handled.get(run_id, -1) >= batch_id, timeout_s)
 
     def record(self, row: dict[str, Any], settings: Settings, push: bool) -> None:
         from lambdarec.kafka_io import make_producer, send_all
@@ -131,10 +153,21 @@ class ProgressRecorder(StreamingQueryListener):
 _recorders: dict[int, ProgressRecorder] = {}
 
 
-def watch(spark, query, settings: Settings, push: bool) -> None:
-    """Record ``query``'s progress (the session's one recorder is added on first use)."""
-    recorder = _recorders.get(id(spark))
-    if recorder is None:
-        recorder = _recorders[id(spark)] = ProgressRecorder()
-        spark.streams.addListener(recorder)
-    recorder.watch(query.id, settings, push)
+def recorder(spark) -> ProgressRecorder:
+    """The session's one recorder, added to it on first use."""
+    found = _recorders.get(id(spark))
+    if found is None:
+        found = _recorders[id(spark)] = ProgressRecorder()
+        spark.streams.addListener(found)
+    return found
+
+
+def watch(spark, query_name: str, settings: Settings, push: bool) -> None:
+    """Record the progress of the query named ``query_name``; call it before the query starts."""
+    recorder(spark).watch(query_name, settings, push)
+
+
+def wait_recorded(spark, query, timeout_s: float = 60.0) -> None:
+    """Block until ``query``'s last batch is recorded (an ended query's last row may still be on the way)."""
+    if not recorder(spark).wait_recorded(query, timeout_s):
+        log.warning(json.dumps({"event": "progress_not_recorded", "query": query.name, "timeout_s": timeout_s}))

@@ -9,8 +9,8 @@ import pytest
 
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT
-from schemas.tables import ITEM_CATALOGUE, SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, USER_PROFILES
-from speed.job import run_features
+from schemas.tables import ITEM_CATALOGUE, SPEED_ITEM_TRENDING, SPEED_PROGRESS, SPEED_USER_FEATURES, USER_PROFILES
+from speed.job import FEATURES_QUERY_NAME, QUERY_NAME, catch_up, run_features
 from speed.recompute import current, recompute
 from tests.support.speed import message, pid, produce, run_to_end, speed_updates
 from tests.support.delta import assert_delta_rs_reads_what_spark_reads
@@ -26,12 +26,6 @@ def at(minutes: float) -> str:
 
 def us(minutes: float) -> int:
     return round((T0 + dt.timedelta(minutes=minutes)).timestamp() * 1_000_000)
-
-
-def run_features_to_end(spark, settings) -> None:
-    query = run_features(spark, settings, available_now=True)
-    query.awaitTermination(180)
-    assert query.exception() is None and not query.isActive
 
 
 def profile(settings, user: str, age_band: str) -> None:
@@ -57,7 +51,7 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     ]
     produce(settings, first)
     run_to_end(spark, settings)
-    run_features_to_end(spark, settings)
+    run_to_end(spark, settings, run_features)
 
     # A second wave: u_a returns after the session gap; a replayed id changes nothing; b has a
     # profile now, which the running stream's join picks up.
@@ -71,7 +65,7 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     ]
     produce(settings, second)
     run_to_end(spark, settings)
-    run_features_to_end(spark, settings)
+    run_to_end(spark, settings, run_features)
 
     users, items = current(settings)
     assert (users, items) == recompute(spark, settings)
@@ -103,5 +97,17 @@ def test_features_follow_the_events_and_equal_a_batch_recomputation(spark, broke
     # Running again from the checkpoints finds nothing new and commits nothing.
     lake = Lake(settings)
     versions = (lake.version(SPEED_USER_FEATURES), lake.version(SPEED_ITEM_TRENDING))
-    run_features_to_end(spark, settings)
+    run_to_end(spark, settings, run_features)
     assert (lake.version(SPEED_USER_FEATURES), lake.version(SPEED_ITEM_TRENDING)) == versions
+
+
+def test_a_catch_up_run_lands_the_events_then_their_features(spark, broker_settings):
+    """``--available-now``: one run lands the events and the features of those same events."""
+    settings = broker_settings
+    produce(settings, [message(user_id=pid("c"), item_id="i1", event_type="view", occurred_at=at(n)) for n in range(3)])
+    assert catch_up(spark, settings) == []
+    users, _ = current(settings)
+    assert dict(users[pid("c")]["counts_24h"]) == {"view": 3}
+    recorded = Lake(settings).read_arrow(SPEED_PROGRESS).to_pylist()
+    assert {row["query_name"] for row in recorded} >= {QUERY_NAME, FEATURES_QUERY_NAME}
+    assert sum(row["rows_in"] for row in recorded if row["query_name"] == QUERY_NAME) == 3

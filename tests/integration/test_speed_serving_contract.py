@@ -59,9 +59,7 @@ def records(settings) -> list[tuple[bytes | None, bytes]]:
 def run_speed(spark, settings, events: list[bytes]) -> None:
     produce(settings, events)
     run_to_end(spark, settings)
-    query = run_features(spark, settings, available_now=True)
-    query.awaitTermination(180)
-    assert query.exception() is None and not query.isActive
+    run_to_end(spark, settings, run_features)
 
 
 def test_trending_served_from_the_speed_layers_output(spark, broker_settings):

@@ -65,14 +65,16 @@ def produce(settings, values: list[bytes]) -> None:
         producer.close(timeout=5)
 
 
-def run_to_end(spark, settings) -> None:
-    """Run the speed job's events query over everything on the topic now, then stop."""
-    from speed.job import run
+def run_to_end(spark, settings, start=None) -> None:
+    """Run one speed query (the events query unless ``start`` is another's start) over what is on its
+    source now, then stop, its last batch's progress recorded."""
+    from speed import job, progress
 
-    query = run(spark, settings, available_now=True)
+    query = (start or job.run)(spark, settings, available_now=True)
     query.awaitTermination(180)
     assert query.exception() is None
     assert not query.isActive
+    progress.wait_recorded(spark, query)
 
 
 def speed_updates(settings) -> list[dict]:
