@@ -37,8 +37,12 @@ class IdIndex:
         return cls(keys, order.astype(np.int64))
 
     def get(self, key: str, default: int | None = None) -> int | None:
-        found = self.lookup([key])[0]
-        return default if found < 0 else int(found)
+        """One id's position: a scalar binary search, several times cheaper than ``lookup`` of one id."""
+        wanted = _encode(key)
+        if not wanted or wanted.endswith(b"\0") or not len(self.keys):  # as ``encode``: such an id is in no index
+            return default
+        at = int(self.keys.searchsorted(wanted))
+        return int(self.positions[at]) if at < len(self.keys) and self.keys[at] == wanted else default
 
     def lookup(self, keys: Iterable[str] | np.ndarray) -> np.ndarray:
         """Positions of ``keys`` (vectorised), -1 where absent; ``keys`` may be ``encode``'s array."""

@@ -20,6 +20,7 @@ narrow filter's items, or an ALS model's item index neighbours (``lambdarec.item
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ class Catalogue:
         """The factor rows at ascending ``positions``, the model's part from its cached blocks
         (``serving.factor_blocks``)."""
         cut = int(np.searchsorted(positions, len(self.model.item_ids)))
-        rows = self.model.factor_blocks.rows(positions[:cut])
+        rows = self.model.factor_blocks.rows(positions if cut == len(positions) else positions[:cut])
         return rows if cut == len(positions) else np.concatenate([rows, self.vectors(positions[cut:])])
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ class Catalogue:
             candidates, exhaustive = found
             if exhaustive:  # every item a narrow filter passes: the same rows request after request
                 scores = self.filtered_rows(candidates) @ np.asarray(vector, dtype=np.float32)
-                best = top_k(scores, k, np.flatnonzero(np.isin(candidates, blocked)))
+                best = top_k(scores, k, indices_of(candidates, blocked))
                 return candidates[best], scores[best]
             candidates = candidates[~np.isin(candidates, blocked)]
             if allowed is not None:
@@ -116,7 +117,7 @@ class Catalogue:
         """(positions in ascending order, whether they are every item that may be returned), or None
         to score every item."""
         if allowed is not None:
-            passing = np.flatnonzero(allowed)
+            passing = passing_positions(allowed)
             if len(passing) <= FEW_ALLOWED * self.size:
                 return passing, True
         index = self.model.item_index
@@ -128,6 +129,37 @@ class Catalogue:
             return None
         near = index.candidates(vector, count)
         return np.concatenate([np.sort(near), np.arange(len(self.model.item_ids), self.size)]), False
+
+
+_passing: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def passing_positions(mask: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero(mask)``; for a shared (read-only) mask, computed once and kept while the mask
+    lives, since the same filters come back request after request. The result is read-only."""
+    if mask.flags.writeable:
+        return np.flatnonzero(mask)
+    key = id(mask)
+    found = _passing.get(key)
+    if found is not None and found[0]() is mask:
+        return found[1]
+    positions = np.flatnonzero(mask)
+    positions.flags.writeable = False
+
+    def forget(_: weakref.ref) -> None:
+        _passing.pop(key, None)
+
+    _passing[key] = (weakref.ref(mask, forget), positions)
+    return positions
+
+
+def indices_of(ascending: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The indices in ``ascending`` (sorted, unique) of the ``wanted`` values it holds: a binary
+    search per wanted value, where ``np.isin`` would sort both arrays."""
+    if not len(ascending) or not len(wanted):
+        return np.empty(0, dtype=np.int64)
+    at = np.minimum(np.searchsorted(ascending, wanted), len(ascending) - 1)
+    return at[ascending[at] == wanted]
 
 
 class KnownItems:

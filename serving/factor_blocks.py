@@ -36,7 +36,7 @@ class FactorBlocks:
         key = (len(positions), int(positions[0]), int(positions[-1]), int(positions.sum()))
         with self._lock:
             found = self._blocks.get(key)
-            if found is not None and np.array_equal(found[0], positions):
+            if found is not None and (found[0] is positions or np.array_equal(found[0], positions)):
                 self._blocks.move_to_end(key)
                 return found[1]
         block = np.take(self._factors, positions, axis=0)
@@ -48,7 +48,8 @@ class FactorBlocks:
                 while self._blocks and self._bytes + size > self._budget:
                     _, (old_positions, old_block) = self._blocks.popitem(last=False)
                     self._bytes -= old_positions.nbytes + old_block.nbytes
-                self._blocks[key] = (positions.copy(), block)
+                kept = positions if not positions.flags.writeable else positions.copy()  # read-only: a cached array
+                self._blocks[key] = (kept, block)
                 self._bytes += size
         return block
 

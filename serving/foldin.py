@@ -19,10 +19,13 @@ come with the model bundle (``lambdarec.model_bundle.gram``).
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import LinAlgError, cho_factor, cho_solve
+import numpy.typing as npt
+from scipy.linalg.lapack import dposv
 
 from lambdarec.confidence import Confidence
 from lambdarec.model_bundle import RegScaling
+
+BOUND_BLOCKS_PER_K = 16  # top_k's blocks per wanted item: more, and its bound passes fewer values
 
 
 def normal_equations(
@@ -41,16 +44,22 @@ def normal_equations(
     positive = r > 0
     c1 = confidence.extra(r)
     scale = int(positive.sum()) if reg_scaling == "per_interaction" else 1
-    a = yty + (y.T * c1) @ y + reg_param * scale * np.eye(yty.shape[0])
+    a = (y.T * c1) @ y
+    a += yty
+    a.flat[:: a.shape[0] + 1] += reg_param * scale  # the diagonal
     b = (1.0 + c1[positive]) @ y[positive]
     return a, b
 
 
 def solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    try:
-        return cho_solve(cho_factor(a), b)
-    except LinAlgError:  # only without regularisation and with fewer items than factors
+    """``A^-1 b`` for a symmetric positive definite ``A``: LAPACK's Cholesky solve, called directly
+    (scipy's ``cho_factor``/``cho_solve`` wrappers cost more than the solve on a request's 64 x 64)."""
+    _, x, info = dposv(a, b)
+    if info > 0:  # not positive definite: only without regularisation and with fewer items than factors
         return np.linalg.lstsq(a, b, rcond=None)[0]
+    if info < 0:
+        raise ValueError(f"dposv: argument {-info} is invalid")
+    return x
 
 
 def fold_in_rows(
@@ -108,17 +117,30 @@ def top_k(
     """
     if k <= 0 or len(scores) == 0:
         return np.empty(0, dtype=np.int64)
-    masked = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
+    masked: npt.NDArray[np.floating] = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
+    masked[~np.isfinite(masked)] = -np.inf
     if allowed is not None:
         masked[~allowed] = -np.inf
     if exclude is not None and len(exclude):
         masked[np.asarray(exclude, dtype=np.int64)] = -np.inf
     if k < len(masked):
-        candidates = np.argpartition(np.negative(masked), k - 1)[:k]
-        # ties at the cut: take every position scoring the k-th value, then order
-        cut = masked[candidates].min()
-        candidates = np.union1d(candidates, np.flatnonzero(masked == cut)) if np.isfinite(cut) else candidates
+        candidates = np.flatnonzero(masked >= _kth_bound(masked, k))
+        if len(candidates) > k:  # ties at the k-th score are all kept, then ordered by position
+            values = masked[candidates]
+            candidates = candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
     else:
         candidates = np.arange(len(masked))
-    candidates = candidates[np.isfinite(masked[candidates])]
+    candidates = candidates[masked[candidates] > -np.inf]
     return candidates[np.lexsort((candidates, -masked[candidates]))][:k]
+
+
+def _kth_bound(values: np.ndarray, k: int) -> float:
+    """A value at most the ``k``-th highest of ``values``: the ``k``-th highest of the maxima of
+    ``BOUND_BLOCKS_PER_K * k`` blocks (each of those maxima is a distinct value at least that high).
+
+    One pass over ``values`` and a partition of a few hundred maxima, where partitioning every
+    score cost more than scoring them; few values besides the top ``k`` pass the bound.
+    """
+    size = max(1, len(values) // (BOUND_BLOCKS_PER_K * k))
+    maxima = np.maximum.reduceat(values, np.arange(0, len(values), size))
+    return float(np.partition(maxima, len(maxima) - k)[len(maxima) - k]) if len(maxima) >= k else -np.inf

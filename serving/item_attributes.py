@@ -147,7 +147,14 @@ class ItemAttributes:
         return all(attributes.get(name) in values for name, values in filters.items())
 
     def mask(self, catalogue: Catalogue, filters: dict[str, set[str]]) -> np.ndarray:
-        """Boolean mask over the catalogue's positions: values of one attribute OR, attributes AND."""
+        """Boolean mask over the catalogue's positions: values of one attribute OR, attributes AND.
+
+        The result may be a cached mask, shared and read-only: a single name:value filter over a
+        catalogue without new items, the commonest request, allocates nothing."""
+        if len(filters) == 1:
+            ((name, values),) = filters.items()
+            if len(values) == 1:
+                return self._mask(catalogue, name, next(iter(values)))
         allowed = np.ones(catalogue.size, dtype=bool)
         for name, values in filters.items():
             either = np.zeros(catalogue.size, dtype=bool)
@@ -188,6 +195,7 @@ class ItemAttributes:
                 pause()
                 positions = model.item_positions.lookup(members[start : start + LOOKUP_CHUNK])
                 mask[positions[positions >= 0]] = True
+            mask.flags.writeable = False  # shared by every request with this filter
             return mask
 
         return self._cached(self._masks, (model.version, self.version, name, value), build)

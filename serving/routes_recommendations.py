@@ -18,9 +18,10 @@ from serving.api_models import (
     SimilarResponse,
     TrendingResponse,
 )
+from serving.compiled_route import CompiledRoute
 from serving.deps import Services, get_services
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(tags=["recommendations"], route_class=CompiledRoute)
 
 ItemList = Annotated[list[Annotated[str, Query(min_length=1, max_length=128)]], Query(max_length=1000)]
 Filters = Annotated[

@@ -82,7 +82,7 @@ class ProgressRecorder(StreamingQueryListener):
     push per features batch would wake it again forever.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._watched: dict[str, tuple[Settings, bool]] = {}
         self._producers: dict[str, Any] = {}
         self._appenders: dict[str, Appender] = {}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
+from serving.catalogue import passing_positions
 from serving.factor_blocks import FactorBlocks
 
 pytestmark = pytest.mark.unit
@@ -45,3 +49,17 @@ def test_the_least_recently_used_blocks_go_first_when_the_budget_is_spent():
     too_big = np.arange(1_000, dtype=np.int64)
     np.testing.assert_array_equal(blocks.rows(too_big), FACTORS)  # answered, not kept
     assert blocks.cached_bytes <= 2 * per_block
+
+
+def test_a_shared_masks_positions_are_found_once_and_freed_with_the_mask():
+    mask = np.zeros(1_000, dtype=bool)
+    mask[[3, 500]] = True
+    assert list(passing_positions(mask)) == [3, 500]
+    assert passing_positions(mask) is not passing_positions(mask)  # a writeable mask may change
+    mask.flags.writeable = False  # as the filter masks serving caches
+    positions = passing_positions(mask)
+    assert passing_positions(mask) is positions and not positions.flags.writeable
+    kept = weakref.ref(positions)
+    del mask, positions
+    gc.collect()
+    assert kept() is None

@@ -69,3 +69,21 @@ def test_top_k_orders_excludes_and_breaks_ties_by_position():
     assert list(top_k(scores, 3, exclude=np.array([1, 4]))) == [2, 0, 3]
     assert list(top_k(scores, 10, exclude=np.array([0, 1, 2]))) == [4, 3]
     assert list(top_k(scores, 0)) == []
+
+
+def test_top_k_equals_a_full_sort_on_ties_and_non_finite_scores():
+    """The bound top_k uses to skip most scores never loses one: checked against sorting them all."""
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        n, k = int(rng.integers(1, 3000)), int(rng.integers(1, 40))
+        scores = (rng.integers(-3, 3, n) if trial % 2 else rng.normal(size=n)).astype(np.float32)  # many ties
+        scores[rng.integers(0, n, 3)] = [np.nan, np.inf, -np.inf]
+        exclude = rng.integers(0, n, int(rng.integers(0, 20)))
+        allowed = rng.random(n) > 0.5 if trial % 3 == 0 else None
+        masked = np.where(np.isfinite(scores), scores, -np.inf)
+        masked[exclude] = -np.inf
+        if allowed is not None:
+            masked[~allowed] = -np.inf
+        order = np.lexsort((np.arange(n), -masked))
+        expected = [int(p) for p in order if masked[p] > -np.inf][:k]
+        assert list(top_k(scores, k, exclude, allowed)) == expected, trial
