@@ -39,7 +39,7 @@ class IdIndex:
     def get(self, key: str, default: int | None = None) -> int | None:
         """One id's position: a scalar binary search, several times cheaper than ``lookup`` of one id."""
         wanted = _encode(key)
-        if not wanted or wanted.endswith(b"\0") or not len(self.keys):  # as ``encode``: such an id is in no index
+        if not wanted or not len(self.keys):
             return default
         at = int(self.keys.searchsorted(wanted))
         return int(self.positions[at]) if at < len(self.keys) and self.keys[at] == wanted else default
@@ -92,8 +92,10 @@ def encode(keys: Iterable[str]) -> np.ndarray:
     """Ids as a fixed-width byte array for ``lookup``. The array would strip a trailing NUL, so such
     an id could match a shorter one: it becomes the empty key instead, which no index holds."""
     encoded = [_encode(k) for k in keys]
-    return np.array([b"" if k.endswith(b"\0") else k for k in encoded], dtype="S" if encoded else "S1")
+    return np.array(encoded, dtype="S" if encoded else "S1")
 
 
 def _encode(key: str) -> bytes:
-    return key.encode("utf-8")
+    """``key``'s bytes, or the empty key (which no index holds) for one ending in NUL."""
+    encoded = key.encode("utf-8")
+    return b"" if encoded.endswith(b"\0") else encoded

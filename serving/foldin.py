@@ -127,7 +127,7 @@ def top_k(
         candidates = np.flatnonzero(masked >= _kth_bound(masked, k))
         if len(candidates) > k:  # ties at the k-th score are all kept, then ordered by position
             values = masked[candidates]
-            candidates = candidates[values >= np.partition(values, len(values) - k)[len(values) - k]]
+            candidates = candidates[values >= _kth_highest(values, k)]
     else:
         candidates = np.arange(len(masked))
     candidates = candidates[masked[candidates] > -np.inf]
@@ -143,4 +143,8 @@ def _kth_bound(values: np.ndarray, k: int) -> float:
     """
     size = max(1, len(values) // (BOUND_BLOCKS_PER_K * k))
     maxima = np.maximum.reduceat(values, np.arange(0, len(values), size))
-    return float(np.partition(maxima, len(maxima) - k)[len(maxima) - k]) if len(maxima) >= k else -np.inf
+    return _kth_highest(maxima, k) if len(maxima) >= k else -np.inf
+
+
+def _kth_highest(values: np.ndarray, k: int) -> float:
+    return float(np.partition(values, len(values) - k)[len(values) - k])
