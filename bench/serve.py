@@ -9,7 +9,9 @@ a load generator in a separate process on loopback at fixed rates (open loop:
 latency counts from each request's scheduled time, so queueing is not hidden).
 The load generator is pinned to the last CPU (--no-pin-loadgen to leave it
 free): on a 2-core host the server's threads otherwise delay its sends, and
-that delay would count as serving latency.
+that delay would count as serving latency. Once serving starts, this process
+runs there too: its registry publishes stand in for the batch layer's publish
+gate, which runs on another host in a deployment.
 Each rate is offered for SETTLE_S + --seconds and only the last --seconds
 count: the load generator's first ~150 ms (a fresh process opening its 64
 connections) queue requests at any rate, and were most of the 300 rps p99.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -81,6 +84,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def pin_every_thread(cpus: set[int]) -> None:
+    """Run this process's threads (delta-rs's runtime threads included) on ``cpus`` only."""
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task), cpus)
 
 
 def factors_column(matrix: np.ndarray) -> pa.Array:
@@ -315,7 +325,8 @@ def main() -> int:
                         help="Models swapped in one after another under the same load; the requests during all "
                              "swaps are pooled.")
     parser.add_argument("--pin-loadgen", action=argparse.BooleanOptionalAction, default=True,
-                        help="Run the load generator on the last CPU only (default), as a client with its own CPU; "
+                        help="Run the load generator (and, once serving starts, this process) on the last CPU only (default), "
+                             "as a client with its own CPU; "
                              "unpinned, the server's threads delay its sends, and that delay counts as latency.")
     parser.add_argument("--ann-ef", type=int, default=Settings.model_fields["serve_ann_ef"].default,
                         help="Serving's item-index search list (serve_ann_ef); 0 scores every item exactly.")
@@ -352,6 +363,8 @@ def main() -> int:
     server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port),
                                "--workers", str(args.workers), "--log-level", "warning"],
                               env=env, stderr=server_log)
+    if cpus:  # from here on this process is a client too: its publishes stand in for the batch layer's
+        pin_every_thread(cpus)
     try:
         base = f"http://127.0.0.1:{port}"
         started = time.perf_counter()

@@ -58,7 +58,10 @@ class Model:
         find them in memory instead of faulting them in from the page cache; ``pause()`` runs
         between chunks (see ``serving.idle_gate``)."""
         weights = (self.neighbours.indptr, self.neighbours.indices, self.neighbours.data)
-        for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys, *weights):
+        # the index's file is mapped by faiss; reading it through a map of our own brings its pages in
+        index = () if self.item_index is None else (np.memmap(self.item_index.path, dtype=np.uint8, mode="r"),)
+        for array in (self.item_factors, self.item_norms, self.popularity, self.item_ids, self.item_positions.keys,
+                      *weights, *index):
             flat = array.reshape(-1).view(np.uint8)
             for start in range(0, len(flat), TOUCH_CHUNK_BYTES):
                 pause()
