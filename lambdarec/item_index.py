@@ -8,8 +8,8 @@ item when filters, exclusions and seen items leave too few (``serving.catalogue`
 faiss-cpu's HNSW was chosen by measurement over hnswlib and usearch (README: measurements):
 hnswlib answered a query fastest, but its load holds the GIL for the whole read, which
 stalled every request during a model swap; faiss reads the index without holding it, and
-maps the index's vectors from the file rather than copying them, so every serving process
-on a host shares one copy and a swap's load is a few milliseconds of CPU.
+maps the file (vectors and graph) rather than copying it, so every serving process on a
+host shares one copy and a swap's load is a few milliseconds of CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class ItemIndex:
         # one thread: a single query is too small to split, and idle OpenMP workers spinning on
         # a small host slow every request (as OpenBLAS's did, serving/workers.py)
         faiss.omp_set_num_threads(1)
-        self._index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)  # the vectors stay in the file
+        self._index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)  # mapped, not copied
         self.path = path
         self.ef = ef
         self.size = int(self._index.ntotal)
