@@ -46,9 +46,8 @@ def test_the_bundle_ships_the_index_and_serving_loads_it(catalogue, settings):
     assert store.current.item_index is None  # the same bundle, scored exactly
 
 
-
 def test_serving_maps_the_index_file_rather_than_copying_it(catalogue):
-    """Every serving process on a host shares the mapped file, and a swap's load reads no vectors."""
+    """Every serving process on a host shares the mapped file, and a swap's load copies none of it."""
     path = str(catalogue.model.item_index.path)
     with open("/proc/self/maps") as maps:
         assert any(line.rstrip().endswith(path) for line in maps)
