@@ -325,9 +325,9 @@ def main() -> int:
                         help="Models swapped in one after another under the same load; the requests during all "
                              "swaps are pooled.")
     parser.add_argument("--pin-loadgen", action=argparse.BooleanOptionalAction, default=True,
-                        help="Run the load generator (and, once serving starts, this process) on the last CPU only (default), "
-                             "as a client with its own CPU; "
-                             "unpinned, the server's threads delay its sends, and that delay counts as latency.")
+                        help="Run the load generator (and, once serving starts, this process) on the last CPU only "
+                             "(default), as a client with its own CPU; unpinned, the server's threads delay its sends, "
+                             "and that delay counts as latency.")
     parser.add_argument("--ann-ef", type=int, default=Settings.model_fields["serve_ann_ef"].default,
                         help="Serving's item-index search list (serve_ann_ef); 0 scores every item exactly.")
     parser.add_argument("--workers", type=int, default=1,
@@ -363,7 +363,7 @@ def main() -> int:
     server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port),
                                "--workers", str(args.workers), "--log-level", "warning"],
                               env=env, stderr=server_log)
-    if cpus:  # from here on this process is a client too: its publishes stand in for the batch layer's
+    if cpus:  # from here on this process is a client too: its publishes stand in for the batch layer's gate
         pin_every_thread(cpus)
     try:
         base = f"http://127.0.0.1:{port}"
