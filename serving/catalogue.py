@@ -157,8 +157,8 @@ def top_rows(rows: np.ndarray, vector: np.ndarray, k: int, exclude: np.ndarray) 
     """``top_k(rows @ vector, k, exclude)`` and those scores.
 
     faiss's scan keeps the best rows in a heap as it scores them, where a product into an array
-    and ``top_k`` over it pass over the scores twice; on a busy server, whose caches hold little of
-    a filter's rows, that halves the cost (README: measurements). Where the heap cannot settle the
+    and ``top_k`` over it pass over the scores twice: cheaper when, as on a busy server, the
+    caches hold little of a filter's rows (README: measurements). Where the heap cannot settle the
     answer exactly as ``top_k`` would, a tie at its cut or a score that is not finite, both run.
     """
     x = np.ascontiguousarray(vector, dtype=np.float32)
