@@ -164,8 +164,8 @@ def top_rows(rows: np.ndarray, vector: np.ndarray, k: int, exclude: np.ndarray) 
     x = np.ascontiguousarray(vector, dtype=np.float32)
     heap = min(k + len(exclude) + 1, len(rows))  # one past what ``exclude`` can take: the cut is seen
     if k > 0 and heap < len(rows):
-        found_scores, found = (column[0] for column in faiss.knn(
-            x[None], rows, heap, metric=faiss.METRIC_INNER_PRODUCT))
+        distances, labels = faiss.knn(x[None], rows, heap, metric=faiss.METRIC_INNER_PRODUCT)
+        found_scores, found = distances[0], labels[0]
         if np.isfinite(found_scores).all():
             kept = np.isin(found, exclude, invert=True)
             found, scores = found[kept], found_scores[kept]

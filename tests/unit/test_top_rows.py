@@ -33,7 +33,8 @@ def test_top_rows_equals_top_k_over_every_score(integral):
 
 
 def test_a_tie_at_the_cut_is_settled_by_position_beyond_the_heap():
-    """Eight equal rows, two wanted: the heap sees only three of them, so the lowest positions must be found past it."""
+    """Eight equal rows, two wanted, one excluded: the heap holds four of them, so the lowest positions
+    must be found past it."""
     rows = np.zeros((1000, 4), dtype=np.float32)
     tied = np.array([990, 3, 500, 7, 999, 250, 640, 12])
     rows[tied] = [1.0, 0.0, 0.0, 0.0]
