@@ -53,6 +53,11 @@ class FactorBlocks:
                 self._bytes += size
         return block
 
+    def cached_positions(self) -> list[np.ndarray]:
+        """The positions of every cached block, least recently used first."""
+        with self._lock:
+            return [positions for positions, _ in self._blocks.values()]
+
     @property
     def cached_bytes(self) -> int:
         return self._bytes

@@ -48,7 +48,7 @@ class ItemAttributes:
         self._unavailable_positions: tuple[tuple, np.ndarray] | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
-        self._encoded_members: dict[tuple, np.ndarray] = {}
+        self._encoded_members: dict[tuple, np.ndarray] = {}  # (version, name, value) sorted; (version, category) newest first
         self._table_unavailable: frozenset[str] = frozenset()
         self._table_lsn: dict[str, int] = {}  # item -> LSN of the change its table row holds
         self._ahead: dict[str, AvailabilityChange] = {}  # changes the table does not have yet
@@ -118,7 +118,13 @@ class ItemAttributes:
         key = (id(catalogue), catalogue.model.version, len(catalogue.new_ids), self.version, category)
         found = self._newcomers.get(key)
         if found is None:
-            found = [item for item in self._by_category.get(category, []) if catalogue.position(item) is None]
+            members = self._by_category.get(category, [])
+            # one vectorised lookup of keys encoded once per table version: a category may hold a
+            # tenth of a large catalogue, and a lookup per item cost the first request of each
+            # category after every swap or new speed-view item tens of milliseconds (README: measurements)
+            keys = self._cached(self._encoded_members, (self.version, category), lambda: encode(members))
+            unknown = np.flatnonzero(catalogue.model.item_positions.lookup(keys) < 0)
+            found = [members[i] for i in unknown if members[i] not in catalogue.new_positions]
             with self._lock:
                 if len(self._newcomers) >= MASKS_KEPT:
                     self._newcomers.clear()

@@ -108,6 +108,8 @@ class ModelStore:
                 model = open_model(self._model_bundle(row), loaded_at=time.time(), pause=self.pause,
                                    ann_ef=self.lake.settings.serve_ann_ef)
                 model.touch(self.pause)
+                if serving is not None:
+                    model.carry_blocks(serving, self.pause)
                 self.pause()
                 if self.prepare is not None:
                     self.prepare(model)

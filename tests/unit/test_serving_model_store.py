@@ -89,3 +89,22 @@ def test_a_published_bundle_in_a_local_lake_is_mapped_in_place(settings, lake):
     assert store.reload()
     assert store.current.directory == local_path(model_bundle_uri(settings, 1))
     assert not settings.model_cache_root.exists() or not any(settings.model_cache_root.iterdir())
+
+
+def test_a_swap_carries_the_serving_models_factor_blocks_over_to_the_new_one(settings, lake):
+    """A narrow filter's first request after a swap finds its rows gathered: the blocks of the
+    serving model are rebuilt for the same items at the new model's positions, dropped items left out."""
+    write_model(lake, 1, 5, ITEMS, RATINGS)
+    store = ModelStore(settings, lake)
+    assert store.reload()
+    serving = store.current
+    serving.factor_blocks.rows(np.asarray([serving.item_positions[i] for i in ("a", "b", "c")]))
+    # "a" is gone, and "aa" and "ab" sort before "b" and "c", which move from positions 1 and 2
+    items = {"aa": [0.2, 0.1], "ab": [0.1, 0.2], "b": [0.0, 1.0], "c": [0.5, 0.5]}
+    write_model(lake, 2, 6, items, {"u1": {"b": 2.0}, "u2": {"c": 1.0}})
+    assert store.reload()
+    swapped = store.current
+    moved = np.asarray([swapped.item_positions["b"], swapped.item_positions["c"]])
+    assert moved.tolist() == [2, 3]
+    assert [p.tolist() for p in swapped.factor_blocks.cached_positions()] == [[2, 3]]
+    assert np.array_equal(swapped.factor_blocks.rows(moved), [items["b"], items["c"]])

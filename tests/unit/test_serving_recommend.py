@@ -5,6 +5,7 @@ pyarrow by tests/serving_support.py.
 """
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pytest
 from lambdarec.registry import PUBLISHED, record_status
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
-from schemas.tables import ITEM_FACTORS
+from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS
 from serving.foldin import fold_in
 from serving.recommend import similar
 from serving.item_attributes import ItemAttributes
@@ -283,3 +284,20 @@ def test_a_paused_swap_build_does_not_hold_up_the_serving_catalogue(store, setti
     swap.join(10)
     assert done, "the serving model's catalogue waited for the paused swap build"
     assert list(cache.get(serving, view).new_ids) == ["zz"]
+
+
+def test_newcomers_are_the_available_items_of_a_category_no_model_nor_the_speed_view_knows(store, settings):
+    """Newest first, per catalogue: an item the speed view learns about stops being a newcomer."""
+    attributes = ItemAttributes(Lake(settings))
+    day = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [{"item_id": item, "category": "alpha", "available": available, "updated_at": day + timedelta(hours=hour)}
+            for hour, (item, available) in enumerate([("a0", True), ("new-1", True), ("gone", False), ("new-2", True),
+                                                      ("yy", True)])]
+    rows.append({"item_id": "new-b", "category": "beta", "updated_at": day})
+    attributes.load(pa.Table.from_pylist(rows, schema=ITEM_CATALOGUE.schema).to_pylist(), version=1)
+    view = SpeedView(settings)
+    assert attributes.newcomers(build(store.current, view), "alpha") == ["yy", "new-2", "new-1"]
+    speed_rows(view, 11, [("uc", "yy", 1.0, "e1")])
+    assert attributes.newcomers(build(store.current, view), "alpha") == ["new-2", "new-1"]
+    assert attributes.newcomers(build(store.current, view), "beta") == ["new-b"]
+    assert attributes.newcomers(build(store.current, view), "gamma") == []
