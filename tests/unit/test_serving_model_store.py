@@ -5,6 +5,7 @@ The lake is real Delta on disk; the loader is the real ``lambdarec.model_bundle`
 """
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def lake(settings):
 
 
 def bundles(settings):
-    return sorted(p.name.split("-")[0] for p in settings.model_cache_root.iterdir())
+    return sorted(p.name.split("-")[0] for p in settings.model_cache_root.glob("v*"))
 
 
 def test_a_second_store_maps_the_cached_bundle_without_a_loader(settings, lake):
@@ -64,7 +65,7 @@ def test_a_second_store_maps_the_cached_bundle_without_a_loader(settings, lake):
 def test_a_bundle_that_does_not_match_the_registry_is_rebuilt(settings, lake):
     write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
     ModelStore(settings, lake).reload()
-    (bundle,) = settings.model_cache_root.iterdir()
+    (bundle,) = settings.model_cache_root.glob("v*")
     meta = json.loads((bundle / META).read_text())
     (bundle / META).write_text(json.dumps({**meta, "source_events_version": 99}))
     store = ModelStore(settings, lake)
@@ -88,7 +89,7 @@ def test_a_published_bundle_in_a_local_lake_is_mapped_in_place(settings, lake):
     store._build_in_loader = lambda row, bundle: pytest.fail("the published bundle should have been used")
     assert store.reload()
     assert store.current.directory == local_path(model_bundle_uri(settings, 1))
-    assert not settings.model_cache_root.exists() or not any(settings.model_cache_root.iterdir())
+    assert not list(settings.model_cache_root.glob("v*"))
 
 
 def test_a_swap_carries_the_serving_models_factor_blocks_over_to_the_new_one(settings, lake):
@@ -108,3 +109,16 @@ def test_a_swap_carries_the_serving_models_factor_blocks_over_to_the_new_one(set
     assert moved.tolist() == [2, 3]
     assert [p.tolist() for p in swapped.factor_blocks.cached_positions()] == [[2, 3]]
     assert np.array_equal(swapped.factor_blocks.rows(moved), [items["b"], items["c"]])
+
+
+def test_the_serving_processes_of_a_host_swap_one_at_a_time(settings, lake):
+    """A second store on the same bundle cache waits while another holds the host's swap turn."""
+    write_model(lake, 1, 5, ITEMS, RATINGS)
+    holder, waiter = ModelStore(settings, lake), ModelStore(settings, lake)
+    swapped = threading.Event()
+    with holder._host_turn():
+        worker = threading.Thread(target=lambda: waiter.reload() and swapped.set())
+        worker.start()
+        assert not swapped.wait(0.5) and waiter.current is None
+    assert swapped.wait(10) and waiter.current.version == 1
+    worker.join()
