@@ -71,14 +71,14 @@ class Model:
         """Copy into this model's factor blocks the rows of the items of every block the serving
         model holds, at this model's positions: the first request of each narrow filter after a
         swap then finds its rows ready instead of gathering them while other requests queue
-        (README: measurements). ``pause()`` runs between blocks (see ``serving.idle_gate``)."""
+        (README: measurements). ``pause()`` runs between chunks of rows (see ``serving.idle_gate``)."""
         keys = serving.item_positions.keys
         keys_by_position = np.empty(len(serving.item_ids), dtype=keys.dtype)
         keys_by_position[serving.item_positions.positions] = keys
         for positions in serving.factor_blocks.cached_positions():
             pause()
             found = self.item_positions.lookup(keys_by_position[positions])
-            self.factor_blocks.rows(np.sort(found[found >= 0]))
+            self.factor_blocks.rows(np.sort(found[found >= 0]), pause)
 
     def history(self, user_position: int) -> tuple[np.ndarray, np.ndarray]:
         """The user's training items (positions) and ratings."""

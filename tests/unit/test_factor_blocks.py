@@ -26,6 +26,15 @@ def test_rows_are_the_factors_rows_and_a_repeated_filter_reuses_its_block():
     assert blocks.cached_bytes == positions.nbytes + first.nbytes
 
 
+def test_a_block_gathered_for_a_swap_pauses_between_chunks_and_holds_the_same_rows(monkeypatch):
+    monkeypatch.setattr("serving.factor_blocks.GATHER_CHUNK", 16)
+    blocks, pauses = FactorBlocks(FACTORS), []
+    positions = np.arange(5, 1_000, 20, dtype=np.int64)  # 50 rows: chunks of 16, 16, 16 and 2
+    block = blocks.rows(positions, pause=lambda: pauses.append(1))
+    np.testing.assert_array_equal(block, FACTORS[positions])
+    assert len(pauses) == 4 and blocks.rows(positions) is block
+
+
 def test_positions_that_collide_on_the_lookup_key_still_get_their_own_rows():
     blocks = FactorBlocks(FACTORS)
     one = np.asarray([0, 4, 6, 10], dtype=np.int64)
