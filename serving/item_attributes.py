@@ -48,7 +48,8 @@ class ItemAttributes:
         self._unavailable_positions: tuple[tuple, np.ndarray] | None = None
         self._index: dict[tuple[str, str], set[str]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
-        self._encoded_members: dict[tuple, np.ndarray] = {}  # (version, name, value) sorted; (version, category) newest first
+        self._encoded_members: dict[tuple, np.ndarray] = {}  # (version, name, value): its members, sorted
+        self._category_keys: dict[tuple, np.ndarray] = {}  # (version, category): its items, newest first
         self._table_unavailable: frozenset[str] = frozenset()
         self._table_lsn: dict[str, int] = {}  # item -> LSN of the change its table row holds
         self._ahead: dict[str, AvailabilityChange] = {}  # changes the table does not have yet
@@ -122,7 +123,7 @@ class ItemAttributes:
             # one vectorised lookup of keys encoded once per table version: a category may hold a
             # tenth of a large catalogue, and a lookup per item cost the first request of each
             # category after every swap or new speed-view item tens of milliseconds (README: measurements)
-            keys = self._cached(self._encoded_members, (self.version, category), lambda: encode(members))
+            keys = self._cached(self._category_keys, (self.version, category), lambda: encode(members))
             unknown = np.flatnonzero(catalogue.model.item_positions.lookup(keys) < 0)
             found = [members[i] for i in unknown if members[i] not in catalogue.new_positions]
             with self._lock:
