@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,8 @@ class Lake:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.root = settings.lake_root.rstrip("/")
+        self._watched: dict[str, DeltaTable] = {}  # uri -> snapshot that ``version`` moves forward
+        self._watched_lock = threading.Lock()
 
     # -- locations and snapshots -------------------------------------------------
 
@@ -94,10 +97,28 @@ class Lake:
         return [field.name for field in missing]
 
     def version(self, spec: TableSpec) -> int | None:
-        try:
-            return DeltaTable(self.uri(spec)).version()
-        except TableNotFoundError:
-            return None
+        """The table's latest version (None: no table yet).
+
+        Serving's pollers ask this every fraction of a second. Opening the table
+        replays its whole log each time; the snapshot kept from the last call reads
+        only the commits after it (as ``lambdarec.log_tail`` does, a table deleted
+        under it keeps its last version).
+        """
+        uri = self.uri(spec)
+        with self._watched_lock:
+            table = self._watched.pop(uri, None)
+            try:
+                if table is not None:
+                    table.update_incremental()
+            except Exception:  # a snapshot that cannot move forward is opened afresh
+                log.warning("%s: reopening its snapshot", spec.name, exc_info=True)
+                table = None
+            try:
+                table = table or DeltaTable(uri)
+            except TableNotFoundError:
+                return None
+            self._watched[uri] = table
+            return table.version()
 
     def open(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
         """The table at ``version`` (latest if None), refused if we cannot read it faithfully."""

@@ -14,6 +14,7 @@ from typing import Any
 from lambdarec import consent
 from lambdarec.lake import Lake
 from schemas.consent import ConsentChange
+from schemas.tables import USER_CONSENT
 from serving.speed_view import SpeedView
 
 
@@ -25,6 +26,7 @@ class Consents:
         self._stored: list[dict[str, Any]] = []  # user_consent rows, in effect order
         self._unstored: list[dict[str, Any]] = []  # this replica's changes not yet in user_consent
         self._withdrawn: frozenset[str] = frozenset()
+        self._stored_version: int | None = None  # of user_consent, when last read
 
     def change(self, change: ConsentChange, at: Any) -> None:
         """Apply a change this replica just produced (``at``: its Kafka timestamp)."""
@@ -33,11 +35,15 @@ class Consents:
             self._update()
 
     def reload(self) -> None:
-        """Take in the changes the speed job stored (the poller calls this)."""
+        """Take in the changes the speed job stored (the poller calls this); the table is read
+        only when it has a new version."""
+        version = self.lake.version(USER_CONSENT)
+        if version == self._stored_version:
+            return
         stored = consent.history(self.lake)
         ids = {row["change_id"] for row in stored}
         with self._lock:
-            self._stored = stored
+            self._stored, self._stored_version = stored, version
             self._unstored = [row for row in self._unstored if row["change_id"] not in ids]
             self._update()
 

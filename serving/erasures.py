@@ -13,6 +13,7 @@ from typing import Any
 
 from lambdarec import privacy
 from lambdarec.lake import Lake
+from schemas.tables import PRIVACY_RECEIPTS, PRIVACY_REQUESTS
 from serving.speed_view import SpeedView
 
 
@@ -23,6 +24,7 @@ class Erasures:
         self._lock = threading.Lock()
         self._subjects: dict[str, int | None] = {}  # subject_hash -> events version of the DELETE (None: pending)
         self._forgotten: set[str] = set()  # request ids applied to the speed view
+        self._read_versions: tuple[int | None, int | None] | None = None  # of the privacy tables, when last read
 
     def erase(self, request: dict[str, Any]) -> None:
         """Apply a request just recorded (a pending one): drop the user now."""
@@ -31,12 +33,17 @@ class Erasures:
             self._forget(request)
 
     def reload(self) -> None:
-        """Take in requests and receipts written by anyone (the poller calls this)."""
+        """Take in requests and receipts written by anyone (the poller calls this); the tables are
+        read only when one has a new version."""
+        versions = (self.lake.version(PRIVACY_REQUESTS), self.lake.version(PRIVACY_RECEIPTS))
+        if versions == self._read_versions:
+            return
         subjects = privacy.erased_subjects(self.lake)
         with self._lock:
             for request in privacy.pending(self.lake):
                 self._forget(request)
             self._subjects = subjects
+        self._read_versions = versions
 
     def hides(self, pseudonym: str, model_events_version: int) -> bool:
         """Whether a model trained on ``events`` version ``model_events_version`` still holds an erased user."""

@@ -57,6 +57,18 @@ def test_pinned_version_reads_that_snapshot(settings):
     assert lake.read_arrow(EVENTS).num_rows == 10
 
 
+def test_version_follows_commits_made_by_another_writer(settings):
+    """A poller's lake keeps its snapshot between calls and moves it forward; other writers commit meanwhile."""
+    poller, writer = Lake(settings), Lake(settings)
+    assert poller.version(EVENTS) is None
+    writer.append_arrow(EVENTS, event_rows(2))
+    assert poller.version(EVENTS) == 1
+    assert poller.version(EVENTS) == 1
+    writer.append_arrow(EVENTS, event_rows(2, start=2))
+    writer.append_arrow(EVENTS, event_rows(2, start=4))
+    assert poller.version(EVENTS) == 3 == Lake(settings).version(EVENTS)
+
+
 def test_dataset_is_queryable_from_duckdb(settings):
     lake = Lake(settings)
     lake.append_arrow(EVENTS, event_rows(8))
