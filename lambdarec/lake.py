@@ -106,18 +106,17 @@ class Lake:
         """
         uri = self.uri(spec)
         with self._watched_lock:
-            table = self._watched.pop(uri, None)
-            try:
-                if table is not None:
+            if (table := self._watched.get(uri)) is not None:
+                try:
                     table.update_incremental()
-            except Exception:  # a snapshot that cannot move forward is opened afresh
-                log.warning("%s: reopening its snapshot", spec.name, exc_info=True)
-                table = None
+                    return table.version()
+                except Exception:  # a snapshot that cannot move forward is opened afresh
+                    log.warning("%s: reopening its snapshot", spec.name, exc_info=True)
             try:
-                table = table or DeltaTable(uri)
+                self._watched[uri] = table = DeltaTable(uri)
             except TableNotFoundError:
+                self._watched.pop(uri, None)
                 return None
-            self._watched[uri] = table
             return table.version()
 
     def open(self, spec: TableSpec, version: int | None = None) -> DeltaTable:
