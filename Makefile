@@ -57,8 +57,9 @@ bench-tools:
 demo: jars blas postgres prometheus
 	$(BIN)/lambdarec demo --duration $(DURATION) --summary-json demo-summary.json
 
+# `make test` runs every tier. CI runs `make unit` first and then `make test SKIP_UNIT=1`, so no tier runs twice.
 test: jars blas postgres prometheus chromium
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(SKIP_UNIT),-m "not unit")
 
 unit: jars prometheus
 	$(BIN)/pytest -m unit

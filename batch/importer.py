@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from lambdarec import dimension_files
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
+from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
@@ -167,6 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     kind = args.kind or dimension_files.kind_of(args.path) or "events"
+    if kind != dimension_files.CATALOGUE:  # events and profiles carry user ids, pseudonymised here
+        verify_pseudonym_key(settings, "import")
     try:
         if kind == "events":
             summary = import_file(args.path, settings, args.format, args.event_type)

@@ -9,9 +9,48 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lambdarec.feedback import event_weight
+from schemas.event_rules import OCCURRED_AT_IN_FUTURE, EventLimits, spark_has_control, spark_interval, spark_value_problem
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
+
+MAX_ID_LENGTH = 128  # the event schema's: a model's id arrays are as wide as its longest id
+
+
+def untrainable_reason(limits: EventLimits) -> "Column":
+    """Why an ``events`` row cannot be trained on, as a dead-letter reason, or null.
+
+    Rows landed before the pipeline refused them (or imported) may hold what the
+    edge now refuses: an id that is null, empty, over ``MAX_ID_LENGTH`` characters
+    or holds a control or format character (a NUL would fail every model bundle,
+    ``lambdarec.id_index``); a value that is not finite or beyond ``value_max`` (an
+    infinite rating makes every factor NaN); an ``occurred_at`` further past its
+    ``received_at`` than the clock skew allows (a year-9999 event would be every
+    decayed weight's reference). Imported history is old, not in the future, so no
+    age bound applies here.
+    """
+    from pyspark.sql import functions as F
+
+    def bad_id(column: "Column") -> "Column":
+        return column.isNull() | (F.length(column) < 1) | (F.length(column) > MAX_ID_LENGTH) | spark_has_control(column)
+
+    future = F.col("occurred_at") > F.col("received_at") + spark_interval(limits.max_skew)
+    return (F.when(bad_id(F.col("user_id")), F.lit("invalid_field:user_id"))
+            .when(bad_id(F.col("item_id")), F.lit("invalid_field:item_id"))
+            .when(spark_value_problem(F.col("value"), limits), F.lit("invalid_field:value"))
+            .when(future, F.lit(OCCURRED_AT_IN_FUTURE)))
+
+
+def trainable_events(events: "DataFrame", limits: EventLimits) -> tuple["DataFrame", dict[str, int]]:
+    """(the events a model can train on, how many were left out by reason): ``untrainable_reason``.
+
+    Counting costs one pass over the snapshot; a run records the counts, so a bad
+    row costs the model that row, never the model."""
+    from pyspark.sql import functions as F
+
+    reason = untrainable_reason(limits)
+    counts = events.select(reason.alias("reason")).where(F.col("reason").isNotNull()).groupBy("reason").count()
+    return events.where(reason.isNull()), {row["reason"]: row["count"] for row in counts.collect()}
 
 
 def implicit_ratings(

@@ -1,8 +1,16 @@
-"""Lake housekeeping, a Spark job: compact small files, vacuum unreferenced ones, expire old models.
+"""Lake housekeeping, a Spark job: prune the speed tables, compact small files, vacuum unreferenced
+ones, expire old models.
 
 ``run`` holds the logic on an injected session; ``main`` is the spark-submit entry
-(``spark-submit batch/maintenance.py [--step compact|vacuum|expire ...]``), which
+(``spark-submit batch/maintenance.py [--step prune|compact|vacuum|expire ...]``), which
 the maintenance DAG runs one step per task.
+
+The speed tables grow with every micro-batch, and serving reads them at start.
+The prune deletes (a Delta ``DELETE``) their rows older than the speed view's
+horizon (``speed_view_horizon_s``, by each table's time column), so that what
+serving's start-up reads is bounded by the horizon, not by history: a published
+model holds what the prune removes. Compaction then rewrites what is left, and the
+vacuum deletes the pruned files once they are past its retention.
 
 The speed layer appends many small files (one commit per micro-batch), which
 slows every reader; compaction (Delta's ``OPTIMIZE``) rewrites them into fewer,
@@ -12,7 +20,7 @@ uncommitted). Expiry deletes (a Delta ``DELETE``) the factor data of models beyo
 the retention count and their model bundles; the champion is always kept, and
 the registry keeps every model's history as ``expired`` rows. Deletion vectors are
 off, so a DELETE rewrites files and every table stays readable by delta-rs.
-All three are safe to re-run: a second pass finds nothing to do.
+All four are safe to re-run: a second pass finds nothing to do.
 """
 
 from __future__ import annotations
@@ -21,15 +29,26 @@ import argparse
 import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdarec import registry
 from lambdarec.lake import Lake, session_conf, spark_path
 from lambdarec.model_bundle import remove_model_bundle
 from lambdarec.settings import Settings
-from schemas.tables import ALL_TABLES, ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, USER_FACTORS, TableSpec
+from schemas.tables import (
+    ALL_TABLES,
+    ITEM_FACTORS,
+    ITEM_NEIGHBOURS,
+    MODEL_INTERACTIONS,
+    SPEED_HORIZON_COLUMNS,
+    SPEED_ITEM_TRENDING,
+    USER_FACTORS,
+    TableSpec,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -38,8 +57,32 @@ log = logging.getLogger("lambdarec.batch.maintenance")
 
 EXPIRED = "expired"
 MODEL_DATA = (USER_FACTORS, ITEM_FACTORS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS)
-STEPS = ("compact", "vacuum", "expire")
+STEPS = ("prune", "compact", "vacuum", "expire")
 DELTA_DEFAULT_RETENTION_HOURS = 168  # below this, delta-spark refuses a VACUUM unless its check is off
+
+
+def prune_speed(spark: "SparkSession", lake: Lake, now: datetime | None = None) -> dict[str, int]:
+    """Delete the speed tables' rows older than the speed view's horizon before ``now`` (the trending
+    table keeps at least one trending window); returns the rows removed per table."""
+    settings = lake.settings
+    now = now or datetime.now(UTC)
+    removed = {}
+    for name, column in SPEED_HORIZON_COLUMNS.items():
+        spec = ALL_TABLES[name]
+        if not lake.exists(spec):
+            continue
+        kept_s = settings.speed_view_horizon_s
+        if spec is SPEED_ITEM_TRENDING:
+            kept_s = max(kept_s, settings.speed_trending_window_s)
+        cutoff = now - timedelta(seconds=kept_s)
+        old = pc.field(column) < pa.scalar(cutoff, spec.schema.field(column).type)
+        count = lake.dataset(spec).count_rows(filter=old)
+        if count:
+            micros = (cutoff - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+            lake.delete_spark(spark, spec, f"`{column}` < timestamp_micros({micros})")
+            removed[name] = count
+    _log("pruned", horizon_s=settings.speed_view_horizon_s, before=now.isoformat(), tables=removed)
+    return removed
 
 
 def compact(spark: "SparkSession", lake: Lake, specs: list[TableSpec] | None = None) -> dict[str, dict[str, int]]:
@@ -127,6 +170,8 @@ def run(spark: "SparkSession", settings: Settings, steps: tuple[str, ...] = STEP
         raise ValueError(f"unknown maintenance steps {sorted(unknown)}; choose from {list(STEPS)}")
     lake = Lake(settings)
     out: dict[str, Any] = {}
+    if "prune" in steps:
+        out["pruned"] = prune_speed(spark, lake)
     if "compact" in steps:
         out["compacted"] = compact(spark, lake)
     if "vacuum" in steps:

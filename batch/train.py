@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch import families, gate, tuning
 from batch.factor_tables import interaction_rows
+from batch.interactions import trainable_events
 from batch.train_args import add_arguments, job_args, parse_args, with_engine
 from batch.train_data import Prepared
 from batch.train_metrics import coverage, holdout_metrics, holdout_of
@@ -123,6 +124,9 @@ def _train(
     """Every family competes on the holdout; the winner is refitted on the whole snapshot and written."""
     stages = StageClock()
     events = lake.read_spark(spark, EVENTS, events_version)  # time travel to the pinned version
+    events, dropped = trainable_events(events, settings.event_limits)  # a bad row costs the row, not the model
+    if dropped:
+        _log("events_dropped", model_version=model_version, reasons=dropped)
     checkpoints = str(Path(settings.checkpoint_root) / "batch-als")
     data = Prepared.from_events(spark, lake, events, settings, model_version)
     try:
@@ -138,7 +142,7 @@ def _train(
         counts = {"n_interactions": whole.train.count(), "n_users": whole.users.num_rows, "n_items": whole.items.num_rows}
         trained = families.fit(winner, whole, settings, checkpoints)
         stages.done("refit")
-        metrics = {**evaluated, **coverage(trained, whole), "families": compared}
+        metrics = {**evaluated, **coverage(trained, whole), "families": compared, "dropped_events": dropped}
         _log("train_refitted", model_version=model_version, family=winner.family, **counts)
         rows = {spec: spark.createDataFrame(table) for spec, table in trained.tables(model_version, whole).items()}
         rows[MODEL_INTERACTIONS] = interaction_rows(whole.train, model_version)

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lambdarec import api_keys  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.cdc import KafkaConnect  # noqa: E402
 from lambdarec.event_load import LoadCounts, events_flowing  # noqa: E402
@@ -70,7 +71,8 @@ def seed(settings: Settings, items: int) -> None:
 def probe(settings: Settings, api: str, probes: int) -> tuple[list[float], list[float]]:
     """Set the user's top item unavailable, time it out of serving and into the lake; then restore it."""
     lake, to_serving, to_lake = Lake(settings), [], []
-    with psycopg.connect(settings.operational_db, autocommit=True) as db, httpx.Client(base_url=api) as client:
+    with psycopg.connect(settings.operational_db, autocommit=True) as db, \
+            httpx.Client(base_url=api, headers=api_keys.bearer(settings)) as client:
         def answer() -> list[str]:
             body = client.get(f"/v1/users/{USER}/recommendations", params={"k": 20}).json()
             return [item["item_id"] for item in body["items"]]
@@ -140,6 +142,7 @@ def main(argv: list[str]) -> int:
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_port=free_port(), embedded_postgres_port=free_port(), cdc_connect_port=free_port(),
                         allow_development_key=True, serve_follow_cdc=args.serve_follow_cdc)
+    settings = api_keys.provision(settings, "bench: cdc", ["ingest", "read"])
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
     with EmbeddedBroker(settings), EmbeddedPostgres(settings), KafkaConnect(settings):
@@ -154,7 +157,8 @@ def main(argv: list[str]) -> int:
                      120, "serving")
             events = World(n_users=1000, n_items=args.items, n_clusters=10, seed=7).events(60 * args.load_events_per_s)
             started = time.monotonic()
-            with events_flowing(f"{api}/v1", events, args.load_events_per_s) if args.load_events_per_s else \
+            with events_flowing(f"{api}/v1", events, args.load_events_per_s, api_keys.bearer(settings)) \
+                    if args.load_events_per_s else \
                     nullcontext(LoadCounts()) as load:
                 to_serving, to_lake = probe(settings, api, args.probes)
             load_rate = load.accepted / (time.monotonic() - started)

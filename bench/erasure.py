@@ -6,7 +6,8 @@ published model's tables for --model-users users, then for each of --runs
 different users (each holding about the median number of events) records an
 erasure request (then --heavy-runs more, of heavy users) and runs the erasure job on it in this process (the code
 ``spark-submit batch/erasure.py`` runs, Spark ``local[2]``). No speed job runs, so
-the job does not wait for one. Prints ONE JSON object: per run the seconds from
+the job does not wait for one; the embedded broker runs, since each receipt reads
+how long the topics keep records from it. Prints ONE JSON object: per run the seconds from
 the request to the receipt and the rows removed, and the median over the median users. In production
 add the scheduler's delay (the privacy DAG runs every 10 minutes).
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch import erasure  # noqa: E402
 from lambdarec import privacy  # noqa: E402
+from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
@@ -95,8 +97,9 @@ def main() -> int:
     parser.add_argument("--heavy-runs", type=int, default=1, help="Then erasures of heavy users (the 101st-heaviest on).")
     parser.add_argument("--root", type=Path, help="Lake root (default: a temporary folder, removed after).")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lambdarec-bench-erasure-") as tmp:
-        settings = Settings(root=args.root or Path(tmp), spark_shuffle_partitions=2)
+    with tempfile.TemporaryDirectory(prefix="lambdarec-bench-erasure-") as tmp, \
+            EmbeddedBroker(Settings(root=args.root or Path(tmp))) as broker:
+        settings = broker.settings.model_copy(update={"spark_shuffle_partitions": 2})
         started = time.perf_counter()
         lake, users, counts = build_lake(settings, args)
         build_s = time.perf_counter() - started

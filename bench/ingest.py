@@ -38,8 +38,9 @@ from kafka import TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lambdarec import api_keys  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
-from lambdarec.generator import World  # noqa: E402
+from lambdarec.generator import World, live_days  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
 from lambdarec.metrics_text import samples  # noqa: E402
 from lambdarec.processes import free_port, lambdarec_command, start_child, wait_for  # noqa: E402
@@ -52,20 +53,21 @@ BODIES = 200  # distinct request bodies per file; wrk cycles through them
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def write_bodies(path: Path, batch: int, seed: int) -> None:
-    """``BODIES`` JSON arrays of ``batch`` events each, one per line."""
-    events = World(n_users=10_000, n_items=5_000, n_clusters=10, seed=seed).events(BODIES * batch)
+def write_bodies(path: Path, batch: int, seed: int, days: float) -> None:
+    """``BODIES`` JSON arrays of ``batch`` events each, one per line, spread over the last ``days``."""
+    events = World(n_users=10_000, n_items=5_000, n_clusters=10, seed=seed).events(BODIES * batch, days=days)
     with path.open("w") as out:
         for _ in range(BODIES):
             out.write(json.dumps([next(events) for _ in range(batch)]) + "\n")
 
 
-def wrk(url: str, bodies: Path, connections: int, seconds: int) -> dict:
-    """Run wrk; its requests, duration, non-2xx count and latency percentiles."""
+def wrk(url: str, bodies: Path, connections: int, seconds: int, env: dict[str, str]) -> dict:
+    """Run wrk (with ``env``: its LAMBDAREC_API_KEY is the key it sends); its requests, duration, non-2xx count
+    and latency percentiles."""
     threads = min(connections, 2)
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(SCRIPT), url, "--",
-         str(bodies)], capture_output=True, text=True, check=True).stdout
+         str(bodies)], capture_output=True, text=True, check=True, env=env).stdout
     done = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
     if done is None:
         raise RuntimeError(f"wrk printed no totals:\n{output}")
@@ -118,24 +120,27 @@ def main(argv: list[str]) -> int:
     workers = worker_count(args.workers)
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-ingest-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
-                        serve_port=free_port(), allow_development_key=True)
+                        serve_port=free_port(), allow_development_key=True,
+                        ingest_rate_limit_per_s=0)  # the platform's capacity, not one caller's rate limit
+    settings = api_keys.provision(settings, "bench: ingest", ["ingest"])  # wrk sends it, as a backend would
+    env = spark_submit_env(settings)
     api = f"http://127.0.0.1:{settings.serve_port}"
     single, batches = root / "single.jsonl", root / "batches.jsonl"
-    write_bodies(single, 1, seed=1)
-    write_bodies(batches, args.batch, seed=2)
+    write_bodies(single, 1, seed=1, days=live_days(settings))  # occurred_at the API takes (its retention)
+    write_bodies(batches, args.batch, seed=2, days=live_days(settings))
     with EmbeddedBroker(settings):
         serving = start_child("serving", lambdarec_command("serve", "--workers", str(workers), "--log-level", "warning"), root / "logs",
-                              spark_submit_env(settings))
+                              env)
         try:
             wait_for(lambda: serving.check_alive() and httpx.get(f"{api}/health", timeout=1).status_code == 200,
                      120, "serving")
             url = f"{api}/v1/events/batch"
-            wrk(url, single, 1, 2)  # warm-up: the producer's connection, the code paths
-            one = wrk(url, single, 1, args.seconds)
+            wrk(url, single, 1, 2, env)  # warm-up: the producer's connection, the code paths
+            one = wrk(url, single, 1, args.seconds, env)
             runs = []
             for _ in range(args.runs):
                 before = accepted(api)
-                run = wrk(url, batches, args.connections, args.seconds)
+                run = wrk(url, batches, args.connections, args.seconds, env)
                 run["accepted_events_per_s"] = round((accepted(api) - before) / run["duration_s"])
                 runs.append(run)
             total = wait_for(settled(api), 60, "the requests wrk left in flight to finish", interval_s=1.0)

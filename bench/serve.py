@@ -60,6 +60,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lambdarec import api_keys  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
@@ -71,7 +72,6 @@ from lambdarec.registry import PUBLISHED, record_status  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS  # noqa: E402
 
-TOKEN = "bench-admin-token"
 CATEGORIES = 10
 FRESH_USERS = 2000  # users with speed-view interactions: their requests fold in
 CONNECTIONS = 64
@@ -228,7 +228,7 @@ def index_recall(settings: Settings, version: int, samples: int = 500) -> dict:
 # -- load generator (separate process) --------------------------------------------------
 
 
-async def _load(port: int, rate: float, seconds: float, paths: list[str], out: list) -> None:
+async def _load(port: int, rate: float, seconds: float, paths: list[str], token: str, out: list) -> None:
     pool: asyncio.Queue = asyncio.Queue()
     for _ in range(CONNECTIONS):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -237,7 +237,7 @@ async def _load(port: int, rate: float, seconds: float, paths: list[str], out: l
         reader, writer = await pool.get()
         status = 0
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
@@ -259,7 +259,7 @@ async def _load(port: int, rate: float, seconds: float, paths: list[str], out: l
     await asyncio.gather(*tasks)
 
 
-def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue, cpus: set[int] | None) -> None:
+def loadgen(port: int, rate: float, seconds: float, paths: list[str], token: str, queue, cpus: set[int] | None) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
@@ -272,15 +272,17 @@ def loadgen(port: int, rate: float, seconds: float, paths: list[str], queue, cpu
     # to 100 ms, and every reply that came in meanwhile counted that pause as serving latency.
     gc.disable()
     out: list = []
-    asyncio.run(_load(port, rate, seconds, paths, out))
+    asyncio.run(_load(port, rate, seconds, paths, token, out))
     queue.put(out)
 
 
-def offer(port: int, rate: float, seconds: float, paths: list[str], cpus: set[int] | None, during=None) -> list:
-    """Run the load generator (on ``cpus`` if given) at ``rate`` for ``seconds``; ``during()`` runs here meanwhile."""
+def offer(port: int, rate: float, seconds: float, paths: list[str], token: str, cpus: set[int] | None,
+          during=None) -> list:
+    """Run the load generator (on ``cpus`` if given) at ``rate`` for ``seconds``, each request with the API key
+    ``token`` as a product backend sends it; ``during()`` runs here meanwhile."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=loadgen, args=(port, rate, seconds, paths, queue, cpus))
+    process = ctx.Process(target=loadgen, args=(port, rate, seconds, paths, token, queue, cpus))
     process.start()
     extra = during() if during else None
     results = queue.get()
@@ -341,6 +343,8 @@ def main() -> int:
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_ann_ef=args.ann_ef, allow_development_key=True)
     lake = Lake(settings)
+    token = api_keys.create(lake, "bench: load", ["read"])[1]  # the requests carry a key, as deployed
+    admin = {"Authorization": f"Bearer {api_keys.create(lake, 'bench: reload', ['admin'])[1]}"}
     cpus = {os.cpu_count() - 1} if args.pin_loadgen and os.cpu_count() > 1 else None
     figures: dict = {"items": args.items, "users": args.users, "rank": args.rank, "cpus": os.cpu_count(),
                      "workers": args.workers,
@@ -356,7 +360,6 @@ def main() -> int:
     broker = EmbeddedBroker(settings).start()
     port = free_port()
     env = {**os.environ, "LAMBDAREC_ROOT": str(root), "LAMBDAREC_EMBEDDED_BROKER_PORT": str(settings.embedded_broker_port),
-           "LAMBDAREC_ADMIN_TOKEN": TOKEN,
            "LAMBDAREC_SERVE_MODEL_POLL_S": str(FOLLOW_POLL_S) if args.workers > 1 else "3600",
            "LAMBDAREC_SERVE_ANN_EF": str(args.ann_ef), "LAMBDAREC_ALLOW_DEVELOPMENT_KEY": "true"}
     server_log = (root / "serving.log").open("wb")
@@ -379,12 +382,12 @@ def main() -> int:
         wait_for(caught_up, 600, "serving to load the model and catch up", interval_s=0.5)
         figures["load_model_s"] = round(time.perf_counter() - started, 1)
         paths = [f"/v1/users/user-{u}/recommendations?k=10&filter=category:c{u % CATEGORIES}" for u in range(FRESH_USERS)]
-        check = httpx.get(base + paths[0], timeout=10).json()
+        check = httpx.get(base + paths[0], headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
         figures["strategy"] = check["strategy"]
-        offer(port, 50, 2, paths, cpus)  # warm-up
+        offer(port, 50, 2, paths, token, cpus)  # warm-up
         rates = {}
         for rate in [float(r) for r in args.rates.split(",")]:
-            rates[str(int(rate))] = summary(after(offer(port, rate, SETTLE_S + args.seconds, paths, cpus), SETTLE_S))
+            rates[str(int(rate))] = summary(after(offer(port, rate, SETTLE_S + args.seconds, paths, token, cpus), SETTLE_S))
         figures["rates"] = rates
         under = [int(r) for r, s in rates.items() if s["p99_ms"] < 20 and s["error_rate"] == 0]
         figures["highest_rate_p99_under_20ms"] = max(under, default=None)
@@ -402,7 +405,7 @@ def main() -> int:
 
             def swaps() -> list:
                 # the client (its TLS context alone is ~15 ms of CPU) and its connection are made outside the windows
-                with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
+                with httpx.Client(base_url=base, headers=admin, timeout=600) as client:
                     time.sleep(2 * args.seconds)  # the first --seconds settle the load and are not counted
                     windows = []
                     for version in swapped:
@@ -427,7 +430,7 @@ def main() -> int:
             followers_s = FOLLOW_POLL_S if args.workers > 1 else 0.0
             duration = 3 * args.seconds + args.swaps * (2 * SWAP_GAP_S + followers_s + 1)
             swap_rate = args.swap_rate or float(figures["highest_rate_p99_under_20ms"] or min(float(r) for r in rates))
-            results, windows = offer(port, swap_rate, duration, paths, cpus, during=swaps)
+            results, windows = offer(port, swap_rate, duration, paths, token, cpus, during=swaps)
             first = windows[0][1]
             before = [r for r in after(results, args.seconds) if r[0] + r[1] < first]
             per_swap = [[r for r in results if began <= r[0] <= ended] for _, began, ended, _ in windows]

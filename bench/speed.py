@@ -38,6 +38,7 @@ import httpx
 import psutil
 from kafka import TopicPartition
 
+from lambdarec import api_keys
 from lambdarec.broker import EmbeddedBroker
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets
 from lambdarec.lake import Lake
@@ -116,9 +117,10 @@ def offer(settings: Settings, rate: int, seconds: float, sent: dict[str, float])
     return count
 
 
-def probe(api: str, stop: threading.Event, out: list[float]) -> None:
-    """POST one event for a fresh probe user, then poll until its recommendations count it; repeat."""
-    with httpx.Client(base_url=api, timeout=10) as client:
+def probe(api: str, headers: dict[str, str], stop: threading.Event, out: list[float]) -> None:
+    """POST one event for a fresh probe user, then poll until its recommendations count it; repeat (with
+    ``headers``: an API key's, as a backend sends it)."""
+    with httpx.Client(base_url=api, timeout=10, headers=headers) as client:
         while not stop.is_set():
             user = f"probe-{uuid.uuid4().hex[:8]}"
             before = client.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
@@ -187,7 +189,7 @@ def measure(settings: Settings, api: str, rate: int, seconds: float, min_probes:
     sent: dict[str, float] = {}
     freshness: list[float] = []
     stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(api, stop, freshness), daemon=True)
+    prober = threading.Thread(target=probe, args=(api, api_keys.bearer(settings), stop, freshness), daemon=True)
     wall_started = dt.datetime.now(dt.timezone.utc)
     cpu.start()
     prober.start()
@@ -233,6 +235,7 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-speed-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_port=free_port())
+    settings = api_keys.provision(settings, "bench: speed probes", ["ingest", "read"])
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
     with EmbeddedBroker(settings) as broker:

@@ -90,23 +90,26 @@ def lambdarec_batch():
 
     @task(task_id="reload_serving")
     def reload_serving(decision: dict) -> dict:
-        """Tell serving to load the published model now (skipped when no serving_url is set)."""
+        """Tell serving to load the published model now (skipped when no serving_url is set), presenting
+        ``api_key`` (scope admin; `lambdarec up` provisions one for its Airflow)."""
         import logging
 
         import httpx
 
+        from lambdarec.api_keys import bearer
         from lambdarec.settings import Settings
 
         settings = Settings()
         if not settings.serving_url:
             logging.getLogger(__name__).info("serving_url is empty: not asking serving to reload")
             return {"skipped": True, **decision}
-        token = settings.admin_token.get_secret_value()
-        response = httpx.post(
-            f"{settings.serving_url.rstrip('/')}/admin/reload",
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=120.0,
-        )
+        response = httpx.post(f"{settings.serving_url.rstrip('/')}/admin/reload", headers=bearer(settings),
+                              timeout=120.0)
+        if response.status_code in (401, 403):  # a retry cannot fix a credential: fail now, saying what to set
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"serving refused the reload ({response.status_code}: {response.text[:300]}); "
+                                       "set LAMBDAREC_API_KEY in the workers' environment to a key with the admin scope")
         response.raise_for_status()
         return {"skipped": False, **decision, **response.json()}
 

@@ -1,4 +1,5 @@
-"""Airflow DAG: daily lake housekeeping (compact small files, vacuum, expire old models).
+"""Airflow DAG: daily lake housekeeping (prune the speed tables to the speed view's horizon, compact small
+files, vacuum, expire old models).
 
 The logic is ``batch/maintenance.py``, a Spark job (Delta's OPTIMIZE, VACUUM and
 DELETE through delta-spark); each step is its own ``spark-submit`` from a bash
@@ -23,7 +24,8 @@ def submit(step: str) -> str:
 
 @dag(
     dag_id="lambdarec_maintenance",
-    description="Compact small Delta files, vacuum beyond the retention window, expire old models.",
+    description="Prune the speed tables to the speed view's horizon, compact small Delta files, vacuum beyond "
+    "the retention window, expire old models.",
     schedule="@daily",
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
@@ -37,6 +39,11 @@ def submit(step: str) -> str:
     tags=["lambdarec", "maintenance", "spark"],
 )
 def lambdarec_maintenance():
+    @task.bash(task_id="prune_speed")
+    def prune_speed() -> str:
+        """DELETE speed-table rows older than LAMBDAREC_SPEED_VIEW_HORIZON_S: serving's start-up reads no more."""
+        return submit("prune")
+
     @task.bash(task_id="compact")
     def compact() -> str:
         """OPTIMIZE: rewrite each table's small files into larger ones (rows unchanged)."""
@@ -52,7 +59,7 @@ def lambdarec_maintenance():
         """DELETE factor data beyond LAMBDAREC_MODEL_RETENTION models (never the champion)."""
         return submit("expire")
 
-    compact() >> vacuum() >> expire_models()
+    prune_speed() >> compact() >> vacuum() >> expire_models()
 
 
 lambdarec_maintenance()

@@ -10,9 +10,10 @@ the ``kafka`` jar group (``lambdarec jars``). Everything lives under
 - ``data/``: the log dirs (records and metadata), formatted on the first start only.
 
 Records are on disk, so a restart, even after a kill -9, keeps every record the
-broker acknowledged. Both listeners are bound to 127.0.0.1 only: the clients'
-PLAINTEXT one on ``embedded_broker_port`` and the KRaft controller's on
-``embedded_controller_port``. The JVM gets SIGKILL if the process that started
+broker acknowledged. Both listeners are on loopback by default: the clients'
+PLAINTEXT one on ``embedded_broker_host``:``embedded_broker_port`` (the address it
+advertises, too) and the KRaft controller's, which only the broker itself uses, on
+127.0.0.1:``embedded_controller_port`` always. The JVM gets SIGKILL if the process that started
 it dies (``processes.die_with_parent``), so it is never orphaned holding the
 ports. With ``kafka_bootstrap_servers`` set there is nothing to embed and the
 same client code talks to that cluster instead.
@@ -33,12 +34,11 @@ from pathlib import Path
 from lambdarec import jars, kafka_io
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.processes import die_with_parent, run_until_signalled
-from lambdarec.settings import Settings
+from lambdarec.settings import LOOPBACK, WILDCARD_HOSTS, Settings, host_port
 
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 NODE_ID = 1
 FORMAT_TIMEOUT_S = 60.0
 
@@ -71,12 +71,19 @@ class EmbeddedBroker:
                 f"embedded_broker_port and embedded_controller_port are both {settings.embedded_broker_port}; "
                 "the broker needs two ports (LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port)"
             )
+        if settings.embedded_broker_host in WILDCARD_HOSTS:
+            raise BrokerError(
+                f"embedded_broker_host is {settings.embedded_broker_host!r}, but the broker advertises the address it "
+                "binds and clients must reach it: set LAMBDAREC_EMBEDDED_BROKER_HOST to 127.0.0.1 (the default), "
+                "or to this machine's address or name"
+            )
         if settings.topic_replication_factor > 1:
             raise BrokerError(
                 f"topic_replication_factor is {settings.topic_replication_factor}, but the embedded broker is "
                 "a single node; set it to 1 (LAMBDAREC_TOPIC_REPLICATION_FACTOR) or use a cluster"
             )
         self.settings = settings
+        self.host = settings.embedded_broker_host
         self.port = settings.embedded_broker_port
         self.controller_port = settings.embedded_controller_port
         self.home = Path(settings.root).resolve() / "broker"
@@ -92,7 +99,7 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def pid(self) -> int | None:
@@ -106,8 +113,8 @@ class EmbeddedBroker:
         """Format on first use, start the JVM, wait for it to answer, and create the platform topics."""
         if self._process is not None:
             raise BrokerError("this embedded broker has already been started")
-        _require_free_port(self.port, "LAMBDAREC_EMBEDDED_BROKER_PORT or --port")
-        _require_free_port(self.controller_port, "LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port")
+        _require_free_port(self.host, self.port, "LAMBDAREC_EMBEDDED_BROKER_PORT or --port")
+        _require_free_port(LOOPBACK, self.controller_port, "LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port")
         try:
             java = java_executable()
             classpath = ":".join(jars.classpath(self.settings, "kafka"))
@@ -315,15 +322,15 @@ QUIET_LOGGERS = (
 )
 
 
-def _require_free_port(port: int, how_to_change: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def _require_free_port(host: str, port: int, how_to_change: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         # Bind as a server does, so connections of a stopped broker lingering in TIME_WAIT do not count.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((LOOPBACK, port))
+            probe.bind((host, port))
         except OSError as exc:
             raise PortInUseError(
-                f"port {LOOPBACK}:{port} is already in use ({exc.strerror}); stop whatever holds it "
+                f"port {host_port(host, port)} is already in use ({exc.strerror}); stop whatever holds it "
                 f"or choose another with {how_to_change}"
             ) from exc
 

@@ -11,8 +11,16 @@ offsets in ``<root>/cdc/connect.offsets``: a restart resumes after the last chan
 it flushed, so delivery is at least once and the consumer upserts by key and LSN.
 
 Everything lives under ``<root>/cdc/``: the worker's and the connector's
-properties (rewritten on every start), the offsets and ``connect.log``. On a
-Connect cluster, post ``connector_config(settings)`` to its REST API instead.
+properties (rewritten on every start), the offsets and ``connect.log``. The REST API
+listens on ``cdc_connect_host`` (loopback by default).
+
+The database password is in none of them, nor in the REST API's answers: the
+connector's ``database.password`` is the placeholder ``${file:<path>:database.password}``,
+which the worker's FileConfigProvider (``config.providers=file``, allowed to read only
+``secrets_root``) resolves when it starts the connector, from a mode-600 file in
+``secrets_root`` written at every start. Connect stores and shows the placeholder. On
+a Connect cluster, post ``connector_config(settings)`` to its REST API, with the same
+provider in its workers' config and the secrets file (``connector_secrets``) on each.
 """
 
 from __future__ import annotations
@@ -22,20 +30,23 @@ import logging
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx
 
-from lambdarec import jars
+from lambdarec import jars, secret_files
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.postgres import CDC_TABLES, PUBLICATION
 from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, dial, host_port
 
 log = logging.getLogger(__name__)
 
 CONNECTOR = "lambdarec-cdc"
 SLOT = PUBLICATION
+CONFIG_PROVIDER = "file"
+SECRET_KEYS = ("database.password",)
+"""The connector's settings that come from the secrets file, never from its configuration."""
 QUIET_LOGGERS = ("org.reflections", "org.apache.kafka.clients", "org.eclipse.jetty", "org.glassfish",
                  "org.apache.kafka.connect.runtime.WorkerConfig", "io.debezium.connector.common.BaseSourceTask")
 
@@ -54,20 +65,28 @@ def cdc_topics(settings: Settings) -> list[str]:
     return [topic(settings, table) for table in CDC_TABLES]
 
 
+def secrets_path(settings: Settings) -> Path:
+    return settings.secrets_root / secret_files.CDC_CONNECTOR_SECRETS
+
+
+def connector_secrets(settings: Settings) -> dict[str, str]:
+    """The connector's secret settings (``SECRET_KEYS``), from the operational database's URL."""
+    return {"database.password": unquote(_database_url(settings).password or "")}
+
+
 def connector_config(settings: Settings) -> dict[str, str]:
-    """The Debezium connector's configuration for the operational database in settings."""
-    url = urlsplit(settings.operational_db)
-    if url.scheme not in ("postgresql", "postgres") or not url.hostname or not url.path.strip("/"):
-        raise ConnectError(f"operational_db_url must be postgresql://user:password@host:port/database, "
-                           f"not {settings.operational_db_url!r}")
+    """The Debezium connector's configuration for the operational database in settings; its secrets are
+    placeholders that the worker's config provider resolves from ``secrets_path``."""
+    url = _database_url(settings)
+    placeholders = {key: f"${{{CONFIG_PROVIDER}:{secrets_path(settings)}:{key}}}" for key in SECRET_KEYS}
     return {
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "tasks.max": "1",
         "plugin.name": "pgoutput",
-        "database.hostname": url.hostname,
+        "database.hostname": str(url.hostname),  # present: _database_url checked it
         "database.port": str(url.port or 5432),
         "database.user": unquote(url.username or ""),
-        "database.password": unquote(url.password or ""),
+        **placeholders,
         "database.dbname": url.path.strip("/"),
         "topic.prefix": settings.cdc_topic_prefix,
         "table.include.list": ",".join(CDC_TABLES),
@@ -83,6 +102,14 @@ def connector_config(settings: Settings) -> dict[str, str]:
     }
 
 
+def _database_url(settings: Settings) -> SplitResult:
+    url = urlsplit(settings.operational_db)
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname or not url.path.strip("/"):
+        raise ConnectError(f"operational_db_url must be postgresql://user:password@host:port/database, "
+                           f"not {secret_files.redacted(settings.operational_db_url)!r}")
+    return url
+
+
 class KafkaConnect:
     """Run a standalone Connect worker with the CDC connector for the life of a ``with`` block."""
 
@@ -96,7 +123,7 @@ class KafkaConnect:
 
     @property
     def rest(self) -> str:
-        return f"http://127.0.0.1:{self.settings.cdc_connect_port}"
+        return f"http://{dial(self.settings.cdc_connect_host, self.settings.cdc_connect_port)}"
 
     @property
     def pid(self) -> int | None:
@@ -117,6 +144,7 @@ class KafkaConnect:
         self.home.mkdir(parents=True, exist_ok=True)
         worker, connector, log4j = self.home / "worker.properties", self.home / "connector.properties", \
             self.home / "log4j2.properties"
+        secret_files.write(secrets_path(self.settings), _properties(connector_secrets(self.settings)))
         worker.write_text(_properties(self._worker_config()))
         connector.write_text(_properties({"name": CONNECTOR, **connector_config(self.settings)}))
         log4j.write_text(log4j2_properties(self.log_path, QUIET_LOGGERS))
@@ -171,8 +199,12 @@ class KafkaConnect:
             "value.converter.schemas.enable": "false",
             "offset.storage.file.filename": str(self.home / "connect.offsets"),
             "offset.flush.interval.ms": "1000",
-            "listeners": self.rest,
+            "listeners": f"http://{host_port(self.settings.cdc_connect_host, self.settings.cdc_connect_port)}",
             "plugin.discovery": "service_load",  # Debezium ships service manifests: no classpath scan
+            "config.providers": CONFIG_PROVIDER,
+            f"config.providers.{CONFIG_PROVIDER}.class": "org.apache.kafka.common.config.provider.FileConfigProvider",
+            # Only the secrets folder: a connector posted to the REST API cannot read other files through it.
+            f"config.providers.{CONFIG_PROVIDER}.param.allowed.paths": str(self.settings.secrets_root),
         }
 
     def _wait_running(self) -> None:
@@ -204,7 +236,19 @@ class KafkaConnect:
 
 def _properties(values: dict[str, str]) -> str:
     header = "# Written by lambdarec on every start of `lambdarec cdc` (lambdarec/cdc.py): edits are lost."
-    return "\n".join([header, *(f"{key}={value}" for key, value in values.items())]) + "\n"
+    return "\n".join([header, *(f"{key}={_escaped(value)}" for key, value in values.items())]) + "\n"
+
+
+def _escaped(value: str) -> str:
+    """A value as java.util.Properties reads it back: backslashes doubled, a leading space and any
+    character outside printable ASCII as an escape."""
+    text = "".join(ch if " " <= ch <= "~" else _utf16_escapes(ch) for ch in value.replace("\\", "\\\\"))
+    return "\\" + text if text.startswith(" ") else text
+
+
+def _utf16_escapes(ch: str) -> str:
+    units = ch.encode("utf-16-be")  # two units (a surrogate pair) beyond the Basic Multilingual Plane
+    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import NoReturn
 
+from lambdarec.pseudonym import PseudonymKeyRefused
 from lambdarec.settings import Settings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lambdarec.evaluate", "Benchmark the product on an interactions file: split, import, train, serve, score."),
     "erase": ("batch.erasure", "Erase a user from every layer (or complete pending erasures) and write the receipt."),
     "export": ("lambdarec.export", "Print everything held on a user as one JSON document (right of access)."),
+    "keys": ("lambdarec.api_keys", "Create, list or revoke serving's API keys (bearer tokens with scopes: ingest, "
+             "consent, read, admin)."),
+    "audit": ("lambdarec.audit", "Print the audit log: every consent change, erasure, export, reload and key change."),
     "import": ("batch.importer", "Backfill historical interactions into events, or load a catalogue or user profiles (--kind)."),
     "generate": ("lambdarec.generator", "Write or send synthetic events with a planted structure."),
     "demo": ("lambdarec.demo", "Run the whole platform on embedded defaults, end to end."),
@@ -76,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [sys.argv[0], *argv]
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args._module)
-    return int(module.command(args, Settings()) or 0)
+    try:
+        return int(module.command(args, Settings()) or 0)
+    except PseudonymKeyRefused as exc:  # a wrong key is the user's to fix: the reason, not a traceback
+        print(f"lambdarec {args.subcommand}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ It starts the embedded broker (``lambdarec broker``), the speed job
 processes, sends generated events through the REST API, trains one model with
 ``spark-submit batch/train.py``, and shows recommendations for a few users
 before and after they act. Every figure in the summary is measured in this run.
+
+It calls serving as a deployment would, with API keys it creates in its own lake:
+the product backend's (ingest, consent, read) and the operator's (admin, which is
+also ``api_key``, the one lambdarec's own jobs present). The summary names their
+ids, never their tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import secrets
 import shutil
 import statistics
 import sys
@@ -31,8 +35,8 @@ import httpx
 from pydantic import SecretStr
 from tqdm import tqdm
 
-from lambdarec import demo_report, event_load
-from lambdarec.generator import World, item_id, user_id
+from lambdarec import api_keys, audit, demo_report, event_load
+from lambdarec.generator import World, item_id, live_days, user_id
 from lambdarec.lake import Lake
 from lambdarec.metrics_text import Samples, samples, total
 from lambdarec.postgres import cluster_dir
@@ -59,10 +63,16 @@ class Demo:
     summary: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     children: dict[str, Child] = field(default_factory=dict)
+    backend: dict[str, str] = field(default_factory=dict)  # the product backend's Authorization header
 
     @property
     def api(self) -> str:
         return f"http://{self.settings.serve_host}:{self.settings.serve_port}"
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """The operator's Authorization header (``api_key``, scope admin)."""
+        return api_keys.bearer(self.settings)
 
     def remaining(self, cap: float | None = None) -> float:
         left = self.deadline - time.monotonic()
@@ -126,9 +136,9 @@ class Demo:
         say(f"  serving at {self.api}")
 
     def send_events(self, world: World) -> None:
-        events = list(world.events(self.args.events))
+        events = list(world.events(self.args.events, days=live_days(self.settings)))  # what the API takes
         sent = accepted = 0
-        with httpx.Client(base_url=self.api, timeout=30) as client, tqdm(
+        with httpx.Client(base_url=self.api, timeout=30, headers=self.backend) as client, tqdm(
             total=len(events), unit="ev", desc="  POST /events/batch"
         ) as bar:
             for start in range(0, len(events), self.args.batch_size):
@@ -181,11 +191,9 @@ class Demo:
         return model
 
     def load_model(self, version: int) -> None:
-        token = self.settings.admin_token.get_secret_value()
-
         def serving_has_it() -> bool:
-            httpx.post(f"{self.api}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            body = httpx.get(f"{self.api}/users/user-0/recommendations", timeout=5).json()
+            httpx.post(f"{self.api}/admin/reload", headers=self.admin, timeout=30)
+            body = httpx.get(f"{self.api}/users/user-0/recommendations", headers=self.backend, timeout=5).json()
             return body["model_version"] == version
 
         wait_for(serving_has_it, self.remaining(120), f"serving to load model v{version}", interval_s=0.5)
@@ -195,7 +203,7 @@ class Demo:
         freshness: list[float] = []
         shown: list[tuple[str, str, Any, Any]] = []
         rng = random.Random(self.args.seed)
-        with httpx.Client(base_url=self.api, timeout=10) as client:
+        with httpx.Client(base_url=self.api, timeout=10, headers=self.backend) as client:
             for user_index in range(self.args.probes):
                 user = f"user-{user_index}"
                 before = client.get(f"/users/{user}/recommendations", params={"k": 5}).json()
@@ -235,7 +243,7 @@ class Demo:
 
     def measure_serving(self, world: World) -> None:
         latencies = []
-        with httpx.Client(base_url=self.api, timeout=10) as client:
+        with httpx.Client(base_url=self.api, timeout=10, headers=self.backend) as client:
             for n in range(self.args.latency_requests):
                 user = f"user-{n % world.n_users}"
                 started = time.perf_counter()
@@ -249,7 +257,8 @@ class Demo:
     def report_trending(self) -> None:
         """Trending items globally and in one country and one device segment, from the speed layer."""
         def trending(**params) -> dict[str, Any] | None:
-            body = httpx.get(f"{self.api}/v1/trending", params={"k": 5, **params}, timeout=10).json()
+            body = httpx.get(f"{self.api}/v1/trending", params={"k": 5, **params}, headers=self.backend,
+                             timeout=10).json()
             return body if body["items"] else None
 
         body = wait_for(lambda: trending() or {}, self.remaining(60), "global trending items from the speed layer",
@@ -271,7 +280,7 @@ class Demo:
                  self.remaining(120), "the catalogue's snapshot in item_catalogue", interval_s=0.5)
         latencies = []
         with psycopg.connect(self.settings.operational_db, autocommit=True) as db, \
-                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client, \
+                httpx.Client(base_url=f"{self.api}/v1", timeout=10, headers=self.backend) as client, \
                 self.events_flowing(world, self.args.load_events_per_s):
             for n in range(self.args.availability_probes):
                 user = user_id(n)
@@ -300,7 +309,7 @@ class Demo:
         """Events posted in the background at about ``per_s`` while the block runs (its stage is measured
         under load); they count as sent and accepted like the rest, so the lake check covers them."""
         started = time.monotonic()
-        with event_load.events_flowing(self.api, world.events(max(per_s * 60, 1)), per_s) as counts:
+        with event_load.events_flowing(self.api, world.events(max(per_s * 60, 1)), per_s, self.backend) as counts:
             yield  # a minute's worth of events, reused with new ids
         self.summary["events_sent"] += counts.sent
         self.summary["events_accepted"] += counts.accepted
@@ -316,7 +325,7 @@ class Demo:
         newcomer_user = "newcomer@example.com"
         new_items = {f"new-item-{cluster}": f"category-{cluster}" for cluster in range(world.n_clusters)}
         with psycopg.connect(self.settings.operational_db, autocommit=True) as db, \
-                httpx.Client(base_url=f"{self.api}/v1", timeout=10) as client:
+                httpx.Client(base_url=f"{self.api}/v1", timeout=10, headers=self.backend) as client:
             started = time.monotonic()
             db.execute("INSERT INTO users (user_id, country, age_band) VALUES (%s, 'FR', '25-34')", [newcomer_user])
 
@@ -382,13 +391,14 @@ class Demo:
 
     def privacy(self) -> None:
         """One user withdraws consent and gets non-personal answers; another is erased: DELETE, the
-        erasure job (spark-submit, as the privacy DAG runs it), the receipt."""
-        admin = {"Authorization": f"Bearer {self.settings.admin_token.get_secret_value()}"}
+        erasure job (spark-submit, as the privacy DAG runs it), the receipt; each step in the audit log."""
+        admin = self.admin
         withdrawer, erased = user_id(1), user_id(2)
-        changed = httpx.post(f"{self.api}/v1/users/{withdrawer}/consent", json={"granted": False}, timeout=30)
+        changed = httpx.post(f"{self.api}/v1/users/{withdrawer}/consent", json={"granted": False},
+                             headers=self.backend, timeout=30)
         if changed.status_code != 202:
             raise StageError(f"the consent withdrawal answered {changed.status_code}: {changed.text[:300]}")
-        answer = httpx.get(f"{self.api}/v1/users/{withdrawer}/recommendations", timeout=5).json()
+        answer = httpx.get(f"{self.api}/v1/users/{withdrawer}/recommendations", headers=self.backend, timeout=5).json()
         self.summary["after_withdrawal_strategy"] = answer["strategy"]
         started = time.monotonic()
         accepted = httpx.delete(f"{self.api}/v1/users/{erased}", headers=admin, timeout=30)
@@ -405,6 +415,10 @@ class Demo:
         say(f"  {withdrawer} withdrew consent: answered by {answer['strategy']}; {erased} erased in "
             f"{self.summary['erasure_seconds_to_receipt']} s ({self.summary['erasure_removed'].get('events', 0)} "
             f"events), their copies on Kafka gone by {receipt['kafka_expires_by']}")
+        rows = audit.read(Lake(self.settings))
+        self.summary["audit_log"] = {action: sum(row["action"] == action for row in rows)
+                                     for action in sorted({row["action"] for row in rows})}
+        say(f"  audit log: {self.summary['audit_log']} (`lambdarec audit` prints it)")
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -521,14 +535,22 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             "speed_metrics_port": free_port(settings.speed_metrics_port),
             "serve_model_poll_s": 2.0,
             "allow_development_key": True,  # a demo is development: its data is generated
-            "admin_token": settings.admin_token if settings.admin_token.get_secret_value() else SecretStr(secrets.token_urlsafe(24)),
+            "auth": "keys",  # as a deployment runs: the demo's own keys, created below
         }
     )
+    lake = Lake(settings)
+    operator, admin_token = api_keys.create(lake, "demo: operator", ["admin"])
+    backend, backend_token = api_keys.create(lake, "demo: product backend", ["ingest", "consent", "read"])
+    settings = settings.model_copy(update={"api_key": SecretStr(admin_token)})
     if not settings.uses_embedded_broker:
         say(f"using the Kafka cluster at {settings.kafka_bootstrap_servers}")
     shutil.rmtree(cluster_dir(settings), ignore_errors=True)  # outside the root when root cannot share it
     world = World(n_users=args.users, n_items=args.items, n_clusters=args.clusters, seed=args.seed)
-    demo = Demo(settings, args, deadline=time.monotonic() + args.duration)
+    demo = Demo(settings, args, deadline=time.monotonic() + args.duration,
+                backend={"Authorization": f"Bearer {backend_token}"})
+    demo.summary["api_keys"] = [{"key_id": key.key_id, "name": key.name, "scopes": sorted(key.scopes)}
+                                for key in (backend, operator)]  # ids only: a token is shown to no one
+    say(f"API keys: {backend.key_id} (product backend: ingest, consent, read), {operator.key_id} (operator: admin)")
     started = time.monotonic()
     failure = None
     with ExitStack() as stack:

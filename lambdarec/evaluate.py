@@ -35,8 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import SecretStr
 
-from lambdarec import registry
+from lambdarec import api_keys, registry
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
 from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
@@ -151,9 +152,11 @@ class Pipeline:
 
     def __init__(self, root: Path, settings: Settings):
         self.root = root
-        # development mode: an offline benchmark in a scratch root, which it deletes
-        self.settings = settings.model_copy(update={"root": root, "lake_uri": "", "checkpoint_dir": "",
-                                                    "serve_port": free_port(), "allow_development_key": True})
+        # development mode: an offline benchmark in a scratch root, which it deletes; serving is called with a
+        # read key of its own, as a deployment's backend would call it
+        self.settings = api_keys.provision(settings.model_copy(update={
+            "root": root, "lake_uri": "", "checkpoint_dir": "", "serve_port": free_port(),
+            "allow_development_key": True, "auth": "keys", "api_key": SecretStr("")}), "evaluate", ["read"])
         self.env = spark_submit_env(self.settings)
         self.logs = root / "logs"
         self.serving: Child | None = None
@@ -184,12 +187,13 @@ class Pipeline:
             self.serving.stop()
 
 
-def recommend_all(api: str, users: list[str], k: int) -> tuple[dict[str, list[str]], Counter, int | None]:
+def recommend_all(api: str, users: list[str], k: int,
+                  headers: dict[str, str] | None = None) -> tuple[dict[str, list[str]], Counter, int | None]:
     """Every user's served top ``k``, how often each strategy answered, and the model version."""
     lists: dict[str, list[str]] = {}
     strategies: Counter = Counter()
     version = None
-    with httpx.Client(base_url=api, timeout=30) as client:
+    with httpx.Client(base_url=api, timeout=30, headers=headers) as client:
         for user in users:
             response = client.get(f"/v1/users/{user}/recommendations", params={"k": k})
             response.raise_for_status()
@@ -223,7 +227,7 @@ def evaluate(path: Path, settings: Settings, fmt: str, protocol: str, test_fract
             timings[f"{stage}_s"] = round(time.perf_counter() - started, 1)
         api = pipeline.serve()
         started = time.perf_counter()
-        served, strategies, version = recommend_all(api, users, k)
+        served, strategies, version = recommend_all(api, users, k, api_keys.bearer(pipeline.settings))
         timings["recommend_s"] = round(time.perf_counter() - started, 1)
     finally:
         pipeline.stop()

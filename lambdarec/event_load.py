@@ -22,15 +22,17 @@ class LoadCounts:
 
 
 @contextmanager
-def events_flowing(api_v1: str, events: Iterable[dict], per_s: int) -> Iterator[LoadCounts]:
+def events_flowing(api_v1: str, events: Iterable[dict], per_s: int,
+                   headers: dict[str, str] | None = None) -> Iterator[LoadCounts]:
     """While the block runs, POSTs ``events`` (cycled, each with a new id and the current time) to
-    ``<api_v1>/events/batch`` at about ``per_s``; the counts are final once the block has left."""
+    ``<api_v1>/events/batch`` at about ``per_s``, with ``headers`` (an API key's); the counts are final
+    once the block has left."""
     stop, counts = threading.Event(), LoadCounts()
     drawn = itertools.cycle(list(events))
     per_tick = max(round(per_s * TICK_S), 1)
 
     def post() -> None:
-        with httpx.Client(base_url=api_v1, timeout=30) as client:
+        with httpx.Client(base_url=api_v1, timeout=30, headers=headers) as client:
             while not stop.wait(TICK_S):
                 now = datetime.now(UTC).isoformat()
                 chunk = [{**event, "event_id": str(uuid.uuid4()), "occurred_at": now}

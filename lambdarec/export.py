@@ -2,7 +2,8 @@
 
 Serving's ``GET /v1/admin/users/{user_id}/export`` adds what only serving knows
 (the user's current recommendations); ``lambdarec export`` asks the running
-serving API for those.
+serving API for those, presenting ``api_key`` (scope read). Both append a row to
+the audit log.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import quote
 
 import pyarrow.compute as pc
 
-from lambdarec import consent, privacy
+from lambdarec import api_keys, audit, consent, privacy
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import (
@@ -109,9 +110,16 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     """``lambdarec export USER_ID``: the lake's document, with the user's recommendations from the
     running serving API (``serving_url``, else ``serve_host``:``serve_port``); exit code 1 when nothing
     is held on them."""
+    from lambdarec.key_fingerprint import verify_pseudonym_key
     from lambdarec.pseudonym import pseudonymise
 
-    held = user_data(Lake(settings), pseudonymise(args.user_id, settings.pseudonym_key))
+    verify_pseudonym_key(settings, "export")  # under another key the user would look unknown
+    lake, pseudonym = Lake(settings), pseudonymise(args.user_id, settings.pseudonym_key)
+    held = user_data(lake, pseudonym)
+    key_id = api_keys.key_id_of(settings.api_key.get_secret_value())
+    audit.append(lake, [audit.Entry(action="user.export", outcome="not_found" if held is None else "ok", key_id=key_id,
+                                    subject=audit.subject_of(pseudonym), source="cli",
+                                    detail=f"by {audit.operator()}")])
     if held is None:
         print(json.dumps({"error": f"nothing is held on user_id {args.user_id!r}"}), file=sys.stderr)
         return 1
@@ -131,7 +139,7 @@ def _serving_part(settings: Settings, user_id: str) -> dict[str, Any]:
     base = settings.serving_url.rstrip("/") or f"http://{settings.serve_host}:{settings.serve_port}"
     url = f"{base}/v1/users/{quote(user_id, safe='')}/recommendations"
     try:
-        response = httpx.get(url, timeout=10)
+        response = httpx.get(url, headers=api_keys.bearer(settings), timeout=10)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         return {"recommendations": None, "unavailable": f"serving at {url} did not answer: {exc}"}

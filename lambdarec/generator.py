@@ -40,6 +40,7 @@ EVENT_TYPE_SHARES = {
 DEVICES = ("mobile", "desktop", "tablet")
 DEVICE_SHARES = (0.6, 0.33, 0.07)
 COUNTRIES = ("US", "GB", "DE", "FR", "IN", "BR", "JP", "ES")
+DEFAULT_DAYS = 7.0  # the span of generated history, when nothing bounds it
 
 
 def user_id(index: int) -> str:
@@ -126,7 +127,7 @@ class World:
         self,
         n_events: int,
         affinity: float = 0.85,
-        days: float = 7.0,
+        days: float = DEFAULT_DAYS,
         end: datetime | None = None,
     ) -> Iterator[dict]:
         """``n_events`` event dicts in time order, valid as ``schemas.events.Event``."""
@@ -180,7 +181,7 @@ def generate_events(
     n_clusters: int,
     seed: int,
     affinity: float = 0.85,
-    days: float = 7.0,
+    days: float = DEFAULT_DAYS,
     end: datetime | None = None,
 ) -> list[dict]:
     """All events of ``World(n_users, n_items, n_clusters, seed)`` as a list."""
@@ -231,8 +232,17 @@ def write_jsonl(events: Iterator[dict], path: Path, progress) -> int:
     return count
 
 
-def post_batches(events: Iterator[dict], api: str, batch_size: int, progress) -> int:
-    """POST ``events`` to ``{api}/events/batch``; any refusal stops with the server's answer.
+def live_days(settings: Settings) -> float:
+    """The span of generated events that the API takes as live traffic (``Settings.event_limits``): half
+    the events topic's retention, which bounds how old ``occurred_at`` may be, and at most a week."""
+    max_age = settings.event_limits.max_age
+    return DEFAULT_DAYS if max_age is None else min(DEFAULT_DAYS, max_age / timedelta(days=1) / 2)
+
+
+def post_batches(events: Iterator[dict], api: str, batch_size: int, progress,
+                 headers: dict[str, str] | None = None) -> int:
+    """POST ``events`` to ``{api}/events/batch`` with ``headers`` (an API key's, scope ingest); any refusal
+    stops with the server's answer.
 
     Every event of a batch must come back either accepted or dropped for lack of
     consent; anything else means events were lost, and we stop rather than go on.
@@ -241,7 +251,7 @@ def post_batches(events: Iterator[dict], api: str, batch_size: int, progress) ->
 
     url = f"{api.rstrip('/')}/events/batch"
     count = 0
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, headers=headers) as client:
         for batch in _batches(events, batch_size):
             response = client.post(url, json=batch)
             if response.status_code != 202:
@@ -266,20 +276,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--affinity", type=float, default=0.85, help="Chance an event stays in the user's cluster."
     )
-    parser.add_argument("--days", type=float, default=7.0, help="Spread events over the last N days.")
+    parser.add_argument(
+        "--days", type=float, default=None,
+        help="Spread events over the last N days (default: 7 for --out; for --api, half the events topic's "
+        "retention, at most 7, since the API refuses events older than the retention).",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="Events per POST (default: the API's limit)."
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="Write JSON lines to this file.")
-    target.add_argument("--api", help="Serving base URL; events are POSTed to URL/events/batch.")
+    target.add_argument("--api", help="Serving base URL; events are POSTed to URL/events/batch with the API key "
+                        "in LAMBDAREC_API_KEY (scope ingest).")
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from lambdarec.api_keys import bearer
+
     world = World(args.users, args.items, args.clusters, args.seed)
-    events = world.events(args.events, affinity=args.affinity, days=args.days)
+    days = args.days if args.days is not None else (DEFAULT_DAYS if args.out else live_days(settings))
+    max_age = settings.event_limits.max_age
+    if args.api and max_age is not None and days >= max_age / timedelta(days=1):
+        raise SystemExit(f"--days {days:g} reaches past what the API accepts (occurred_at within the events topic's "
+                         f"retention, {max_age / timedelta(days=1):g} days): load older history with `lambdarec import`")
+    events = world.events(args.events, affinity=args.affinity, days=days)
     with tqdm(total=args.events, unit="event", file=sys.stderr) as progress:
         if args.out:
             count = write_jsonl(events, args.out, progress)
@@ -287,6 +309,6 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             batch_size = args.batch_size or settings.ingest_max_batch
             if batch_size < 1:
                 raise SystemExit("--batch-size must be at least 1")
-            count = post_batches(events, args.api, batch_size, progress)
+            count = post_batches(events, args.api, batch_size, progress, bearer(settings))
     print(json.dumps({"events": count, "target": str(args.out or args.api)}))
     return 0

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lambdarec import airflow_platform, prometheus_server
+from lambdarec import airflow_platform, prometheus_server, secret_files
 from lambdarec.processes import lambdarec_command
 from lambdarec.readiness import AirflowHeartbeat, HttpOk, LogLine, Probe
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, dial
 from lambdarec.submit import spark_submit_env, speed_job_command
+
+API_KEY_ENV = "LAMBDAREC_API_KEY"
 
 OPTIONAL = ("cdc", "speed", "serving", "airflow", "prometheus")
 """What ``up --without`` can leave out (``cdc`` is Postgres with Kafka Connect). The broker is left out by
@@ -59,7 +61,9 @@ def platform_settings(settings: Settings, without: set[str]) -> Settings:
 def plan(settings: Settings, without: set[str], airflow_port: int = airflow_platform.DEFAULT_PORT) -> list[Component]:
     """The components to run, in dependency order. Raises if one cannot be planned (jars or Airflow missing)."""
     settings = platform_settings(settings, without)
-    env = spark_submit_env(settings)
+    airflow_env = spark_submit_env(settings)
+    # Only the Airflow tasks call serving's protected routes (the batch DAG's reload): only they get the API key.
+    env = {name: value for name, value in airflow_env.items() if name != API_KEY_ENV}
     found: list[Component] = []
     if settings.uses_embedded_broker:
         found.append(Component(
@@ -72,11 +76,11 @@ def plan(settings: Settings, without: set[str], airflow_port: int = airflow_plat
             found.append(Component(
                 "postgres", lambdarec_command("postgres"), env, LogLine('"postgres_ready"'),
                 ports={settings.embedded_postgres_port: "LAMBDAREC_EMBEDDED_POSTGRES_PORT"},
-                url=settings.operational_db.replace(":lambdarec@", ":***@")))
+                url=secret_files.redacted(settings.operational_db)))
         found.append(Component(
             "cdc", lambdarec_command("cdc"), env, LogLine('"cdc_ready"'), after=("broker", "postgres"),
             ports={settings.cdc_connect_port: "LAMBDAREC_CDC_CONNECT_PORT"},
-            url=f"http://127.0.0.1:{settings.cdc_connect_port}"))
+            url=f"http://{dial(settings.cdc_connect_host, settings.cdc_connect_port)}"))
     if "speed" not in without:
         found.append(Component("speed", speed_job_command(settings), env, LogLine('"event": "started"'),
                                after=("broker",)))
@@ -91,7 +95,7 @@ def plan(settings: Settings, without: set[str], airflow_port: int = airflow_plat
             HttpOk(f"{prometheus_server.url(settings)}/-/ready"),
             ports={settings.prometheus_port: "LAMBDAREC_PROMETHEUS_PORT"}, url=prometheus_server.url(settings)))
     if "airflow" not in without:
-        found += airflow_components(settings, env, airflow_port)
+        found += airflow_components(settings, airflow_env, airflow_port)
     return found
 
 

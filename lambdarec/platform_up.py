@@ -7,6 +7,11 @@ start fail for a reason it can name (a port in use, missing jars or Airflow,
 the development key), then waits until every component is ready and prints
 where to reach them. A platform already up is left alone (exit 0); one that
 fails to come up is stopped again, its failing component's log shown.
+
+Each start creates the API key its own parts present to serving (``provision_keys``:
+Airflow's, with the admin scope, for the batch DAG's reload) and revokes the one
+the last start made. The token travels only in the environment of the supervisor
+and the Airflow processes: never in a log, state.json or a file.
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ import subprocess
 import time
 from pathlib import Path
 
-from lambdarec import airflow_platform, jars, platform_down, platform_ps
+from pydantic import SecretStr
+
+from lambdarec import api_keys, airflow_platform, jars, platform_down, platform_ps, secret_files
 from lambdarec.airflow_platform import AirflowMissing
+from lambdarec.lake import Lake
 from lambdarec.platform_components import OPTIONAL, Component, plan
 from lambdarec.platform_state import DONE, FAILED, RUNNING, logs_dir, read_state
 from lambdarec.pseudonym import is_development_key
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, is_loopback
 from lambdarec.submit import spark_submit_env
 from lambdarec.supervisor import ALREADY_RUNNING, command_line
 
@@ -53,7 +61,38 @@ def preflight(settings: Settings, without: set[str], airflow_port: int) -> tuple
     if "serving" not in without and is_development_key(settings.pseudonym_key) and not settings.allow_development_key:
         problems.append("serving refuses the built-in development pseudonym key: set LAMBDAREC_PSEUDONYM_KEY "
                         "(production), or LAMBDAREC_ALLOW_DEVELOPMENT_KEY=true on a laptop (`make up` does)")
+    if "serving" not in without and settings.auth == "open" and not is_loopback(settings.serve_host):
+        problems.append(f"serving refuses auth=open on {settings.serve_host}, which is not loopback: set "
+                        "LAMBDAREC_AUTH=keys (the default), or LAMBDAREC_SERVE_HOST=127.0.0.1")
+    if "airflow" not in without and (problem := operator_key_problem(settings)):
+        problems.append(problem)
     return components, problems
+
+
+UP_KEY_NAME = "lambdarec up: airflow"
+"""The name of the key each ``up`` creates for its Airflow tasks (``lambdarec keys list`` shows it)."""
+
+
+def operator_key_problem(settings: Settings) -> str | None:
+    """Why the operator's own LAMBDAREC_API_KEY cannot serve the Airflow tasks (None: it can, or none is set)."""
+    token = settings.api_key.get_secret_value()
+    if not token or settings.auth == "open":
+        return None
+    key = api_keys.keys(Lake(settings)).get(api_keys.key_id_of(token) or "")
+    if key is None or not key.live or not key.matches(token):
+        return "LAMBDAREC_API_KEY is not a live key of this lake (`lambdarec keys list`); unset it and `up` makes one"
+    if "admin" not in key.scopes:
+        return f"LAMBDAREC_API_KEY (key {key.key_id}) lacks the admin scope the batch DAG's reload needs"
+    return None
+
+
+def provision_keys(settings: Settings, without: set[str]) -> Settings:
+    """``settings`` with ``api_key`` set to a new admin key for the Airflow tasks (the batch DAG reloads serving),
+    the last start's revoked; unchanged where the operator set one, or with no serving, Airflow or key check."""
+    if "airflow" in without or "serving" in without or settings.auth == "open" or settings.api_key.get_secret_value():
+        return settings
+    _, token = api_keys.rotate(Lake(settings), UP_KEY_NAME, ["admin"])
+    return settings.model_copy(update={"api_key": SecretStr(token)})
 
 
 def start_supervisor(settings: Settings, args: argparse.Namespace) -> subprocess.Popen:
@@ -100,11 +139,14 @@ def print_urls(settings: Settings, components: list[Component], airflow_port: in
     if "serving" in names:
         print(f"serving API:     {names['serving'].url}  (POST /v1/events, GET /v1/users/<id>/recommendations; "
               f"docs at {names['serving'].url}/docs)")
+        print("API keys:        no credential is checked (auth=open, loopback only)" if settings.auth == "open" else
+              "API keys:        `lambdarec keys create --name NAME --scope ingest --scope read` prints a token to send "
+              "as Authorization: Bearer <token>")
     if "airflow-api-server" in names:
         print(f"Airflow UI:      {airflow_platform.api_url(airflow_port)}  login: {airflow_platform.ADMIN}  "
               f"password: {airflow_platform.admin_password(settings)}")
     if "cdc" in names:
-        print(f"Kafka Connect:   {names['cdc'].url}  (Postgres: {settings.operational_db.replace(':lambdarec@', ':***@')})")
+        print(f"Kafka Connect:   {names['cdc'].url}  (Postgres: {secret_files.redacted(settings.operational_db)})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +179,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print(f"starting lambdarec under {root} ({len(components)} components; logs in {logs_dir(root)}) …", flush=True)
     started = time.monotonic()
+    settings = provision_keys(settings, args.without)
     supervisor = start_supervisor(settings, args)
     try:
         problem = wait_ready(root, supervisor, args.timeout)

@@ -13,6 +13,14 @@ database ``operational``, the tables of ``OPERATIONAL_SCHEMA`` (with REPLICA
 IDENTITY FULL, so an update carries its old row) and the publication
 ``lambdarec_cdc`` that CDC reads. With ``operational_db_url`` set there is
 nothing to embed: point CDC at that database instead (README: CDC).
+
+It listens on ``embedded_postgres_host`` (loopback by default), TCP only, and every
+connection, replication included, authenticates with a password (SCRAM-SHA-256,
+``PG_HBA``). The superuser's and the ``lambdarec`` role's passwords are generated once
+into ``secrets_root`` (``lambdarec.secret_files``), set at every start as SCRAM
+verifiers computed here, so the server never sees them in clear; the platform's clients
+read the role's through ``settings.operational_db``. A cluster initialised before
+passwords (``--auth=trust``) gets them on its first start, then its trust lines go.
 """
 
 from __future__ import annotations
@@ -26,14 +34,15 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
+from lambdarec import secret_files
 from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, dial
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-SYSTEM_USER = "postgres"  # who runs the server when we are root
+SYSTEM_USER = SUPERUSER = "postgres"  # who runs the server when we are root, and the cluster's superuser
 ROLE = DATABASE_OWNER = "lambdarec"
 DATABASE = "operational"
 PUBLICATION = "lambdarec_cdc"
@@ -61,14 +70,22 @@ ALTER TABLE users REPLICA IDENTITY FULL;
 """
 """The operational tables of the one-machine setup (and of the demo): what CDC brings into the lake."""
 SERVER_OPTIONS = {
-    "listen_addresses": LOOPBACK,
     "unix_socket_directories": "",  # TCP only: no socket path to own or to outgrow
+    "password_encryption": "scram-sha-256",
     "wal_level": "logical",
     "max_wal_senders": "4",
     "max_replication_slots": "4",
     "shared_buffers": "32MB",
     "max_connections": "40",
 }
+PG_HBA = """# Written by lambdarec on every start of the embedded Postgres (lambdarec/postgres.py): edits are lost.
+# Every connection, from any address listen_addresses lets in, needs its role's password (SCRAM).
+# TYPE  DATABASE     USER  ADDRESS  METHOD
+local   all          all            scram-sha-256
+host    all          all   all      scram-sha-256
+local   replication  all            scram-sha-256
+host    replication  all   all      scram-sha-256
+"""
 
 
 class PostgresError(StageError):
@@ -113,8 +130,8 @@ class EmbeddedPostgres:
         user = _run_as()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb(binaries, user)
-        options = [arg for key, value in {**SERVER_OPTIONS, "port": str(self.port)}.items()
-                   for arg in ("-c", f"{key}={value}")]
+        listen = {"listen_addresses": self.settings.embedded_postgres_host, "port": str(self.port)}
+        options = [arg for key, value in {**SERVER_OPTIONS, **listen}.items() for arg in ("-c", f"{key}={value}")]
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
                 [str(binaries / "postgres"), "-D", str(self.data_dir), *options],
@@ -123,7 +140,8 @@ class EmbeddedPostgres:
             )
         try:
             self._wait_ready()
-            bootstrap(self.settings, self._superuser_url())
+            bootstrap(self.settings, self._superuser_url(), self._superuser_password())
+            self._require_passwords()
         except BaseException:
             self.stop()
             raise
@@ -155,11 +173,22 @@ class EmbeddedPostgres:
         if user is not None:
             os.chown(partial, user.pw_uid, user.pw_gid)
             _require_reachable(self.home, user)
-        result = subprocess.run(
-            [str(binaries / "initdb"), "-D", str(partial), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-             "--locale=C.UTF-8", "--no-instructions"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=self.home, **_as_user(user),
-        )
+        # initdb reads the superuser's password from a file: a copy, mode 600, owned by whoever runs initdb
+        # (the postgres user cannot read our secrets folder, nor a pipe of ours), gone once it is done.
+        pwfile = self.home / ".initdb-password.partial"
+        pwfile.unlink(missing_ok=True)
+        with os.fdopen(os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+            handle.write(self._superuser_password() + "\n")
+        if user is not None:
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        try:
+            result = subprocess.run(
+                [str(binaries / "initdb"), "-D", str(partial), "-U", SUPERUSER, "--auth=scram-sha-256",
+                 f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=self.home, **_as_user(user),
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         with self.log_path.open("a") as log_file:
             log_file.write(result.stdout + result.stderr)
         if result.returncode != 0:
@@ -167,8 +196,24 @@ class EmbeddedPostgres:
                                 f"{(result.stdout + result.stderr)[-3000:]}")
         partial.rename(self.data_dir)
 
+    def _superuser_password(self) -> str:
+        return secret_files.generated(self.settings.secrets_root / secret_files.POSTGRES_SUPERUSER_PASSWORD)
+
     def _superuser_url(self) -> str:
-        return f"postgresql://postgres@{LOOPBACK}:{self.port}/postgres"
+        password = quote(self._superuser_password(), safe="")
+        return f"postgresql://{SUPERUSER}:{password}@{dial(self.settings.embedded_postgres_host, self.port)}/postgres"
+
+    def _require_passwords(self) -> None:
+        """Write ``PG_HBA`` and have the server reload it: from here every connection needs a password."""
+        import psycopg
+
+        (self.data_dir / "pg_hba.conf").write_text(PG_HBA)  # keeps the file's owner (postgres) and mode
+        with psycopg.connect(self._superuser_url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_reload_conf()")
+            # The reload is asynchronous, but pg_hba_file_rules reads the file afresh: a rule it cannot parse shows.
+            errors = admin.execute("SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchall()
+        if errors:
+            raise PostgresError(f"the embedded Postgres refused lambdarec's pg_hba.conf: {errors}")
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -177,7 +222,15 @@ class EmbeddedPostgres:
             if self._process is not None and self._process.poll() is not None:
                 raise PostgresError(f"postgres exited with code {self._process.returncode} during startup; its log "
                                     f"({self.log_path}) ends with:\n{self.log_tail()}")
-            psycopg.connect(self._superuser_url(), connect_timeout=2).close()
+            try:
+                psycopg.connect(self._superuser_url(), connect_timeout=2).close()
+            except psycopg.OperationalError as exc:
+                if "password authentication failed" in str(exc):
+                    raise PostgresError(
+                        f"the cluster in {self.data_dir} does not take the superuser password in "
+                        f"{self.settings.secrets_root / secret_files.POSTGRES_SUPERUSER_PASSWORD}: it was initialised "
+                        "with another one. Restore that file, or remove the cluster folder to start afresh") from exc
+                raise
             return True
 
         try:
@@ -194,15 +247,20 @@ class EmbeddedPostgres:
         self.stop()
 
 
-def bootstrap(settings: Settings, superuser_url: str) -> None:
-    """Create what the platform needs in a fresh cluster, idempotently: role, database, tables, publication."""
+def bootstrap(settings: Settings, superuser_url: str, superuser_password: str) -> None:
+    """Create what the platform needs in a fresh cluster, idempotently: role, database, tables, publication;
+    and set both roles' passwords from their secret files."""
     import psycopg
     from psycopg import sql
 
+    role_password = secret_files.generated(settings.secrets_root / secret_files.POSTGRES_PASSWORD)
     with psycopg.connect(superuser_url, autocommit=True) as admin:
         if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [ROLE]).fetchone() is None:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(
-                sql.Identifier(ROLE), sql.Literal(ROLE)))
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(ROLE)))
+        for role, password in ((SUPERUSER, superuser_password), (ROLE, role_password)):
+            # A SCRAM verifier computed by libpq here: the clear password never reaches the server or its logs.
+            verifier = admin.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+            admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone() is None:
             admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DATABASE), sql.Identifier(DATABASE_OWNER)))
@@ -285,6 +343,6 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings = settings.model_copy(update={"embedded_postgres_port": args.port})
     return run_until_signalled("postgres", EmbeddedPostgres(settings).start, lambda server: {
-        "url": server.url.replace(f":{ROLE}@", ":***@"), "publication": PUBLICATION, "tables": list(CDC_TABLES),
+        "url": secret_files.redacted(server.url), "publication": PUBLICATION, "tables": list(CDC_TABLES),
         "pid": server.pid, "data": str(server.data_dir), "log": str(server.log_path),
     }, (PostgresError,))

@@ -2,11 +2,12 @@
 
 An erasure request is appended to the Delta table ``privacy_requests`` before it
 is acknowledged, so an acknowledged request survives any crash. It carries the
-subject's pseudonym (needed to find their rows) only until it completes, and the
-end offsets of the ``events`` topic when it arrived: every event sent before the
-request is erased, even one still on its way through the speed layer. The
-erasure job (``batch.erasure``) does the work and appends one receipt to
-``privacy_receipts``.
+subject's pseudonym (needed to find their rows) only until their rows are gone,
+and the end offsets of the ``events`` topic when it arrived: every event sent
+before the request is erased, even one still on its way through the speed
+layer. The erasure job (``batch.erasure``) does the work, nulls the pseudonym
+(vacuuming the files that held it) and then appends one receipt to
+``privacy_receipts``: a request is pending until its receipt exists.
 
 Neither table holds an id once a request is done: both are keyed by
 ``subject_hash``, a one-way hash of the pseudonym, which whoever holds the
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,12 +29,18 @@ from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import PRIVACY_RECEIPTS, PRIVACY_REQUESTS
 
+if TYPE_CHECKING:
+    from pyspark.sql import Column
+
 ERASURE = "erasure"
 SPEED_STATE_ERASURE = "speed_state_erasure"
 """The erasure job's marker row, appended once the user's earlier events are in the lake: the speed
 features query streams it to the stateful processor, which clears the user's state."""
+SPEED_STATE_TICK = "speed_state_tick"
+"""A row without a user the erasure job appends after the marker: each makes the features query run one
+more batch, so the state versions from before the clearing age out (``lambdarec.speed_state_retention``)."""
+SUBJECT_PREFIX = "lambdarec-subject:"
 SOURCES = ("api", "cli", "consent")
-KAFKA_RETENTION_CHECK_S = 300  # the broker's log.retention.check.interval.ms default
 REQUEST_ID_MAX = 128
 
 
@@ -43,7 +50,14 @@ class RequestConflict(ValueError):
 
 def subject_hash(pseudonym: str) -> str:
     """The one-way key of a subject in privacy tables: SHA-256 of the pseudonym, hex."""
-    return hashlib.sha256(f"lambdarec-subject:{pseudonym}".encode()).hexdigest()
+    return hashlib.sha256(f"{SUBJECT_PREFIX}{pseudonym}".encode()).hexdigest()
+
+
+def spark_subject_hash(pseudonym: "Column") -> "Column":
+    """``subject_hash`` as a Spark column expression."""
+    from pyspark.sql import functions as F
+
+    return F.sha2(F.concat(F.lit(SUBJECT_PREFIX), pseudonym), 256)
 
 
 def new_request_id() -> str:
@@ -107,6 +121,12 @@ def record_speed_marker(lake: Lake, erasure: dict[str, Any]) -> int | None:
         pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema), app_id, 0)
 
 
+def record_speed_tick(lake: Lake, erasure: dict[str, Any]) -> int:
+    """Append a tick of the erasure (no user in it); the ``privacy_requests`` version holding it."""
+    row = {**erasure, "kind": SPEED_STATE_TICK, "user_id": None, "events_end_offsets": []}
+    return lake.appender(PRIVACY_REQUESTS).append(pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema))
+
+
 def request(lake: Lake, request_id: str) -> dict[str, Any] | None:
     only = (pc.field("request_id") == request_id) & (pc.field("kind") == ERASURE)
     rows = lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()
@@ -114,10 +134,12 @@ def request(lake: Lake, request_id: str) -> dict[str, Any] | None:
 
 
 def pending(lake: Lake) -> list[dict[str, Any]]:
-    """Requests not yet completed (their pseudonym still set), oldest first."""
-    only = pc.field("user_id").is_valid() & (pc.field("kind") == ERASURE)
-    rows = lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()
-    return sorted((_with_offsets(row) for row in rows), key=lambda row: row["requested_at"])
+    """Requests without a receipt, oldest first; one whose pseudonym is already nulled (its rows are gone)
+    only lacks the receipt."""
+    done = set(lake.read_arrow(PRIVACY_RECEIPTS).column("request_id").to_pylist())
+    rows = lake.read_arrow(PRIVACY_REQUESTS, filter=pc.field("kind") == ERASURE).to_pylist()
+    return sorted((_with_offsets(row) for row in rows if row["request_id"] not in done),
+                  key=lambda row: row["requested_at"])
 
 
 def ready(lake: Lake) -> list[dict[str, Any]]:
@@ -134,6 +156,7 @@ def receipt(lake: Lake, request_id: str) -> dict[str, Any] | None:
     found = rows[0]
     for name in ("removed", "delete_versions", "vacuum_versions"):
         found[name] = dict(found[name] or [])
+    found["places"] = found.get("places") or []  # none in a receipt from before places were recorded
     return found
 
 
@@ -158,19 +181,6 @@ def first_model_without(lake: Lake, events_version: int | None) -> int | None:
     later = [row["model_version"] for row in registry.current_statuses(lake).values()
              if row["source_events_version"] is not None and row["source_events_version"] >= events_version]
     return min(later) if later else None
-
-
-def kafka_expires_by(settings: Settings, requested_at: datetime) -> datetime | None:
-    """When the last copy of an event sent before ``requested_at`` is gone from the events topic.
-
-    Kafka deletes a closed segment once its newest record is older than the
-    retention, and closes a segment at most ``topic_segment_ms`` after it opened;
-    the broker checks every 5 minutes. None when retention is unlimited.
-    """
-    if settings.topic_retention_ms < 0:
-        return None
-    return requested_at + timedelta(milliseconds=settings.topic_retention_ms + settings.topic_segment_ms,
-                                    seconds=KAFKA_RETENTION_CHECK_S)
 
 
 def _with_offsets(row: dict[str, Any]) -> dict[str, Any]:

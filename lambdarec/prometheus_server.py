@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from lambdarec.settings import Settings
+from lambdarec.settings import Settings, dial, host_port
 
 RULES = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "alerts.yml"
 
@@ -26,27 +26,30 @@ def executable() -> str:
 
 
 def url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.prometheus_port}"
+    return f"http://{dial(settings.prometheus_host, settings.prometheus_port)}"
 
 
 def config(settings: Settings) -> dict:
     """Scrape serving and the speed job's driver every 5 s; evaluate the alert rules."""
-    serving = f"{'127.0.0.1' if settings.serve_host in ('0.0.0.0', '') else settings.serve_host}:{settings.serve_port}"
+    serving = dial(settings.serve_host, settings.serve_port)
     return {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
             {"job_name": "serving", "metrics_path": "/metrics", "static_configs": [{"targets": [serving]}]},
-            {"job_name": "speed", "static_configs": [{"targets": [f"127.0.0.1:{settings.speed_metrics_port}"]}]},
+            {"job_name": "speed", "static_configs": [{"targets": [dial(settings.speed_metrics_host,
+                                                                          settings.speed_metrics_port)]}]},
         ],
     }
 
 
 def command(settings: Settings) -> list[str]:
-    """The server's command line; writes its config under ``<root>/prometheus``."""
+    """The server's command line (listening on ``prometheus_host``, loopback by default); writes its config
+    under ``<root>/prometheus``."""
     home = settings.root / "prometheus"
     home.mkdir(parents=True, exist_ok=True)
     path = home / "prometheus.yml"
     path.write_text(yaml.safe_dump(config(settings), sort_keys=False))
     return [executable(), f"--config.file={path}", f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{settings.prometheus_port}", "--storage.tsdb.retention.time=15d"]
+            f"--web.listen-address={host_port(settings.prometheus_host, settings.prometheus_port)}",
+            "--storage.tsdb.retention.time=15d"]

@@ -9,6 +9,8 @@ a key without one is version 1. Version 1 pseudonyms read ``u_<32 hex>``, later
 versions ``u<n>_<32 hex>``, so a lake shows which key made each row. Rotating the
 key starts new pseudonyms: history under the old key stays under the old
 pseudonyms, unlinkable to the new ones without the old key (README: key rotation).
+Each lake records which keys made its pseudonyms, and every command that
+pseudonymises refuses any other (``lambdarec.key_fingerprint``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ HEX_CHARS = 32  # 128 bits: collisions are negligible at any realistic user coun
 DEVELOPMENT_KEY = "lambdarec-dev-key-change-me"
 _VERSIONED = re.compile(r"^([1-9][0-9]*):(.*)$", re.DOTALL)
 _BLOCK = 64  # SHA-256's block size, which HMAC pads the key to
+
+
+class PseudonymKeyRefused(ValueError):
+    """The configured key is not one this lake's pseudonyms were made with (``lambdarec.key_fingerprint``)."""
 
 
 def pseudonymise(user_id: str, key: SecretStr | bytes | str) -> str:

@@ -8,16 +8,47 @@ platform (lake, checkpoints, broker state) somewhere else.
 
 from __future__ import annotations
 
-from datetime import datetime
+import ipaddress
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lambdarec import secret_files
 from lambdarec.confidence import Scaling
 from lambdarec.pseudonym import DEVELOPMENT_KEY
+from schemas.event_rules import UNBOUNDED_AGE, EventLimits
+
+LOOPBACK = "127.0.0.1"
+"""Where every listener of the platform binds unless its ``*_host`` setting says otherwise."""
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def dial(host: str, port: int) -> str:
+    """The ``host:port`` a client on this machine uses to reach a server bound to ``host`` (loopback for a
+    wildcard bind)."""
+    return host_port(LOOPBACK if host in WILDCARD_HOSTS else host, port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only (a name other than localhost is not
+    counted: it may resolve to anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 DEFAULT_EVENT_WEIGHTS = {
     "view": 1.0,
@@ -87,6 +118,11 @@ class Settings(BaseSettings):
     checkpoint_dir: str = Field(
         "", description="Spark streaming checkpoints. Empty means <root>/checkpoints."
     )
+    secrets_dir: str = Field(
+        "",
+        description="Folder (mode 700) of the secrets lambdarec generates or hands to its parts, each file mode 600: "
+        "the embedded Postgres's passwords, the CDC connector's database password. Empty means <root>/secrets.",
+    )
 
     jars_dir: str = Field(
         "",
@@ -98,6 +134,11 @@ class Settings(BaseSettings):
         "",
         description="Kafka bootstrap servers. Empty means the embedded Apache Kafka broker on loopback "
         "(`lambdarec broker`).",
+    )
+    embedded_broker_host: str = Field(
+        LOOPBACK,
+        description="Address the embedded broker's client listener binds and advertises: clients must reach it, so "
+        "a concrete address or host name, not 0.0.0.0. Its KRaft controller listener stays on loopback.",
     )
     embedded_broker_port: int = Field(
         19092, ge=1, le=65535, description="Loopback port of the embedded broker's PLAINTEXT listener (clients)."
@@ -129,7 +170,9 @@ class Settings(BaseSettings):
         86_400_000, ge=-1,
         description="retention.ms of the topics the platform creates (events, consent, speed-updates): how long Kafka "
         "keeps records (default 1 day, so an erased user's copies on the topic are gone within about a day; "
-        "-1 = forever). The speed job must read events within it, or it stops (speed_fail_on_data_loss).",
+        "-1 = forever). The speed job must read events within it, or it stops (speed_fail_on_data_loss). It also "
+        "bounds how old an event's occurred_at may be at the API (422) and in the speed job (dead letter "
+        "occurred_at_too_old): older history goes in through `lambdarec import`.",
     )
     topic_segment_ms: int = Field(
         3_600_000, ge=60_000,
@@ -149,15 +192,31 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body the API accepts (413 beyond)."
     )
     ingest_rate_limit_per_s: float = Field(
-        0.0, ge=0, description="Events per second one client may send (429 beyond); 0 = no limit."
+        10_000.0, ge=0,
+        description="Events per second one caller (its API key; its address in open mode) may send to POST /events "
+        "and /events/batch, over all serving workers together (429 with Retry-After beyond); 0 = no limit.",
     )
     ingest_rate_burst: int = Field(
-        1000, ge=1, description="Events a client may send at once before the rate limit applies."
+        50_000, ge=1, description="Events a caller may send at once before ingest_rate_limit_per_s applies.",
+    )
+    consent_rate_limit_per_s: float = Field(
+        50.0, ge=0,
+        description="Consent changes per second one caller may send to POST /users/{id}/consent, over all serving "
+        "workers together (429 with Retry-After beyond); 0 = no limit.",
+    )
+    consent_rate_burst: int = Field(
+        500, ge=1, description="Consent changes a caller may send at once before consent_rate_limit_per_s applies.",
     )
 
     spark_master: str = Field("local[2]", description="Spark master for jobs started by lambdarec.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions.")
     spark_driver_memory: str = Field("2g", description="Driver memory for spark-submit jobs.")
+    spark_driver_host: str = Field(
+        LOOPBACK,
+        description="Address the driver of every Spark job lambdarec starts binds and advertises (its RPC and block "
+        "manager; spark.driver.bindAddress, spark.driver.host, SPARK_LOCAL_IP). Loopback suits local masters; on a "
+        "cluster, an address the executors reach.",
+    )
 
     speed_spark_master: str = Field(
         "local[4]",
@@ -201,6 +260,9 @@ class Settings(BaseSettings):
     speed_features_partitions: int = Field(
         1, ge=1, description="State partitions of the speed features query (fixed when its checkpoint is new)."
     )
+    speed_metrics_host: str = Field(
+        LOOPBACK, description="Address the speed job's Prometheus /metrics binds (0.0.0.0: every interface).",
+    )
     speed_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Port of the speed job's Prometheus /metrics (its driver); 0 turns it off.",
     )
@@ -209,11 +271,31 @@ class Settings(BaseSettings):
     speed_state_ttl_s: int = Field(
         2 * 86_400, ge=60, description="Idle time after which a user's or item's speed state is dropped."
     )
+    speed_state_versions_kept: int = Field(
+        2, ge=1, le=100,
+        description="State versions the features query keeps in its checkpoint (its "
+        "spark.sql.streaming.minBatchesToRetain): an erased user's state is gone from the checkpoint once this "
+        "many batches after the one that cleared it have committed and maintenance has run "
+        "(lambdarec.speed_state_retention). More versions let an operator roll the query back further.",
+    )
+    speed_state_maintenance_s: int = Field(
+        15, ge=1, le=600,
+        description="How often Spark's state store maintenance deletes state versions beyond "
+        "speed_state_versions_kept, with their files (spark.sql.streaming.stateStore.maintenanceInterval).",
+    )
     speed_max_record_bytes: int = Field(
         65_536, ge=256, description="Kafka records larger than this go to dead_letter as oversize."
     )
     speed_max_clock_skew_s: int = Field(
-        300, ge=0, description="How far in the future occurred_at may be before it is rejected."
+        300, ge=0, le=86_400,
+        description="How far ahead of the receiving clock occurred_at may be: further is refused at the API "
+        "(422) and dead-lettered by the speed job (occurred_at_in_future). The past bound is topic_retention_ms.",
+    )
+    event_value_max: float = Field(
+        1e6, gt=0, allow_inf_nan=False,
+        description="Largest |value| of an event (a rating or a quantity): beyond it, or not finite, an event is "
+        "refused at the API (422) and dead-lettered by the speed job (invalid_field:value), so no weight, sum or "
+        "model factor can overflow.",
     )
     speed_dedupe_window: str = Field(
         "10 minutes", description="Watermark delay within which a repeated event_id is dropped."
@@ -225,6 +307,51 @@ class Settings(BaseSettings):
     )
     speed_recent_items: int = Field(
         50, ge=1, description="Recent interactions kept per user in the speed view."
+    )
+    speed_view_horizon_s: int = Field(
+        3 * 3600, ge=600,
+        description="How long serving's speed view keeps a user or item after their newest event, how much of "
+        "the speed tables it loads at start, and what the maintenance job's prune keeps of them. The default is "
+        "the batch DAG's hourly retrain plus a margin of two hours (a rejected or retried run and the training "
+        "itself): by then a published model holds what the view drops.",
+    )
+    speed_view_max_users: int = Field(
+        200_000, ge=1,
+        description="Most users (interactions and profile) serving's speed view holds; past it the least recently "
+        "active go, and come back from the lake on their next request (speed_view_recall_users).",
+    )
+    speed_view_max_interactions: int = Field(
+        1_000_000, ge=1,
+        description="Most interactions (of speed_recent_items per user at most) serving's speed view holds in "
+        "all; past it the least recently active users go, as past speed_view_max_users.",
+    )
+    speed_view_max_items: int = Field(
+        100_000, ge=1,
+        description="Most items with speed-view interactions (candidates for fold-in as new items) serving holds; "
+        "past it the least recently used stop being folded in until their next interaction.",
+    )
+    speed_view_max_trending_rows: int = Field(
+        200_000, ge=1,
+        description="Most (segment, item, minute) trending rows serving holds; past it the items that weigh "
+        "least in their segment's window go.",
+    )
+    speed_view_recall_users: int = Field(
+        200_000, ge=0,
+        description="Users evicted by speed_view_max_users that serving remembers until a model covers them, "
+        "so that their next request reads their interactions back from the lake; the longest held go first.",
+    )
+    serve_recall_timeout_s: float = Field(
+        1.0, gt=0,
+        description="How long a recommendation request for an evicted user waits for their interactions to be "
+        "read back from the lake; past it the answer goes without them and the read completes for the next one.",
+    )
+    serve_foldin_items: int = Field(
+        1000, ge=1,
+        description="Most new items (known to the speed view, to no model) one catalogue refit folds in; the "
+        "rest wait for the next refits. Refits run off the request path.",
+    )
+    serve_foldin_interval_s: float = Field(
+        1.0, gt=0, description="Least time between two catalogue refits (new items folded in) while events flow."
     )
 
     event_weights: dict[str, float] = Field(
@@ -322,6 +449,16 @@ class Settings(BaseSettings):
         "ndcg", description="Ranking metric (at eval_k) the families compete on and the publish gate compares."
     )
     @property
+    def event_limits(self) -> EventLimits:
+        """The bounds of the event rules (``schemas.event_rules``) that the API edge, the speed job and
+        training share: ``event_value_max``, the topic's retention as the oldest ``occurred_at`` (none
+        when topics keep records forever) and ``speed_max_clock_skew_s`` as the newest."""
+        retention_ms = min(self.topic_retention_ms, UNBOUNDED_AGE // timedelta(milliseconds=1))
+        return EventLimits(value_max=self.event_value_max,
+                           max_age=timedelta(milliseconds=retention_ms) if retention_ms > 0 else None,
+                           max_skew=timedelta(seconds=self.speed_max_clock_skew_s))
+
+    @property
     def gate_metric_name(self) -> str:
         """The gate metric's key in a model's metrics (``model_``/``popularity_`` prefix it): ``ndcg_at_10``."""
         return f"{self.gate_metric}_at_{self.eval_k}"
@@ -354,6 +491,43 @@ class Settings(BaseSettings):
         "files, follows the speed view and produces events itself; /metrics from any of them sums their "
         "counters. Python runs one request at a time per process, so more cores need more workers.",
     )
+    serve_header_timeout_s: float = Field(
+        10.0, gt=0,
+        description="A request's head (request line and headers) must arrive whole within this many seconds of the "
+        "connection opening, or of the first byte after an idle keep-alive; else 408 and the connection is closed "
+        "(slow clients that dribble headers hold no connection longer).",
+    )
+    serve_body_timeout_s: float = Field(
+        30.0, gt=0,
+        description="A request's body must arrive whole within this many seconds of its head; else 408 and the "
+        "connection is closed.",
+    )
+    serve_keep_alive_s: int = Field(
+        5, ge=1, description="How long an idle keep-alive connection is kept open between requests.",
+    )
+    serve_max_url_bytes: int = Field(
+        8192, ge=256, description="Longest request target (path and query) serving reads; 414 beyond.",
+    )
+    serve_max_header_bytes: int = Field(
+        16_384, ge=1024, description="Most bytes of header fields (names and values) in one request; 431 beyond.",
+    )
+    serve_max_headers: int = Field(100, ge=8, description="Most header fields in one request; 431 beyond.")
+    serve_max_connections: int = Field(
+        1000, ge=16,
+        description="Open connections per serving worker. At the cap a new connection closes the oldest one with "
+        "no request in flight (idle keep-alive, or a head still arriving), or is itself closed when every "
+        "connection has one. Serving raises its open-files limit to fit, where the hard limit allows.",
+    )
+    serve_max_in_flight: int = Field(
+        256, ge=1,
+        description="Requests one serving worker works on at once; beyond, 503 with Retry-After. /health and "
+        "/ready are never refused.",
+    )
+    serve_rate_table_slots: int = Field(
+        65_536, ge=64, multiple_of=8,
+        description="Rate-limit buckets (callers times limited route kinds) serving keeps, shared by its workers in "
+        "one memory-mapped file of 32 bytes a slot; past it the least recently used caller's bucket is reused.",
+    )
     serve_catalogue_poll_s: float = Field(
         0.5, gt=0, description="How often serving checks item_catalogue and user_profiles for a new version (an "
         "item marked unavailable stops being recommended after the next check).",
@@ -382,6 +556,9 @@ class Settings(BaseSettings):
         description="Local folder where serving keeps loaded models as memory-mapped arrays. "
         "Empty means <root>/serving-models.",
     )
+    prometheus_host: str = Field(
+        LOOPBACK, description="Address the Prometheus that `lambdarec up` runs listens on (--web.listen-address).",
+    )
     prometheus_port: int = Field(
         9090, ge=1, le=65535, description="Loopback port of the Prometheus `lambdarec up` runs.",
     )
@@ -394,9 +571,17 @@ class Settings(BaseSettings):
         "", description="The speed job's Prometheus /metrics that serving's dashboard reads when there is no "
         "prometheus_url. Empty means http://127.0.0.1:<speed_metrics_port>/metrics (the driver on this machine).",
     )
-    admin_token: SecretStr = Field(
+    auth: Literal["keys", "open"] = Field(
+        "keys",
+        description="How serving checks callers: `keys` asks every route that changes or reveals a user's data for "
+        "an API key with the route's scope (`lambdarec keys`); `open` checks no credential, and serving refuses it "
+        "unless it binds a loopback address (development and tests on one machine).",
+    )
+    api_key: SecretStr = Field(
         SecretStr(""),
-        description="Bearer token for serving's /admin routes (the batch DAG sends it); empty = admin off.",
+        description="The API key (a `lambdarec keys create` token) that lambdarec's own jobs present to serving: "
+        "the batch DAG's reload (scope admin), `lambdarec export` (read), `lambdarec generate --send` (ingest). "
+        "`lambdarec up` and `lambdarec demo` create their own; empty = send none.",
     )
 
     allow_development_key: bool = Field(
@@ -429,12 +614,20 @@ class Settings(BaseSettings):
         "(postgresql://user:password@host:port/db); its role needs REPLICATION and the tables a publication "
         "(README: CDC). Empty means the embedded Postgres (`lambdarec postgres`).",
     )
+    embedded_postgres_host: str = Field(
+        LOOPBACK,
+        description="Address the embedded Postgres listens on (listen_addresses; every connection needs the "
+        "password generated into secrets_dir).",
+    )
     embedded_postgres_port: int = Field(
         25432, ge=1, le=65535, description="Loopback port of the embedded Postgres (`lambdarec postgres`)."
     )
     embedded_postgres_dir: str = Field(
         "", description="Folder of the embedded Postgres's cluster (empty = <root>/postgres). Run as root, "
         "Postgres runs as the `postgres` system user, which must be able to reach it (every parent o+x).",
+    )
+    cdc_connect_host: str = Field(
+        LOOPBACK, description="Address the Kafka Connect worker's REST API listens on (Connect's `listeners`).",
     )
     cdc_connect_port: int = Field(
         28083, ge=1, le=65535, description="Loopback port of the Kafka Connect worker's REST API (`lambdarec cdc`)."
@@ -472,7 +665,9 @@ class Settings(BaseSettings):
         """Where the speed job's driver serves /metrics (None: its metrics are off)."""
         if self.speed_metrics_url:
             return self.speed_metrics_url
-        return f"http://127.0.0.1:{self.speed_metrics_port}/metrics" if self.speed_metrics_port else None
+        if not self.speed_metrics_port:
+            return None
+        return f"http://{dial(self.speed_metrics_host, self.speed_metrics_port)}/metrics"
 
     @property
     def jars_root(self) -> Path:
@@ -481,17 +676,25 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> str:
         """The Kafka address every client uses: the configured cluster or the embedded broker."""
-        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.embedded_broker_port}"
+        return self.kafka_bootstrap_servers or host_port(self.embedded_broker_host, self.embedded_broker_port)
 
     @property
     def uses_embedded_broker(self) -> bool:
         return not self.kafka_bootstrap_servers
 
     @property
+    def secrets_root(self) -> Path:
+        return Path(self.secrets_dir) if self.secrets_dir else (self.root / "secrets").resolve()
+
+    @property
     def operational_db(self) -> str:
-        """The operational database's URL: the configured one, or the embedded Postgres's."""
-        return self.operational_db_url or (
-            f"postgresql://lambdarec:lambdarec@127.0.0.1:{self.embedded_postgres_port}/operational")
+        """The operational database's URL: the configured one, or the embedded Postgres's with the password
+        generated for it (``secrets_root``); ``secret_files.redacted`` masks it for display."""
+        if self.operational_db_url:
+            return self.operational_db_url
+        password = quote(secret_files.generated(self.secrets_root / secret_files.POSTGRES_PASSWORD), safe="")
+        address = dial(self.embedded_postgres_host, self.embedded_postgres_port)
+        return f"postgresql://lambdarec:{password}@{address}/operational"
 
     def table_uri(self, name: str) -> str:
         return f"{self.lake_root.rstrip('/')}/{name}"

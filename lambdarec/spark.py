@@ -27,6 +27,9 @@ def build_spark(settings: Settings, app_name: str, extra_conf: dict[str, str] | 
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if not _under_spark_submit():
+        for name, value in local_ip_env(settings).items():
+            os.environ.setdefault(name, value)
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
@@ -49,8 +52,7 @@ def build_spark(settings: Settings, app_name: str, extra_conf: dict[str, str] | 
                 "spark.master": settings.spark_master,
                 "spark.driver.memory": settings.spark_driver_memory,
                 "spark.ui.enabled": "false",
-                "spark.driver.bindAddress": "127.0.0.1",
-                "spark.driver.host": "127.0.0.1",
+                **driver_address_conf(settings),
             }
         )
     conf.update(extra_conf or {})
@@ -71,6 +73,18 @@ DELTA_CONF = {
     "spark.databricks.delta.properties.defaults.columnMapping.mode": "none",
     "spark.databricks.delta.snapshotPartitions": "2",
 }
+
+
+def driver_address_conf(settings: Settings) -> dict[str, str]:
+    """Where a driver binds and what it advertises: ``spark_driver_host``, loopback by default, so its RPC and
+    block manager (and a UI, if one is turned on: it binds SPARK_LOCAL_IP, see ``local_ip_env``) are not on
+    every interface."""
+    return {"spark.driver.bindAddress": settings.spark_driver_host, "spark.driver.host": settings.spark_driver_host}
+
+
+def local_ip_env(settings: Settings) -> dict[str, str]:
+    """``SPARK_LOCAL_IP`` for a driver's process: the address Spark's web UI binds (0.0.0.0 without it)."""
+    return {"SPARK_LOCAL_IP": settings.spark_driver_host}
 
 
 def _under_spark_submit() -> bool:

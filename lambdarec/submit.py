@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from lambdarec import jars
 from lambdarec.settings import Settings
+from lambdarec.spark import driver_address_conf, local_ip_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,10 +49,7 @@ def spark_submit_command(
         settings.spark_driver_memory,
         "--conf",
         "spark.ui.enabled=false",
-        "--conf",
-        "spark.driver.host=127.0.0.1",
-        "--conf",
-        "spark.driver.bindAddress=127.0.0.1",
+        *(arg for key, value in driver_address_conf(settings).items() for arg in ("--conf", f"{key}={value}")),
         "--conf",
         f"spark.sql.shuffle.partitions={settings.spark_shuffle_partitions}",
         "--jars",
@@ -66,6 +64,7 @@ def spark_submit_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env.update(local_ip_env(settings))
     env["LAMBDAREC_ROOT"] = str(settings.root.resolve())
     for name, value in settings.model_dump(mode="json").items():
         if name == "root":
@@ -106,6 +105,7 @@ def spark_submit_bash(settings: Settings, script: str, args: list[str] | None = 
     env = {
         "PYSPARK_PYTHON": sys.executable,
         "PYSPARK_DRIVER_PYTHON": sys.executable,
+        **local_ip_env(settings),
         "LAMBDAREC_ROOT": str(settings.root.resolve()),
     }
     return " ".join([

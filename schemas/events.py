@@ -12,9 +12,18 @@ import uuid
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from schemas.event_rules import (
+    OCCURRED_AT_IN_FUTURE,
+    OCCURRED_AT_TOO_OLD,
+    EventLimits,
+    occurred_at_problem,
+    text_problem,
+    value_problem,
+)
 
 SCHEMA_VERSION = 1
 PSEUDONYM_PATTERN = r"^u([2-9]|[1-9][0-9]+)?_[0-9a-f]{32}$"
@@ -26,6 +35,20 @@ REDACTED_USER_ID = "[redacted]"
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "like", "share"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+EVENT_NESTING = 2
+"""JSON containers an event nests: the event object and its ``context`` (whose values are strings)."""
+
+
+def _clean(text: str) -> str:
+    problem = text_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+CleanText = Annotated[str, AfterValidator(_clean)]
+"""Text the pipeline can carry (``schemas.event_rules.text_problem``). Where a length limit applies it goes
+before the validator, ``Annotated[str, StringConstraints(...), AfterValidator(_clean)]``, to be checked as a string's."""
 
 
 @lru_cache
@@ -38,8 +61,10 @@ class EventContext(BaseModel):
     """Where the event happened; extra keys are allowed but must be short strings."""
 
     model_config = ConfigDict(extra="allow")
+    # Extra keys are validated as declared here, so an error names the key (``loc`` ends in it).
+    __pydantic_extra__: dict[CleanText, Annotated[str, StringConstraints(max_length=256), AfterValidator(_clean)]]
 
-    device: str | None = Field(None, max_length=64)
+    device: Annotated[str, StringConstraints(max_length=64), AfterValidator(_clean)] | None = None
     country: str | None = Field(None, pattern=r"^[A-Z]{2}$")
     consent: bool | None = None
 
@@ -51,11 +76,6 @@ class EventContext(BaseModel):
             values.update((key, value) for key, value in self.__pydantic_extra__.items() if value is not None)
         return values
 
-    def model_post_init(self, __context: Any) -> None:
-        for key, value in (self.model_extra or {}).items():
-            if not isinstance(value, str) or len(value) > 256:
-                raise ValueError(f"context.{key} must be a string of at most 256 characters")
-
 
 class Event(BaseModel):
     """One interaction, as clients send it to ``POST /events``."""
@@ -63,13 +83,23 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: uuid.UUID
-    user_id: str = Field(min_length=1, max_length=128)
-    item_id: str = Field(min_length=1, max_length=128)
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_clean)]
+    item_id: Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_clean)]
     event_type: EventType
     # JSON has no NaN or Infinity, but Python's json module reads them: refuse them here.
     value: float | None = Field(None, allow_inf_nan=False)
     occurred_at: AwareDatetime
     context: EventContext = Field(default_factory=EventContext)
+
+    def limit_problems(self, limits: EventLimits, now: datetime) -> list[tuple[str, str, Any]]:
+        """(field, message, value) for each field outside ``limits`` at ``now`` (the edge's clock):
+        the rules that depend on settings, which the model's own validation cannot know."""
+        problems: list[tuple[str, str, Any]] = []
+        if (value := value_problem(self.value, limits)) is not None:
+            problems.append(("value", value, self.value))
+        if (when := occurred_at_problem(self.occurred_at, now, limits)) is not None:
+            problems.append(("occurred_at", _WINDOW_MESSAGES[when](limits), self.occurred_at.isoformat()))
+        return problems
 
     def to_message(self, pseudonymous_user_id: str, received_at: str) -> dict[str, Any]:
         """The Kafka message for this event: the raw user id replaced by its pseudonym.
@@ -87,6 +117,15 @@ class Event(BaseModel):
             "received_at": received_at,
             "context": self.context.present(),
         }
+
+
+_WINDOW_MESSAGES = {
+    OCCURRED_AT_TOO_OLD: lambda limits: (
+        "must be after 1970" + (f" and at most {limits.max_age.total_seconds():.0f} s old (the events topic's "
+                                "retention)" if limits.max_age else "") + "; send history through `lambdarec import`"),
+    OCCURRED_AT_IN_FUTURE: lambda limits: (
+        f"must be at most {limits.max_skew.total_seconds():.0f} s ahead of the server's clock"),
+}
 
 
 def spark_message_schema():

@@ -150,6 +150,13 @@ def encode_progress(query_id: str, batch_id: int, progress: Mapping[str, Any]) -
                    "progress": progress_row(progress)})
 
 
+def unencodable_field(values: Mapping[str, Any]) -> str | None:
+    """The first field of a row that no message can carry (JSON has no NaN or infinity, and
+    ``encode_rows`` refuses them rather than write what ``decode`` would reject), or None."""
+    return next((name for name, value in values.items() if isinstance(value, float) and not math.isfinite(value)),
+                None)
+
+
 def _json_value(name: str, value: Any) -> Any:
     if value is None:
         return None

@@ -179,6 +179,15 @@ SPEED_PROGRESS = TableSpec(
     ),
 )
 
+SPEED_HORIZON_COLUMNS: dict[str, str] = {
+    SPEED_USER_INTERACTIONS.name: "occurred_at",
+    SPEED_USER_FEATURES.name: "last_seen",
+    SPEED_ITEM_TRENDING.name: "window_end",
+    SPEED_PROGRESS.name: "recorded_at",
+}
+"""Each speed table's time column: the maintenance job prunes rows older than the speed view's horizon
+by it, and serving's start-up loads only rows within the horizon by it (``speed_view_horizon_s``)."""
+
 MODELS = TableSpec(
     name="models",
     description=(
@@ -355,6 +364,18 @@ PRIVACY_REQUESTS = TableSpec(
     ),
 )
 
+ERASURE_PLACE = pa.struct(
+    [
+        ("place", pa.string()),  # e.g. lake:events, speed_state, serving, kafka:<topic>, operational_db, models
+        ("status", pa.string()),  # batch.erasure_places: removed, expires, operator, kept, not_held
+        ("gone_by", TS),  # when it is (or will be) gone; null when only an action or nothing bounds it
+        ("after", pa.string()),  # for status operator: the action the time counts from
+        ("within_ms", pa.int64()),  # for status operator: gone within this long of that action
+        ("detail", pa.string()),  # what was checked, and what the time comes from
+    ]
+)
+"""One place an erased user's data was, in their receipt."""
+
 PRIVACY_RECEIPTS = TableSpec(
     name="privacy_receipts",
     description=(
@@ -372,7 +393,8 @@ PRIVACY_RECEIPTS = TableSpec(
             ("delete_versions", pa.map_(pa.string(), pa.int64())),  # table -> version of its DELETE
             ("vacuum_versions", pa.map_(pa.string(), pa.int64())),  # table -> version of its VACUUM END
             ("vacuum_retention_hours", pa.int64()),
-            ("kafka_expires_by", TS),  # the newest copy on the events topic is gone by then
+            ("kafka_expires_by", TS),  # the last copy on any topic holding the pseudonym is gone by then
+            ("places", pa.list_(ERASURE_PLACE)),  # every place that held the user, and when it is gone
         ]
     ),
 )
@@ -400,6 +422,66 @@ USER_CONSENT = TableSpec(
     ),
 )
 
+API_KEYS = TableSpec(
+    name="api_keys",
+    description=(
+        "Serving's API keys as an append-only log (lambdarec.api_keys): a 'create' row per key with its name, "
+        "scopes and the SHA-256 of its token (never the token), and a 'revoke' row when it is revoked. A key is "
+        "live from its create row until its revoke row."
+    ),
+    keys=("key_id", "change"),
+    schema=pa.schema(
+        [
+            ("key_id", pa.string()),
+            ("change", pa.string()),  # "create" or "revoke"
+            ("at", TS),
+            ("name", pa.string()),
+            ("scopes", pa.list_(pa.string())),
+            ("token_sha256", pa.string()),  # hex; null on a revoke row
+        ]
+    ),
+)
+
+AUDIT_LOG = TableSpec(
+    name="audit_log",
+    description=(
+        "One row per admin or data-access action (consent change, erasure, export, reload, key change): who "
+        "(the API key's id, or the command line), what, on whom and how it ended (lambdarec.audit). The subject "
+        "is the one-way subject hash (lambdarec.privacy.subject_hash), never a raw id or a pseudonym."
+    ),
+    keys=("audit_id",),
+    schema=pa.schema(
+        [
+            ("audit_id", pa.string()),
+            ("at", TS),
+            ("key_id", pa.string()),  # the key the request presented; null from the command line or in open mode
+            ("source", pa.string()),  # "api" or "cli"
+            ("action", pa.string()),
+            ("subject", pa.string()),  # subject hash; null for actions on no user (reload, key changes)
+            ("outcome", pa.string()),
+            ("detail", pa.string()),
+        ]
+    ),
+)
+
+PSEUDONYM_KEYS = TableSpec(
+    name="pseudonym_keys",
+    description=(
+        "The fingerprint of each pseudonym key version this lake's pseudonyms were made with, recorded on the "
+        "key's first use (lambdarec.key_fingerprint): every command that pseudonymises refuses a key whose "
+        "fingerprint differs. A fingerprint is an HMAC under the key, never the key."
+    ),
+    keys=("key_version",),
+    schema=pa.schema(
+        [
+            ("key_version", pa.int32()),
+            ("fingerprint", pa.string()),
+            ("recorded_at", TS),
+            ("recorded_by", pa.string()),  # the command that used the key first: serving, speed, erase …
+        ]
+    ),
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -421,5 +503,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         PRIVACY_REQUESTS,
         PRIVACY_RECEIPTS,
         USER_CONSENT,
+        PSEUDONYM_KEYS,
+        API_KEYS,
+        AUDIT_LOG,
     )
 }

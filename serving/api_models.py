@@ -92,6 +92,21 @@ class ErasureAccepted(BaseModel):
     receipt: str = Field(description="Where the receipt will be: GET it with the admin token.")
 
 
+class ErasurePlace(BaseModel):
+    """One place the user's data was (batch.erasure_places), and when it is gone."""
+
+    place: str = Field(description="lake:<table>, speed_state, serving, kafka:<topic>, operational_db or models.")
+    status: Literal["removed", "expires", "operator", "kept", "not_held"] = Field(
+        description="removed: gone at gone_by; expires: gone by gone_by, a bound lambdarec cannot hasten; operator: "
+        "lambdarec does not own it, gone within within_ms of the action `after`; kept: nothing bounds it; "
+        "not_held: checked, nothing of the user there.")
+    gone_by: str | None = Field(description="When it is, or will be, gone (null: see status).")
+    after: str | None = Field(description="For status operator: the action the time counts from.")
+    within_ms: int | None = Field(description="For status operator: gone within this long of that action (null: "
+                                              "no bound known).")
+    detail: str = Field(description="What was checked, and where the time comes from.")
+
+
 class ErasureReceipt(BaseModel):
     """An erasure's state; once completed, its receipt. No id of the user is in it."""
 
@@ -106,6 +121,10 @@ class ErasureReceipt(BaseModel):
         "speed job's state, a privacy_requests version).")
     vacuum_versions: dict[str, int] | None = Field(None, description="Per table, the Delta version of its VACUUM END.")
     vacuum_retention_hours: int | None = None
-    kafka_expires_by: str | None = Field(None, description="The last copy on the events topic is gone by then.")
+    kafka_expires_by: str | None = Field(
+        None, description="The last copy on the topics that carry the pseudonym (events, consent, speed-updates) is "
+        "gone by then, by the retention their brokers report; null while pending or when a topic keeps records.")
     first_model_without_user: int | None = Field(
         None, description="The first model version trained after the DELETE; null until one is trained.")
+    places: list[ErasurePlace] | None = Field(
+        None, description="Every place the user's data was, each with when it is gone; null while pending.")

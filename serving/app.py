@@ -17,17 +17,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.settings import Settings, get_settings
 from lambdarec.pseudonym import is_development_key
 from serving import routes_consent, routes_dashboard, routes_events, routes_ops, routes_privacy, routes_recommendations
 from serving.dashboard_data import Dashboard
 from serving.deps import Services
+from schemas.events import EVENT_NESTING
 from serving.idle_gate import CountRequests
-from serving.limits import BodySizeLimit
+from serving.json_depth import event_body_too_deep_at
+from serving.limits import BodySizeLimit, InFlightLimit
 from serving.metrics import RequestMetrics
+from serving.security import AuthRefused, refused
 
 log = logging.getLogger(__name__)
 API_VERSION = "v1"
@@ -38,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start polling the registry, following the speed view and sampling for the dashboard; stop all on shutdown."""
     services: Services = app.state.services
     dashboard: Dashboard = app.state.dashboard
+    verify_pseudonym_key(services.settings, "serving")  # a key the lake's pseudonyms were not made with: no start
     services.start()
     dashboard.start()
     # What was imported and built by now lives as long as the process: the cycle collector skips it
@@ -86,15 +93,39 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as their JavaScript spelling, which JSON can carry as text."""
+ECHO_DEPTH = 4
+"""How deep a 422 echoes a bad input; deeper containers are echoed as ``"..."`` (a body nested a thousand
+levels deep would otherwise exhaust the encoder's recursion)."""
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON can carry it: non-finite floats as their JavaScript spelling, lone surrogates
+    (which UTF-8 cannot encode) escaped, containers below ``ECHO_DEPTH`` elided."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (dict, list, tuple)) and depth >= ECHO_DEPTH:
+        return "..."
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
+        return {_json_safe(key, depth + 1): _json_safe(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item, depth + 1) for item in value]
     return value
+
+
+def _too_deep(path: tuple[str | int, ...]) -> dict[str, Any]:
+    return {"type": "json_too_deep", "loc": ("body", *path), "input": None,
+            "msg": f"nested deeper than the event schema allows (an event nests {EVENT_NESTING} objects: "
+                   "itself and its context, whose values are strings)"}
+
+
+async def _nesting_errors(request: Request, errors: list[Any]) -> list[Any]:
+    """``errors`` as they are, or, where a JSON reader gave up at its recursion limit, one error
+    naming the field that nests too deep (``serving.json_depth``)."""
+    if not any(e.get("type") == "json_invalid" and "recursion limit" in str(e.get("msg")) for e in errors):
+        return errors
+    return [_too_deep(event_body_too_deep_at(await request.body()) or ())]
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -102,9 +133,22 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
 
     An input of NaN or Infinity (Python's json reads them, JSON has neither) is
     echoed as text; FastAPI's own handler would fail to encode it and answer 500.
+    A body nested past the JSON reader's recursion limit gets one error naming the
+    field that nests too deep, not a trace.
     """
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+    errors = await _nesting_errors(request, list(errors))
+    return JSONResponse({"detail": jsonable_encoder(_json_safe(errors))}, status_code=422)
+
+
+async def unreadable_body(request: Request, exc: Exception) -> Response:
+    """A body Python's ``json`` gave up on by recursion (FastAPI's 400 "error parsing the body") is a
+    422 naming the field that nests too deep, as on the batch route; other HTTP errors as FastAPI answers them."""
+    if (isinstance(exc, StarletteHTTPException) and exc.status_code == 400
+            and isinstance(exc.__cause__, RecursionError)):
+        path = event_body_too_deep_at(await request.body()) or ()
+        return JSONResponse({"detail": jsonable_encoder(_json_safe([_too_deep(path)]))}, status_code=422)
+    return await http_exception_handler(request, exc)  # type: ignore[arg-type]  # registered for HTTPException
 
 
 class DevelopmentKeyRefused(RuntimeError):
@@ -145,7 +189,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_dashboard.router)
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, unreadable_body)
+    app.add_exception_handler(AuthRefused, refused)  # 401/403 naming the scope the route needs
     app.add_middleware(CountRequests, gate=services.idle_gate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.ingest_max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=services.metrics)  # outermost: times 413s too
+    app.add_middleware(InFlightLimit, limit=settings.serve_max_in_flight)
+    app.add_middleware(RequestMetrics, metrics=services.metrics)  # outermost: times 413s and 503s too
     return app

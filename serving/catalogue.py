@@ -13,15 +13,27 @@ The result extends the model's catalogue: positions past the model's items, and
 a Gram matrix over all of them, so user fold-in stays the exact ALS step over the
 extended catalogue. It is cached per (model, speed-view generation).
 
+Fold-in is bounded and off the request path. A refit folds in only the new items
+whose users changed since it last folded them (``Folded``), at most
+``serve_foldin_items`` of them (never-folded first, then the most recently
+changed), each from at most ``FOLDIN_USERS_PER_ITEM`` of its users; the rest wait
+for the next refit. Requests take the newest catalogue built (``CatalogueCache.current``)
+and never build one: a background thread refits at most every
+``serve_foldin_interval_s`` while the speed view changes.
+
 Ranking (``Catalogue.top``) scores candidates, not every item, where it can: a
 narrow filter's items, or an ALS model's item index neighbours (``lambdarec.item_index``).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import threading
 import weakref
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import faiss
@@ -36,6 +48,9 @@ LOOKUP_CHUNK = 250  # item ids looked up between two pauses of a swap: a short s
 FEW_ALLOWED = 0.25  # a filter passing at most this share of the items: score just those, exactly
 OVERSAMPLE = 2  # index candidates per wanted item, after the filters' share of the items
 MAX_CANDIDATES = 1_000  # past this many, scoring every item of a 100k-item model is cheaper than the search
+FOLDIN_USERS_PER_ITEM = 200  # an item's most recent users that fold it in: a vector's worth, at a bounded cost
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,11 @@ class Catalogue:
     new_factors: np.ndarray  # n_new x rank, float32
     new_positions: dict[str, int]  # item id -> position (>= n_model)
     yty: np.ndarray  # Gram over model and new items
+    waiting: int = 0  # new items with changes this catalogue has not folded in yet (the refit's bound)
+
+    def fresh(self, speed: SpeedView) -> bool:
+        """Whether it holds everything the speed view has now."""
+        return self.generation == speed.generation and not self.waiting
 
     @property
     def size(self) -> int:
@@ -199,7 +219,10 @@ class KnownItems:
         self._known: dict[str, bool] = {}
 
     def unknown(self, items: list[str], pause: Callable[[], object] = lambda: None) -> list[str]:
-        """The ``items`` the model lacks; ``pause()`` runs between chunks of new lookups."""
+        """The ``items`` the model lacks; ``pause()`` runs between chunks of new lookups. Answers about
+        items the view no longer has are dropped once they outnumber its items (bounded memory)."""
+        if len(self._known) > 2 * len(items) + LOOKUP_CHUNK:
+            self._known = {item: self._known[item] for item in items if item in self._known}
         new = [item for item in items if item not in self._known]
         for start in range(0, len(new), LOOKUP_CHUNK):
             pause()
@@ -208,43 +231,97 @@ class KnownItems:
         return [item for item in items if not self._known[item]]
 
 
+class Folded:
+    """The new items folded in against one model so far: each one's vector and the view's stamp of the
+    item (``SpeedView.item_stamps``) when it was folded; refits fold again only what changed since."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[str, np.ndarray] = {}
+        self.stamps: dict[str, int] = {}
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # ids, factors, Gram
+
+    def put(self, item: str, stamp: int, vector: np.ndarray | None) -> None:
+        self.stamps[item] = stamp
+        if vector is not None:
+            self.vectors[item] = vector
+        elif self.vectors.pop(item, None) is None:
+            return
+        self._arrays = None
+
+    def keep(self, items: AbstractSet[str]) -> None:
+        """Forget the items not in ``items`` (gone from the view, or known to the model)."""
+        for item in [item for item in self.stamps if item not in items]:
+            del self.stamps[item]
+            if self.vectors.pop(item, None) is not None:
+                self._arrays = None
+
+    def arrays(self, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids in order, their factors, the factors' Gram), built once per change."""
+        if self._arrays is None:
+            ids = sorted(self.vectors)
+            factors = np.asarray([self.vectors[item] for item in ids], dtype=np.float32).reshape(len(ids), rank)
+            self._arrays = (np.asarray(ids, dtype=object), factors, gram(factors))
+        return self._arrays
+
+
 def build(
-    model: Model, speed: SpeedView, known: KnownItems | None = None, pause: Callable[[], object] = lambda: None
+    model: Model, speed: SpeedView, known: KnownItems | None = None, pause: Callable[[], object] = lambda: None,
+    folded: Folded | None = None, limit: int | None = None,
 ) -> Catalogue:
-    """Fold in every item the speed view has and the model lacks (ALS models only)."""
+    """Fold in the items the speed view has and the model lacks (ALS models only) that changed since
+    ``folded`` last saw them: at most ``limit`` (None: all), never-folded first, then the most recently
+    changed. ``folded`` is updated."""
     generation, items = speed.item_ids()
     if model.family != "als":
         items = []
-    unknown = speed.item_users((known or KnownItems(model)).unknown(items, pause))
+    folded = Folded() if folded is None else folded
+    unknown = (known or KnownItems(model)).unknown(items, pause)
+    stamps = speed.item_stamps(unknown)
+    folded.keep(stamps.keys())
+    stale = [item for item in stamps if folded.stamps.get(item) != stamps[item]]
+    chosen = stale if limit is None or len(stale) <= limit else heapq.nlargest(
+        limit, stale, key=lambda item: (item not in folded.stamps, stamps[item]))
+    users_by_item = speed.item_users(chosen)
     user_vectors: dict[str, np.ndarray | None] = {}
-    ids, vectors = [], []
-    for item in sorted(unknown):
+    for item in sorted(chosen):
         pause()
-        users, ratings = [], []
-        for user, weight in unknown[item].items():
-            if user not in user_vectors:
-                user_vectors[user] = _user_vector(model, speed, user)
-            vector = user_vectors[user]
-            if vector is not None:
-                users.append(vector)
-                ratings.append(weight)
-        if users and any(r > 0 for r in ratings):
-            rated = np.asarray(users)
-            vectors.append(
-                fold_in_rows(model.xtx, rated, np.asarray(ratings), model.reg_param, model.confidence, model.reg_scaling)
-            )
-            ids.append(item)
+        folded.put(item, stamps[item], _item_vector(model, speed, users_by_item.get(item, {}), user_vectors))
     rank = model.item_factors.shape[1]
-    factors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), rank)
+    ids, factors, new_gram = folded.arrays(rank)
     n = len(model.item_ids)
     return Catalogue(
         model=model,
         generation=generation,
-        new_ids=np.asarray(ids, dtype=object),
+        new_ids=ids,
         new_factors=factors,
         new_positions={item: n + j for j, item in enumerate(ids)},
-        yty=model.yty + gram(factors) if len(ids) else model.yty,
+        yty=model.yty + new_gram if len(ids) else model.yty,
+        waiting=len(stale) - len(chosen),
     )
+
+
+def bare(model: Model) -> Catalogue:
+    """The model's items alone: what requests score before the first refit for a model."""
+    rank = model.item_factors.shape[1]
+    return Catalogue(model=model, generation=-1, new_ids=np.empty(0, dtype=object),
+                     new_factors=np.empty((0, rank), dtype=np.float32), new_positions={}, yty=model.yty)
+
+
+def _item_vector(model: Model, speed: SpeedView, item_users: dict[str, float],
+                 user_vectors: dict[str, np.ndarray | None]) -> np.ndarray | None:
+    """A new item's vector from its most recent users' vectors (None: none of them has one)."""
+    users, ratings = [], []
+    for user, weight in itertools.islice(reversed(item_users.items()), FOLDIN_USERS_PER_ITEM):
+        if user not in user_vectors:
+            user_vectors[user] = _user_vector(model, speed, user)
+        vector = user_vectors[user]
+        if vector is not None:
+            users.append(vector)
+            ratings.append(weight)
+    if not users or not any(r > 0 for r in ratings):
+        return None
+    return fold_in_rows(model.xtx, np.asarray(users), np.asarray(ratings), model.reg_param, model.confidence,
+                        model.reg_scaling)
 
 
 def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None:
@@ -265,25 +342,34 @@ def _user_vector(model: Model, speed: SpeedView, user: str) -> np.ndarray | None
 
 
 class CatalogueCache:
-    """Catalogues of the serving model and of one being prepared for a swap, each rebuilt only
-    when the speed view changed.
+    """Catalogues of the serving model and of one being prepared for a swap, refitted off the request
+    path while the speed view changes.
 
-    Builds lock per model version: a swap's build pauses for requests in flight
-    (``serving.idle_gate``), and a request rebuilding the serving model's catalogue
-    must not wait behind it.
+    ``get`` refits now (a swap's preparation, the background thread, tests); ``current``
+    is for requests: it never builds. Builds lock per model version: a swap's build
+    pauses for requests in flight (``serving.idle_gate``), and the serving model's
+    refit must not wait behind it.
     """
 
     KEPT = 2
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None, interval_s: float = 1.0) -> None:
+        """``limit``: new items folded in per refit (None: all); ``interval_s``: least time between
+        two background refits."""
+        self.limit = limit
+        self.interval_s = interval_s
         self._lock = threading.Lock()  # guards the dicts below
         self._by_version: dict[int, Catalogue] = {}
         self._known: dict[int, KnownItems] = {}
+        self._folded: dict[int, Folded] = {}
         self._building: dict[int, threading.Lock] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def get(self, model: Model, speed: SpeedView, pause: Callable[[], object] = lambda: None) -> Catalogue:
-        """The catalogue of ``model`` at the view's generation; ``pause()`` runs between the steps
-        of a build (``serving.idle_gate``)."""
+        """The catalogue of ``model`` refitted to the view's generation (at most ``limit`` items
+        folded in); ``pause()`` runs between the steps of a build (``serving.idle_gate``)."""
         current = self._fresh(model, speed)
         if current is not None:
             return current
@@ -293,21 +379,59 @@ class CatalogueCache:
             current = self._fresh(model, speed)
             if current is not None:
                 return current
-            known = self._known.get(model.version)
-            if known is None or known.model is not model:
-                known = KnownItems(model)
-            current = build(model, speed, known, pause)
+            known, folded = self._known.get(model.version), self._folded.get(model.version)
+            if known is None or known.model is not model or folded is None:
+                known, folded = KnownItems(model), Folded()
+            current = build(model, speed, known, pause, folded, self.limit)
             with self._lock:
                 if model.version not in self._by_version and len(self._by_version) >= self.KEPT:
                     evicted = next(iter(self._by_version))  # the longest-held version
-                    for held in (self._by_version, self._known, self._building):
+                    for held in (self._by_version, self._known, self._folded, self._building):
                         held.pop(evicted, None)
                 self._by_version[model.version] = current
-                self._known[model.version] = known
+                self._known[model.version], self._folded[model.version] = known, folded
             return current
+
+    def current(self, model: Model, speed: SpeedView) -> Catalogue:
+        """The newest catalogue of ``model`` built so far (its own items alone before the first), at
+        once: a refit is asked of the background thread when the view has moved on."""
+        found = self._by_version.get(model.version)
+        if found is None or found.model is not model:
+            found = bare(model)
+        if not found.fresh(speed):
+            self._wake.set()
+        return found
+
+    def start(self, serving: Callable[[], Model | None], speed: SpeedView,
+              pause: Callable[[], object] = lambda: None) -> None:
+        """Refit the ``serving()`` model's catalogue in a daemon thread whenever ``current`` asks."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._refit, args=(serving, speed, pause),
+                                        name="lambdarec-catalogue-refit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def _refit(self, serving: Callable[[], Model | None], speed: SpeedView, pause: Callable[[], object]) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            model = serving()
+            if self._stop.is_set() or model is None:
+                continue
+            try:
+                if self.get(model, speed, pause).waiting:
+                    self._wake.set()  # more new items than one refit folds: go on after the interval
+            except Exception:  # a failed refit leaves the last catalogue serving; the next request asks again
+                log.exception("catalogue refit failed")
+            self._stop.wait(self.interval_s)
 
     def _fresh(self, model: Model, speed: SpeedView) -> Catalogue | None:
         current = self._by_version.get(model.version)
-        if current is not None and current.model is model and current.generation == speed.generation:
+        if current is not None and current.model is model and current.fresh(speed):
             return current
         return None

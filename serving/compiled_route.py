@@ -11,8 +11,9 @@ usual 422 naming the field.
 
 Only simple routes are compiled: an async endpoint that returns a ``Response``
 itself, with path and query parameters only, whose dependencies are async
-functions of the request alone. Any other route, and any request while an app's
-``dependency_overrides`` are set (tests), takes FastAPI's handler.
+functions (or async callables, such as ``serving.security``'s scope guards) of the
+request alone, named or the router's. Any other route, and any request while an
+app's ``dependency_overrides`` are set (tests), takes FastAPI's handler.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class CompiledParams:
     model: type[BaseModel]
     path: tuple[str, ...]  # aliases
     query: tuple[tuple[str, bool], ...]  # (alias, whether it repeats)
-    dependencies: tuple[tuple[str, Callable[[Request], Awaitable[Any]]], ...]  # (argument, call)
+    dependencies: tuple[tuple[str | None, Callable[[Request], Awaitable[Any]]], ...]  # (argument or None, call)
 
     @classmethod
     def of(cls, dependant: Dependant) -> CompiledParams | None:
@@ -49,7 +50,7 @@ class CompiledParams:
             return None
         dependencies = []
         for sub in dependant.dependencies:
-            if (sub.call is None or sub.name is None or not _plain_async(sub.call) or sub.dependencies
+            if (sub.call is None or not sub.is_coroutine_callable or sub.is_async_gen_callable or sub.dependencies
                     or sub.path_params or sub.query_params or sub.header_params or sub.cookie_params
                     or sub.body_params or sub.request_param_name is None or _special(sub, but_request=True)):
                 return None
@@ -83,8 +84,10 @@ class CompiledParams:
             arguments = dict(self.model.model_validate(values))
         except ValidationError:
             return None
-        for name, dependency in self.dependencies:
-            arguments[name] = await dependency(request)
+        for name, dependency in self.dependencies:  # in order: a router's (the scope guard) before the endpoint's
+            found = await dependency(request)
+            if name is not None:
+                arguments[name] = found
         return arguments
 
 

@@ -104,6 +104,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.auth_refused = Counter(
+            "lambdarec_auth_refused",
+            "Requests refused for their credential: reason no_key (401: none, unknown or revoked) or scope "
+            "(403: a live key without the route's scope), by the scope the route needs.",
+            ["reason", "scope"],
+            registry=self.registry,
+        )
+        self.audit_failures = Counter(
+            "lambdarec_audit_failures",
+            "Audited actions whose audit_log row could not be committed (the action itself stood).",
+            registry=self.registry,
+        )
         self.recommendations = Counter(
             "lambdarec_recommendations",
             "Recommendation responses by strategy.",
@@ -137,10 +149,38 @@ class Metrics:
             registry=self.registry,
             buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
         )
+        self.speed_rows_skipped = Counter(
+            "lambdarec_speed_bootstrap_skipped_rows",
+            "Rows of the Delta speed tables the speed view skipped at start-up because the speed-updates "
+            "contract cannot read them (a non-finite weight, a timestamp past year 9999), by table.",
+            ["table"],
+            registry=self.registry,
+        )
         self.speed_view_events_version = Gauge(
             "lambdarec_speed_view_events_version",
             "Newest events table version the speed view applied (-1: none; the oldest over workers).",
             registry=self.registry, multiprocess_mode="livemin",
+        )
+        self.speed_view_evictions = Counter(
+            "lambdarec_speed_view_evictions",
+            "Entries the speed view dropped, by entry (user, item, trending rows, recall_record: an evicted user "
+            "no longer remembered for a read-back) and reason (ttl: older than the horizon; cap).",
+            ["entry", "reason"],
+            registry=self.registry,
+        )
+        self.speed_view_entries = Gauge(
+            "lambdarec_speed_view_entries",
+            "Entries the speed view holds, by entry (user, interaction, item, trending rows, recall_record; the "
+            "largest over workers).",
+            ["entry"],
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.speed_view_recalls = Counter(
+            "lambdarec_speed_view_recalls",
+            "Requests of evicted users that waited for their interactions to be read back from the lake, by "
+            "outcome (restored; late: answered without them after serve_recall_timeout_s; failed).",
+            ["outcome"],
+            registry=self.registry,
         )
         self.registry_gauges = RegistryGauges()
         multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
@@ -164,6 +204,8 @@ class Metrics:
         self.speed_view_lag.set(number(position["lag_records"]))
         self.speed_job_lag.set(number(position["speed_job_lag_records"]))
         self.speed_view_events_version.set(number(position["events_version"]))
+        for entry, count in speed_view.sizes().items():
+            self.speed_view_entries.labels(entry).set(count)
 
     def observe_registry(self, registry: pa.Table, serving_version: int | None) -> None:
         self.registry_gauges.observe(registry, serving_version)
@@ -205,5 +247,6 @@ class RequestMetrics:
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
+                    "key_id": scope.get("state", {}).get("key_id"),  # serving.security: who called, never the token
                 },
             )

@@ -1,27 +1,26 @@
-"""Privacy routes (admin token): erase a user, read an erasure's receipt, export what is held on a user."""
+"""Privacy routes (API keys with the admin scope): erase a user, read an erasure's receipt, export what is held on a
+user. Each call appends a row to the audit log."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 
 from lambdarec import export, privacy
+from lambdarec.audit import Entry
 from lambdarec.pseudonym import pseudonymise
-from serving.api_models import ErasureAccepted, ErasureReceipt, Error
+from serving.api_models import ErasureAccepted, ErasurePlace, ErasureReceipt, Error
+from serving import audit_trail
 from serving.deps import Services, get_services
 from serving import recommend as rec
-from serving.security import require_admin
+from serving.security import ADMIN, responses
 
-router = APIRouter(tags=["privacy"], dependencies=[Depends(require_admin)])
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Error, "description": "No bearer token."},
-    403: {"model": Error, "description": "Wrong token, or admin routes are off (no admin_token)."},
-}
+router = APIRouter(tags=["privacy"], dependencies=[Depends(ADMIN)], responses=responses("admin"))
 RequestId = Annotated[str | None, Query(min_length=1, max_length=privacy.REQUEST_ID_MAX,
                                          description="Idempotency key: the same id again repeats nothing.")]
 
@@ -30,11 +29,12 @@ RequestId = Annotated[str | None, Query(min_length=1, max_length=privacy.REQUEST
     "/users/{user_id}",
     status_code=202,
     response_model=ErasureAccepted,
-    responses={**ADMIN_ERRORS, 409: {"model": Error, "description": "request_id names another user's erasure."},
+    responses={409: {"model": Error, "description": "request_id names another user's erasure."},
                503: {"model": Error, "description": "The request could not be recorded; nothing was done."}},
 )
 async def erase_user(
     user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    http: Request,
     services: Annotated[Services, Depends(get_services)],
     request_id: RequestId = None,
 ) -> JSONResponse:
@@ -47,24 +47,31 @@ async def erase_user(
         return privacy.record_erasure(services.lake, pseudonym, rid, "api",
                                       privacy.events_end_offsets(services.settings))
 
+    def audited(outcome: str) -> Entry:
+        return audit_trail.entry(http, "user.erase", outcome, pseudonym, f"request {rid}")
+
     try:
         request = await run_in_threadpool(record)
     except privacy.RequestConflict as exc:
+        await audit_trail.record(services, audited("conflict"))
         raise HTTPException(409, detail=str(exc)) from exc
     except KafkaError as exc:
+        await audit_trail.record(services, audited("broker_down"))
         raise HTTPException(503, detail=f"the events topic's offsets could not be read ({exc}); retry") from exc
     done = privacy.receipt(services.lake, rid) is not None
     if not done:
         services.erasures.erase(request)
+    await audit_trail.record(services, audited("completed" if done else "pending"))
     body = ErasureAccepted(request_id=rid, status="completed" if done else "pending",
                            received_at=request["requested_at"].isoformat(), receipt=f"/v1/admin/erasures/{rid}")
     return JSONResponse(body.model_dump(), status_code=202)
 
 
 @router.get("/admin/erasures/{request_id}", response_model=ErasureReceipt,
-            responses={**ADMIN_ERRORS, 404: {"model": Error, "description": "No such request."}})
+            responses={404: {"model": Error, "description": "No such request."}})
 def erasure_receipt(
     request_id: Annotated[str, Path(min_length=1, max_length=privacy.REQUEST_ID_MAX)],
+    http: Request,
     services: Annotated[Services, Depends(get_services)],
 ) -> ErasureReceipt:
     """The erasure's receipt once completed, else its pending state."""
@@ -73,9 +80,12 @@ def erasure_receipt(
     if found is None:
         request = privacy.request(lake, request_id)
         if request is None:
+            audit_trail.record_blocking(services, _receipt_read(http, "not_found", request_id))
             raise HTTPException(404, detail=f"request_id {request_id!r} is unknown")
+        audit_trail.record_blocking(services, _receipt_read(http, "pending", request_id, request["subject_hash"]))
         return ErasureReceipt(request_id=request_id, status="pending", subject_hash=request["subject_hash"],
                               received_at=request["requested_at"].isoformat())
+    audit_trail.record_blocking(services, _receipt_read(http, "completed", request_id, found["subject_hash"]))
     times = {name: found[name].isoformat() if found[name] else None
              for name in ("received_at", "completed_at", "kafka_expires_by")}
     return ErasureReceipt(
@@ -83,13 +93,16 @@ def erasure_receipt(
         removed=found["removed"], delete_versions=found["delete_versions"], vacuum_versions=found["vacuum_versions"],
         vacuum_retention_hours=found["vacuum_retention_hours"],
         first_model_without_user=privacy.first_model_without(lake, found["delete_versions"].get("events")),
+        places=[ErasurePlace(**{**p, "gone_by": p["gone_by"].isoformat() if p["gone_by"] else None})
+                for p in found["places"]],
     )
 
 
 @router.get("/admin/users/{user_id}/export", response_model=dict[str, Any],
-            responses={**ADMIN_ERRORS, 404: {"model": Error, "description": "Nothing is held on the user."}})
+            responses={404: {"model": Error, "description": "Nothing is held on the user."}})
 async def export_user(
     user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    http: Request,
     services: Annotated[Services, Depends(get_services)],
 ) -> dict[str, Any]:
     """Everything held on the user, as one JSON document: their events, features and profile, consent
@@ -98,7 +111,9 @@ async def export_user(
     pseudonym = pseudonymise(user_id, services.settings.pseudonym_key)
     held = await run_in_threadpool(export.user_data, services.lake, pseudonym)
     in_memory = services.speed_view.interactions(pseudonym)
-    if held is None and not in_memory:
+    found = held is not None or bool(in_memory)
+    await audit_trail.record(services, audit_trail.entry(http, "user.export", "ok" if found else "not_found", pseudonym))
+    if not found:
         raise HTTPException(404, detail=f"nothing is held on user_id {user_id!r}")
     answer = services.recommend(pseudonym, rec.Query())
     return {"user_id": user_id, **(held or {"pseudonym": pseudonym}), "serving": export.jsonable({
@@ -106,3 +121,8 @@ async def export_user(
         "recommendations": {"strategy": answer.strategy, "model_version": answer.model_version,
                             "items": [{"item_id": s.item_id, "score": s.score} for s in answer.items]},
     })}
+
+
+def _receipt_read(http: Request, outcome: str, request_id: str, subject: str | None = None) -> Entry:
+    """The audit row of a receipt read, on the subject hash the request log keeps (the pseudonym may be gone)."""
+    return audit_trail.entry(http, "erasure.read", outcome, detail=f"request {request_id}", subject=subject)

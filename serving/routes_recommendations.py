@@ -21,8 +21,11 @@ from serving.api_models import (
 )
 from serving.compiled_route import CompiledRoute
 from serving.deps import Services, get_services
+from serving.security import READ, responses
 
-router = APIRouter(tags=["recommendations"], route_class=CompiledRoute)
+# explain=true and the segment field reveal a user's history and profile: the read scope covers them with the rest.
+router = APIRouter(tags=["recommendations"], route_class=CompiledRoute, dependencies=[Depends(READ)],
+                   responses=responses("read"))
 
 ItemList = Annotated[list[Annotated[str, Query(min_length=1, max_length=128)]], Query(max_length=1000)]
 Filters = Annotated[
@@ -99,6 +102,7 @@ async def get_recommendations(
         explain=explain,
         segment=dict(_segments(country=country, age_band=age_band, device=device)),
     )
+    await services.recall_evicted(key)
     result = services.recommend(key, query)
     services.metrics.recommendations.labels(result.strategy).inc()
     # The hot path: JSON of the documented shape by orjson, without a pydantic round trip; its

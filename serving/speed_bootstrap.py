@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
+from prometheus_client import Counter
 
 from lambdarec.lake import Lake
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_PROGRESS, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS, TableSpec
@@ -22,12 +24,17 @@ from schemas.speed_updates import (
     KIND_PROGRESS,
     KIND_USER_FEATURES,
     KIND_USER_INTERACTIONS,
+    BadUpdate,
+    decode_row,
     progress_row,
     row,
 )
+from serving.speed_horizon import newest_users, since
 from serving.speed_view import SpeedView
 
 log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 65_536  # rows converted to Python at once
 
 TABLES: dict[str, TableSpec] = {
     KIND_USER_INTERACTIONS: SPEED_USER_INTERACTIONS,
@@ -37,28 +44,81 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
-def bootstrap(lake: Lake, view: SpeedView) -> dict[str, int]:
-    """Load every speed table that exists into ``view``; returns table -> Delta version read."""
+def bootstrap(lake: Lake, view: SpeedView, skipped: Counter | None = None) -> dict[str, int]:
+    """Load every speed table that exists into ``view``; returns table -> Delta version read.
+
+    A row the contract cannot read (``schemas.speed_updates``: a non-finite weight, a timestamp
+    past year 9999) is skipped and counted in ``skipped`` by table, so one bad row written
+    before the speed job refused such rows cannot keep serving from becoming ready.
+    """
     versions: dict[str, int] = {}
     for kind, spec in TABLES.items():
         version = lake.version(spec)
         if version is None:
             continue
-        table = lake.read_arrow(spec, version)
+        table = newest_users(kind, lake.read_arrow(spec, version, filter=since(lake, spec, version, view.settings)),
+                             view.settings)  # what a view that never stopped would hold (serving.speed_horizon)
         loaded = 0
-        for (query_id, batch_id), rows in _batches(kind, table):
-            view.load_batch(kind, query_id, batch_id, rows)
+        batches, bad = _batches(kind, table)
+        for (query_id, batch_id), rows in batches:
+            try:
+                view.load_batch(kind, query_id, batch_id, rows)
+            except BadUpdate:  # only a batch with a bad row pays for checking its rows one by one
+                good = [values for values in rows if _readable(kind, values)]
+                bad += len(rows) - len(good)
+                rows = good
+                view.load_batch(kind, query_id, batch_id, rows)
             loaded += len(rows)
         versions[spec.name] = version
+        if bad:
+            log.warning("speed view skipped unreadable rows", extra={"table": spec.name, "rows": bad})
+            if skipped is not None:
+                skipped.labels(spec.name).inc(bad)
         log.info("speed view bootstrapped", extra={"table": spec.name, "version": version, "rows": loaded})
     return versions
 
 
-def _batches(kind: str, table: pa.Table) -> list[tuple[tuple[str, int], list[dict[str, Any]]]]:
-    """Rows grouped by (query_id, batch_id), batches in order, each row in its message form
-    (``schemas.speed_updates``: the same timestamps and maps as on the topic)."""
+def _batches(kind: str, table: pa.Table) -> tuple[list[tuple[tuple[str, int], list[dict[str, Any]]]], int]:
+    """(rows grouped by (query_id, batch_id), batches in order, each row in its message form
+    (``schemas.speed_updates``: the same timestamps and maps as on the topic); rows that have none)."""
     as_message = progress_row if kind == KIND_PROGRESS else lambda values: row(kind, values)
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    for values in table.to_pylist():
-        groups[(str(values["query_id"]), int(values["batch_id"]))].append(as_message(values))
-    return sorted(groups.items(), key=lambda entry: (entry[0][1], entry[0][0]))
+    bad = 0
+    for values in _python_rows(table):
+        entry = None if values is None else _entry(as_message, values)
+        if entry is None:
+            bad += 1
+        else:
+            groups[entry[0]].append(entry[1])
+    return sorted(groups.items(), key=lambda entry: (entry[0][1], entry[0][0])), bad
+
+
+def _entry(as_message: Callable[[dict[str, Any]], dict[str, Any]],
+           values: dict[str, Any]) -> tuple[tuple[str, int], dict[str, Any]] | None:
+    """(its batch, the row in message form), or None for a row the message form cannot hold."""
+    try:
+        return (str(values["query_id"]), int(values["batch_id"])), as_message(values)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _python_rows(table: pa.Table) -> Iterator[dict[str, Any] | None]:
+    """The table's rows as Python values, None for a row Python cannot hold (Arrow keeps timestamps
+    past year 9999, ``datetime`` does not), looked for one row at a time only in its chunk."""
+    for chunk in table.to_batches(max_chunksize=CHUNK_ROWS):
+        try:
+            yield from chunk.to_pylist()
+        except (ValueError, OverflowError):
+            for n in range(chunk.num_rows):
+                try:
+                    yield from chunk.slice(n, 1).to_pylist()
+                except (ValueError, OverflowError):
+                    yield None
+
+
+def _readable(kind: str, values: dict[str, Any]) -> bool:
+    try:
+        decode_row(kind, values)
+    except BadUpdate:
+        return False
+    return True

@@ -4,24 +4,29 @@ Every store applies rows so that the result does not depend on arrival order or
 repeats: interactions dedupe by event id, features and trending keep the row
 with the newest batch per key. That lets serving bootstrap from the Delta speed
 tables and then replay the topic over them without double counting.
-Callers hold the view's lock.
+
+Every store is bounded: users and items by the view's horizon and caps
+(``Recency``: the least recently touched go first, in O(1) each), trending by the
+window and a cap on its rows. Callers hold the view's lock.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import sys
+from collections import OrderedDict, deque
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.speed_updates import GLOBAL_SEGMENT, timestamp, timestamp_us
 
-__all__ = ["GLOBAL_SEGMENT", "Interaction", "Interactions", "Profiles", "Trending"]
+__all__ = ["GLOBAL_SEGMENT", "EvictedUsers", "Interaction", "Interactions", "Profiles", "Recency", "Trending"]
 
 SWEEP_EVERY_US = 5 * 60_000_000  # how far the trending window moves between sweeps of slid-out minutes
+TRENDING_KEPT_AFTER_CAP = 0.9  # a trending cut leaves this share of the cap, so cuts come once per 10% of it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interaction:
     item_id: str
     event_type: str
@@ -34,14 +39,46 @@ class Interaction:
 EVICTED_KEPT = 500_000  # about 40 MB of hashes: minutes of events at thousands per second
 
 
+class Recency:
+    """Keys in the order they were last touched, each with the newest event time (µs) seen for it.
+
+    The least recently touched key is first, so the view's horizon and cap evict
+    from the front, one O(1) step per key, with no scan.
+    """
+
+    def __init__(self) -> None:
+        self.newest: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.newest)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.newest
+
+    def touch(self, key: str, at_us: int) -> None:
+        newest = self.newest.get(key)
+        self.newest[key] = at_us if newest is None or at_us > newest else newest
+        self.newest.move_to_end(key)
+
+    def oldest(self) -> tuple[str, int] | None:
+        """The least recently touched key and its newest event time."""
+        return next(iter(self.newest.items()), None)
+
+    def discard(self, key: str) -> None:
+        self.newest.pop(key, None)
+
+
 class Interactions:
     """Each user's most recent interactions, and who touched each item (for item fold-in)."""
 
     def __init__(self, recent_items: int):
         self.recent_items = recent_items
-        self.users: dict[str, deque[Interaction]] = {}
+        self.users: dict[str, list[Interaction]] = {}  # oldest first; a list: a deque costs 600 bytes a user
         self.item_users: dict[str, dict[str, float]] = {}  # item -> user -> summed weight
         self.item_weight: dict[str, float] = {}
+        self.item_stamp: dict[str, int] = {}  # item -> generation of its last change (catalogue refits)
+        self.items = Recency()  # items with users, by their newest interaction
+        self.count = 0  # interactions held
         # (hashes of) the ids of the last EVICTED_KEPT events pushed out of their user's recent list: the events
         # query's copy of an event can arrive after its real-time copy left the list (a burst lands a minute
         # later), and must not count it twice
@@ -50,9 +87,10 @@ class Interactions:
         self.generation = 0  # bumps on every change; caches of derived state key on it
         self.newest_occurred_at: str | None = None
 
-    def add(self, user_id: str, interaction: Interaction) -> bool:
-        """Add an event once per event id; a repeat only fills in the Delta version a first copy lacked."""
-        recent = self.users.setdefault(user_id, deque())
+    def add(self, user_id: str, interaction: Interaction, at_us: int) -> bool:
+        """Add an event once per event id; a repeat only fills in the Delta version a first copy lacked.
+        ``at_us`` is its time (µs), which keeps its item in the view."""
+        recent = self.users.setdefault(user_id, [])
         for index, seen in enumerate(recent):
             if seen.event_id == interaction.event_id:
                 if seen.events_version is None and interaction.events_version is not None:
@@ -60,30 +98,40 @@ class Interactions:
                 return False
         if hash(interaction.event_id) in self._evicted:
             return False
-        if len(recent) == self.recent_items:
-            old = recent.popleft()
-            self._forget(user_id, old)
-            self._remember_evicted(old.event_id)
-        recent.append(interaction)
-        users = self.item_users.setdefault(interaction.item_id, {})
-        users[user_id] = users.get(user_id, 0.0) + interaction.weight
-        self.item_weight[interaction.item_id] = self.item_weight.get(interaction.item_id, 0.0) + interaction.weight
         self.generation += 1
+        if len(recent) == self.recent_items:
+            old = recent.pop(0)
+            self._unweigh(user_id, old, still_has=any(i.item_id == old.item_id for i in recent))
+            self._remember_evicted(old.event_id)
+            self.count -= 1
+        recent.append(interaction)
+        self.count += 1
+        item = interaction.item_id
+        users = self.item_users.setdefault(item, {})
+        users[user_id] = users.get(user_id, 0.0) + interaction.weight
+        self.item_weight[item] = self.item_weight.get(item, 0.0) + interaction.weight
+        self.item_stamp[item] = self.generation
+        self.items.touch(item, at_us)
         if self.newest_occurred_at is None or interaction.occurred_at > self.newest_occurred_at:
             self.newest_occurred_at = interaction.occurred_at
         return True
 
-    def drop_user(self, user_id: str) -> int:
-        """Forget every interaction of ``user_id`` (an erasure); how many there were."""
-        recent = self.users.pop(user_id, deque())
+    def drop_user(self, user_id: str) -> list[Interaction]:
+        """Forget every interaction of ``user_id`` (an erasure or an eviction); returns them."""
+        recent = self.users.pop(user_id, [])
+        if recent:
+            self.generation += 1
+            self.count -= len(recent)
         for old in recent:
-            users = self.item_users.get(old.item_id, {})
-            users.pop(user_id, None)
-            if not users:
-                self.item_users.pop(old.item_id, None)
-            self.item_weight[old.item_id] = self.item_weight.get(old.item_id, 0.0) - old.weight
+            self._unweigh(user_id, old, still_has=False)
+        return recent
+
+    def drop_item(self, item_id: str) -> None:
+        """Stop folding ``item_id`` in (an eviction): its users keep it in their history."""
         self.generation += 1
-        return len(recent)
+        for store in (self.item_users, self.item_weight, self.item_stamp):
+            store.pop(item_id, None)
+        self.items.discard(item_id)
 
     def _remember_evicted(self, event_id: str) -> None:
         key = hash(event_id)
@@ -92,13 +140,20 @@ class Interactions:
         if len(self._evicted_order) > EVICTED_KEPT:
             self._evicted.discard(self._evicted_order.popleft())
 
-    def _forget(self, user_id: str, old: Interaction) -> None:
-        users = self.item_users[old.item_id]
-        users[user_id] -= old.weight
-        if not any(i.item_id == old.item_id for i in self.users[user_id]):
-            del users[user_id]
+    def _unweigh(self, user_id: str, old: Interaction, still_has: bool) -> None:
+        """Take ``old``'s weight off its item (an item evicted earlier has none to take)."""
+        users = self.item_users.get(old.item_id)
+        if users is None:
+            return
+        if still_has:
+            users[user_id] = users.get(user_id, 0.0) - old.weight
+        else:
+            users.pop(user_id, None)
         if not users:
-            del self.item_users[old.item_id]
+            self.drop_item(old.item_id)
+            return
+        self.item_weight[old.item_id] -= old.weight
+        self.item_stamp[old.item_id] = self.generation
 
 
 class Profiles:
@@ -107,11 +162,58 @@ class Profiles:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any]) -> bool:
+        """Keep ``row`` if it is the user's newest; whether it was."""
         user = str(row["user_id"])
         current = self.rows.get(user)
         if current is None or _newer(row, current):
             self.rows[user] = row
+            return True
+        return False
+
+
+class EvictedUsers:
+    """Users the view evicted while no model may cover their interactions yet, to be read back from the
+    lake on their next request (``serving.user_recall``).
+
+    Each is kept as the hash of its id (a collision costs one needless read) with the
+    events version a model must have trained on to cover what was evicted; past
+    ``cap`` the longest held goes first (likely covered by a model by then).
+    """
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._needs: OrderedDict[int, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._needs)
+
+    def add(self, user_id: str, needs_version: int) -> int:
+        """Remember ``user_id``; how many older entries the cap pushed out."""
+        key = hash(user_id)
+        self._needs[key] = max(needs_version, self._needs.get(key, needs_version))
+        self._needs.move_to_end(key)
+        dropped = 0
+        while len(self._needs) > self.cap:
+            self._needs.popitem(last=False)
+            dropped += 1
+        return dropped
+
+    def needs(self, user_id: str) -> int | None:
+        """The events version a model must cover for ``user_id`` to need no read-back (None: not evicted)."""
+        return self._needs.get(hash(user_id))
+
+    def discard(self, user_id: str) -> None:
+        self._needs.pop(hash(user_id), None)
+
+
+class Minute(NamedTuple):
+    """An item's count in one minute of one segment, from one batch of one query."""
+
+    events: int
+    weight: float
+    query_id: str | None
+    batch_id: int
 
 
 class Trending:
@@ -122,12 +224,16 @@ class Trending:
     ``window_s`` ending at the newest minute any row has (the speed layer's
     event-time now), the same boundaries for every item and segment; an item ranks
     by the sum of its minutes in it, and minutes that slid out are dropped.
+    Past ``max_rows`` (segment, item, minute) rows, the items that weigh least in
+    their segment go until a tenth of the cap is free (``cut``).
     """
 
-    def __init__(self, window_s: int) -> None:
+    def __init__(self, window_s: int, max_rows: int | None = None) -> None:
         self.window_us = int(window_s) * 1_000_000
+        self.max_rows = max_rows
+        self.rows = 0  # (segment, item, minute) rows held
         self.end_us: int | None = None  # end of the newest minute seen
-        self.segments: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+        self.segments: dict[tuple[str, str], dict[str, dict[int, Minute]]] = {}
         self._ranked: dict[tuple[str, str], list[tuple[str, float]]] = {}  # for the current end
         self._ranked_end: int | None = None
         self._pruned_start: int | None = None  # window start of the last sweep over every segment
@@ -142,12 +248,33 @@ class Trending:
             self._sweep(end)
         if minute < self.end_us - self.window_us:
             return  # slid out of the window already
-        segment = (str(row["segment_type"]), str(row["segment"]))
+        segment = (sys.intern(str(row["segment_type"])), sys.intern(str(row["segment"])))
         minutes = self.segments.setdefault(segment, {}).setdefault(str(row["item_id"]), {})
+        count = Minute(int(row["events"] or 0), float(row["weight"] or 0), row.get("query_id"),
+                       int(row.get("batch_id") or 0))
         current = minutes.get(minute)
-        if current is None or _newer(row, current):
-            minutes[minute] = row
+        if current is None or _newer_batch(count.query_id, count.batch_id, current.query_id, current.batch_id):
+            self.rows += current is None
+            minutes[minute] = count
             self._ranked.pop(segment, None)
+
+    def cut(self) -> int:
+        """Drop, past ``max_rows``, the least weighty (segment, item)s' rows; how many rows went."""
+        if self.max_rows is None or self.rows <= self.max_rows:
+            return 0
+        weights = sorted((sum(m.weight for m in minutes.values()), segment, item)
+                         for segment, items in self.segments.items() for item, minutes in items.items())
+        excess, dropped = self.rows - int(self.max_rows * TRENDING_KEPT_AFTER_CAP), 0
+        for _, segment, item in weights:
+            if dropped >= excess:
+                break
+            items = self.segments[segment]
+            dropped += len(items.pop(item))
+            if not items:
+                del self.segments[segment]
+        self.rows -= dropped
+        self._ranked = {}
+        return dropped
 
     def top(self, segment: tuple[str, str], k: int,
             exclude: AbstractSet[str]) -> tuple[list[tuple[str, float]], str | None]:
@@ -176,18 +303,18 @@ class Trending:
                 del self.segments[segment]
         self._ranked = {}
 
-    @staticmethod
-    def _rank(items: dict[str, dict[int, dict[str, Any]]], start: int) -> list[tuple[str, float]]:
+    def _rank(self, items: dict[str, dict[int, Minute]], start: int) -> list[tuple[str, float]]:
         totals = []
         for item in list(items):
             minutes = items[item]
             for minute in [m for m in minutes if m < start]:
                 del minutes[minute]  # slid out: no later window reads it
+                self.rows -= 1
             if not minutes:
                 del items[item]
                 continue
-            events = sum(int(r["events"] or 0) for r in minutes.values())
-            weight = sum(float(r["weight"] or 0) for r in minutes.values())
+            events = sum(m.events for m in minutes.values())
+            weight = sum(m.weight for m in minutes.values())
             if events:
                 totals.append((-weight, -events, item))
         totals.sort()
@@ -195,7 +322,10 @@ class Trending:
 
 
 def _newer(row: dict[str, Any], current: dict[str, Any]) -> bool:
+    return _newer_batch(row.get("query_id"), int(row.get("batch_id") or 0),
+                        current.get("query_id"), int(current.get("batch_id") or 0))
+
+
+def _newer_batch(query_id: str | None, batch_id: int, current_query_id: str | None, current_batch_id: int) -> bool:
     """Within one query the greater batch id wins; a row from another query (a restarted job) wins."""
-    if row.get("query_id") != current.get("query_id"):
-        return True
-    return int(row.get("batch_id") or 0) >= int(current.get("batch_id") or 0)
+    return query_id != current_query_id or batch_id >= current_batch_id

@@ -8,12 +8,24 @@ its own view). The replay covers what the real-time query sent that was not yet
 in Delta. A batch already loaded from a table, a replayed update (same kind,
 query, batch and key) and a repeated event id change nothing, so a restart under
 steady event flow loses and doubles nothing.
+
+Memory is bounded. A user or item stays for ``speed_view_horizon_s`` after their
+newest event, on the view's event-time clock (the newest event it has seen, never
+ahead of this host's clock by more than the allowed skew), and at most
+``speed_view_max_users`` users holding at most ``speed_view_max_interactions``
+interactions, and ``speed_view_max_items`` items, stay: past that the least
+recently touched go, one O(1) step each after every update. Trending is
+bounded by its window and ``speed_view_max_trending_rows``. Every eviction is
+counted (``on_evict``). A user evicted by the cap before a model covers their
+interactions is remembered (``EvictedUsers``), and their next request reads them
+back from the lake (``serving.user_recall``) before it is answered.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -36,27 +48,41 @@ from schemas.speed_updates import (
     timestamp,
     timestamp_us,
 )
-from serving.speed_state import Interaction, Interactions, Profiles, Trending
+from serving.speed_state import EvictedUsers, Interaction, Interactions, Profiles, Recency, Trending
 from serving.topic_follower import RETRY_S, TopicFollower
 
 log = logging.getLogger(__name__)
 
 SEEN_UPDATES_KEPT = 100_000  # replay window: far more updates than a speed job re-sends
+USER, ITEM, TRENDING = "user", "item", "trending"  # what an eviction drops (the metric's ``entry``)
+TTL, CAP = "ttl", "cap"  # why: older than the horizon, or past the cap
+UNLANDED = sys.maxsize  # the version an event not yet in Delta needs covered: none yet
 __all__ = ["BadUpdate", "SpeedView"]  # BadUpdate: the contract's (schemas.speed_updates)
+
+Evicted = Callable[[str, str, int], None]
+"""Hears ``(entry, reason, count)`` for each eviction step: ``entry`` user, item, trending (rows) or
+recall_record (an evicted user no longer remembered for a read-back), ``reason`` ttl or cap."""
 
 
 class SpeedView:
     """Per-user interactions and profiles, per-segment trending, and the view's position."""
 
-    def __init__(self, settings: Settings, on_fresh: Callable[[float], None] | None = None):
+    def __init__(self, settings: Settings, on_fresh: Callable[[float], None] | None = None,
+                 on_evict: Evicted | None = None):
         """``on_fresh`` hears, for each event the view learns first from the topic, the seconds from
-        its acceptance (``received_at``) to now: the platform's freshness."""
+        its acceptance (``received_at``) to now: the platform's freshness. ``on_evict`` hears what the
+        horizon and the caps drop."""
         self.settings = settings
         self.on_fresh = on_fresh
+        self.on_evict = on_evict
         self._lock = threading.Lock()
         self._interactions = Interactions(settings.speed_recent_items)
         self._profiles = Profiles()
-        self._trending = Trending(settings.speed_trending_window_s)
+        self._trending = Trending(settings.speed_trending_window_s, settings.speed_view_max_trending_rows)
+        self._users = Recency()  # users with interactions or a profile, by their newest event
+        self._evicted_users = EvictedUsers(settings.speed_view_recall_users)
+        self._horizon_us = settings.speed_view_horizon_s * 1_000_000
+        self._clock_us: int | None = None  # the newest event time seen (µs): the view's now
         self._progress: dict[str, Any] | None = None
         self._seen_updates: OrderedDict[tuple, None] = OrderedDict()
         self._bootstrapped: set[tuple[str, str, int]] = set()  # (kind, query_id, batch_id) from tables
@@ -96,6 +122,7 @@ class SpeedView:
             changed = self._apply_rows(kind, rows, events_version, query_id, batch_id)
             if events_version is not None and (self.events_version is None or events_version >= self.events_version):
                 self.events_version, self.batch_id = events_version, batch_id
+            self._evict()
             self.last_update_at = time.time()
         return changed
 
@@ -111,13 +138,15 @@ class SpeedView:
                 return 0
             if interaction.events_version is None and user in self._withheld:
                 return 0  # the real-time query does not know consent; the events query drops these
-            changed = self._interactions.add(user, interaction)
+            changed = self._add(user, interaction)
             received_at = row.get("received_at")
             if changed and received_at is not None and self.on_fresh is not None:
                 self.on_fresh(max(time.time() - timestamp_us(received_at) / 1e6, 0.0))
             if interaction.events_version is not None and (
                     self.events_version is None or interaction.events_version > self.events_version):
                 self.events_version = interaction.events_version
+            if changed:
+                self._evict()
             self.last_update_at = time.time()
         return int(changed)
 
@@ -132,7 +161,9 @@ class SpeedView:
                 events_version = max(int(row["events_version"]) for row in rows)
                 if self.events_version is None or events_version >= self.events_version:
                     self.events_version, self.batch_id = events_version, batch_id
-            return self._apply_rows(kind, rows, events_version, query_id, batch_id)
+            changed = self._apply_rows(kind, rows, events_version, query_id, batch_id)
+            self._evict()
+            return changed
 
     def _apply_rows(
         self, kind: str, rows: list[dict[str, Any]], events_version: int | None, query_id: str, batch_id: int
@@ -140,12 +171,13 @@ class SpeedView:
         """Apply a batch's decoded rows, stamped with their batch."""
         if kind == KIND_USER_INTERACTIONS:
             parsed = [_interaction(row, events_version) for row in rows]
-            return sum(self._interactions.add(user, interaction) for user, interaction in parsed
+            return sum(self._add(user, interaction) for user, interaction in parsed
                        if not self._was_erased(user, interaction.occurred_at))
         if kind == KIND_USER_FEATURES:
             for row in rows:
-                if not self._was_erased(row["user_id"], row["last_seen"]):
-                    self._profiles.add({**row, "query_id": query_id, "batch_id": batch_id})
+                if not self._was_erased(row["user_id"], row["last_seen"]) and self._profiles.add(
+                        {**row, "query_id": query_id, "batch_id": batch_id}):
+                    self._touch(row["user_id"], row["last_seen"])
         elif kind == KIND_ITEM_TRENDING:
             for row in rows:
                 self._trending.add({**row, "query_id": query_id, "batch_id": batch_id})
@@ -159,8 +191,119 @@ class SpeedView:
         events are the user's new life. Returns the interactions dropped."""
         with self._lock:
             self._erased[user_id] = max(self._erased.get(user_id, 0), timestamp_us(timestamp(requested_at)))
-            self._profiles.rows.pop(user_id, None)
-            return self._interactions.drop_user(user_id)
+            self._evicted_users.discard(user_id)
+            return len(self._drop_user(user_id))
+
+    # -- bounds --------------------------------------------------------------------
+
+    def _add(self, user_id: str, interaction: Interaction) -> bool:
+        at_us = timestamp_us(interaction.occurred_at)
+        changed = self._interactions.add(user_id, interaction, at_us)
+        if changed:
+            self._touch(user_id, at_us)
+        return changed
+
+    def _touch(self, user_id: str, at: str | int | None) -> None:
+        """``user_id`` was just heard of, about an event at ``at`` (contract text or µs; None: now)."""
+        if at is None:
+            at_us = self._clock_us if self._clock_us is not None else 0
+        else:
+            at_us = at if isinstance(at, int) else timestamp_us(at)
+        self._users.touch(user_id, at_us)
+        if self._clock_us is None or at_us > self._clock_us:
+            self._clock_us = at_us
+
+    def now_us(self) -> int | None:
+        """The view's event-time now: the newest event it has seen, but never further ahead of this host's
+        clock than the speed layer's allowed skew (a far-future time must not evict everyone)."""
+        if self._clock_us is None:
+            return None
+        return min(self._clock_us, int((time.time() + self.settings.speed_max_clock_skew_s) * 1e6))
+
+    def _evict(self) -> None:
+        """Drop, from the least recently touched on, users and items older than the horizon, then any
+        past the caps; then trending rows past theirs. Each step is O(1): nothing is scanned."""
+        now = self.now_us()
+        if now is not None:
+            cutoff = now - self._horizon_us
+            settings, interactions = self.settings, self._interactions
+            self._evict_oldest(self._users, cutoff, USER, self._evict_user, lambda users: (
+                users > settings.speed_view_max_users or interactions.count > settings.speed_view_max_interactions))
+            self._evict_oldest(interactions.items, cutoff, ITEM, lambda item, _reason: interactions.drop_item(item),
+                               lambda items: items > settings.speed_view_max_items)
+        cut = self._trending.cut()
+        if cut and self.on_evict is not None:
+            self.on_evict(TRENDING, CAP, cut)
+
+    def _evict_oldest(self, recency: Recency, cutoff: int, entry: str, drop: Callable[[str, str], object],
+                      over_cap: Callable[[int], bool]) -> None:
+        """``drop(key, reason)`` the least recently touched keys while older than ``cutoff`` or while
+        ``over_cap(keys held)``, and count them."""
+        counts = {TTL: 0, CAP: 0}
+        newest = recency.newest
+        while newest:
+            key, at_us = next(iter(newest.items()))
+            reason = TTL if at_us < cutoff else CAP if over_cap(len(newest)) else None
+            if reason is None:
+                break
+            drop(key, reason)
+            counts[reason] += 1
+        if self.on_evict is not None:
+            for reason, count in counts.items():
+                if count:
+                    self.on_evict(entry, reason, count)
+
+    def _evict_user(self, user_id: str, reason: str) -> None:
+        dropped = self._drop_user(user_id)
+        if reason == CAP and dropped:
+            self._remember(user_id, dropped)
+
+    def _drop_user(self, user_id: str) -> list[Interaction]:
+        self._users.discard(user_id)
+        self._profiles.rows.pop(user_id, None)
+        return self._interactions.drop_user(user_id)
+
+    def _remember(self, user_id: str, dropped: list[Interaction]) -> None:
+        """Note a user the cap evicted with the events version a model must cover for their next request
+        to need no read-back; with an event not yet in Delta, whose version nobody knows yet, any model
+        may lack it, and their next request reads back whatever has landed."""
+        landed = [i.events_version for i in dropped if i.events_version is not None]
+        needs = max(landed, default=-1) if len(landed) == len(dropped) else UNLANDED
+        if self._evicted_users.add(user_id, needs) and self.on_evict is not None:
+            self.on_evict("recall_record", CAP, 1)
+
+    def needs_recall(self, user_id: str, covered_version: int | None) -> bool:
+        """Whether the cap evicted ``user_id`` with interactions a model trained on events up to
+        ``covered_version`` (None: no model) lacks: their request should read them back first."""
+        with self._lock:
+            needs = self._evicted_users.needs(user_id)
+        return needs is not None and (covered_version is None or needs > covered_version)
+
+    def recall_cutoff(self) -> str | None:
+        """The oldest event time a read-back brings back (the horizon behind the view's now)."""
+        with self._lock:
+            now = self.now_us()
+        return None if now is None else timestamp(now - self._horizon_us)
+
+    def restore(self, user_id: str, rows: list[dict[str, Any]]) -> int:
+        """Bring back an evicted user's interactions read from the lake (``speed_user_interactions`` rows
+        in message form), the newest ``speed_recent_items`` of them; how many were added."""
+        parsed = sorted((_interaction(row, None) for row in decode_rows(KIND_USER_INTERACTIONS, rows)),
+                        key=lambda pair: pair[1].occurred_at)[-self.settings.speed_recent_items:]
+        with self._lock:
+            self._evicted_users.discard(user_id)
+            added = sum(self._add(user_id, interaction) for user, interaction in parsed
+                        if user == user_id and not self._was_erased(user, interaction.occurred_at))
+            self._evict()
+        return added
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held: users, their interactions, items (with interactions), trending rows, evicted users
+        awaiting a read-back."""
+        with self._lock:
+            return {USER: len(self._users), "interaction": self._interactions.count,
+                    ITEM: len(self._interactions.items), TRENDING: self._trending.rows,
+                    "recall_record": len(self._evicted_users)}
 
     def withhold(self, users: frozenset[str]) -> None:
         """From now on, ignore real-time interactions of ``users`` (they withdrew consent): the events
@@ -187,6 +330,12 @@ class SpeedView:
         with self._lock:
             source = self._interactions.item_users
             return {item: dict(source[item]) for item in items if item in source}
+
+    def item_stamps(self, items: Iterable[str]) -> dict[str, int]:
+        """item -> the generation of its last change, for those of ``items`` the view still has."""
+        with self._lock:
+            stamps = self._interactions.item_stamp
+            return {item: stamps[item] for item in items if item in stamps}
 
     @property
     def generation(self) -> int:

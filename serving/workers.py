@@ -15,7 +15,11 @@ own Kafka producer. What a worker holds apart:
   scrape of any worker answers every worker's counters and histograms summed;
 - ``/admin/reload`` swaps the model in the worker that takes it; the others find the
   new version on their next registry poll (``serve_model_poll_s``);
-- the ingestion rate limit is a bucket per worker, so a client may reach N times it.
+- the connection limits (``serving.http_server``) and the limit on requests in flight are
+  each worker's own, so the port holds N times them.
+
+What they share: the rate limits' buckets, in one memory-mapped table in the run's folder
+(``serving.rate_limit``), so a caller gets its rate over all workers together, not N times it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from uvicorn.supervisors import Multiprocess
 from lambdarec.processes import exit_with_parent
 from lambdarec.proc_tree import alive
 from lambdarec.settings import Settings
+from serving.http_server import uvicorn_config
 from serving.logs import configure_logging
+from serving.rate_limit import TABLE_ENV, BucketTable
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -44,6 +50,7 @@ PARENT_ENV = "LAMBDAREC_SERVE_PARENT_PID"
 LOG_LEVEL_ENV = "LAMBDAREC_SERVE_LOG_LEVEL"
 SWITCH_INTERVAL_S = 0.0005
 LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+RATE_TABLE_FILE = "rate-buckets.bin"  # prometheus_client reads only the folder's *.db files
 
 
 def worker_count(requested: int) -> int:
@@ -104,17 +111,15 @@ def claim_port(host: str, port: int) -> None:
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int, log_level: str) -> None:
-    """Serve with ``workers`` processes until stopped; a fresh metrics folder for each start."""
-    import uvicorn
-
+    """Serve with ``workers`` processes until stopped; a fresh metrics folder and rate table for each start."""
     claim_port(host, port)
     folder = metrics_dir(settings, port)
     shutil.rmtree(folder, ignore_errors=True)  # the last run's counters would add to this one's
     folder.mkdir(parents=True)
+    BucketTable.create(folder / RATE_TABLE_FILE, settings.serve_rate_table_slots)
     os.environ.update({MULTIPROCESS_DIR_ENV: str(folder), PARENT_ENV: str(os.getpid()),
-                       LOG_LEVEL_ENV: log_level.upper()})
-    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
-                            log_config=None, access_log=False)
+                       LOG_LEVEL_ENV: log_level.upper(), TABLE_ENV: str(folder / RATE_TABLE_FILE)})
+    config = uvicorn_config(settings, f"{__name__}:worker_app", host, port, workers=workers)
     ReusePortSupervisor(config, sockets=[]).run()
 
 

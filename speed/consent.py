@@ -9,9 +9,16 @@ judged: events of a user whose latest change at or before the event's Kafka
 timestamp is a withdrawal are dropped, and reach no table.
 
 The state is ``user_consent`` itself: after a restart it is rebuilt from the table,
-and the topic is read on from the offsets the table holds, so a change is stored
-once. A record that is not a valid change goes to ``dead_letter`` with the reason
-``invalid_consent:<field>`` (once: a re-read skips those already there).
+and the topic is read on from the offsets the table holds or, if further, from
+the events query's committed offsets of the consent topic (every change before
+those was stored, and an erasure may have deleted it since: it must not come
+back), so a change is stored once. A record that is not a valid change goes to
+``dead_letter`` with the reason ``invalid_consent:<field>`` (once: a re-read skips
+those already there).
+
+With ``erasure_on_withdrawal`` a withdrawal's erasure request is recorded before
+the withdrawal is stored: a crash between the two leaves the change unstored, so
+it is read again and its request (keyed by the change) found recorded once.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lambdarec import consent, privacy
+from lambdarec.checkpoint_files import CheckpointFiles
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.consent import PERSONALISATION, ConsentChange, parse_message
@@ -49,19 +57,29 @@ class ConsentState:
         self._version: int | None = None  # the user_consent version they were read at
         self._positions: dict[int, int] = {}  # next offset to read, per partition
 
-    def refresh(self) -> list[dict[str, Any]]:
-        """Read the topic to its end and store what is new; the new changes."""
+    def refresh(self, committed: CheckpointFiles | None = None) -> list[dict[str, Any]]:
+        """Read the topic to its end and store what is new; the new changes. ``committed`` is the events
+        query's checkpoint, whose committed consent offsets no re-read goes behind."""
         if self._changes is None or self.lake.version(USER_CONSENT) != self._version:
             self._reload()  # at start, or after an erasure deleted a user's rows
+        if committed is not None:
+            for partition, offset in self._committed(committed).items():
+                self._positions[partition] = max(self._positions.get(partition, 0), offset)
         rows, dead = self._read()
         if dead:
             self._store_dead_letters(dead)
         if rows:
+            self._erase_on_withdrawal(rows)  # first: see the module's docstring
             self.lake.ensure(USER_CONSENT)
             self.lake.append_arrow(USER_CONSENT, pa.Table.from_pylist(rows, schema=USER_CONSENT.schema))
             self._reload()
-            self._erase_on_withdrawal(rows)
         return rows
+
+    def _committed(self, files: CheckpointFiles) -> dict[int, int]:
+        """The consent topic's offsets as of the events query's newest committed batch."""
+        source = (files.committed_offsets() or [None])[0]
+        offsets = source.get(self.settings.topic_consent, {}) if isinstance(source, dict) else {}
+        return {int(partition): int(offset) for partition, offset in offsets.items()}
 
     def _reload(self) -> None:
         """Rebuild the state from ``user_consent``: the changes, and where to read the topic on from."""

@@ -19,6 +19,7 @@ each item's minutes over that common window (``schemas.speed_updates``), and
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ from schemas.speed_updates import GLOBAL_SEGMENT, segments
 
 __all__ = ["GLOBAL_SEGMENT", "segments"]  # re-exported: the contract's segment names
 
+WEIGHT_LIMIT = 1e15
+"""Where an item-minute's weight saturates: far above what bounded values reach (``event_value_max`` times a
+type's weight, per event), and low enough that serving's sums over a day of minutes stay finite."""
 MINUTE_US = 60_000_000
 HOUR_US = 3600 * 1_000_000
 DAY_US = 24 * HOUR_US
@@ -103,11 +107,21 @@ def fold_item(state: dict[str, Any], events: Iterable[Mapping[str, Any]], window
         ts = int(e["occurred_at"])
         b = buckets.setdefault(str(minute_of(ts)), [0, 0.0])
         b[0] += 1
-        b[1] += float(e["weight"] or 0.0)
+        b[1] = saturating_add(b[1], e["weight"])
         state["last"] = ts if state["last"] is None else max(state["last"], ts)
     start = _window(state["last"], window_s)[0]
     state["buckets"] = {m: b for m, b in buckets.items() if int(m) >= start}
     return state
+
+
+def saturating_add(total: float, weight: float | None) -> float:
+    """``total + weight`` held within ±``WEIGHT_LIMIT``. A weight that is not a finite number adds
+    nothing, and a total that is not (a state kept before values were bounded) starts again from
+    zero, so no trending row is ever infinite or NaN."""
+    total = total if math.isfinite(total) else 0.0
+    if weight is None or not math.isfinite(weight):
+        return total
+    return min(max(total + weight, -WEIGHT_LIMIT), WEIGHT_LIMIT)
 
 
 def touched_minutes(events: Iterable[Mapping[str, Any]]) -> set[int]:

@@ -33,7 +33,9 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from lambdarec import speed_state_retention
 from lambdarec.checkpoint_files import CheckpointFiles, speed_checkpoint
+from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.lake import Lake, session_conf  # set while a query starts: it copies the session then
 from lambdarec.settings import Settings
 from schemas.tables import (
@@ -204,13 +206,15 @@ def check_task_slots(spark: "SparkSession", settings: Settings) -> None:
 
 
 def prepare(spark: "SparkSession", settings: Settings) -> None:
-    """Tables exist; no-data micro-batches are off.
+    """Tables exist; no-data micro-batches are off; state store maintenance runs as often as erasures need.
 
     With processing-time state TTL, no-data batches would run back to back on an
     idle topic (and an ``availableNow`` run would never end); expired state is
     dropped by the next batch with data instead.
     """
     spark.conf.set("spark.sql.streaming.noDataMicroBatches.enabled", "false")
+    for key, value in speed_state_retention.session_conf(settings).items():
+        spark.conf.set(key, value)
     lake = Lake(settings)
     for spec in (EVENTS, DEAD_LETTER, SPEED_USER_INTERACTIONS, SPEED_USER_FEATURES, SPEED_ITEM_TRENDING,
                  SPEED_PROGRESS, PRIVACY_REQUESTS, USER_PROFILES, ITEM_CATALOGUE):  # the features query joins the last two
@@ -238,8 +242,11 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
     # RocksDB holds the per-entity state; a single state partition keeps each features batch to
     # one task, leaving the other core to the events query that serving's freshness waits on.
     progress.watch(spark, FEATURES_QUERY_NAME, settings, push=False)
+    # Its checkpoint keeps few state versions, each compacted, so an erased user's state is soon gone from
+    # it (lambdarec.speed_state_retention).
     with session_conf(spark, {"spark.sql.streaming.stateStore.providerClass": ROCKSDB_PROVIDER,
-                              "spark.sql.shuffle.partitions": str(settings.speed_features_partitions)}):
+                              "spark.sql.shuffle.partitions": str(settings.speed_features_partitions),
+                              **speed_state_retention.features_conf(settings)}):
         return _start(rows, FEATURES_QUERY_NAME, checkpoint, FeaturesSink(settings, checkpoint),
                       settings.speed_features_trigger_ms, available_now)
 
@@ -312,9 +319,10 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from lambdarec.spark import build_spark
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    verify_pseudonym_key(settings, "speed")  # before Spark: a key the lake's pseudonyms were not made with stops here
     speed_settings = settings.model_copy(update={"spark_master": settings.speed_spark_master})
     spark = build_spark(speed_settings, "lambdarec-speed", JOB_CONF)
-    metrics.serve(settings.speed_metrics_port)
+    metrics.serve(settings.speed_metrics_host, settings.speed_metrics_port)
     errors = catch_up(spark, settings) if args.available_now else follow(spark, settings)
     spark.stop()
     if errors:

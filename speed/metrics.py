@@ -1,4 +1,5 @@
-"""The speed job's Prometheus metrics, served by its driver on ``speed_metrics_port``.
+"""The speed job's Prometheus metrics, served by its driver on ``speed_metrics_host``:``speed_metrics_port``
+(loopback by default).
 
 Each query's batch progress (``speed.progress``) sets its rates, duration, state
 and source lag; the sinks count what they land and dead-letter. Counters count
@@ -43,6 +44,9 @@ class SpeedMetrics:
                                       "within the job (the real-time query only).", by_query, registry=self.registry)
         self.dead_letters = Counter("lambdarec_dead_letters", "Rows sent to dead_letter, by reason.", ["reason"],
                                     registry=self.registry)
+        self.dropped_rows = Counter("lambdarec_speed_dropped_rows", "Feature rows the features query dropped "
+                                    "because speed-updates cannot carry them (a non-finite number), by table.",
+                                    ["table"], registry=self.registry)
 
     def observe_progress(self, row: Mapping[str, Any], state_operators: list[Any]) -> None:
         """One batch's ``speed_progress`` row and its state operators' progress."""
@@ -65,13 +69,13 @@ class SpeedMetrics:
 METRICS = SpeedMetrics()
 
 
-def serve(port: int) -> None:
-    """Expose ``METRICS`` on ``port`` (0: not at all), from a daemon thread of the driver."""
+def serve(host: str, port: int) -> None:
+    """Expose ``METRICS`` on ``host``:``port`` (port 0: not at all), from a daemon thread of the driver."""
     if not port:
         return
     try:
-        start_http_server(port, registry=METRICS.registry)
+        start_http_server(port, addr=host, registry=METRICS.registry)
     except OSError as exc:  # the data path matters more than its metrics: run on, say so loudly
-        log.error('{"event": "metrics_unavailable", "port": %d, "error": "%s"}', port, exc)
+        log.error('{"event": "metrics_unavailable", "host": "%s", "port": %d, "error": "%s"}', host, port, exc)
         return
-    log.info('{"event": "metrics", "port": %d}', port)
+    log.info('{"event": "metrics", "host": "%s", "port": %d}', host, port)

@@ -18,6 +18,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from lambdarec.erasure_rows import ReadyErasures
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
@@ -30,7 +32,7 @@ from schemas.tables import (
     USER_CONSENT,
     TableSpec,
 )
-from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, MAP_FIELDS, encode_rows
+from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, MAP_FIELDS, encode_rows, unencodable_field
 from lambdarec.checkpoint_files import CheckpointFiles
 from speed.consent import ConsentState
 from speed.metrics import METRICS
@@ -132,7 +134,7 @@ class EventsSink(Sink):
         started = time.perf_counter()
         files = self.files(batch)
         self.erasures.apply(batch.sparkSession)
-        changes = len(self.consent.refresh())
+        changes = len(self.consent.refresh(files))  # never behind the committed consent offsets
         frontier = self._frontier_before(files, batch_id)
         cutoff_us = None if frontier is None else frontier - self._window_us()
         rows = self.consent.withdrawn_flag(batch.withColumn("reason", late_reason(cutoff_us)),
@@ -232,12 +234,19 @@ class FeaturesSink(Sink):
             for spec, table, kind in ((SPEED_USER_FEATURES, users, KIND_USER_FEATURES),
                                       (SPEED_ITEM_TRENDING, items, KIND_ITEM_TRENDING)):
                 arrow = table.toArrow()
-                counts[spec.name] = arrow.num_rows
-                if not arrow.num_rows:
+                rows = arrow.to_pylist()
+                kept = [row for row in rows if unencodable_field(row) is None]
+                if len(kept) < len(rows):  # never committed, so never loaded or pushed, never retried
+                    METRICS.dropped_rows.labels(spec.name).inc(len(rows) - len(kept))
+                    log.warning(json.dumps({"event": "unencodable_rows_dropped", "query": "features",
+                                            "batch_id": batch_id, "table": spec.name, "rows": len(rows) - len(kept)}))
+                    table = batch.sparkSession.createDataFrame(pa.Table.from_pylist(kept, schema=arrow.schema))
+                counts[spec.name] = len(kept)
+                if not kept:
                     continue
                 self.commit(spec, table, batch_id)
-                METRICS.landed.labels(spec.name).inc(arrow.num_rows)
-                self.push(kind, batch_id, arrow.to_pylist())
+                METRICS.landed.labels(spec.name).inc(len(kept))
+                self.push(kind, batch_id, kept)
         finally:
             rows.unpersist()
         log.info(json.dumps({"event": "batch", "query": "features", "batch_id": batch_id, **counts}))

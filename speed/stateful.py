@@ -5,9 +5,13 @@ position in the checkpoint), whose rows the events query committed exactly once
 (valid, consented, deduplicated, not late), so the features equal a
 recomputation from ``events`` and need no dedupe of their own. State lives in the RocksDB state store, one value
 per entity (a user, or an item in a segment), expiring after ``speed_state_ttl_s``
-idle (``transformWithState`` TTL). An erasure reaches the processor as a marker
-row streamed from ``privacy_requests`` (``lambdarec.privacy``), in the same
-checkpointed stream as the events, so a cleared state stays cleared after a restart. The row-based API, not the pandas one: per
+idle (``transformWithState`` TTL). A user's state is keyed by their subject hash
+(``lambdarec.privacy.subject_hash``), never their pseudonym: RocksDB keeps keys
+beyond their deletion (SST and MANIFEST file boundaries), so an erased user's
+pseudonym must never be one; their rows carry the pseudonym for the output. An
+erasure reaches the processor as a marker row streamed from ``privacy_requests``
+(``lambdarec.privacy``), in the same checkpointed stream as the events, so a
+cleared state stays cleared after a restart. The row-based API, not the pandas one: per
 entity, pandas frames in and out cost more than the state itself (README: measurements).
 """
 
@@ -21,7 +25,7 @@ from pyspark.sql import Row
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle
 
 from lambdarec.lake import Lake
-from lambdarec.privacy import SPEED_STATE_ERASURE
+from lambdarec.privacy import SPEED_STATE_ERASURE, spark_subject_hash
 from lambdarec.settings import Settings
 from schemas.speed_updates import GLOBAL_SEGMENT, MAP_FIELDS, SEGMENT_AGE_BAND, SEGMENT_ATTRIBUTES
 from schemas.tables import EVENTS, ITEM_CATALOGUE, PRIVACY_REQUESTS, USER_PROFILES
@@ -73,14 +77,14 @@ def entity_rows(accepted: "DataFrame") -> "DataFrame":
 
     item = lambda segment_type, segment: F.concat_ws(SEP, F.lit("i"), segment_type, segment, "item_id")  # noqa: E731
     entities = F.array(
-        F.concat_ws(SEP, F.lit("u"), "user_id"),
+        F.concat_ws(SEP, F.lit("u"), spark_subject_hash(F.col("user_id"))),
         item(F.lit(GLOBAL_SEGMENT[0]), F.lit(GLOBAL_SEGMENT[1])),
         *[F.when(F.col(name).isNotNull() & (F.col(name) != ""), item(F.lit(name), F.col(name)))
           for name in SEGMENT_ATTRIBUTES],
     )
     return accepted.select(
         F.explode(F.filter(entities, lambda e: e.isNotNull())).alias("entity"),
-        "occurred_at", "event_type", "weight", "event_id", "country", "device", "category",
+        "user_id", "occurred_at", "event_type", "weight", "event_id", "country", "device", "category",
     )
 
 
@@ -94,7 +98,8 @@ def erasure_markers(spark: "SparkSession", settings: Settings) -> "DataFrame":
                 .load(Lake(settings).uri(PRIVACY_REQUESTS)))
     none = F.lit(None).cast("string")
     return requests.filter((F.col("kind") == SPEED_STATE_ERASURE) & F.col("user_id").isNotNull()).select(
-        F.concat_ws(SEP, F.lit("u"), "user_id").alias("entity"), F.unix_micros("requested_at").alias("occurred_at"),
+        F.concat_ws(SEP, F.lit("u"), spark_subject_hash(F.col("user_id"))).alias("entity"), "user_id",
+        F.unix_micros("requested_at").alias("occurred_at"),
         F.col("kind").alias("event_type"), F.lit(None).cast("double").alias("weight"),
         F.col("request_id").alias("event_id"), none.alias("country"), none.alias("device"), none.alias("category"),
     )
@@ -132,12 +137,13 @@ class FeatureProcessor(StatefulProcessor):
             erased = [e["occurred_at"] for e in events if e["event_type"] == SPEED_STATE_ERASURE]
             if erased:  # forget the user; only events after the request start a new state
                 events = [e for e in events if e["event_type"] != SPEED_STATE_ERASURE and e["occurred_at"] > max(erased)]
-                previous = None
                 if not events:
-                    self.state.clear()
+                    if previous is not None:  # clearing an absent state would write a deletion for nothing
+                        self.state.clear()
                     return
+                previous = None
             state = features.fold_user(previous or features.new_user(), events)
-            row = {"kind": "user", **features.user_features(rest[0], state, self.session_gap_s)}
+            row = {"kind": "user", **features.user_features(events[0]["user_id"], state, self.session_gap_s)}
             for name in MAP_FIELDS:
                 row[name] = json.dumps(dict(row[name]))
         else:

@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING
 
 from lambdarec.feedback import event_weight
 from lambdarec.settings import Settings
+from schemas.event_rules import (
+    EventLimits,
+    spark_interval,
+    spark_occurred_at_problem,
+    spark_text_problem,
+    spark_value_problem,
+)
 from schemas.events import (
     CONSENT_KEY,
     CONSENT_REFUSED,
@@ -46,23 +53,28 @@ def parse_records(records: "DataFrame", settings: Settings) -> "DataFrame":
     from pyspark.sql import functions as F
 
     text = F.col("value").cast("string")
-    parsed = records.withColumn("event", F.from_json(text, spark_message_schema()))
+    parsed = (
+        records.withColumn("event", F.from_json(text, spark_message_schema()))
+        .withColumn("seen_at", F.current_timestamp())
+        .withColumn("ingest_ts", F.coalesce(F.col("timestamp"), F.col("seen_at")))
+    )
     reason = _first_failure(parsed, settings)
     position = F.concat_ws("/", "topic", F.col("partition").cast("string"), F.col("offset").cast("string"))
     return (
         parsed.withColumn("reason", reason)
         .withColumn("dedupe_key", F.when(F.col("reason").isNull(), F.col("event.event_id")).otherwise(position))
-        .withColumn("seen_at", F.current_timestamp())
-        .withColumn("ingest_ts", F.coalesce(F.col("timestamp"), F.col("seen_at")))
     )
 
 
 def _first_failure(parsed: "DataFrame", settings: Settings) -> "Column":
-    """The first validation rule a record breaks, as a short machine-readable reason."""
+    """The first validation rule a record breaks, as a short machine-readable reason: the event
+    schema's, then the pipeline's limits (``schemas.event_rules``, as the API edge applies them)."""
     from pyspark.sql import functions as F
 
     e = "event."
     occurred = F.col(e + "occurred_at")
+    limits = settings.event_limits.at_broker()
+    window = _outside_window(occurred.cast("timestamp"), limits)
     rules: list[tuple[Column, Column]] = [
         (F.col("value").isNull(), F.lit("empty_record")),
         (F.length("value") > settings.speed_max_record_bytes, F.lit("oversize")),
@@ -76,7 +88,8 @@ def _first_failure(parsed: "DataFrame", settings: Settings) -> "Column":
     rules += [
         (~F.col(e + "event_id").rlike(UUID_PATTERN), F.lit("invalid_field:event_id")),
         (_bad_id(F.col(e + "user_id")), F.lit("invalid_field:user_id")),
-        (_bad_id(F.col(e + "item_id")), F.lit("invalid_field:item_id")),
+        (_bad_id(F.col(e + "item_id")) | spark_text_problem(F.col(e + "item_id")), F.lit("invalid_field:item_id")),
+        (spark_value_problem(F.col(e + "value"), limits), F.lit("invalid_field:value")),
         (
             ~F.col(e + "event_type").isin(*EVENT_TYPES),
             F.concat(F.lit("unknown_event_type:"), F.col(e + "event_type")),
@@ -85,15 +98,12 @@ def _first_failure(parsed: "DataFrame", settings: Settings) -> "Column":
             ~occurred.rlike(RFC3339_PATTERN) | occurred.cast("timestamp").isNull(),
             F.lit("invalid_field:occurred_at"),
         ),
-        (
-            occurred.cast("timestamp")
-            > F.current_timestamp() + F.make_interval(secs=F.lit(settings.speed_max_clock_skew_s)),
-            F.lit("occurred_at_in_future"),
-        ),
+        (window.isNotNull(), window),
         (
             F.col(e + "context")["country"].isNotNull() & ~F.col(e + "context")["country"].rlike("^[A-Z]{2}$"),
             F.lit("invalid_field:context.country"),
         ),
+        (spark_text_problem(_context_text(F.col(e + "context"))), F.lit("invalid_field:context")),
         (_raw_user_id(), F.lit(RAW_USER_ID)),
     ]
     reason = F.lit(None).cast("string")
@@ -106,6 +116,26 @@ def _bad_id(column: "Column") -> "Column":
     from pyspark.sql import functions as F
 
     return (F.length(column) < 1) | (F.length(column) > 128)
+
+
+def _outside_window(occurred: "Column", limits: EventLimits) -> "Column":
+    """``occurred_at_too_old`` or ``occurred_at_in_future``, or null: the edge's time window around the
+    record's Kafka timestamp, which is held between the oldest time the topic can hold and now, so
+    neither a producer's choice of timestamp nor a late read moves the window."""
+    from pyspark.sql import functions as F
+
+    received = F.least(F.col("seen_at"), F.col("ingest_ts"))
+    if limits.max_age is not None:
+        received = F.greatest(received, F.col("seen_at") - spark_interval(limits.max_age))
+    return spark_occurred_at_problem(occurred, received, limits)
+
+
+def _context_text(context: "Column") -> "Column":
+    """A context map's keys and values as one text (space-separated: a space neither composes nor
+    reorders in NFC, so the text breaks the text rule exactly when one of its parts does)."""
+    from pyspark.sql import functions as F
+
+    return F.concat_ws(" ", F.array_join(F.map_keys(context), " "), F.array_join(F.map_values(context), " "))
 
 
 def _raw_user_id() -> "Column":
@@ -232,12 +262,13 @@ def to_user_interactions(events: "DataFrame", settings: Settings) -> "DataFrame"
     """Per-user interactions with their implicit weight (a rating weighs its value).
 
     Event types without a configured weight carry no implicit signal, as in the
-    batch layer, so they are left out here too.
+    batch layer, so they are left out here too, as are events whose value breaks the
+    value rule (``schemas.event_rules``: rows landed before it), so every weight is finite.
     """
     from pyspark.sql import functions as F
 
     weight = implicit_weight(F.col("event_type"), F.col("value"), settings)
-    return events.select(
+    return events.filter(~spark_value_problem(F.col("value"), settings.event_limits)).select(
         "user_id", "item_id", "event_type", weight.alias("weight"), "occurred_at", "event_id", *CONTEXT_COLUMNS,
         "received_at",
     ).filter(F.col("weight").isNotNull())

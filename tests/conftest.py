@@ -26,10 +26,13 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 def _isolate(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clear every ``LAMBDAREC_*`` variable and make Settings ignore ``.env``. Tests run in development
-    mode: serving takes the development pseudonym key (tests/unit/test_pseudonym.py checks the refusal)."""
+    mode: serving takes the development pseudonym key (tests/unit/test_pseudonym.py checks the refusal)
+    and, on loopback, checks no credential (auth=open); the tests of credentials themselves set auth=keys
+    (tests/unit/test_serving_auth.py, tests/integration/test_serving_keys.py)."""
     for name in [name for name in os.environ if name.upper().startswith("LAMBDAREC_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("LAMBDAREC_ALLOW_DEVELOPMENT_KEY", "true")
+    monkeypatch.setenv("LAMBDAREC_AUTH", "open")
     monkeypatch.setitem(Settings.model_config, "env_file", None)
     get_settings.cache_clear()
 

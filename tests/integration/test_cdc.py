@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import psycopg
 import pytest
 
-from lambdarec.cdc import KafkaConnect, topic
+from lambdarec.cdc import CONNECTOR, KafkaConnect, secrets_path, topic
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
@@ -140,3 +142,31 @@ def test_the_dimensions_query_keeps_the_lake_equal_to_postgres(spark, cdc_settin
                                                  "malformed_json"]
     assert all(b"carol" not in d["raw"] for d in dead)  # a user's raw id is redacted
     assert traces(Path(lake.root), [b"alice@example.com"]) == []  # pseudonymised before the lake
+
+
+def test_the_database_password_is_in_no_answer_of_connect_and_no_file_others_can_read(cdc_settings):
+    settings = cdc_settings
+    password = urlsplit(settings.operational_db).password
+    assert password and len(password) >= 24
+    with EmbeddedPostgres(settings):
+        address = f"{settings.embedded_postgres_host}:{settings.embedded_postgres_port}"
+        for url, kwargs in [(f"postgresql://lambdarec@{address}/operational", {}),
+                            (f"postgresql://lambdarec:wrong@{address}/operational", {}),
+                            (f"postgresql://postgres:wrong@{address}/postgres", {}),
+                            (f"postgresql://lambdarec:wrong@{address}/operational", {"replication": "database"})]:
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(url, connect_timeout=5, **kwargs)
+        with KafkaConnect(settings) as connect:  # RUNNING: Debezium logged in with the password from the file
+            config = httpx.get(f"{connect.rest}/connectors/{CONNECTOR}/config", timeout=10).json()
+            assert config["database.password"] == f"${{file:{secrets_path(settings)}:database.password}}"
+            answers = [httpx.get(f"{connect.rest}{path}", timeout=10).text for path in (
+                f"/connectors/{CONNECTOR}", f"/connectors/{CONNECTOR}/tasks", f"/connectors/{CONNECTOR}/status",
+                "/connectors?expand=info&expand=status")]
+            assert all(CONNECTOR in answer for answer in answers)
+            assert not [answer for answer in answers if password in answer]
+            holders = {Path(settings.root) / p for p in traces(Path(settings.root), [password.encode()])}
+            holders |= {Path(settings.embedded_postgres_dir) / p
+                        for p in traces(Path(settings.embedded_postgres_dir), [password.encode()])}
+    assert holders == {settings.secrets_root / "postgres-lambdarec.password", secrets_path(settings)}
+    assert {oct(path.stat().st_mode & 0o777) for path in holders} == {"0o600"}
+    assert oct(settings.secrets_root.stat().st_mode & 0o777) == "0o700"

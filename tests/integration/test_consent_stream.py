@@ -21,6 +21,7 @@ from lambdarec import consent, privacy
 from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
+from schemas.consent import PERSONALISATION, ConsentChange
 from schemas.tables import DEAD_LETTER, EVENTS, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS, USER_CONSENT
 from tests.support.privacy import api_events, start_speed
 from tests.support.serving import serving, wait_until, write_model
@@ -129,9 +130,10 @@ def test_after_a_withdrawal_no_later_event_is_stored_and_answers_are_not_persona
 def test_with_erasure_on_withdrawal_a_withdrawal_erases_the_user(spark, broker_settings):
     settings = broker_settings.model_copy(update={
         "speed_realtime": False, "speed_features_trigger_ms": 1000, "erasure_on_withdrawal": True,
-        "erasure_speed_wait_s": 120})
+        "erasure_speed_wait_s": 120, "speed_state_maintenance_s": 5})
     lake = Lake(settings)
     chooser = pseudonymise(CHOOSER, settings.pseudonym_key)
+    bystander = ConsentChange.new(pseudonymise("bystander", settings.pseudonym_key), PERSONALISATION, True)
     queries = start_speed(spark, settings)
     try:
         with serving(settings) as client:
@@ -142,9 +144,13 @@ def test_with_erasure_on_withdrawal_a_withdrawal_erases_the_user(spark, broker_s
         assert request_id == consent.erasure_request_id(answer["change_id"])
         wait_until(lambda: privacy.request(lake, request_id), "the speed job to record the erasure")
         [receipt] = erasure.run(spark, settings)
+        # a later change makes the events query read the topic again: the erased withdrawal stays gone
+        send_all(make_producer(settings), settings.topic_consent, [(None, bystander.to_message())])
+        wait_until(lambda: consent.history(lake, bystander.user_id), "a later consent change to be stored")
     finally:
         for query in queries:
             query.stop()
     assert receipt["request_id"] == request_id and receipt["removed"]["events"] == 4
     assert receipt["removed"]["user_consent"] == 1  # the withdrawal itself named them
+    assert consent.history(lake, chooser) == [] and privacy.pending(lake) == []
     assert lake.read_arrow(EVENTS, filter=pc.field("user_id") == chooser).num_rows == 0

@@ -16,9 +16,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from pydantic import SecretStr
 
-from lambdarec import privacy, registry
+from lambdarec import api_keys, audit, privacy, registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, MODELS
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.integration
 PROJECT = Path(__file__).resolve().parents[2]
 DAGS = PROJECT / "dags"
 BIN = Path(sys.executable).parent
-TOKEN = "dag-admin-token"
 
 INSPECT_DAGS = f"""
 import json, sys
@@ -104,7 +102,7 @@ def test_dags_import_cleanly_and_lightly(airflow_env):
     batch = info["dags"]["lambdarec_batch"]
     assert batch["schedule"] == "@hourly" and batch["catchup"] is False and batch["max_active_runs"] == 1
     assert batch["tasks"] == ["snapshot", "train", "publish_or_reject", "reload_serving"]
-    assert info["dags"]["lambdarec_maintenance"]["tasks"] == ["compact", "vacuum", "expire_models"]
+    assert info["dags"]["lambdarec_maintenance"]["tasks"] == ["prune_speed", "compact", "vacuum", "expire_models"]
     assert info["dags"]["lambdarec_privacy"]["tasks"] == ["erase"]
 
 
@@ -119,8 +117,9 @@ def test_every_task_follows_the_retry_and_tagging_policy(airflow_env):
 
 
 def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settings):
-    settings = broker_settings.model_copy(update={"admin_token": SecretStr(TOKEN), "serve_model_poll_s": 3600})
+    settings = broker_settings.model_copy(update={"auth": "keys", "serve_model_poll_s": 3600})
     lake = Lake(settings)
+    admin_key, token = api_keys.create(lake, "airflow", ["admin"])  # what `lambdarec up` hands its Airflow
     end = datetime(2025, 3, 1, tzinfo=UTC)
     events = generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5, end=end)
     lake.append_arrow(EVENTS, bronze_table(events, settings))
@@ -136,7 +135,7 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
             "LAMBDAREC_ALS_ITERATIONS": "5",
             "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2",
             "LAMBDAREC_SERVING_URL": str(client.base_url),
-            "LAMBDAREC_ADMIN_TOKEN": TOKEN,
+            "LAMBDAREC_API_KEY": token,
         }
         done = python(dag_test_script("lambdarec_batch"), env, timeout=600)
         output = done.stdout + done.stderr
@@ -145,6 +144,8 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
         tasks = {"snapshot": "success", "train": "success", "publish_or_reject": "success", "reload_serving": "success"}
         assert result == {"state": "success", "tasks": tasks}, output[-5000:]
         assert client.get("/ready").json()["model_version"] == 1  # told to reload, not polling
+    reloads = [(r["outcome"], r["key_id"]) for r in audit.read(lake, action="model.reload")]
+    assert reloads == [("reloaded", admin_key.key_id)]
 
     published = registry.latest_published(lake)
     assert published is not None, output[-5000:]
@@ -155,12 +156,14 @@ def test_dag_run_trains_publishes_and_reloads_serving(airflow_env, broker_settin
     assert statuses == sorted([registry.TRAINING, registry.CANDIDATE, registry.PUBLISHED])
 
 
-def test_privacy_dag_run_completes_the_pending_erasures(airflow_env, settings):
+def test_privacy_dag_run_completes_the_pending_erasures(airflow_env, broker_settings):
+    settings = broker_settings  # the receipt reads each topic's retention from the broker
     lake = seed_lake(settings, n_events=300)
     user = lake.read_arrow(EVENTS).column("user_id")[0].as_py()
     held = lake.read_arrow(EVENTS, filter=pc.field("user_id") == user).num_rows
     privacy.record_erasure(lake, user, "dag-erasure", "api", {})
-    env = {**airflow_env, "LAMBDAREC_ROOT": str(settings.root), "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2"}
+    env = {**airflow_env, "LAMBDAREC_ROOT": str(settings.root), "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2",
+           "LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
     done = python(dag_test_script("lambdarec_privacy"), env, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     assert dag_result(done) == {"state": "success", "tasks": {"erase": "success"}}

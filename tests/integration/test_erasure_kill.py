@@ -19,7 +19,8 @@ from tests.support.serving import wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_a_killed_erasure_completes_once_on_restart(settings):
+def test_a_killed_erasure_completes_once_on_restart(broker_settings):
+    settings = broker_settings  # the receipt reads each topic's retention from the broker
     lake, user, other = lake_with(settings, user_id(3), user_id(4))
     before, others_before, total_before = rows_of(lake, user), rows_of(lake, other), totals(lake)
     privacy.record_erasure(lake, user, "killed-1", "cli", {})

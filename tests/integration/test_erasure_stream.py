@@ -19,9 +19,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.compute as pc
 import pytest
-from pydantic import SecretStr
 
 from batch import erasure
+from lambdarec import api_keys, audit, privacy
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ALL_TABLES, EVENTS, PRIVACY_RECEIPTS
@@ -33,11 +33,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
 USERS = [f"shopper-{n}" for n in range(12)]
 ERASED = USERS[5]
-TOKEN = "admin-secret"
 
 
 def state_keys(spark, settings) -> list[str]:
-    """The entities the features query keeps state for (Spark's state data source)."""
+    """The entities the features query keeps state for (Spark's state data source): a user's is their
+    subject hash, never their pseudonym."""
     state = (spark.read.format("statestore").option("path", features_checkpoint_location(settings))
              .option("stateVarName", "features").load())
     return [str(row[0]) for row in state.selectExpr("to_json(key)").collect()]
@@ -45,7 +45,7 @@ def state_keys(spark, settings) -> list[str]:
 
 def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_settings):
     settings = broker_settings.model_copy(update={
-        "admin_token": SecretStr(TOKEN), "speed_realtime": False, "speed_features_trigger_ms": 1000,
+        "auth": "keys", "speed_realtime": False, "speed_features_trigger_ms": 1000, "speed_state_maintenance_s": 5,
         "serve_model_poll_s": 0.5, "erasure_speed_wait_s": 120})
     lake = Lake(settings)
     key = settings.pseudonym_key
@@ -55,11 +55,13 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
 
     sent: Counter[str] = Counter()
     stop = threading.Event()
-    admin = {"Authorization": f"Bearer {TOKEN}"}
+    backend = {"Authorization": f"Bearer {api_keys.create(lake, 'backend', ['ingest', 'read'])[1]}"}
+    admin = {"Authorization": f"Bearer {api_keys.create(lake, 'operator', ['admin'])[1]}"}
     queries = start_speed(spark, settings)
     try:
         with serving(settings) as client:
             wait_until(lambda: client.get("/ready").status_code == 200, "serving to be ready")
+            client.headers.update(backend)  # the product backend's key, unless a call names the operator's
 
             def stream() -> None:
                 while not stop.is_set():
@@ -74,8 +76,8 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
             sender.start()
             wait_until(lambda: sent[ERASED] >= 40, "the user's events to be sent")
             assert client.get("/v1/users/x/recommendations").status_code == 200
-            assert client.delete(f"/v1/users/{ERASED}").status_code in (401, 403)  # no token
-            assert client.delete(f"/v1/users/{ERASED}", headers={"Authorization": "Bearer wrong"}).status_code == 403
+            assert client.delete(f"/v1/users/{ERASED}").status_code == 403  # the backend's key: no admin scope
+            assert client.delete(f"/v1/users/{ERASED}", headers={"Authorization": "Bearer wrong"}).status_code == 401
             accepted = client.delete(f"/v1/users/{ERASED}", params={"request_id": "req-1"}, headers=admin)
             assert accepted.status_code == 202, accepted.text
             again = client.delete(f"/v1/users/{ERASED}", params={"request_id": "req-1"}, headers=admin)
@@ -117,7 +119,9 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
     assert users == Counter({pseudonymise(u, key): n for u, n in sent.items() if u != ERASED})
     assert len(set(lake.read_arrow(EVENTS).column("event_id").to_pylist())) == sum(users.values())
 
-    assert traces(Path(lake.root), [erased.encode(), ERASED.encode()]) == []
+    assert traces(Path(lake.root), [erased.encode(), ERASED.encode()]) == []  # the audit log's files too
+    erasures = [(r["outcome"], r["subject"]) for r in audit.read(lake, action="user.erase")]
+    assert erasures == [("pending", audit.subject_of(erased))] * 2 + [("conflict", audit.subject_of(pseudonymise(USERS[0], key)))]
     connection = duckdb.connect()
     for name, spec in ALL_TABLES.items():
         if lake.exists(spec) and "user_id" in spec.columns:
@@ -126,8 +130,9 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
             assert found == [(0,)], name
     assert lake.read_arrow(PRIVACY_RECEIPTS).num_rows == 1
 
-    assert not [k for k in state_keys(spark, settings) if erased in k]
-    assert [k for k in state_keys(spark, settings) if pseudonymise(USERS[0], key) in k]
+    subject = privacy.subject_hash(erased)
+    assert not [k for k in state_keys(spark, settings) if subject in k or erased in k]
+    assert [k for k in state_keys(spark, settings) if privacy.subject_hash(pseudonymise(USERS[0], key)) in k]
     queries = start_speed(spark, settings)  # a restart: the state stays clear
     try:
         from tests.support.speed import produce, message
@@ -138,4 +143,4 @@ def test_a_user_erased_mid_stream_is_gone_from_every_layer(spark, broker_setting
     finally:
         for query in queries:
             query.stop()
-    assert not [k for k in state_keys(spark, settings) if erased in k]
+    assert not [k for k in state_keys(spark, settings) if subject in k]

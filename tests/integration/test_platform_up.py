@@ -28,12 +28,15 @@ import psycopg
 import pyarrow.compute as pc
 import pytest
 
-from lambdarec import airflow_platform, proc_tree
+from lambdarec import airflow_platform, api_keys, audit, proc_tree
+from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
+from lambdarec.platform_up import UP_KEY_NAME
 from lambdarec.processes import wait_for
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_CATALOGUE
 from tests.plugins.broker import free_ports
+from tests.support.listeners import is_loopback, listeners
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +62,7 @@ class Platform:
             "LAMBDAREC_SPEED_METRICS_PORT": str(speed_metrics),
             "LAMBDAREC_PROMETHEUS_PORT": str(prometheus),
         }
+        self.ports = {broker, controller, serve, postgres, connect, speed_metrics, prometheus}
         self.prometheus = f"http://127.0.0.1:{prometheus}"
         self.api = f"http://127.0.0.1:{serve}"
         self.settings = Settings(root=self.root, embedded_broker_port=broker, embedded_controller_port=controller,
@@ -100,6 +104,10 @@ class Platform:
         new = wait_for(restarted, 300, f"the supervisor to restart {name}", interval_s=0.5)
         assert not proc_tree.alive(old["pid"])
         return new["pid"]
+
+    def listeners(self) -> set[tuple[int, str, int]]:
+        """(pid, address, port) of every TCP listener of the supervisor and its components' process trees."""
+        return listeners(self.pids() | {self.ps()["supervisor_pid"]})
 
     def logs(self, lines: int = 30) -> str:
         folder = self.root / "platform" / "logs"
@@ -209,13 +217,19 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
                     "Prometheus to scrape serving", interval_s=1.0) > 0  # since serving's restart
     pids = platform.pids()
     assert len(pids) >= 5
+    # Every listener of every process (JVMs, Spark's driver and Python workers, Postgres, Prometheus) is on
+    # loopback: `ss -ltn` after `up` shows nothing else of ours.
+    held = platform.listeners()
+    assert platform.ports <= {port for _, _, port in held}, held  # each configured one is seen, so the check bites
+    assert not [listener for listener in held if not is_loopback(listener[1])], held
     down = platform.run("down", timeout_s=400)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not [pid for pid in pids if proc_tree.alive(pid)]
     assert platform.ps()["up"] is False
     restarts = {c["name"]: c["restarts"] for c in info["components"]}
     print(f"platform: up in {up_s:.0f} s; back after kill -9 (s): {timings}; restarts {restarts}; "
-          f"events accepted={len(accepted)} in lake={len(ids)}; {len(pids)} processes gone after down")
+          f"events accepted={len(accepted)} in lake={len(ids)}; {len(pids)} processes gone after down; "
+          f"listeners {sorted({(address, port) for _, address, port in held})}")
 
 
 def test_airflow_under_up_stays_small_and_restarts(platform):
@@ -244,8 +258,57 @@ def test_airflow_under_up_stays_small_and_restarts(platform):
     # One process each, the executor's workers, and a DAG file being parsed (not 42 processes).
     assert processes <= 3 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
 
+    held = platform.listeners()
+    assert platform.airflow_port in {port for _, _, port in held}, held
+    assert not [listener for listener in held if not is_loopback(listener[1])], held
+
     platform.kill_9("airflow-scheduler")
     after = platform.ps()["rss_bytes"]["airflow"]
     assert after < AIRFLOW_RSS_LIMIT
     print(f"airflow: {processes} processes, {rss / 2**20:.0f} MiB RSS; {after / 2**20:.0f} MiB after a scheduler "
           f"restart; {json.dumps({c['name']: round(c['rss_bytes'] / 2**20) for c in airflow})}")
+
+
+def files_holding(root: Path, needle: bytes) -> list[str]:
+    return [str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+@pytest.mark.spark
+def test_a_fresh_up_with_keys_runs_the_batch_dag_green(platform):
+    """As a new user: keys mode (the default), events in the lake, `up`, then the lambdarec_batch DAG unpaused
+    in Airflow. Its first run succeeds end to end: reload_serving presents the admin key `up` made for Airflow,
+    whose token no file under the root holds."""
+    platform.env.update({"LAMBDAREC_AUTH": "keys", "LAMBDAREC_MODEL_FAMILIES": '["als"]', "LAMBDAREC_TUNE_TRIALS": "0",
+                         "LAMBDAREC_ALS_RANK": "16", "LAMBDAREC_ALS_ITERATIONS": "5",
+                         "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2"})
+    lake = Lake(platform.settings)
+    lake.append_arrow(EVENTS, bronze_table(generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5),
+                                           platform.settings))
+    up = platform.up("--without", "cdc,speed,prometheus")
+    assert "lambdarec keys create" in up.stdout
+    [key] = [k for k in api_keys.keys(lake).values() if k.name == UP_KEY_NAME]
+    assert key.live and key.scopes == {"admin"}
+    password = json.loads((platform.root / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
+    api = f"http://127.0.0.1:{platform.airflow_port}"
+    token = httpx.post(f"{api}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+    airflow = httpx.Client(base_url=f"{api}/api/v2", timeout=30,
+                           headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+
+    def parsed() -> bool:
+        return airflow.get("/dags/lambdarec_batch").status_code == 200
+
+    wait_for(parsed, 180, "the dag-processor to parse lambdarec_batch", interval_s=1.0)
+    assert airflow.patch("/dags/lambdarec_batch", json={"is_paused": False}).status_code == 200
+
+    def finished() -> dict | None:
+        runs = airflow.get("/dags/lambdarec_batch/dagRuns").json()["dag_runs"]
+        return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
+
+    run = wait_for(finished, 900, "the first lambdarec_batch run", interval_s=2.0)
+    tasks = airflow.get(f"/dags/lambdarec_batch/dagRuns/{run['dag_run_id']}/taskInstances").json()
+    states = {t["task_id"]: (t["state"], t["try_number"]) for t in tasks["task_instances"]}
+    assert run["state"] == "success" and states["reload_serving"] == ("success", 1), (states, platform.logs())
+    assert httpx.get(f"{platform.api}/ready", timeout=10).json()["model_version"] == 1
+    reloads = [r for r in audit.read(lake, action="model.reload") if r["key_id"] == key.key_id]
+    assert [r["outcome"] for r in reloads] in (["reloaded"], ["unchanged"])  # or serving's own poll was first
+    assert files_holding(platform.root, f"lrk_{key.key_id}_".encode()) == []  # no log, state or file has the token

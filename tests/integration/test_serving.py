@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
+from lambdarec import api_keys
 from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
@@ -26,7 +27,6 @@ ITEMS = {
     **{f"a{n}": [1.0, 0.05 * n] for n in range(5)},
     **{f"b{n}": [0.05 * n, 1.0] for n in range(5)},
 }
-TOKEN = "integration-admin-token"
 
 
 def event(user_id: str, item_id: str, **overrides) -> dict:
@@ -35,7 +35,7 @@ def event(user_id: str, item_id: str, **overrides) -> dict:
         "user_id": user_id,
         "item_id": item_id,
         "event_type": "click",
-        "occurred_at": "2024-05-01T12:00:00+00:00",
+        "occurred_at": datetime.now(UTC).isoformat(),
         **overrides,
     }
 
@@ -111,19 +111,19 @@ def test_recommendations_merge_the_model_and_the_speed_view(broker_settings):
 
 
 def test_admin_reload_swaps_in_a_newly_published_model(broker_settings):
-    settings = broker_settings.model_copy(
-        update={"serve_model_poll_s": 3600, "admin_token": SecretStr(TOKEN)}  # only /admin/reload
-    )
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    settings = broker_settings.model_copy(update={"serve_model_poll_s": 3600, "auth": "keys"})  # only /admin/reload
     lake = Lake(settings)
+    auth = {"Authorization": f"Bearer {api_keys.create(lake, 'operator', ['admin'])[1]}"}
+    read = {"Authorization": f"Bearer {api_keys.create(lake, 'backend', ['read'])[1]}"}
     write_model(lake, 1, 10, ITEMS, {pseudonymise("alice", settings.pseudonym_key): {"a0": 1.0}})
     with serving(settings) as client:
         wait_until(lambda: client.get("/ready").json()["model_version"] == 1, "model 1")
         write_model(lake, 2, 20, ITEMS, {pseudonymise("alice", settings.pseudonym_key): {"b0": 1.0}})
         assert client.post("/admin/reload").status_code == 401
-        assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.post("/admin/reload", headers=read).status_code == 403
         assert client.post("/admin/reload", headers=auth).json() == {"reloaded": True, "model_version": 2}
-        body = client.get("/users/alice/recommendations").json()
+        body = client.get("/users/alice/recommendations", headers=read).json()
         assert body["model_version"] == 2
         assert "b0" not in {i["item_id"] for i in body["items"]}
         assert client.post("/v1/admin/reload", headers=auth).json() == {"reloaded": False, "model_version": 2}

@@ -60,3 +60,10 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     assert "lambdarec demo: ok in" in result.stdout and "\033[" not in result.stdout
     report = (tmp_path / "demo-report.html").read_text()
     assert "plotly" in report and f"v{summary['model_version']}, {summary['model_engine']}" in report
+    # it ran with keys, as a deployment does, and showed no token: not in its output, summary or report
+    assert [(k["name"], k["scopes"]) for k in summary["api_keys"]] == [
+        ("demo: product backend", ["consent", "ingest", "read"]), ("demo: operator", ["admin"])]
+    for key in summary["api_keys"]:
+        token_start = f"lrk_{key['key_id']}_"
+        assert token_start not in result.stdout + result.stderr + summary_path.read_text() + report
+    assert {"consent.change", "user.erase", "erasure.read", "model.reload"} <= set(summary["audit_log"])

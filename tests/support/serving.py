@@ -30,6 +30,7 @@ from lambdarec.settings import Settings
 from schemas.tables import ITEM_FACTORS, MODEL_INTERACTIONS, USER_FACTORS
 from serving.app import create_app
 from serving.foldin import fold_in
+from serving.http_server import uvicorn_config
 from tests.plugins.broker import free_port
 from lambdarec.confidence import Confidence
 
@@ -60,11 +61,10 @@ def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DE
 
 @contextmanager
 def serving(settings: Settings, app: FastAPI | None = None) -> Iterator[httpx.Client]:
-    """uvicorn running ``app`` (a new one on ``settings`` if None) on a free loopback port, in this process."""
+    """uvicorn running ``app`` (a new one on ``settings`` if None) on a free loopback port, in this process,
+    with the config and HTTP limits ``lambdarec serve`` runs with."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
+    server = uvicorn.Server(uvicorn_config(settings, app or create_app(settings), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     try:
@@ -74,6 +74,12 @@ def serving(settings: Settings, app: FastAPI | None = None) -> Iterator[httpx.Cl
     finally:
         server.should_exit = True
         thread.join(DEADLINE_S)
+
+
+def logged_pids(log: str, route: str) -> set[int]:
+    """The pids of the serving processes that logged a request to ``route`` (a route template) in ``log``."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return {line["pid"] for line in lines if line.get("route") == route}
 
 
 def read_topic(settings: Settings, topic: str, expected: int) -> list:

@@ -56,6 +56,24 @@ BAD = {
 }
 
 
+# Issue 31's poison, written straight to the topic past the API (which refuses each with a 422), and the
+# dead-letter reason the speed layer gives each: none may stop a query or reach a table or serving.
+POISON = {
+    message(value=1.7e308): "invalid_field:value",
+    message(value=-1.7e308): "invalid_field:value",
+    message(value=1.0).replace(b'"value": 1.0', b'"value": 1e999'): "invalid_field:value",  # read as infinity
+    message(value=float("nan")): "malformed_json",  # Python's json writes NaN, which JSON does not have
+    message(item_id="item\x00"): "invalid_field:item_id",
+    message(item_id="\x1b[2J\x1b[31mred"): "invalid_field:item_id",
+    message(item_id="cafe\u0301"): "invalid_field:item_id",  # not NFC
+    message(occurred_at="0001-01-01T00:00:00+00:00"): "occurred_at_too_old",
+    message(occurred_at=(NOW - dt.timedelta(days=3)).isoformat()): "occurred_at_too_old",  # past the retention
+    message(occurred_at="9999-12-31T23:59:59+00:00"): "occurred_at_in_future",
+    message(context={"campaign": "spring\u202e"}): "invalid_field:context",
+    message(context={"note\x00": "x"}): "invalid_field:context",
+}
+
+
 def produce(settings, values: list[bytes]) -> None:
     """Send ``values`` to the events topic, unkeyed, and wait for every acknowledgement."""
     producer = make_producer(settings)

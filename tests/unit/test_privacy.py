@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
+import pyarrow as pa
 import pytest
 
 from lambdarec import privacy
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
-from schemas.tables import PRIVACY_REQUESTS
+from schemas.tables import PRIVACY_RECEIPTS, PRIVACY_REQUESTS
 
 pytestmark = pytest.mark.unit
 
@@ -35,8 +34,16 @@ def test_request_ids_are_checked(settings):
         privacy.check_request_id("bad\nid")
 
 
-def test_kafka_copies_expire_within_retention_plus_one_segment(settings):
-    at = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
-    expires = privacy.kafka_expires_by(settings, at)
-    assert expires == at + dt.timedelta(hours=24 + 1, minutes=5)  # the defaults: 1 day, 1 h segments
-    assert privacy.kafka_expires_by(settings.model_copy(update={"topic_retention_ms": -1}), at) is None
+def test_a_request_is_pending_until_its_receipt_even_once_its_pseudonym_is_gone(settings):
+    lake = Lake(settings)
+    request = privacy.record_erasure(lake, pseudonymise("carol", "k"), "r2", "cli", {})
+    forgotten = {**request, "user_id": None, "events_end_offsets": []}
+    lake.append_arrow(PRIVACY_REQUESTS, pa.Table.from_pylist(  # a tick, as the erasure job appends them
+        [{**forgotten, "kind": privacy.SPEED_STATE_TICK}], schema=PRIVACY_REQUESTS.schema))
+    assert [r["request_id"] for r in privacy.pending(lake)] == ["r2"]
+    lake.append_arrow(PRIVACY_RECEIPTS, pa.Table.from_pylist(
+        [{"request_id": "r2", "subject_hash": request["subject_hash"], "received_at": request["requested_at"],
+          "completed_at": request["requested_at"], "removed": [], "delete_versions": [], "vacuum_versions": [],
+          "vacuum_retention_hours": 0, "kafka_expires_by": None, "places": []}], schema=PRIVACY_RECEIPTS.schema))
+    assert privacy.pending(lake) == []
+    assert privacy.receipt(lake, "r2")["places"] == []

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT
@@ -57,3 +58,28 @@ def test_missing_tables_bootstrap_to_an_empty_view(settings):
     view = SpeedView(settings)
     assert bootstrap(Lake(settings), view) == {}
     assert view.interactions("anyone") == []
+
+
+def test_bad_rows_are_skipped_and_counted_and_the_view_still_bootstraps(settings):
+    """Rows written before the speed job refused them (an infinite weight, a NaN, a minute ending in
+    year 10000, which Arrow holds and Python's datetime cannot) cost themselves, never the start-up."""
+    lake = Lake(settings)
+    lake.append_arrow(SPEED_USER_INTERACTIONS, interactions(0, 3, [("u1", "a", 1.0, "e1"),
+                                                                   ("u1", "b", float("nan"), "e2")]))
+    good = {"segment_type": GLOBAL_SEGMENT[0], "segment": GLOBAL_SEGMENT[1], "window_start": T0,
+            "window_end": T0 + timedelta(minutes=1), "item_id": "a", "events": 2, "weight": 2.0, "query_id": "q1",
+            "batch_id": 1}
+    rows = pa.Table.from_pylist([good, {**good, "item_id": "inf", "weight": float("inf")}, {**good, "item_id": "far"}],
+                                schema=SPEED_ITEM_TRENDING.schema)
+    year_10000 = pa.array([int(T0.timestamp() * 1e6)] * 2 + [253_402_300_800_000_000], pa.int64()).cast(
+        SPEED_ITEM_TRENDING.schema.field("window_end").type)
+    lake.append_arrow(SPEED_ITEM_TRENDING, rows.set_column(rows.schema.get_field_index("window_end"), "window_end",
+                                                           year_10000))
+    skipped = Counter("skipped", "test", ["table"], registry=CollectorRegistry())
+
+    view = SpeedView(settings)
+    assert bootstrap(lake, view, skipped) == {"speed_user_interactions": 1, "speed_item_trending": 1}
+    assert [i.item_id for i in view.interactions("u1")] == ["a"]
+    assert [item for item, _ in view.trending()[0]] == ["a"]
+    assert skipped.labels("speed_user_interactions")._value.get() == 1
+    assert skipped.labels("speed_item_trending")._value.get() == 2

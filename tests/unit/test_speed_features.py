@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from schemas.speed_updates import GLOBAL_SEGMENT
+from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, encode_rows
 from serving import speed_state as serving_speed_state
 from speed import features
 from speed.progress import progress_row, source_lag
@@ -97,6 +97,24 @@ def test_item_minutes_in_the_newest_window_do_not_depend_on_batching():
         newest = max(emitted)
         live = {m: r for m, r in emitted.items() if m >= features.item_window_start(newest, 3600)}
         assert live == expected
+
+
+def test_an_item_minutes_weight_stays_finite_whatever_the_weights():
+    huge = features.WEIGHT_LIMIT / 2
+    state = features.fold_item(features.new_item(), [ev(0, weight=huge, n=i) for i in range(3)], 3600)
+    state = features.fold_item(state, [ev(0, weight=float("inf"), n=3), ev(0, weight=float("nan"), n=4)], 3600)
+    (row,) = features.item_minutes(GLOBAL_SEGMENT, "i", state)
+    assert row["events"] == 5 and row["weight"] == features.WEIGHT_LIMIT  # saturated; inf and NaN add nothing
+    low = features.fold_item(features.new_item(), [ev(0, weight=-huge, n=i) for i in range(3)], 3600)
+    assert features.item_minutes(GLOBAL_SEGMENT, "i", low)[0]["weight"] == -features.WEIGHT_LIMIT
+
+
+def test_a_non_finite_weight_kept_in_state_before_the_bound_starts_again_from_zero():
+    kept = json.loads(json.dumps(features.fold_item(features.new_item(), [ev(0)], 3600)))
+    kept["buckets"][str(T0)][1] = float("inf")  # as a state written before values were bounded holds it
+    state = features.fold_item(json.loads(json.dumps(kept)), [ev(0.5, weight=2.0, n=1)], 3600)
+    assert features.item_minutes(GLOBAL_SEGMENT, "i", state)[0]["weight"] == 2.0
+    encode_rows(KIND_ITEM_TRENDING, "q", 0, features.item_minutes(GLOBAL_SEGMENT, "i", state))  # JSON can carry it
 
 
 def test_segments_are_global_country_and_device_with_the_contracts_names():
