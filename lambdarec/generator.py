@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -239,10 +240,29 @@ def live_days(settings: Settings) -> float:
     return DEFAULT_DAYS if max_age is None else min(DEFAULT_DAYS, max_age / timedelta(days=1) / 2)
 
 
+RETRYABLE = (429, 503)
+"""Answers that mean "not now" (over the rate limit, broker unavailable): the same batch is sent again after
+``Retry-After``, and event ids make the repeat harmless."""
+RETRY_DEADLINE_S = 120.0
+
+
+def post_batch(client, url: str, batch: list[dict], deadline_s: float = RETRY_DEADLINE_S):
+    """POST one batch, sending it again after ``Retry-After`` while the answer is 429 or 503; the final answer.
+
+    Past ``deadline_s`` of refusals the last answer is returned as it is, for the caller to report.
+    """
+    give_up = time.monotonic() + deadline_s
+    while True:
+        response = client.post(url, json=batch)
+        if response.status_code not in RETRYABLE or time.monotonic() > give_up:
+            return response
+        time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), max(give_up - time.monotonic(), 0.0)))
+
+
 def post_batches(events: Iterator[dict], api: str, batch_size: int, progress,
                  headers: dict[str, str] | None = None) -> int:
-    """POST ``events`` to ``{api}/events/batch`` with ``headers`` (an API key's, scope ingest); any refusal
-    stops with the server's answer.
+    """POST ``events`` to ``{api}/events/batch`` with ``headers`` (an API key's, scope ingest); a batch refused
+    for now (429, 503) is sent again after ``Retry-After``, any other refusal stops with the server's answer.
 
     Every event of a batch must come back either accepted or dropped for lack of
     consent; anything else means events were lost, and we stop rather than go on.
@@ -253,7 +273,7 @@ def post_batches(events: Iterator[dict], api: str, batch_size: int, progress,
     count = 0
     with httpx.Client(timeout=30.0, headers=headers) as client:
         for batch in _batches(events, batch_size):
-            response = client.post(url, json=batch)
+            response = post_batch(client, url, batch)
             if response.status_code != 202:
                 raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
             answer = response.json()

@@ -137,3 +137,39 @@ def test_interactions_are_the_events_draws_without_the_dicts():
     users, items = world.interactions(400)
     assert [f"user-{u}" for u in users] == [e["user_id"] for e in events]
     assert [f"item-{i}" for i in items] == [e["item_id"] for e in events]
+
+
+def test_a_batch_refused_for_now_is_sent_again_after_retry_after_and_other_refusals_are_not():
+    """429 and 503 carry Retry-After: the same batch goes again. httpx's MockTransport stands in for serving here
+    (the rate limit itself is tested against the real app in tests/unit/test_rate_limit.py)."""
+    import httpx
+
+    answers = [httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(503, headers={"Retry-After": "0"}),
+               httpx.Response(202, json={"accepted": ["e1"], "dropped_no_consent": []})]
+    bodies: list[bytes] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return answers.pop(0)
+
+    with httpx.Client(transport=httpx.MockTransport(serve)) as client:
+        response = generator.post_batch(client, "http://serving/v1/events/batch", [{"event_id": "e1"}])
+    assert response.status_code == 202 and len(bodies) == 3 and len(set(bodies)) == 1
+
+    refused = [httpx.Response(422, json={"detail": []}), httpx.Response(202)]
+    with httpx.Client(transport=httpx.MockTransport(lambda request: refused.pop(0))) as client:
+        assert generator.post_batch(client, "http://serving/v1/events/batch", []).status_code == 422
+    assert len(refused) == 1
+
+
+def test_events_for_the_api_stay_within_the_age_it_accepts(settings, capsys):
+    """The API refuses an occurred_at older than the events topic's retention (schemas.event_rules): events
+    sent to it span half of that, and a span reaching past it stops before sending, pointing to the import."""
+    assert generator.live_days(settings) == 0.5  # the default retention is a day
+    assert generator.live_days(settings.model_copy(update={"topic_retention_ms": 30 * 86_400_000})) == 7.0
+    assert generator.live_days(settings.model_copy(update={"topic_retention_ms": -1})) == 7.0
+    parser = argparse.ArgumentParser()
+    generator.add_arguments(parser)
+    too_old = parser.parse_args(["--events", "10", "--days", "2", "--api", "http://127.0.0.1:9"])
+    with pytest.raises(SystemExit, match="lambdarec import"):
+        generator.command(too_old, settings)
