@@ -107,8 +107,8 @@ def erase(spark: "SparkSession", settings: Settings, request: dict[str, Any]) ->
     vacuums.update(_forget_pseudonym(spark, lake, request_id))
     forgotten_at = datetime.now(UTC)
     topic_places, places = _outside_the_lake(settings, lake, request, clearing, speed_done_at)
-    places = [*erasure_places.lake_tables(removed, delete_versions, vacuums, vacuumed_at, hours),
-              erasure_places.request_log(forgotten_at, vacuums.get(PRIVACY_REQUESTS.name)),
+    places = [*erasure_places.lake_tables(removed, delete_versions, vacuums, vacuumed_at, settings),
+              erasure_places.request_log(forgotten_at, vacuums.get(PRIVACY_REQUESTS.name), settings),
               erasure_places.models(lake, settings, delete_versions.get(EVENTS.name), held, vacuumed_at),
               *places]
     _write_receipt(lake, request, {
@@ -156,7 +156,8 @@ def _wait_for_speed(spark: "SparkSession", settings: Settings, request: dict[str
     batch = speed_state_retention.latest_batch(features)
     assert batch is not None  # it has just committed the batch that read the marker, or a later one
     cleared = batch + 1  # the state version a batch writes is its id + 1
-    _wait(settings, f"the features checkpoint to drop the state versions before {cleared}",
+    _wait(settings, f"the features checkpoint to drop the state versions before {cleared} (does the speed job run "
+          f"with speed_state_versions_kept={settings.speed_state_versions_kept}?)",
           _ticking(settings, lake, request, features, requests_id, cleared))
     return erasure_places.SpeedClearing(marker, read_at, cleared, datetime.now(UTC))
 

@@ -67,26 +67,35 @@ def place(name: str, status: str, detail: str, gone_by: datetime | None = None, 
 
 
 def lake_tables(removed: dict[str, int], delete_versions: dict[str, int], vacuum_versions: dict[str, int],
-                vacuumed_at: datetime, retention_hours: int) -> list[dict[str, Any]]:
+                vacuumed_at: datetime, settings: Settings) -> list[dict[str, Any]]:
     """One place per table the erasure deleted from (or found nothing in)."""
+    hours = settings.erasure_vacuum_retention_hours
     found = []
     for table, rows in removed.items():
         if not rows:
             found.append(place(f"lake:{table}", NOT_HELD, f"no row of the user (checked at version "
                                                           f"{delete_versions.get(table)})"))
             continue
-        gone = vacuumed_at if retention_hours == 0 else vacuumed_at + timedelta(hours=retention_hours)
-        found.append(place(f"lake:{table}", REMOVED if retention_hours == 0 else EXPIRES,
-                           f"{rows} rows deleted at version {delete_versions.get(table)}; the files that held them "
-                           f"vacuumed (VACUUM END at version {vacuum_versions.get(table)}, retention "
-                           f"{retention_hours} h)", gone_by=gone))
+        deleted = f"{rows} rows deleted at version {delete_versions.get(table)}"
+        if hours == 0:
+            found.append(place(f"lake:{table}", REMOVED, f"{deleted}; the files that held them vacuumed (VACUUM END at "
+                                                         f"version {vacuum_versions.get(table)})", gone_by=vacuumed_at))
+            continue
+        found.append(place(f"lake:{table}", KEPT, (
+            f"{deleted}; the files that held them stay until a VACUUM runs with a retention they have outlived "
+            f"(erasure_vacuum_retention_hours={hours}, the maintenance DAG's vacuum_retention_hours="
+            f"{settings.vacuum_retention_hours}): no time is promised")))
     return found
 
 
-def request_log(forgotten_at: datetime, vacuum_version: int | None) -> dict[str, Any]:
-    return place("lake:privacy_requests", REMOVED, "the request keeps only the one-way subject hash: its pseudonym "
-                 f"was nulled and the files that held it vacuumed (VACUUM END at version {vacuum_version})",
-                 gone_by=forgotten_at)
+def request_log(forgotten_at: datetime, vacuum_version: int | None, settings: Settings) -> dict[str, Any]:
+    nulled = "the request keeps only the one-way subject hash: its pseudonym was nulled"
+    if settings.erasure_vacuum_retention_hours:
+        return place("lake:privacy_requests", KEPT, f"{nulled}; the files that held it stay until a VACUUM runs with "
+                     "a retention they have outlived (erasure_vacuum_retention_hours="
+                     f"{settings.erasure_vacuum_retention_hours}): no time is promised")
+    return place("lake:privacy_requests", REMOVED, f"{nulled} and the files that held it vacuumed (VACUUM END at "
+                 f"version {vacuum_version})", gone_by=forgotten_at)
 
 
 def speed_state(clearing: SpeedClearing | None, checkpoint: str) -> dict[str, Any]:
@@ -130,7 +139,8 @@ def cdc_users(topic: str, config: TopicRetention | None, held: CdcRecords | None
         "the operational database is the system of record for users, and lambdarec does not delete there: delete "
         "the user in it. Debezium then writes a delete (and a tombstone) to the CDC topic, and the dimensions query "
         "keeps their profile out of the lake; until then any change to their row brings their profile back")
-    database = place("operational_db", OPERATOR, system_of_record, after="the operator deletes the user there")
+    database = place("operational_db", OPERATOR, f"{system_of_record}. The database's own files keep a deleted row "
+                     "until its VACUUM and WAL recycling", after="the operator deletes the user there")
     bound = config.bound_ms()
     if held.records == 0:
         return [place(f"kafka:{topic}", NOT_HELD, f"read through: no record of the user ({config.describe()})"),
@@ -140,7 +150,9 @@ def cdc_users(topic: str, config: TopicRetention | None, held: CdcRecords | None
         return [place(f"kafka:{topic}", EXPIRES if gone else KEPT,
                       f"{held.records} records hold the user's raw id; the newest, a delete at "
                       f"{held.newest_at.isoformat()}, and all before it are {config.describe()}", gone_by=gone),
-                place("operational_db", NOT_HELD, "the CDC topic's newest record of the user is their deletion")]
+                place("operational_db", OPERATOR, "the CDC topic's newest record of the user is their deletion in the "
+                      "operational database, whose files keep the row until its VACUUM and WAL recycling",
+                      after="the operational database's VACUUM and WAL recycling")]
     return [place(f"kafka:{topic}", OPERATOR if bound is not None else KEPT,
                   f"{held.records} records hold the user's raw id, who is still in the operational database: "
                   f"{system_of_record}. After that delete they are {config.describe()}",

@@ -2,7 +2,8 @@
 files into ``item_catalogue`` and ``user_profiles`` (``--kind``; ``lambdarec.dimension_files``).
 
 Layouts: CSV or Parquet with columns ``user, item, weight | rating, timestamp``
-(an optional ``event_type`` column too), MovieLens ``u.data`` (tab-separated
+(an optional ``event_type`` column too), JSON lines of events as the API takes them
+(``lambdarec generate --out``), MovieLens ``u.data`` (tab-separated
 ``user item rating timestamp``, no header) and MovieLens ``ratings.csv``
 (``userId,movieId,rating,timestamp``). Rows with a rating become ``rating``
 events whose value is the rating; rows with a weight become events of

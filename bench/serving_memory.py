@@ -40,6 +40,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -284,7 +285,7 @@ def drive(settings: Settings, stream: Stream, lake: Lake, on_batch: Callable[[ra
     """Every batch into the speed tables and onto the topic, as ``speed/sinks.py`` does (``on_batch(events)``
     hears each before it goes); the messages sent and the time taken."""
     producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 20,
-                         "queue.buffering.max.messages": 1_000_000, "compression.type": "lz4"})
+                         "queue.buffering.max.messages": 1_000_000})  # uncompressed: serving reads with kafka-python
     appenders = {spec.name: lake.appender(spec) for spec in SPEED_TABLES}
     topic, sent, started = settings.topic_speed_updates, 0, time.monotonic()
 
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-replay-s", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--records", type=Path, default=PROJECT / "bench" / "records")
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary root (lake, broker, logs).")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="A serving setting (LAMBDAREC_NAME=VALUE), e.g. --set speed_view_max_users=100000.")
     args = parser.parse_args(argv)
@@ -461,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["prune"] = prune(settings)
         figures["restart_after_prune"] = restart(replay, root, lake)
     record["figures"] = figures
+    if not args.keep:
+        shutil.rmtree(root)
     args.records.mkdir(parents=True, exist_ok=True)
     path = args.records / f"serving_memory-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -60,16 +60,23 @@ def features_batches(spark, settings: Settings, lake: Lake, args: argparse.Names
     files, events_id = CheckpointFiles(spark, features_checkpoint_location(settings)), str(lake.open(EVENTS).metadata().id)
     try:
         wait_read(query, files, events_id, lake.version(EVENTS) or 0)
-        built_ms = sum(p["durationMs"].get("triggerExecution", 0) for p in query.recentProgress)
-        first = len(query.recentProgress)
+        built = speed_state_retention.latest_batch(files)
         for n in range(args.batches):
             events = generate_events(args.batch, args.users, args.items, 6, seed=seed + n, end=datetime.now(UTC))
             version = lake.append_arrow(EVENTS, bronze_table(events, settings))
             assert version is not None  # an append without an app transaction always commits
             wait_read(query, files, events_id, version)
-        progress = [p for p in query.recentProgress[first:] if p["numInputRows"]]
+        last = speed_state_retention.latest_batch(files)
+        deadline = time.monotonic() + WAIT_S
+        while not any(p["batchId"] == last for p in query.recentProgress):  # progress is reported after the commit
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no progress of batch {last}")
+            time.sleep(0.2)
+        every = query.recentProgress
     finally:
         query.stop()
+    built_ms = sum(p["durationMs"].get("triggerExecution", 0) for p in every if p["batchId"] <= (built or 0))
+    progress = [p for p in every if p["batchId"] > (built or 0) and p["numInputRows"]]
     state = Path(features_checkpoint_location(settings), "state")
     operators = [p["stateOperators"][0] for p in progress]
     return {

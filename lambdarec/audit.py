@@ -221,5 +221,5 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         print(f"{row['at']:%Y-%m-%d %H:%M:%S.%f}"[:23] + f"  {row['action']:14}  {row['outcome']:12}  "
               f"{row['key_id'] or '-':16}  {row['source']:6}  {(row['subject'] or '-')[:12]:12}  {row['detail']}")
-    print(f"{len(rows)} rows")
+    print(f"{len(rows)} row{'' if len(rows) == 1 else 's'}")
     return 0

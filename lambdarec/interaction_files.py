@@ -1,4 +1,4 @@
-"""Interaction files users bring: CSV, Parquet, MovieLens ``u.data`` and ``ratings.csv``.
+"""Interaction files users bring: CSV, Parquet, JSON lines of events, MovieLens ``u.data`` and ``ratings.csv``.
 
 Read into one table layout (``user, item, rating | weight, timestamp`` and an
 optional ``event_type``) by the importer (``lambdarec import``) and the offline
@@ -10,10 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-FORMATS = ("auto", "csv", "parquet", "movielens-udata", "movielens-ratings")
+FORMATS = ("auto", "csv", "parquet", "jsonl", "movielens-udata", "movielens-ratings")
+EVENT_FIELDS = {"user_id": "user", "item_id": "item", "event_type": "event_type", "occurred_at": "timestamp"}
+"""A JSON line is an event as the API takes it (``schemas.events.Event``, what ``lambdarec generate --out``
+writes): these fields, and ``value`` (a rating, or a quantity; none means 1) as the weight."""
 MOVIELENS_RATINGS = {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
 
 
@@ -26,6 +31,8 @@ def detect_format(path: Path) -> str:
         return "movielens-udata"
     if path.suffix == ".parquet":
         return "parquet"
+    if path.suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
     if path.suffix == ".csv":
         with path.open(encoding="utf-8") as handle:
             header = handle.readline().strip().split(",")
@@ -43,6 +50,8 @@ def read_rows(path: Path, fmt: str) -> pa.Table:
             parse_options=pacsv.ParseOptions(delimiter="\t"),
             convert_options=pacsv.ConvertOptions(column_types={"user": pa.string(), "item": pa.string()}),
         )
+    if fmt == "jsonl":
+        return _event_lines(path)
     strings = {"user": pa.string(), "item": pa.string(), "userId": pa.string(), "movieId": pa.string()}
     if fmt == "parquet":
         table = pq.read_table(path)
@@ -51,3 +60,12 @@ def read_rows(path: Path, fmt: str) -> pa.Table:
     if fmt == "movielens-ratings":
         table = table.select(list(MOVIELENS_RATINGS)).rename_columns(list(MOVIELENS_RATINGS.values()))
     return table
+
+
+def _event_lines(path: Path) -> pa.Table:
+    """JSON lines of events as the interaction layout: ``value`` is the weight, 1 where an event has none."""
+    schema = pa.schema([(name, pa.string()) for name in EVENT_FIELDS] + [("value", pa.float64())])
+    table = pajson.read_json(path, parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                     unexpected_field_behavior="ignore"))
+    weight = pc.fill_null(table.column("value"), 1.0)
+    return pa.table({**{column: table.column(field) for field, column in EVENT_FIELDS.items()}, "weight": weight})

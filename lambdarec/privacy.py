@@ -174,6 +174,12 @@ def erased_subjects(lake: Lake) -> dict[str, int | None]:
     return found
 
 
+def completed_deletes(lake: Lake) -> list[tuple[int, float]]:
+    """Every receipt's (``events`` version of its DELETE, completion as a timestamp)."""
+    return [(dict(row["delete_versions"] or []).get("events", -1), row["completed_at"].timestamp())
+            for row in lake.read_arrow(PRIVACY_RECEIPTS).to_pylist()]
+
+
 def first_model_without(lake: Lake, events_version: int | None) -> int | None:
     """The first model trained on an ``events`` version at or after ``events_version``."""
     if events_version is None:

@@ -336,9 +336,10 @@ class Settings(BaseSettings):
         "least in their segment's window go.",
     )
     speed_view_recall_users: int = Field(
-        200_000, ge=0,
-        description="Users evicted by speed_view_max_users that serving remembers until a model covers them, "
-        "so that their next request reads their interactions back from the lake; the longest held go first.",
+        4_000_000, ge=1,
+        description="Users evicted by the speed view's caps that serving remembers until a model covers them, "
+        "so that their next request reads their interactions back from the lake: Bloom filters of about 1.6 "
+        "bytes a user (1% of other users read needlessly); past it the longest held quarter goes.",
     )
     serve_recall_timeout_s: float = Field(
         1.0, gt=0,
@@ -597,8 +598,9 @@ class Settings(BaseSettings):
     )
     erasure_speed_wait_s: float = Field(
         300.0, gt=0,
-        description="How long an erasure waits for the speed job to store every event sent before the request "
-        "and to clear the user's state; past it the request stays pending and is retried.",
+        description="How long each step of an erasure waits on the speed job: to store every event sent before "
+        "the request, to clear the user's state, and for the features checkpoint to drop the state versions from "
+        "before the clearing; past it the request stays pending and is retried.",
     )
     erasure_poll_s: float = Field(
         2.0, gt=0, description="How often `lambdarec erase --follow` looks for new requests."

@@ -9,8 +9,9 @@ what no part of the pipeline has to fear:
 - ids and context text hold no control (Unicode Cc, NUL and terminal escapes included)
   or format (Cf: bidi overrides, zero-width characters) characters, and are in NFC;
 - ``occurred_at`` is no older than ``EventLimits.max_age`` (the topic's retention: older
-  history belongs in ``lambdarec import``) and never before 1970, and no further ahead
-  than ``EventLimits.max_skew`` (clock skew), both against a reference time.
+  history belongs in ``lambdarec import``) before the time the event was received, never
+  before 1970, and no further ahead than ``EventLimits.max_skew`` (clock skew) of the clock
+  that checks it (the same instant at the edge).
 
 The API edge applies the Python spelling to a parsed event (``schemas.events.Event``); the
 speed job and training apply the Spark spelling (``spark_*``: built-in functions only, as
@@ -90,20 +91,22 @@ def value_problem(value: float | None, limits: EventLimits) -> str | None:
     return f"must be a finite number from {-limits.value_max:g} to {limits.value_max:g}"
 
 
-def occurred_at_problem(occurred: datetime, reference: datetime, limits: EventLimits) -> str | None:
-    """``OCCURRED_AT_TOO_OLD`` or ``OCCURRED_AT_IN_FUTURE`` when ``occurred`` is outside the window
-    around ``reference`` (the edge's clock), else None."""
-    if occurred < _earliest(reference, limits):
+def occurred_at_problem(occurred: datetime, received: datetime, limits: EventLimits,
+                        now: datetime | None = None) -> str | None:
+    """``OCCURRED_AT_TOO_OLD`` when ``occurred`` is older than ``max_age`` before ``received`` (or
+    before 1970), ``OCCURRED_AT_IN_FUTURE`` when it is more than ``max_skew`` after ``now`` (the
+    checking clock; ``received`` when not given, as at the edge), else None."""
+    if occurred < _earliest(received, limits):
         return OCCURRED_AT_TOO_OLD
-    if occurred > reference + limits.max_skew:
+    if occurred > (received if now is None else now) + limits.max_skew:
         return OCCURRED_AT_IN_FUTURE
     return None
 
 
-def _earliest(reference: datetime, limits: EventLimits) -> datetime:
+def _earliest(received: datetime, limits: EventLimits) -> datetime:
     if limits.max_age is None:
         return OLDEST_OCCURRED_AT
-    return max(OLDEST_OCCURRED_AT, reference - limits.max_age)
+    return max(OLDEST_OCCURRED_AT, received - limits.max_age)
 
 
 # -- the Spark spelling (the speed job, training) ----------------------------------------
@@ -135,15 +138,16 @@ def spark_value_problem(column: "Column", limits: EventLimits) -> "Column":
     return column.isNotNull() & (F.isnan(column) | (F.abs(column) > F.lit(float(limits.value_max))))
 
 
-def spark_occurred_at_problem(occurred: "Column", reference: "Column", limits: EventLimits) -> "Column":
+def spark_occurred_at_problem(occurred: "Column", received: "Column", limits: EventLimits,
+                              now: "Column | None" = None) -> "Column":
     """``occurred_at_problem`` over timestamp columns: the reason, or null."""
     from pyspark.sql import functions as F
 
     earliest = F.lit(OLDEST_OCCURRED_AT)
     if limits.max_age is not None:
-        earliest = F.greatest(earliest, reference - spark_interval(limits.max_age))
-    return (F.when(occurred < earliest, F.lit(OCCURRED_AT_TOO_OLD))
-            .when(occurred > reference + spark_interval(limits.max_skew), F.lit(OCCURRED_AT_IN_FUTURE)))
+        earliest = F.greatest(earliest, received - spark_interval(limits.max_age))
+    latest = (received if now is None else now) + spark_interval(limits.max_skew)
+    return F.when(occurred < earliest, F.lit(OCCURRED_AT_TOO_OLD)).when(occurred > latest, F.lit(OCCURRED_AT_IN_FUTURE))
 
 
 def spark_interval(span: timedelta) -> "Column":

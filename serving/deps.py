@@ -70,7 +70,8 @@ class Services:
             attributes.prepare(catalogues.get(model, speed_view, idle_gate.pause), idle_gate.pause)
 
         model_store = ModelStore(settings, lake, prepare=prepare, pause=idle_gate.pause)
-        erasures, consents = Erasures(lake, speed_view), Consents(lake, speed_view)
+        erasures = Erasures(lake, speed_view, on_receipts=model_store.drop_cached)
+        consents = Consents(lake, speed_view)
         profiles = UserProfiles(lake)
         buckets = shared_table(settings.serve_rate_table_slots)  # the rate limits', shared by this run's workers
         keys = KeyRing(lake)

@@ -3,12 +3,14 @@
 The API's own requests apply at once (``erase``); requests made elsewhere (the
 CLI, another replica) arrive with the registry poll (``reload``), from the
 privacy tables. A model trained on ``events`` older than a subject's DELETE
-still holds them, so serving scores them as a new user until one that is not.
+still holds them, so serving scores them as a new user until one that is not; a
+cached copy of such a model's bundle is dropped once the receipt is in.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from lambdarec import privacy
@@ -18,9 +20,13 @@ from serving.speed_view import SpeedView
 
 
 class Erasures:
-    def __init__(self, lake: Lake, speed_view: SpeedView):
+    def __init__(self, lake: Lake, speed_view: SpeedView,
+                 on_receipts: Callable[[list[tuple[int, float]]], object] = lambda completed: None):
+        """``on_receipts(completed)`` runs whenever receipts were added, with every receipt's (events version
+        of its DELETE, completion time as a timestamp): the model store drops cached bundles made before."""
         self.lake = lake
         self.speed_view = speed_view
+        self.on_receipts = on_receipts
         self._lock = threading.Lock()
         self._subjects: dict[str, int | None] = {}  # subject_hash -> events version of the DELETE (None: pending)
         self._forgotten: set[str] = set()  # request ids applied to the speed view
@@ -43,6 +49,8 @@ class Erasures:
             for request in privacy.pending(self.lake):
                 self._forget(request)
             self._subjects = subjects
+        if self._read_versions is None or versions[1] != self._read_versions[1]:
+            self.on_receipts(privacy.completed_deletes(self.lake))
         self._read_versions = versions
 
     def hides(self, pseudonym: str, model_events_version: int) -> bool:

@@ -208,6 +208,24 @@ class ModelStore:
             and meta.get("lake") == self.lake.settings.lake_root
         )
 
+    def drop_cached(self, erasures: list[tuple[int, float]]) -> list[int]:
+        """Delete this lake's cached bundles that may hold an erased user: those of models trained on ``events``
+        before an erasure's delete, cached before that erasure completed (``erasures``: (the delete's events
+        version, its completion as a timestamp)). The erasure rebuilt the published bundle, but a cached copy
+        of the same version still looks complete. Open maps stay valid; a later load copies or builds afresh.
+        The versions dropped."""
+        trained = {int(row["model_version"]): row["source_events_version"] for row in self.registry_rows.to_pylist()
+                   if row["source_events_version"] is not None}
+        dropped = []
+        for bundle in self._cache().glob(f"v*-{self._lake_key()}"):
+            version = int(bundle.name[1:].split("-", 1)[0])
+            built = bundle.stat().st_mtime
+            if version in trained and any(trained[version] < deleted and built < completed
+                                          for deleted, completed in erasures):
+                shutil.rmtree(bundle, ignore_errors=True)
+                dropped.append(version)
+        return sorted(dropped)
+
     def _prune(self) -> None:
         """Remove this lake's cached bundles older than the newest ``KEPT_BUNDLES`` versions."""
         bundles = sorted(

@@ -13,9 +13,11 @@ slot of its set (a slot untouched for burst / rate seconds is full again, so evi
 forgets nothing). Slots are found by a keyed hash (BLAKE2b, a random key per table), so
 callers cannot aim their names at someone else's slot.
 
-A request costs one token per event; it is let through while the bucket holds the cost
-(or a full bucket for a cost above the burst, which then runs into debt) and refused
-whole otherwise, with the seconds until it would fit.
+A request costs one token per event (or consent change); it is let through while the bucket
+holds the cost (or a full bucket for a cost above the burst, which then runs into debt) and
+refused whole otherwise, with the seconds until it would fit. Bucket times are CLOCK_MONOTONIC,
+one clock for every process of the host; a worker killed while it holds the file lock
+releases it with its death.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from schemas.speed_updates import (
     progress_row,
     row,
 )
-from serving.speed_horizon import newest_users, since
+from serving.speed_horizon import read_held
 from serving.speed_view import SpeedView
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def bootstrap(lake: Lake, view: SpeedView, skipped: Counter | None = None) -> di
         version = lake.version(spec)
         if version is None:
             continue
-        table = newest_users(kind, lake.read_arrow(spec, version, filter=since(lake, spec, version, view.settings)),
-                             view.settings)  # what a view that never stopped would hold (serving.speed_horizon)
+        table = read_held(lake, kind, spec, version, view.settings)  # what a view that never stopped would hold
         loaded = 0
         batches, bad = _batches(kind, table)
         for (query_id, batch_id), rows in batches:

@@ -4,8 +4,9 @@ A running view keeps a user or item for ``speed_view_horizon_s`` after their new
 event, on its event-time clock (the newest event seen), at most
 ``speed_view_max_users`` users, and one trending window. The bootstrap reads each
 table with the same bound pushed down to the scan (``since``: rows within the horizon
-of the table's newest row, found in the Delta log's file statistics) and keeps the
-newest ``speed_view_max_users`` users of what is left (``newest_users``). Start-up so
+of the table's newest row, found in the Delta log's file statistics) and keeps of what is left what the
+view would hold (``held``): the newest ``speed_view_max_users`` users, each user's newest
+features row, and the weightiest trending rows up to their cap. Start-up so
 costs what the horizon holds, never the history the maintenance job has not pruned
 yet (``batch.maintenance``, which prunes the tables to the same horizon).
 """
@@ -19,10 +20,19 @@ import pyarrow.compute as pc
 
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from schemas.speed_updates import KIND_USER_FEATURES, KIND_USER_INTERACTIONS
+from serving.speed_state import Profiles
+from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, KIND_USER_INTERACTIONS
 from schemas.tables import SPEED_HORIZON_COLUMNS, SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS, TableSpec
 
 USER_TABLES = {KIND_USER_INTERACTIONS: SPEED_USER_INTERACTIONS, KIND_USER_FEATURES: SPEED_USER_FEATURES}
+TRENDING_ENTRY = ["segment_type", "segment", "item_id"]
+COLUMNS = {KIND_USER_FEATURES: ["user_id", *Profiles.FIELDS]}  # a profile keeps these; the maps of counts are large
+
+
+def read_held(lake: Lake, kind: str, spec: TableSpec, version: int, settings: Settings) -> pa.Table:
+    """The rows of ``spec`` at ``version`` a running view would hold, with only the columns it reads."""
+    table = lake.dataset(spec, version).to_table(columns=COLUMNS.get(kind), filter=since(lake, spec, version, settings))
+    return held(kind, table, settings)
 
 
 def since(lake: Lake, spec: TableSpec, version: int, settings: Settings) -> pc.Expression | None:
@@ -39,17 +49,44 @@ def since(lake: Lake, spec: TableSpec, version: int, settings: Settings) -> pc.E
     return pc.field(column) >= cutoff
 
 
-def newest_users(kind: str, table: pa.Table, settings: Settings) -> pa.Table:
-    """The rows of the ``speed_view_max_users`` users with the newest events (user tables; others as they are)."""
-    spec = USER_TABLES.get(kind)
-    if spec is None:
-        return table
-    column = SPEED_HORIZON_COLUMNS[spec.name]
+def held(kind: str, table: pa.Table, settings: Settings) -> pa.Table:
+    """What of ``table`` (rows of ``kind`` within the horizon) a running view would hold: of the user
+    tables the newest ``speed_view_max_users`` users' rows, and of the features each user's newest row;
+    of trending the newest row per (segment, item, minute), of the items that weigh most in their
+    segment, up to ``speed_view_max_trending_rows`` rows. Other tables as they are."""
+    if kind in USER_TABLES:
+        table = _newest_users(table, SPEED_HORIZON_COLUMNS[USER_TABLES[kind].name], settings.speed_view_max_users)
+    if kind == KIND_USER_FEATURES:
+        return _last_per(table, ["user_id"])
+    if kind == KIND_ITEM_TRENDING:
+        return _heaviest(_last_per(table, [*TRENDING_ENTRY, "window_start"]), settings.speed_view_max_trending_rows)
+    return table
+
+
+def _newest_users(table: pa.Table, column: str, cap: int) -> pa.Table:
     newest = table.group_by("user_id").aggregate([(column, "max")])
-    if newest.num_rows <= settings.speed_view_max_users:
+    if newest.num_rows <= cap:
         return table
-    kept = newest.sort_by([(f"{column}_max", "descending")]).slice(0, settings.speed_view_max_users)
+    kept = newest.sort_by([(f"{column}_max", "descending")]).slice(0, cap)
     return table.filter(pc.is_in(table["user_id"], value_set=kept["user_id"]))
+
+
+def _last_per(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The last row per ``keys`` in batch order: the one a view applying the batches in order keeps."""
+    ordered = table.sort_by([("batch_id", "ascending"), ("query_id", "ascending")])
+    numbered = ordered.append_column("__row", pa.array(range(ordered.num_rows), pa.int64()))
+    last = numbered.group_by(keys).aggregate([("__row", "max")])["__row_max"]
+    return ordered.take(pc.take(last, pc.sort_indices(last)))  # in batch order still
+
+
+def _heaviest(table: pa.Table, max_rows: int) -> pa.Table:
+    """The rows of the (segment, item)s that weigh most in their minutes, up to ``max_rows`` rows."""
+    if table.num_rows <= max_rows:
+        return table
+    entries = table.group_by(TRENDING_ENTRY).aggregate([("weight", "sum"), ("weight", "count")])
+    entries = entries.sort_by([("weight_sum", "descending")])
+    fits = pc.less_equal(pc.cumulative_sum(entries["weight_count"]), max_rows)
+    return table.join(entries.filter(fits).select(TRENDING_ENTRY), keys=TRENDING_ENTRY, join_type="inner")
 
 
 def _newest_us(lake: Lake, spec: TableSpec, version: int, column: str) -> int | None:

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 from schemas.speed_updates import GLOBAL_SEGMENT, timestamp, timestamp_us
 
-__all__ = ["GLOBAL_SEGMENT", "EvictedUsers", "Interaction", "Interactions", "Profiles", "Recency", "Trending"]
+__all__ = ["GLOBAL_SEGMENT", "EvictedUsers", "Generation", "Interaction", "Interactions", "Profiles", "Recency",
+           "Trending"]
 
 SWEEP_EVERY_US = 5 * 60_000_000  # how far the trending window moves between sweeps of slid-out minutes
 TRENDING_KEPT_AFTER_CAP = 0.9  # a trending cut leaves this share of the cap, so cuts come once per 10% of it
@@ -157,7 +158,10 @@ class Interactions:
 
 
 class Profiles:
-    """Each user's newest feature row (segment attributes: country, device)."""
+    """Each user's newest feature row, as much of it as serving reads: their segment (country, device),
+    their day's category affinities, when they were last seen, and the batch it came from."""
+
+    FIELDS = ("last_seen", "country", "device", "categories_24h", "query_id", "batch_id")
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
@@ -167,7 +171,11 @@ class Profiles:
         user = str(row["user_id"])
         current = self.rows.get(user)
         if current is None or _newer(row, current):
-            self.rows[user] = row
+            kept = {name: row[name] for name in self.FIELDS if row.get(name) is not None}
+            for name in ("country", "device"):  # a few values shared by many users
+                if name in kept:
+                    kept[name] = sys.intern(str(kept[name]))
+            self.rows[user] = kept
             return True
         return False
 
@@ -176,35 +184,85 @@ class EvictedUsers:
     """Users the view evicted while no model may cover their interactions yet, to be read back from the
     lake on their next request (``serving.user_recall``).
 
-    Each is kept as the hash of its id (a collision costs one needless read) with the
-    events version a model must have trained on to cover what was evicted; past
-    ``cap`` the longest held goes first (likely covered by a model by then).
+    Compact, so that a flood of distinct users cannot outgrow it: users go into Bloom
+    filters (``Generation``) of a quarter of ``cap`` users each, about 1.6 bytes a user at a 1%
+    false-positive rate over them all (a false positive costs one needless read). Each generation keeps
+    the highest events version a model must have trained on to cover its users; it goes
+    once the serving model covers that, or, past ``cap`` users in all, the oldest goes
+    (its users are then answered from the model alone until a model covers them). Users
+    read back or erased since their eviction are known exactly until evicted again.
     """
+
+    GENERATIONS = 4
 
     def __init__(self, cap: int):
         self.cap = cap
-        self._needs: OrderedDict[int, int] = OrderedDict()
+        self.per_generation = max(1, cap // self.GENERATIONS)
+        self._generations: deque[Generation] = deque()
+        self._settled: OrderedDict[int, None] = OrderedDict()  # read back or erased since their eviction
 
     def __len__(self) -> int:
-        return len(self._needs)
+        return sum(generation.users for generation in self._generations)
 
     def add(self, user_id: str, needs_version: int) -> int:
-        """Remember ``user_id``; how many older entries the cap pushed out."""
-        key = hash(user_id)
-        self._needs[key] = max(needs_version, self._needs.get(key, needs_version))
-        self._needs.move_to_end(key)
+        """Remember ``user_id``; how many users older generations took with them past the cap."""
+        key = _key(user_id)
+        self._settled.pop(key, None)
+        if not self._generations or self._generations[-1].users >= self.per_generation:
+            self._generations.append(Generation(self.per_generation))
+        self._generations[-1].add(key, needs_version)
         dropped = 0
-        while len(self._needs) > self.cap:
-            self._needs.popitem(last=False)
-            dropped += 1
+        while len(self) > self.cap:
+            dropped += self._generations.popleft().users
         return dropped
 
-    def needs(self, user_id: str) -> int | None:
-        """The events version a model must cover for ``user_id`` to need no read-back (None: not evicted)."""
-        return self._needs.get(hash(user_id))
+    def needs(self, user_id: str, covered_version: int | None) -> bool:
+        """Whether ``user_id`` may have been evicted with interactions a model trained on events up to
+        ``covered_version`` (None: no model) lacks. Generations that model covers are let go."""
+        if covered_version is not None:
+            while self._generations and self._generations[0].needs <= covered_version \
+                    and self._generations[0] is not self._generations[-1]:
+                self._generations.popleft()
+        key = _key(user_id)
+        return key not in self._settled and any(
+            (covered_version is None or generation.needs > covered_version) and key in generation
+            for generation in self._generations)
 
-    def discard(self, user_id: str) -> None:
-        self._needs.pop(hash(user_id), None)
+    def settle(self, user_id: str) -> None:
+        """``user_id`` was read back (or erased): no read for them until they are evicted again."""
+        self._settled[_key(user_id)] = None
+        while len(self._settled) > self.per_generation:
+            self._settled.popitem(last=False)
+
+
+class Generation:
+    """A Bloom filter of users (0.25% false positives at ``capacity``, so 1% over the record's four) and
+    the version that covers them."""
+
+    HASHES = 9  # -log2(0.0025)
+
+    def __init__(self, capacity: int):
+        self.size = max(64, int(capacity * 12.5))  # bits: -ln(0.0025) / ln(2)^2 per user
+        self.bits = bytearray((self.size + 7) // 8)
+        self.users = 0
+        self.needs = -1
+
+    def add(self, key: int, needs_version: int) -> None:
+        for position in self._positions(key):
+            self.bits[position >> 3] |= 1 << (position & 7)
+        self.users += 1
+        self.needs = max(self.needs, needs_version)
+
+    def __contains__(self, key: int) -> bool:
+        return all(self.bits[position >> 3] & (1 << (position & 7)) for position in self._positions(key))
+
+    def _positions(self, key: int) -> list[int]:
+        low, high = key & 0xFFFFFFFF, (key >> 32) | 1  # double hashing: k positions from one 64-bit hash
+        return [(low + n * high) % self.size for n in range(self.HASHES)]
+
+
+def _key(user_id: str) -> int:
+    return hash(user_id) & 0xFFFFFFFFFFFFFFFF
 
 
 class Minute(NamedTuple):
@@ -249,7 +307,7 @@ class Trending:
         if minute < self.end_us - self.window_us:
             return  # slid out of the window already
         segment = (sys.intern(str(row["segment_type"])), sys.intern(str(row["segment"])))
-        minutes = self.segments.setdefault(segment, {}).setdefault(str(row["item_id"]), {})
+        minutes = self.segments.setdefault(segment, {}).setdefault(sys.intern(str(row["item_id"])), {})
         count = Minute(int(row["events"] or 0), float(row["weight"] or 0), row.get("query_id"),
                        int(row.get("batch_id") or 0))
         current = minutes.get(minute)

@@ -191,7 +191,7 @@ class SpeedView:
         events are the user's new life. Returns the interactions dropped."""
         with self._lock:
             self._erased[user_id] = max(self._erased.get(user_id, 0), timestamp_us(timestamp(requested_at)))
-            self._evicted_users.discard(user_id)
+            self._evicted_users.settle(user_id)
             return len(self._drop_user(user_id))
 
     # -- bounds --------------------------------------------------------------------
@@ -269,15 +269,15 @@ class SpeedView:
         may lack it, and their next request reads back whatever has landed."""
         landed = [i.events_version for i in dropped if i.events_version is not None]
         needs = max(landed, default=-1) if len(landed) == len(dropped) else UNLANDED
-        if self._evicted_users.add(user_id, needs) and self.on_evict is not None:
-            self.on_evict("recall_record", CAP, 1)
+        forgotten = self._evicted_users.add(user_id, needs)
+        if forgotten and self.on_evict is not None:
+            self.on_evict("recall_record", CAP, forgotten)
 
     def needs_recall(self, user_id: str, covered_version: int | None) -> bool:
         """Whether the cap evicted ``user_id`` with interactions a model trained on events up to
         ``covered_version`` (None: no model) lacks: their request should read them back first."""
         with self._lock:
-            needs = self._evicted_users.needs(user_id)
-        return needs is not None and (covered_version is None or needs > covered_version)
+            return self._evicted_users.needs(user_id, covered_version)
 
     def recall_cutoff(self) -> str | None:
         """The oldest event time a read-back brings back (the horizon behind the view's now)."""
@@ -291,7 +291,7 @@ class SpeedView:
         parsed = sorted((_interaction(row, None) for row in decode_rows(KIND_USER_INTERACTIONS, rows)),
                         key=lambda pair: pair[1].occurred_at)[-self.settings.speed_recent_items:]
         with self._lock:
-            self._evicted_users.discard(user_id)
+            self._evicted_users.settle(user_id)
             added = sum(self._add(user_id, interaction) for user, interaction in parsed
                         if user == user_id and not self._was_erased(user, interaction.occurred_at))
             self._evict()
@@ -418,8 +418,8 @@ def _interaction(row: dict[str, Any], events_version: int | None) -> tuple[str, 
     version = row.get("events_version")
     version = events_version if version is None else version
     return row["user_id"], Interaction(
-        item_id=row["item_id"],
-        event_type=row["event_type"],
+        item_id=sys.intern(row["item_id"]),  # one copy per item, however many users hold it
+        event_type=sys.intern(row["event_type"]),
         weight=row["weight"],
         occurred_at=row["occurred_at"],
         event_id=row["event_id"],

@@ -234,12 +234,12 @@ class FeaturesSink(Sink):
             for spec, table, kind in ((SPEED_USER_FEATURES, users, KIND_USER_FEATURES),
                                       (SPEED_ITEM_TRENDING, items, KIND_ITEM_TRENDING)):
                 arrow = table.toArrow()
-                rows = arrow.to_pylist()
-                kept = [row for row in rows if unencodable_field(row) is None]
-                if len(kept) < len(rows):  # never committed, so never loaded or pushed, never retried
-                    METRICS.dropped_rows.labels(spec.name).inc(len(rows) - len(kept))
+                made = arrow.to_pylist()
+                kept = [row for row in made if unencodable_field(row) is None]
+                if len(kept) < len(made):  # never committed, so never loaded or pushed, never retried
+                    METRICS.dropped_rows.labels(spec.name).inc(len(made) - len(kept))
                     log.warning(json.dumps({"event": "unencodable_rows_dropped", "query": "features",
-                                            "batch_id": batch_id, "table": spec.name, "rows": len(rows) - len(kept)}))
+                                            "batch_id": batch_id, "table": spec.name, "rows": len(made) - len(kept)}))
                     table = batch.sparkSession.createDataFrame(pa.Table.from_pylist(kept, schema=arrow.schema))
                 counts[spec.name] = len(kept)
                 if not kept:

@@ -119,15 +119,16 @@ def _bad_id(column: "Column") -> "Column":
 
 
 def _outside_window(occurred: "Column", limits: EventLimits) -> "Column":
-    """``occurred_at_too_old`` or ``occurred_at_in_future``, or null: the edge's time window around the
-    record's Kafka timestamp, which is held between the oldest time the topic can hold and now, so
-    neither a producer's choice of timestamp nor a late read moves the window."""
+    """``occurred_at_too_old`` or ``occurred_at_in_future``, or null: the edge's window, its past bound
+    counted from the record's Kafka timestamp (so a job that reads late refuses nothing the edge took),
+    held between the oldest time the topic can hold and now, so a producer's own choice of timestamp
+    cannot move it; its future bound counted from this job's clock."""
     from pyspark.sql import functions as F
 
     received = F.least(F.col("seen_at"), F.col("ingest_ts"))
     if limits.max_age is not None:
         received = F.greatest(received, F.col("seen_at") - spark_interval(limits.max_age))
-    return spark_occurred_at_problem(occurred, received, limits)
+    return spark_occurred_at_problem(occurred, received, limits, now=F.col("seen_at"))
 
 
 def _context_text(context: "Column") -> "Column":

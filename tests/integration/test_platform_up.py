@@ -14,11 +14,6 @@ import datetime as dt
 import json
 import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -35,99 +30,18 @@ from lambdarec.platform_up import UP_KEY_NAME
 from lambdarec.processes import wait_for
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_CATALOGUE
-from tests.plugins.broker import free_ports
-from tests.support.listeners import is_loopback, listeners
+from tests.support.listeners import is_loopback
+from tests.support.platform import platform_on
 
 pytestmark = pytest.mark.integration
 
 AIRFLOW_RSS_LIMIT = 1.5e9
-UP_TIMEOUT_S = 480
-
-
-class Platform:
-    """The ``lambdarec`` CLI on one temp root and its own free ports."""
-
-    def __init__(self, tmp_path: Path, postgres_home: Path):
-        broker, controller, serve, postgres, connect, self.airflow_port, speed_metrics, prometheus = free_ports(8)
-        self.root = tmp_path / "lambdarec"
-        self.env = {
-            **os.environ,
-            "LAMBDAREC_ROOT": str(self.root),
-            "LAMBDAREC_EMBEDDED_BROKER_PORT": str(broker),
-            "LAMBDAREC_EMBEDDED_CONTROLLER_PORT": str(controller),
-            "LAMBDAREC_SERVE_PORT": str(serve),
-            "LAMBDAREC_EMBEDDED_POSTGRES_PORT": str(postgres),
-            "LAMBDAREC_CDC_CONNECT_PORT": str(connect),
-            "LAMBDAREC_EMBEDDED_POSTGRES_DIR": str(postgres_home),
-            "LAMBDAREC_SPEED_METRICS_PORT": str(speed_metrics),
-            "LAMBDAREC_PROMETHEUS_PORT": str(prometheus),
-        }
-        self.ports = {broker, controller, serve, postgres, connect, speed_metrics, prometheus}
-        self.prometheus = f"http://127.0.0.1:{prometheus}"
-        self.api = f"http://127.0.0.1:{serve}"
-        self.settings = Settings(root=self.root, embedded_broker_port=broker, embedded_controller_port=controller,
-                                 serve_port=serve, embedded_postgres_port=postgres)
-
-    def run(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lambdarec.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout_s)
-
-    def up(self, *args: str) -> subprocess.CompletedProcess:
-        done = self.run("up", "--airflow-port", str(self.airflow_port), "--timeout", str(UP_TIMEOUT_S), *args,
-                        timeout_s=UP_TIMEOUT_S + 120)
-        assert done.returncode == 0, done.stdout + done.stderr + self.logs()
-        return done
-
-    def ps(self) -> dict:
-        done = self.run("ps", "--json")
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    def component(self, name: str, info: dict | None = None) -> dict:
-        return next(c for c in (info or self.ps())["components"] if c["name"] == name)
-
-    def pids(self) -> set[int]:
-        """Every live process of every component's tree."""
-        return {pid for c in self.ps()["components"] if c["alive"] for pid in proc_tree.tree(c["pid"])}
-
-    def kill_9(self, name: str) -> int:
-        """SIGKILL the process the supervisor started for ``name``; wait until ps shows it back, with a new pid."""
-        old = self.component(name)
-        assert old["status"] == "running" and old["alive"], old
-        os.kill(old["pid"], signal.SIGKILL)
-
-        def restarted() -> dict | None:
-            now = self.component(name)
-            back = now["status"] == "running" and now["alive"] and now["pid"] != old["pid"]
-            return now if back and now["restarts"] >= old["restarts"] + 1 else None
-
-        new = wait_for(restarted, 300, f"the supervisor to restart {name}", interval_s=0.5)
-        assert not proc_tree.alive(old["pid"])
-        return new["pid"]
-
-    def listeners(self) -> set[tuple[int, str, int]]:
-        """(pid, address, port) of every TCP listener of the supervisor and its components' process trees."""
-        return listeners(self.pids() | {self.ps()["supervisor_pid"]})
-
-    def logs(self, lines: int = 30) -> str:
-        folder = self.root / "platform" / "logs"
-        tails = [f"\n--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-                 for path in sorted(folder.glob("*.log"))] if folder.exists() else []
-        return "".join(tails)
 
 
 @pytest.fixture
 def platform(tmp_path):
-    # Run as root, Postgres runs as the postgres user, who must reach its cluster: not under pytest's tmp_path.
-    postgres_home = Path(tempfile.mkdtemp(prefix="lambdarec-postgres-"))
-    postgres_home.chmod(0o711)
-    platform = Platform(tmp_path, postgres_home)
-    yield platform
-    down = platform.run("down", timeout_s=400)
-    leftovers = platform.run("ps", "--json")
-    shutil.rmtree(postgres_home, ignore_errors=True)
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert json.loads(leftovers.stdout)["up"] is False
+    with platform_on(tmp_path) as platform:
+        yield platform
 
 
 def events(n: int, rng: random.Random) -> list[dict]:
@@ -162,7 +76,6 @@ def lake_event_ids(settings: Settings) -> list[str]:
     return lake.read_arrow(EVENTS).column("event_id").to_pylist() if lake.exists(EVENTS) else []
 
 
-@pytest.mark.spark
 def prometheus_value(base: str, query: str) -> float | None:
     """The one value of an instant PromQL query (None while it has no result)."""
     result = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()["data"]["result"]

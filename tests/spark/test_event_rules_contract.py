@@ -67,12 +67,15 @@ def test_values_are_refused_alike(spark):
 
 
 @pytest.mark.parametrize("limits", [LIMITS, EventLimits(value_max=1.0, max_age=None, max_skew=timedelta(0))])
-def test_times_are_judged_alike(spark, limits):
+@pytest.mark.parametrize("later", [None, timedelta(hours=1)], ids=["edge", "speed job reading an hour later"])
+def test_times_are_judged_alike(spark, limits, later):
     from pyspark.sql import functions as F
 
-    frame = spark.createDataFrame([(i, t, REFERENCE) for i, t in enumerate(OCCURRED)],
-                                  "i int, occurred timestamp, reference timestamp")
+    now = None if later is None else REFERENCE + later
+    frame = spark.createDataFrame([(i, t, REFERENCE, now) for i, t in enumerate(OCCURRED)],
+                                  "i int, occurred timestamp, received timestamp, now timestamp")
+    spark_now = None if later is None else F.col("now")
     got = {row.i: row.reason for row in frame.select(
-        "i", spark_occurred_at_problem(F.col("occurred"), F.col("reference"), limits).alias("reason")).collect()}
-    assert got == {i: occurred_at_problem(t, REFERENCE, limits) for i, t in enumerate(OCCURRED)}
+        "i", spark_occurred_at_problem(F.col("occurred"), F.col("received"), limits, spark_now).alias("reason")).collect()}
+    assert got == {i: occurred_at_problem(t, REFERENCE, limits, now) for i, t in enumerate(OCCURRED)}
     assert {None, "occurred_at_too_old", "occurred_at_in_future"} <= set(got.values())

@@ -112,6 +112,6 @@ def test_the_cli_finds_a_users_rows_by_their_raw_id(settings, lake, capsys):
     audit.add_arguments(parser)
     assert audit.command(parser.parse_args(["--user", "alice"]), settings) == 0
     out = capsys.readouterr().out
-    assert "k1k1k1k1k1k1k1k1" in out and "1 rows" in out and "alice" not in out
+    assert "k1k1k1k1k1k1k1k1" in out and "1 row" in out and "alice" not in out
     assert audit.command(parser.parse_args(["--json", "--action", "user.export"]), settings) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2

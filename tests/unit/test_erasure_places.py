@@ -55,7 +55,7 @@ def test_the_cdc_users_topic_names_the_operator_until_the_user_is_deleted_in_the
     assert cdc["status"] == erasure_places.OPERATOR and cdc["within_ms"] == config.bound_ms() and cdc["after"]
     assert database["place"] == "operational_db" and database["status"] == erasure_places.OPERATOR
     deleted = erasure_places.cdc_users(topic, config, erasure_places.CdcRecords(4, AT, deleted=True))
-    assert deleted[0]["gone_by"] == config.gone_by(AT) and deleted[1]["status"] == erasure_places.NOT_HELD
+    assert deleted[0]["gone_by"] == config.gone_by(AT) and "VACUUM" in deleted[1]["after"]
     nothing = erasure_places.cdc_users(topic, config, erasure_places.CdcRecords(0, None, deleted=False))
     assert nothing[0]["status"] == erasure_places.NOT_HELD
     assert erasure_places.cdc_users(topic, None, None) == []  # no CDC topic: no operational database feeds the lake
@@ -69,15 +69,17 @@ def test_the_delete_record_and_its_tombstone_count_as_a_deletion():
     assert erasure_places._user_key(b"not json") is None and erasure_places._user_key(None) is None
 
 
-def test_lake_places_say_removed_with_the_vacuum_or_not_held():
+def test_lake_places_say_removed_with_the_vacuum_or_not_held(settings):
     places = erasure_places.lake_tables({"events": 4, "dead_letter": 0}, {"events": 7, "dead_letter": 3},
-                                        {"events": 9}, AT, 0)
+                                        {"events": 9}, AT, settings)
     events, dead = places
     assert (events["place"], events["status"], events["gone_by"]) == ("lake:events", erasure_places.REMOVED, AT)
     assert "version 7" in events["detail"] and "version 9" in events["detail"]
     assert dead["status"] == erasure_places.NOT_HELD
-    later = erasure_places.lake_tables({"events": 4}, {"events": 7}, {"events": 9}, AT, 24)[0]
-    assert later["status"] == erasure_places.EXPIRES and later["gone_by"] == AT + dt.timedelta(hours=24)
+    # files kept past the erasure's VACUUM: no time promised, since only a later VACUUM removes them
+    kept = erasure_places.lake_tables({"events": 4}, {"events": 7}, {"events": 9}, AT,
+                                      settings.model_copy(update={"erasure_vacuum_retention_hours": 24}))[0]
+    assert kept["status"] == erasure_places.KEPT and kept["gone_by"] is None
     with pytest.raises(ValueError, match="status"):
         erasure_places.place("x", "gone", "")
 

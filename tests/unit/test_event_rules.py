@@ -66,6 +66,16 @@ def test_occurred_at_must_lie_within_the_retention_before_and_the_skew_after(occ
     assert occurred_at_problem(occurred, NOW, LIMITS) == reason
 
 
+def test_a_later_clock_moves_the_future_bound_and_the_time_received_the_past_one():
+    """The speed job reads a record after it was received: its past bound counts from the record's
+    Kafka time, its future bound from its own clock."""
+    later = NOW + timedelta(hours=2)
+    assert occurred_at_problem(NOW + timedelta(hours=1), NOW, LIMITS, now=later) is None
+    assert occurred_at_problem(later + timedelta(minutes=6), NOW, LIMITS, now=later) == OCCURRED_AT_IN_FUTURE
+    assert occurred_at_problem(NOW - timedelta(hours=23), NOW, LIMITS, now=later) is None
+    assert occurred_at_problem(NOW - timedelta(hours=25), NOW, LIMITS, now=later) == OCCURRED_AT_TOO_OLD
+
+
 def test_without_an_age_bound_only_the_epoch_bounds_the_past():
     forever = EventLimits(value_max=1e6, max_age=None, max_skew=timedelta(minutes=5))
     assert occurred_at_problem(datetime(1971, 1, 1, tzinfo=UTC), NOW, forever) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -58,6 +60,21 @@ def test_generic_csv_with_weights_and_iso_times(settings, tmp_path):
     rows = events(settings)
     assert [(r["event_type"], r["value"]) for r in rows] == [("purchase", 2.0), ("purchase", 1.5)]
     assert rows[1]["occurred_at"] == datetime(2025, 3, 1, 10, tzinfo=UTC)
+
+
+def test_what_the_generator_writes_imports_as_it_would_have_been_posted(settings, tmp_path, monkeypatch, capsys):
+    """`lambdarec generate --out x.jsonl` then `lambdarec import x.jsonl`: one row per event, types and values kept."""
+    path = tmp_path / "history.jsonl"
+    monkeypatch.setenv("LAMBDAREC_ROOT", str(settings.root))
+    assert main(["generate", "--out", str(path), "--events", "200", "--users", "20", "--items", "40", "--days", "3"]) == 0
+    assert main(["import", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["format"], summary["imported"]) == ("jsonl", 200)
+    sent = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = events(settings)
+    assert Counter((r["user_id"], r["item_id"], r["event_type"], r["value"]) for r in rows) == Counter(
+        (pseudonymise(e["user_id"], settings.pseudonym_key), e["item_id"], e["event_type"],
+         1.0 if e["value"] is None else e["value"]) for e in sent)
 
 
 def test_parquet_with_event_types(settings, tmp_path):

@@ -265,3 +265,10 @@ def test_lambdarec_serve_refuses_open_mode_on_every_interface(settings):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "refuses to start" in done.stdout and "loopback" in done.stdout
+
+
+def test_an_unprintable_request_id_is_a_422_naming_it(shared):
+    _, client, tokens = shared
+    answer = client.delete("/v1/users/alice", params={"request_id": "5\x8a\r"},
+                           headers={"Authorization": f"Bearer {tokens['admin']}"})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "request_id"]

@@ -83,6 +83,19 @@ def test_only_the_newest_two_bundles_are_kept(settings, lake):
     assert store.current.version == 3 and store.current.history(store.current.user_positions["u2"])[1].tolist() == [1.0, 3.0]
 
 
+def test_a_cached_bundle_made_before_an_erasure_of_its_training_data_is_dropped(settings, lake):
+    write_model(lake, 1, 5, ITEMS, RATINGS, bundle=False)
+    store = ModelStore(settings, lake)
+    assert store.reload()
+    (bundle,) = settings.model_cache_root.glob("v1-*")
+    built, factors = bundle.stat().st_mtime, np.array(store.current.user_factors)
+    assert store.drop_cached([(5, built + 60)]) == []  # the delete is in the events it was trained on
+    assert store.drop_cached([(6, built - 60)]) == []  # cached after that erasure completed: made without them
+    assert store.drop_cached([(6, built + 60)]) == [1] and not bundle.exists()
+    assert np.array_equal(store.current.user_factors, factors)  # the serving model's maps stay valid
+    assert ModelStore(settings, lake).reload() and bundles(settings) == ["v1"]  # built again when loaded
+
+
 def test_a_published_bundle_in_a_local_lake_is_mapped_in_place(settings, lake):
     write_model(lake, 1, 5, ITEMS, RATINGS)
     store = ModelStore(settings, lake)

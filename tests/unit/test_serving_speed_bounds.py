@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.speed_updates import GLOBAL_SEGMENT, timestamp
+from serving.speed_state import EvictedUsers
 from serving.speed_view import SpeedView
 
 pytestmark = pytest.mark.unit
@@ -120,7 +121,7 @@ def test_profiles_leave_with_their_user(settings, evictions):
 
 
 def test_the_cap_remembers_who_to_read_back_until_a_model_covers_them(settings, evictions):
-    view = bounded(settings, evictions, speed_view_max_users=1)
+    view = bounded(settings, evictions, speed_view_max_users=1, speed_view_recall_users=4)  # a generation a user
     view.apply(event("e1", "landed", "a", events_version=7))
     view.apply(event("e2", "other", "b", minutes=1, events_version=8))
     assert view.needs_recall("landed", None) and view.needs_recall("landed", 6)
@@ -150,3 +151,18 @@ def test_a_restored_user_gets_their_newest_interactions_back_once(settings, evic
     assert view.restore("u1", rows) == 2
     assert [i.item_id for i in view.interactions("u1")] == ["z", "a"] and not view.needs_recall("u1", None)
     assert view.restore("u1", rows) == 0  # the same rows again change nothing
+
+
+def test_the_record_is_a_few_bytes_a_user_and_misses_none_of_them():
+    record = EvictedUsers(40_000)
+    users = [f"u1_{n:032x}" for n in range(40_000)]
+    for n, user in enumerate(users):
+        assert record.add(user, needs_version=n // 1000) == 0
+    assert all(record.needs(user, None) for user in users)  # no false negative: nobody evicted is missed
+    strangers = sum(record.needs(f"stranger-{n}", None) for n in range(10_000))
+    assert strangers < 300  # about 1% read needlessly
+    assert sum(len(generation.bits) for generation in record._generations) < 70_000  # 1.6 bytes a user
+    assert record.add("one-more", needs_version=40) == 10_000  # past the cap the oldest quarter goes
+    assert not record.needs(users[0], None) and record.needs(users[10_000], None)
+    assert record.needs(users[-1], 38) and not record.needs(users[-1], 39)  # a model on version 39 covers them
+    assert len(record) == 1  # and their generations are let go: only the open one is left

@@ -12,9 +12,10 @@ import pytest
 from deltalake import DeltaTable
 
 from lambdarec.lake import Lake
-from schemas.speed_updates import GLOBAL_SEGMENT
+from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, KIND_USER_FEATURES
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
 from serving.speed_bootstrap import bootstrap
+from serving.speed_horizon import held
 from serving.speed_view import SpeedView
 
 pytestmark = pytest.mark.unit
@@ -68,3 +69,28 @@ def test_past_the_user_cap_only_the_newest_users_are_loaded(settings):
     assert view.interactions("u2") == [] and [i.item_id for i in view.interactions("u1")] == ["a", "d"]
     assert [i.item_id for i in view.interactions("u3")] == ["c"]
     assert evictions == {}  # left out before loading, not loaded and evicted
+
+
+def test_each_users_newest_features_row_and_the_weightiest_trending_rows_are_all_that_is_loaded(settings):
+    settings = settings.model_copy(update={"speed_view_max_trending_rows": 2})
+    features = pa.Table.from_pylist(
+        [{"user_id": "u1", "last_seen": NEWEST - timedelta(minutes=2 - batch), "country": country, "query_id": "q",
+          "batch_id": batch} for batch, country in ((1, "FR"), (0, "DE"))], schema=SPEED_USER_FEATURES.schema)
+    assert held(KIND_USER_FEATURES, features, settings).to_pylist()[0]["country"] == "FR"  # batch 1's, not the last row
+
+    def trending(item, weight, batch):
+        return {"segment_type": GLOBAL_SEGMENT[0], "segment": GLOBAL_SEGMENT[1], "window_start": NEWEST,
+                "window_end": NEWEST + timedelta(minutes=1), "item_id": item, "events": 1, "weight": weight,
+                "query_id": "q", "batch_id": batch}
+
+    rows = pa.Table.from_pylist([trending("a", 1.0, 0), trending("b", 3.0, 0), trending("c", 2.0, 0),
+                                 trending("a", 5.0, 1)], schema=SPEED_ITEM_TRENDING.schema)
+    kept = held(KIND_ITEM_TRENDING, rows, settings).to_pylist()
+    assert sorted((row["item_id"], row["weight"]) for row in kept) == [("a", 5.0), ("b", 3.0)]
+
+    lake = Lake(settings)
+    lake.append_arrow(SPEED_USER_FEATURES, features)
+    lake.append_arrow(SPEED_ITEM_TRENDING, rows)
+    view = SpeedView(settings)
+    bootstrap(lake, view)
+    assert view.profile("u1")["country"] == "FR" and view.trending()[0] == [("a", 5.0), ("b", 3.0)]
