@@ -10,7 +10,6 @@ batches on the topic and applies only what came after.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -57,17 +56,19 @@ def bootstrap(lake: Lake, view: SpeedView, skipped: Counter | None = None) -> di
         if version is None:
             continue
         table = read_held(lake, kind, spec, version, view.settings)  # what a view that never stopped would hold
-        loaded = 0
-        batches, bad = _batches(kind, table)
-        for (query_id, batch_id), rows in batches:
+        loaded, unreadable = 0, [0]
+        for (query_id, batch_id), rows in _batches(kind, table, unreadable):
             try:
                 view.load_batch(kind, query_id, batch_id, rows)
             except BadUpdate:  # only a batch with a bad row pays for checking its rows one by one
                 good = [values for values in rows if _readable(kind, values)]
-                bad += len(rows) - len(good)
+                unreadable[0] += len(rows) - len(good)
                 rows = good
                 view.load_batch(kind, query_id, batch_id, rows)
             loaded += len(rows)
+        del table
+        pa.default_memory_pool().release_unused()  # the Arrow buffers of a big start-up, back to the system
+        bad = unreadable[0]
         versions[spec.name] = version
         if bad:
             log.warning("speed view skipped unreadable rows", extra={"table": spec.name, "rows": bad})
@@ -77,19 +78,27 @@ def bootstrap(lake: Lake, view: SpeedView, skipped: Counter | None = None) -> di
     return versions
 
 
-def _batches(kind: str, table: pa.Table) -> tuple[list[tuple[tuple[str, int], list[dict[str, Any]]]], int]:
-    """(rows grouped by (query_id, batch_id), batches in order, each row in its message form
-    (``schemas.speed_updates``: the same timestamps and maps as on the topic); rows that have none)."""
+def _batches(kind: str, table: pa.Table, unreadable: list[int]) -> Iterator[tuple[tuple[str, int], list[dict[str, Any]]]]:
+    """The rows of ``table`` grouped by (query_id, batch_id), batches in order, each row in its message form
+    (``schemas.speed_updates``: the same timestamps and maps as on the topic). One batch is held in Python
+    at a time, so start-up's memory is the view's plus one batch. A row that has no message form is
+    counted in ``unreadable[0]``."""
     as_message = progress_row if kind == KIND_PROGRESS else lambda values: row(kind, values)
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
-    bad = 0
-    for values in _python_rows(table):
+    ordered = table.sort_by([("batch_id", "ascending"), ("query_id", "ascending")])  # stable: rows keep their order
+    current: tuple[str, int] | None = None
+    rows: list[dict[str, Any]] = []
+    for values in _python_rows(ordered):
         entry = None if values is None else _entry(as_message, values)
         if entry is None:
-            bad += 1
-        else:
-            groups[entry[0]].append(entry[1])
-    return sorted(groups.items(), key=lambda entry: (entry[0][1], entry[0][0])), bad
+            unreadable[0] += 1
+            continue
+        if entry[0] != current:
+            if rows and current is not None:
+                yield current, rows
+            current, rows = entry[0], []
+        rows.append(entry[1])
+    if rows and current is not None:
+        yield current, rows
 
 
 def _entry(as_message: Callable[[dict[str, Any]], dict[str, Any]],

@@ -4,8 +4,8 @@ Each test brings the platform up on a temp root and free ports with the CLI, as
 a user would, kills components with SIGKILL and reads ``lambdarec ps --json``
 until the supervisor has restarted them (a new pid, a restart counted), then
 checks the data path end to end: every event the API accepted, before and after
-the kills, is in the Delta ``events`` table exactly once. Airflow is brought up
-on its own in the second test, which measures its memory.
+the kills, is in the Delta ``events`` table exactly once. The second test runs the
+first run of every DAG under keys, and measures Airflow's memory.
 """
 
 from __future__ import annotations
@@ -145,52 +145,19 @@ def test_up_restarts_what_is_killed_and_every_accepted_event_lands_once(platform
           f"listeners {sorted({(address, port) for _, address, port in held})}")
 
 
-def test_airflow_under_up_stays_small_and_restarts(platform):
-    up = platform.up("--without", "cdc,speed,serving,prometheus")
-    password = json.loads((platform.root / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
-    assert f"http://127.0.0.1:{platform.airflow_port}" in up.stdout and f"password: {password}" in up.stdout
-    api = f"http://127.0.0.1:{platform.airflow_port}"
-
-    def dags() -> list[str] | None:
-        token = httpx.post(f"{api}/auth/token", json={"username": "admin", "password": password}, timeout=10)
-        found = httpx.get(f"{api}/api/v2/dags", headers={"Authorization": f"Bearer {token.json()['access_token']}"},
-                          timeout=10).json()
-        return sorted(d["dag_id"] for d in found["dags"]) if found["total_entries"] == 3 else None
-
-    assert wait_for(dags, 180, "the dag-processor to parse dags/", interval_s=1.0) == \
-        ["lambdarec_batch", "lambdarec_maintenance", "lambdarec_privacy"]
-    info = platform.ps()
-    airflow = [c for c in info["components"] if c["name"].startswith("airflow-")]
-    assert [c["name"] for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
-                                            "airflow-scheduler"]
-    assert airflow[0]["status"] == "done"
-    assert all(c["status"] == "running" and c["rss_bytes"] > 0 for c in airflow[1:]), airflow
-    processes = sum(c["processes"] for c in airflow)
-    rss = info["rss_bytes"]["airflow"]
-    assert rss == sum(c["rss_bytes"] for c in airflow) < AIRFLOW_RSS_LIMIT, airflow
-    # One process each, the executor's workers, and a DAG file being parsed (not 42 processes).
-    assert processes <= 3 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
-
-    held = platform.listeners()
-    assert platform.airflow_port in {port for _, _, port in held}, held
-    assert not [listener for listener in held if not is_loopback(listener[1])], held
-
-    platform.kill_9("airflow-scheduler")
-    after = platform.ps()["rss_bytes"]["airflow"]
-    assert after < AIRFLOW_RSS_LIMIT
-    print(f"airflow: {processes} processes, {rss / 2**20:.0f} MiB RSS; {after / 2**20:.0f} MiB after a scheduler "
-          f"restart; {json.dumps({c['name']: round(c['rss_bytes'] / 2**20) for c in airflow})}")
-
-
 def files_holding(root: Path, needle: bytes) -> list[str]:
     return [str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
 
 
+DAGS = ["lambdarec_batch", "lambdarec_maintenance", "lambdarec_privacy"]
+
+
 @pytest.mark.spark
-def test_a_fresh_up_with_keys_runs_the_batch_dag_green(platform):
-    """As a new user: keys mode (the default), events in the lake, `up`, then the lambdarec_batch DAG unpaused
-    in Airflow. Its first run succeeds end to end: reload_serving presents the admin key `up` made for Airflow,
-    whose token no file under the root holds."""
+def test_a_fresh_up_with_keys_runs_every_dag_green_on_a_small_airflow(platform):
+    """As a new user: keys mode (the default), events in the lake, `up`, then each DAG unpaused in Airflow. The
+    first run of each succeeds end to end: the batch DAG's reload_serving presents the admin key `up` made for
+    Airflow, whose token no file under the root holds. Airflow stays small, on loopback, and comes back when its
+    scheduler is killed."""
     platform.env.update({"LAMBDAREC_AUTH": "keys", "LAMBDAREC_MODEL_FAMILIES": '["als"]', "LAMBDAREC_TUNE_TRIALS": "0",
                          "LAMBDAREC_ALS_RANK": "16", "LAMBDAREC_ALS_ITERATIONS": "5",
                          "LAMBDAREC_SPARK_SHUFFLE_PARTITIONS": "2"})
@@ -203,25 +170,58 @@ def test_a_fresh_up_with_keys_runs_the_batch_dag_green(platform):
     assert key.live and key.scopes == {"admin"}
     password = json.loads((platform.root / "airflow" / "simple_auth_manager_passwords.json").read_text())["admin"]
     api = f"http://127.0.0.1:{platform.airflow_port}"
+    assert api in up.stdout and f"password: {password}" in up.stdout
     token = httpx.post(f"{api}/auth/token", json={"username": "admin", "password": password}, timeout=10)
     airflow = httpx.Client(base_url=f"{api}/api/v2", timeout=30,
                            headers={"Authorization": f"Bearer {token.json()['access_token']}"})
 
-    def parsed() -> bool:
-        return airflow.get("/dags/lambdarec_batch").status_code == 200
+    def parsed() -> list[str] | None:
+        found = airflow.get("/dags").json()
+        return sorted(d["dag_id"] for d in found["dags"]) if found["total_entries"] == len(DAGS) else None
 
-    wait_for(parsed, 180, "the dag-processor to parse lambdarec_batch", interval_s=1.0)
-    assert airflow.patch("/dags/lambdarec_batch", json={"is_paused": False}).status_code == 200
+    assert wait_for(parsed, 180, "the dag-processor to parse dags/", interval_s=1.0) == DAGS
+    check_airflow_is_small(platform)
+    for dag_id in DAGS:
+        assert airflow.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
 
-    def finished() -> dict | None:
-        runs = airflow.get("/dags/lambdarec_batch/dagRuns").json()["dag_runs"]
+    def finished(dag_id: str) -> dict | None:
+        runs = airflow.get(f"/dags/{dag_id}/dagRuns").json()["dag_runs"]
         return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
 
-    run = wait_for(finished, 900, "the first lambdarec_batch run", interval_s=2.0)
-    tasks = airflow.get(f"/dags/lambdarec_batch/dagRuns/{run['dag_run_id']}/taskInstances").json()
-    states = {t["task_id"]: (t["state"], t["try_number"]) for t in tasks["task_instances"]}
-    assert run["state"] == "success" and states["reload_serving"] == ("success", 1), (states, platform.logs())
+    states = {}
+    for dag_id in DAGS:
+        run = wait_for(lambda dag_id=dag_id: finished(dag_id), 900, f"the first {dag_id} run", interval_s=2.0)
+        tasks = airflow.get(f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances").json()
+        states[dag_id] = {t["task_id"]: (t["state"], t["try_number"]) for t in tasks["task_instances"]}
+        assert run["state"] == "success", (dag_id, states[dag_id], platform.logs())
+    assert states["lambdarec_batch"]["reload_serving"] == ("success", 1), states
+    assert [task for task in states["lambdarec_maintenance"]][0] == "prune_speed", states
     assert httpx.get(f"{platform.api}/ready", timeout=10).json()["model_version"] == 1
     reloads = [r for r in audit.read(lake, action="model.reload") if r["key_id"] == key.key_id]
     assert [r["outcome"] for r in reloads] in (["reloaded"], ["unchanged"])  # or serving's own poll was first
     assert files_holding(platform.root, f"lrk_{key.key_id}_".encode()) == []  # no log, state or file has the token
+
+    platform.kill_9("airflow-scheduler")
+    after = platform.ps()["rss_bytes"]["airflow"]
+    assert after < AIRFLOW_RSS_LIMIT
+    print(f"first runs: {json.dumps(states)}; airflow {after / 2**20:.0f} MiB RSS after a scheduler restart")
+
+
+def check_airflow_is_small(platform) -> None:
+    """Airflow's four components, one process each plus the executor's workers, on loopback, under the limit."""
+    info = platform.ps()
+    airflow = [c for c in info["components"] if c["name"].startswith("airflow-")]
+    assert [c["name"] for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
+                                            "airflow-scheduler"]
+    assert airflow[0]["status"] == "done"
+    assert all(c["status"] == "running" and c["rss_bytes"] > 0 for c in airflow[1:]), airflow
+    processes = sum(c["processes"] for c in airflow)
+    rss = info["rss_bytes"]["airflow"]
+    assert rss == sum(c["rss_bytes"] for c in airflow) < AIRFLOW_RSS_LIMIT, airflow
+    # One process each, the executor's workers, and a DAG file being parsed (not 42 processes).
+    assert processes <= 3 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
+    held = platform.listeners()
+    assert platform.airflow_port in {port for _, _, port in held}, held
+    assert not [listener for listener in held if not is_loopback(listener[1])], held
+    print(f"airflow: {processes} processes, {rss / 2**20:.0f} MiB RSS; "
+          f"{json.dumps({c['name']: round(c['rss_bytes'] / 2**20) for c in airflow})}")
