@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
-RECORDS = PROJECT / "bench" / "records"
+RECORDS = PROJECT / "bench" / "records"  # bench.records.RECORDS; this script runs without the venv too
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 

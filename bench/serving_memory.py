@@ -39,16 +39,13 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +58,7 @@ from kafka import TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import records  # noqa: E402
 from bench.serve import write_model  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
@@ -369,13 +367,6 @@ def prune(settings: Settings) -> dict[str, Any]:
     return {"seconds": round(time.monotonic() - started, 1), **json.loads(json.dumps(done, default=str))}
 
 
-def commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2_000_000)
@@ -390,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", type=int, default=200, help="Evicted users asked for once caught up.")
     parser.add_argument("--restart-replay-s", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--records", type=Path, default=PROJECT / "bench" / "records")
+    parser.add_argument("--records", type=Path, default=records.RECORDS)
     parser.add_argument("--keep", action="store_true", help="Keep the temporary root (lake, broker, logs).")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="A serving setting (LAMBDAREC_NAME=VALUE), e.g. --set speed_view_max_users=100000.")
@@ -408,10 +399,7 @@ def main(argv: list[str] | None = None) -> int:
            **{f"LAMBDAREC_{name.upper()}": value for name, value in overrides.items()}}
     lake = Lake(settings)
     record: dict[str, Any] = {
-        "bench": "serving_memory", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(), "cores": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), **commit(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **records.start("serving_memory", vars(args)),
         "settings": {name: getattr(settings, name) for name in (
             "speed_view_horizon_s", "speed_view_max_users", "speed_view_max_interactions", "speed_view_max_items",
             "speed_view_max_trending_rows", "speed_view_recall_users", "speed_recent_items",
@@ -465,10 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     record["figures"] = figures
     if not args.keep:
         shutil.rmtree(root)
-    args.records.mkdir(parents=True, exist_ok=True)
-    path = args.records / f"serving_memory-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    records.write(record, args.records)
     return 0
 
 

@@ -18,12 +18,8 @@ dated, under --records (host, cores, commit, settings, figures); never a pass/fa
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +28,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import psutil
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from batch.erasure import DELTA_END_INDEX  # noqa: E402
+from bench import records  # noqa: E402
 from lambdarec import speed_state_retention  # noqa: E402
 from lambdarec.checkpoint_files import CheckpointFiles  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
@@ -114,13 +110,6 @@ def summary(values: list[float]) -> dict[str, float | None]:
             "max": ordered[-1]}
 
 
-def commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000, help="Events the state is built from.")
@@ -128,13 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=2_000, help="New events per timed micro-batch.")
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--records", type=Path, default=PROJECT / "bench" / "records")
+    parser.add_argument("--records", type=Path, default=records.RECORDS)
     args = parser.parse_args(argv)
-    record: dict[str, Any] = {
-        "bench": "speed_state", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(), "cores": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), **commit(), "args": {k: str(v) for k, v in vars(args).items()},
-    }
+    record = records.start("speed_state", vars(args))
     with tempfile.TemporaryDirectory(prefix="lambdarec-bench-state-") as tmp, \
             EmbeddedBroker(Settings(root=Path(tmp), allow_development_key=True)) as broker:
         settings = broker.settings.model_copy(update={"spark_shuffle_partitions": 2, "speed_features_trigger_ms": 500})
@@ -152,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             spark.stop()
     record["figures"] = {"spark_defaults": spark_defaults, "erasure_settings": erasure_settings,
                          "erasure_settings_conf": speed_state_retention.features_conf(settings)}
-    args.records.mkdir(parents=True, exist_ok=True)
-    path = args.records / f"speed_state-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    records.write(record, args.records)
     return 0
 
 
