@@ -46,14 +46,13 @@ import pyarrow.compute as pc
 
 from batch import erasure_places, topic_retention
 from lambdarec import audit, erasure_rows, privacy, registry, speed_state_retention
-from lambdarec.cdc import topic as cdc_topic
 from lambdarec.checkpoint_files import CheckpointFiles, speed_checkpoint
 from lambdarec.kafka_io import platform_topics
 from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.lake import Lake, session_conf, spark_path
 from lambdarec.model_bundle import model_bundle_exists, publish_model_bundle, remove_model_bundle
 from lambdarec.settings import Settings
-from schemas.cdc import USERS
+from schemas.cdc import USERS, topic as cdc_topic
 from schemas.tables import (
     EVENTS,
     PRIVACY_RECEIPTS,
@@ -305,7 +304,7 @@ def _outside_the_lake(settings: Settings, lake: Lake, request: dict[str, Any],
     """
     from kafka.errors import KafkaError
 
-    users_topic = cdc_topic(settings, USERS.table)
+    users_topic = cdc_topic(settings.cdc_topic_prefix, USERS.table)
     carried = platform_topics(settings)
     try:
         retention = topic_retention.read(settings, [*carried, users_topic])

@@ -36,9 +36,10 @@ import httpx
 
 from lambdarec import jars, secret_files
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
-from lambdarec.postgres import CDC_TABLES, PUBLICATION
+from lambdarec.postgres import PUBLICATION
 from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial, host_port
+from schemas.cdc import TABLES as CDC_TABLES, topics
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ QUIET_LOGGERS = ("org.reflections", "org.apache.kafka.clients", "org.eclipse.jet
 
 class ConnectError(StageError):
     """Kafka Connect or its connector cannot be started, or failed."""
-
-
-def topic(settings: Settings, table: str) -> str:
-    """The topic of one operational table's changes (``table`` as ``schema.name``)."""
-    return f"{settings.cdc_topic_prefix}.{table}"
-
-
-def cdc_topics(settings: Settings) -> list[str]:
-    """Every topic the connector writes: one per operational table."""
-    return [topic(settings, table) for table in CDC_TABLES]
 
 
 def secrets_path(settings: Settings) -> Path:
@@ -261,6 +252,6 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     if args.port is not None:
         settings = settings.model_copy(update={"cdc_connect_port": args.port})
     return run_until_signalled("cdc", KafkaConnect(settings).start, lambda connect: {
-        "rest": connect.rest, "connector": CONNECTOR, "topics": cdc_topics(settings), "pid": connect.pid,
+        "rest": connect.rest, "connector": CONNECTOR, "topics": topics(settings.cdc_topic_prefix), "pid": connect.pid,
         "log": str(connect.log_path),
     }, (ConnectError,))

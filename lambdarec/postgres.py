@@ -39,6 +39,7 @@ from urllib.parse import quote
 from lambdarec import secret_files
 from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial
+from schemas.cdc import TABLES as CDC_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ SYSTEM_USER = SUPERUSER = "postgres"  # who runs the server when we are root, an
 ROLE = DATABASE_OWNER = "lambdarec"
 DATABASE = "operational"
 PUBLICATION = "lambdarec_cdc"
-CDC_TABLES = ("public.items", "public.users")
 OPERATIONAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     item_id     text PRIMARY KEY,

@@ -43,6 +43,19 @@ USERS = Dimension(
     "user_id string, country string, age_band string, signup_date int, membership string, updated_at string",
 )
 DIMENSIONS = (ITEMS, USERS)
+TABLES = tuple(dimension.table for dimension in DIMENSIONS)
+"""The operational tables the connector captures: its publication's."""
+
+
+def topic(prefix: str, table: str) -> str:
+    """The topic of one operational table's changes (``table`` as ``schema.name``; ``prefix``:
+    ``Settings.cdc_topic_prefix``), named as Debezium names it."""
+    return f"{prefix}.{table}"
+
+
+def topics(prefix: str) -> list[str]:
+    """Every topic the connector writes: one per operational table."""
+    return [topic(prefix, table) for table in TABLES]
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from kafka.consumer.fetcher import ConsumerRecord
 
-from lambdarec.cdc import topic
 from lambdarec.settings import Settings
-from schemas.cdc import ITEMS, decode_availability
+from schemas.cdc import ITEMS, decode_availability, topic
 from serving.item_attributes import ItemAttributes
 from serving.topic_follower import TopicFollower
 
@@ -25,7 +24,7 @@ class CatalogueChanges:
     def __init__(self, settings: Settings, attributes: ItemAttributes):
         self.attributes = attributes
         self.applied = 0
-        self.follower = TopicFollower(settings.bootstrap_servers, topic(settings, ITEMS.table),
+        self.follower = TopicFollower(settings.bootstrap_servers, topic(settings.cdc_topic_prefix, ITEMS.table),
                                       "lambdarec-serving-catalogue-changes", settings.serve_cdc_replay_s,
                                       self._apply_record)
 

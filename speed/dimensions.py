@@ -1,6 +1,6 @@
 """The dimensions query: Debezium's change events → Delta ``MERGE`` into ``item_catalogue`` and ``user_profiles``.
 
-A micro-batch query of the speed job over the CDC topics (``lambdarec.cdc``).
+A micro-batch query of the speed job over the CDC topics (``schemas.cdc``).
 Each batch parses the envelopes, keeps per key the change with the newest LSN
 (then Kafka offset), and MERGEs them into the table: an insert, update or
 snapshot read upserts the row, a delete removes a user's row and marks an item's
@@ -30,10 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lambdarec.cdc import cdc_topics, topic
 from lambdarec.pseudonym import spark_pseudonym
 from lambdarec.settings import Settings
-from schemas.cdc import DELETE, DIMENSIONS, ENVELOPE_SCHEMA, ITEMS, OPS, USERS, Dimension
+from schemas.cdc import DELETE, DIMENSIONS, ENVELOPE_SCHEMA, ITEMS, OPS, USERS, Dimension, topic, topics
 from schemas.events import REDACTED_USER_ID
 from schemas.tables import DEAD_LETTER, USER_PROFILES
 from speed.metrics import METRICS
@@ -51,7 +50,7 @@ def build_stream(spark: "SparkSession", settings: Settings) -> "DataFrame":
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.bootstrap_servers)
-        .option("subscribe", ",".join(cdc_topics(settings)))
+        .option("subscribe", ",".join(topics(settings.cdc_topic_prefix)))
         .option("startingOffsets", "earliest")
         .option("failOnDataLoss", str(settings.speed_fail_on_data_loss).lower())
         .option("maxOffsetsPerTrigger", str(settings.speed_max_offsets_per_trigger))
@@ -155,7 +154,7 @@ class DimensionsSink(Sink):
         batch = batch.persist()  # read from Kafka once for both tables
         try:
             for dimension in DIMENSIONS:
-                parsed = parse(batch.filter(F.col("topic") == topic(self.settings, dimension.table)), dimension,
+                parsed = parse(batch.filter(F.col("topic") == topic(self.settings.cdc_topic_prefix, dimension.table)), dimension,
                                self.settings).toArrow()
                 if not parsed.num_rows:
                     continue

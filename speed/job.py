@@ -254,11 +254,11 @@ def run_features(spark: "SparkSession", settings: Settings, available_now: bool 
 def run_dimensions(spark: "SparkSession", settings: Settings, available_now: bool = False) -> "StreamingQuery":
     """Start the dimensions query (CDC topics → MERGE into ``item_catalogue``/``user_profiles``) and return it."""
     from lambdarec import kafka_io
-    from lambdarec.cdc import cdc_topics
+    from schemas.cdc import topics
     from speed.dimensions import DimensionsSink, build_stream as cdc_stream
 
     prepare(spark, settings)
-    kafka_io.ensure_topics(settings, cdc_topics(settings))  # before Connect makes them: no topic appears mid-query
+    kafka_io.ensure_topics(settings, topics(settings.cdc_topic_prefix))  # before Connect makes them: no topic appears mid-query
     checkpoint = speed_checkpoint(settings, "dimensions")
     return _start(cdc_stream(spark, settings), DIMENSIONS_QUERY_NAME, checkpoint, DimensionsSink(settings, checkpoint),
                   settings.speed_dimensions_trigger_ms, available_now)

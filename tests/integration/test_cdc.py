@@ -15,7 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from lambdarec.cdc import CONNECTOR, KafkaConnect, secrets_path, topic
+from lambdarec.cdc import CONNECTOR, KafkaConnect, secrets_path
+from schemas.cdc import topic
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 def changes(settings, table: str, expected: int) -> list[tuple[dict, dict | None]]:
     """(key, value) of every record on the table's topic, in offset order per partition."""
-    name = topic(settings, table)
+    name = topic(settings.cdc_topic_prefix, table)
     consumer = make_consumer(settings.bootstrap_servers)
     try:
         wait_until(lambda: consumer.partitions_for_topic(name), f"the topic {name}")
@@ -120,12 +121,12 @@ def test_the_dimensions_query_keeps_the_lake_equal_to_postgres(spark, cdc_settin
                 # Changes that cannot be applied: dead-lettered with a reason; the rest still applies.
                 producer = make_producer(settings)
                 try:
-                    send_all(producer, topic(settings, "public.items"), [
+                    send_all(producer, topic(settings.cdc_topic_prefix, "public.items"), [
                         (b'{"item_id":"i9"}', b"{not json"),
                         (b'{"item_id":"i9"}', json.dumps({"op": "c", "source": {"lsn": 1}, "after": {
                             "item_id": "i9", "title": "Bad", "price": "cheap", "available": True,
                             "attributes": "{}", "updated_at": "2026-01-01T00:00:00Z"}}).encode())])
-                    send_all(producer, topic(settings, "public.users"), [(b'{"user_id":"carol"}', json.dumps(
+                    send_all(producer, topic(settings.cdc_topic_prefix, "public.users"), [(b'{"user_id":"carol"}', json.dumps(
                         {"op": "u", "source": {"lsn": 2}, "after": {"user_id": "carol", "updated_at": "soon"}}
                     ).encode())])
                 finally:

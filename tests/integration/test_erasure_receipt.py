@@ -35,11 +35,10 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from batch import erasure
 from lambdarec import privacy
-from lambdarec.cdc import topic as cdc_topic
 from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
-from schemas.cdc import USERS
+from schemas.cdc import USERS, topic as cdc_topic
 from schemas.tables import EVENTS, PRIVACY_REQUESTS, SPEED_USER_FEATURES, USER_CONSENT, USER_PROFILES
 from serving.logs import JsonFormatter
 from speed.job import run_dimensions
@@ -87,7 +86,7 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
     stop_stream, stop_erasing = threading.Event(), threading.Event()
     queries = [*start_speed(spark, settings), run_dimensions(spark, settings)]
     try:
-        users_topic = cdc_topic(settings, USERS.table)
+        users_topic = cdc_topic(settings.cdc_topic_prefix, USERS.table)
         send_all(make_producer(settings), users_topic, [cdc_user(u, 100 + n) for n, u in enumerate(USERS_RAW)])
         with serving(settings) as client:
             wait_until(lambda: client.get("/ready").status_code == 200, "serving to be ready")

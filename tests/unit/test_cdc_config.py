@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from lambdarec.cdc import ConnectError, _properties, connector_config, connector_secrets, secrets_path, topic
+from lambdarec.cdc import ConnectError, _properties, connector_config, connector_secrets, secrets_path
+from schemas.cdc import topic
 from lambdarec.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -18,7 +19,7 @@ def test_the_embedded_database_is_the_default(settings):
     assert (config["database.hostname"], config["database.port"], config["database.dbname"]) == (
         "127.0.0.1", str(settings.embedded_postgres_port), "operational")
     assert config["plugin.name"] == "pgoutput" and config["table.include.list"] == "public.items,public.users"
-    assert topic(settings, "public.items") == "cdc.public.items"
+    assert topic(settings.cdc_topic_prefix, "public.items") == "cdc.public.items"
 
 
 def test_an_existing_database_is_read_from_its_url(settings):
@@ -52,8 +53,3 @@ def test_a_url_that_is_not_postgres_is_refused(url):
         connector_config(Settings(operational_db_url=url))
 
 
-def test_the_dimensions_query_reads_every_table_the_connector_captures():
-    from lambdarec.postgres import CDC_TABLES
-    from schemas.cdc import DIMENSIONS
-
-    assert sorted(d.table for d in DIMENSIONS) == sorted(CDC_TABLES)
