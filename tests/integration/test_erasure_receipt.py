@@ -1,22 +1,25 @@
-"""After an erasure's receipt, every file under the root that still holds the user is a place the receipt names,
-with the time it is gone.
+"""Erasure under load: one user erased mid-stream is gone from every layer, and after the receipt every file
+under the root that still holds them is a place the receipt names, with the time it is gone.
 
-The whole platform runs as in ``test_erasure_stream``: a real broker, the speed
-job's events, features and dimensions queries on Spark, serving on a real HTTP
-server, a published model holding every user, and the erasure job following
-requests (``erase --follow``, in a thread). Debezium is not run: the test writes
+The whole platform runs: a real broker, the speed job's events, features and
+dimensions queries on Spark, serving on a real HTTP server in keys mode, a
+published model holding every user, and the erasure job following requests
+(``erase --follow``, in a thread). Debezium is not run: the test writes
 the change records it would write for the operational ``users`` table (raw ids in
 their keys) to the CDC users topic itself, and there is no Postgres. Python's
 logs go to a file under the root, beside the broker's own log.
 
 Events stream for many users; one user is erased mid-stream through
-``DELETE /v1/users/{id}``. Once the receipt is complete, every file under the
+``DELETE /v1/users/{id}`` with the operator's key (the backend's is refused; the request id
+is idempotent and cannot name another user). Serving forgets them at once. Once the receipt is complete, every file under the
 root (lake, checkpoints, broker log dirs, logs, serving's model cache) is read
 (``tests.support.byte_scan``) for the user's pseudonym and raw id, and each hit
 must be in a place the receipt names, with a time still ahead
 (``tests.support.receipt_check``). The features query's state (RocksDB SST files,
 decoded) keeps nothing of the user: before the erasure it holds their subject
-hash, after the receipt no SST file does, nor any deletion entry.
+hash, after the receipt no SST file does, nor any deletion entry, also after a restart. Every other user's
+events are all there, once; DuckDB over the tables finds no row of the user; the audit log holds their subject
+hash only.
 """
 
 from __future__ import annotations
@@ -28,24 +31,26 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import pyarrow.compute as pc
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from batch import erasure
-from lambdarec import privacy
+from lambdarec import api_keys, audit, privacy
 from lambdarec.kafka_io import make_producer, send_all
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.cdc import USERS, topic as cdc_topic
-from schemas.tables import EVENTS, PRIVACY_REQUESTS, SPEED_USER_FEATURES, USER_CONSENT, USER_PROFILES
+from schemas.tables import ALL_TABLES, EVENTS, PRIVACY_REQUESTS, SPEED_USER_FEATURES, USER_CONSENT, USER_PROFILES
 from serving.logs import JsonFormatter
-from speed.job import run_dimensions
+from speed.job import features_checkpoint_location, run_dimensions
 from tests.support.byte_scan import scan
 from tests.support.privacy import api_events, start_speed
 from tests.support.receipt_check import place_of, unaccounted
 from tests.support.serving import serving, wait_until, write_model
+from tests.support.speed import message, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -62,9 +67,17 @@ def cdc_user(raw: str, lsn: int) -> tuple[bytes, bytes]:
             json.dumps({"op": "c", "source": {"lsn": lsn}, "before": None, "after": row}).encode())
 
 
-def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_when(spark, broker_settings):
+def state_keys(spark, settings) -> list[str]:
+    """The entities the features query keeps state for (Spark's state data source): a user's is their
+    subject hash, never their pseudonym."""
+    state = (spark.read.format("statestore").option("path", features_checkpoint_location(settings))
+             .option("stateVarName", "features").load())
+    return [str(row[0]) for row in state.selectExpr("to_json(key)").collect()]
+
+
+def test_a_user_erased_mid_stream_is_gone_but_where_the_receipt_says_until_when(spark, broker_settings):
     settings = broker_settings.model_copy(update={
-        "speed_realtime": False, "speed_features_trigger_ms": 1000, "speed_state_maintenance_s": 5,
+        "auth": "keys", "speed_realtime": False, "speed_features_trigger_ms": 1000, "speed_state_maintenance_s": 5,
         "serve_model_poll_s": 0.5, "erasure_speed_wait_s": 240, "erasure_poll_s": 0.5})
     root = Path(settings.root).resolve()
     lake, key = Lake(settings), settings.pseudonym_key
@@ -72,6 +85,8 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
     subject = privacy.subject_hash(erased)
     items = {f"item-{i}": [float(i % 3 == 0), float(i % 3 == 1), float(i % 3 == 2)] for i in range(7)}
     write_model(lake, 1, -1, items, {pseudonymise(u, key): {"item-1": 1.0} for u in USERS_RAW})
+    backend = {"Authorization": f"Bearer {api_keys.create(lake, 'backend', ['ingest', 'consent', 'read'])[1]}"}
+    operator = {"Authorization": f"Bearer {api_keys.create(lake, 'operator', ['admin'])[1]}"}
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_speed_updates,
                                         configs={"retention.ms": str(SPEED_UPDATES_RETENTION_MS)})])
@@ -90,6 +105,7 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
         send_all(make_producer(settings), users_topic, [cdc_user(u, 100 + n) for n, u in enumerate(USERS_RAW)])
         with serving(settings) as client:
             wait_until(lambda: client.get("/ready").status_code == 200, "serving to be ready")
+            client.headers.update(backend)  # the product backend's key, unless a call names the operator's
             assert client.post(f"/v1/users/{ERASED}/consent", json={"granted": True}).status_code == 202
 
             def stream() -> None:
@@ -116,12 +132,22 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
             assert not any(h.needle in (erased, ERASED) and place_of(h.path) == "speed_state" for h in before)
             assert f"kafka:{users_topic}" in {place_of(h.path) for h in before if h.needle == ERASED}
 
-            accepted = client.delete(f"/v1/users/{ERASED}", params={"request_id": "scan-1"})
+            assert client.delete(f"/v1/users/{ERASED}").status_code == 403  # the backend's key: no admin scope
+            assert client.delete(f"/v1/users/{ERASED}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            accepted = client.delete(f"/v1/users/{ERASED}", params={"request_id": "scan-1"}, headers=operator)
             assert accepted.status_code == 202, accepted.text
+            again = client.delete(f"/v1/users/{ERASED}", params={"request_id": "scan-1"}, headers=operator)
+            assert again.status_code == 202 and again.json()["request_id"] == "scan-1"
+            other = client.delete(f"/v1/users/{USERS_RAW[0]}", params={"request_id": "scan-1"}, headers=operator)
+            assert other.status_code == 409
+            # serving forgot them at once: a new user to the model, with no speed history
+            at_once = client.get(f"/v1/users/{ERASED}/recommendations").json()
+            assert at_once["strategy"] in ("trending_segment", "trending_global", "popular"), at_once
+            assert client.get("/v1/admin/erasures/scan-1", headers=operator).json()["status"] == "pending"
             follower = threading.Thread(target=erasure.follow, args=(spark, settings, stop_erasing.is_set),
                                         daemon=True)
             follower.start()
-            receipt = wait_until(lambda: (r := client.get("/v1/admin/erasures/scan-1").json())
+            receipt = wait_until(lambda: (r := client.get("/v1/admin/erasures/scan-1", headers=operator).json())
                                  and r["status"] == "completed" and r, "the receipt", timeout_s=420)
             stop_erasing.set()
             follower.join(120)
@@ -130,6 +156,15 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
 
             hits = scan(root, [erased, ERASED])
             scanned_at = dt.datetime.now(dt.UTC)
+
+            assert receipt["removed"]["events"] == sent[ERASED]
+            answer = client.get(f"/v1/users/{ERASED}/recommendations").json()
+            assert answer["strategy"] in ("trending_segment", "trending_global", "popular")
+            assert answer["fresh_interactions"] == 0
+            assert client.get("/v1/admin/erasures/unknown-id", headers=operator).status_code == 404
+            total = sum(sent.values()) - sent[ERASED]  # every other user's events land, once each
+            wait_until(lambda: lake.read_arrow(EVENTS, filter=pc.field("user_id") != erased).num_rows >= total,
+                       "the other users' events to land", timeout_s=120)
     finally:
         stop_stream.set()
         stop_erasing.set()
@@ -164,3 +199,27 @@ def test_after_the_receipt_the_users_ids_are_only_where_the_receipt_says_until_w
     assert places["lake:privacy_requests"]["status"] == "removed"
     assert {p["place"] for p in receipt["places"]} >= {"lake:events", "lake:user_profiles", "models", "serving"}
     assert lake.read_arrow(PRIVACY_REQUESTS, filter=pc.field("user_id").is_valid()).num_rows == 0
+
+    users = Counter(lake.read_arrow(EVENTS).column("user_id").to_pylist())
+    assert users == Counter({pseudonymise(u, key): n for u, n in sent.items() if u != ERASED})
+    assert len(set(lake.read_arrow(EVENTS).column("event_id").to_pylist())) == sum(users.values())
+    erasures = [(r["outcome"], r["subject"]) for r in audit.read(lake, action="user.erase")]
+    assert erasures == [("pending", audit.subject_of(erased))] * 2 + [("conflict", audit.subject_of(pseudonymise(USERS_RAW[0], key)))]
+    connection = duckdb.connect()
+    for name, spec in ALL_TABLES.items():
+        if lake.exists(spec) and "user_id" in spec.columns:
+            connection.register(name, lake.dataset(spec))
+            found = connection.execute(f"SELECT count(*) FROM {name} WHERE user_id = ?", [erased]).fetchall()
+            assert found == [(0,)], name
+
+    assert not [k for k in state_keys(spark, settings) if subject in k or erased in k]
+    assert [k for k in state_keys(spark, settings) if privacy.subject_hash(pseudonymise(USERS_RAW[0], key)) in k]
+    queries = start_speed(spark, settings)  # a restart: the state stays clear
+    try:
+        produce(settings, [message(user_id=pseudonymise(USERS_RAW[1], key)) for _ in range(3)])
+        before = lake.version(EVENTS)
+        wait_until(lambda: lake.version(EVENTS) > before, "the restarted speed job to store new events")
+    finally:
+        for query in queries:
+            query.stop()
+    assert not [k for k in state_keys(spark, settings) if subject in k]
