@@ -23,7 +23,7 @@ import psycopg
 import pyarrow.compute as pc
 import pytest
 
-from lambdarec import airflow_platform, api_keys, audit, proc_tree
+from lambdarec import airflow_platform, api_keys, audit, privacy, proc_tree, registry
 from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.platform_up import UP_KEY_NAME
@@ -154,9 +154,11 @@ DAGS = ["lambdarec_batch", "lambdarec_maintenance", "lambdarec_privacy"]
 
 @pytest.mark.spark
 def test_a_fresh_up_with_keys_runs_every_dag_green_on_a_small_airflow(platform):
-    """As a new user: keys mode (the default), events in the lake, `up`, then each DAG unpaused in Airflow. The
-    first run of each succeeds end to end: the batch DAG's reload_serving presents the admin key `up` made for
-    Airflow, whose token no file under the root holds. Airflow stays small, on loopback, and comes back when its
+    """As a new user: keys mode (the default), events in the lake and an erasure pending, `up`, then each DAG
+    unpaused in Airflow (the batch DAG first, as a new user would, then the other two). The first run of each
+    succeeds end to end: the batch DAG trains, publishes and reloads serving with the admin key `up` made for
+    Airflow, whose token no file under the root holds; the privacy DAG completes the erasure; the maintenance
+    DAG prunes, compacts, vacuums and expires. Airflow stays small, on loopback, and comes back when its
     scheduler is killed."""
     platform.env.update({"LAMBDAREC_AUTH": "keys", "LAMBDAREC_MODEL_FAMILIES": '["als"]', "LAMBDAREC_TUNE_TRIALS": "0",
                          "LAMBDAREC_ALS_RANK": "16", "LAMBDAREC_ALS_ITERATIONS": "5",
@@ -164,6 +166,9 @@ def test_a_fresh_up_with_keys_runs_every_dag_green_on_a_small_airflow(platform):
     lake = Lake(platform.settings)
     lake.append_arrow(EVENTS, bronze_table(generate_events(3000, n_users=120, n_items=240, n_clusters=6, seed=5),
                                            platform.settings))
+    erased = lake.read_arrow(EVENTS).column("user_id")[0].as_py()
+    held = lake.read_arrow(EVENTS, filter=pc.field("user_id") == erased).num_rows
+    privacy.record_erasure(lake, erased, "dag-erasure", "api", {})
     up = platform.up("--without", "cdc,speed,prometheus")
     assert "lambdarec keys create" in up.stdout
     [key] = [k for k in api_keys.keys(lake).values() if k.name == UP_KEY_NAME]
@@ -181,22 +186,30 @@ def test_a_fresh_up_with_keys_runs_every_dag_green_on_a_small_airflow(platform):
 
     assert wait_for(parsed, 180, "the dag-processor to parse dags/", interval_s=1.0) == DAGS
     check_airflow_is_small(platform)
-    for dag_id in DAGS:
-        assert airflow.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
 
     def finished(dag_id: str) -> dict | None:
         runs = airflow.get(f"/dags/{dag_id}/dagRuns").json()["dag_runs"]
         return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
 
     states = {}
-    for dag_id in DAGS:
-        run = wait_for(lambda dag_id=dag_id: finished(dag_id), 900, f"the first {dag_id} run", interval_s=2.0)
-        tasks = airflow.get(f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances").json()
-        states[dag_id] = {t["task_id"]: (t["state"], t["try_number"]) for t in tasks["task_instances"]}
-        assert run["state"] == "success", (dag_id, states[dag_id], platform.logs())
-    assert states["lambdarec_batch"]["reload_serving"] == ("success", 1), states
-    assert [task for task in states["lambdarec_maintenance"]][0] == "prune_speed", states
+    for wave in (DAGS[:1], DAGS[1:]):
+        for dag_id in wave:
+            assert airflow.patch(f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+        for dag_id in wave:
+            run = wait_for(lambda dag_id=dag_id: finished(dag_id), 900, f"the first {dag_id} run", interval_s=2.0)
+            tasks = airflow.get(f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances").json()
+            states[dag_id] = {t["task_id"]: (t["state"], t["try_number"]) for t in tasks["task_instances"]}
+            assert run["state"] == "success", (dag_id, states[dag_id], platform.logs())
+    assert states["lambdarec_batch"] == {task: ("success", 1) for task in
+                                         ("snapshot", "train", "publish_or_reject", "reload_serving")}, states
+    assert list(states["lambdarec_maintenance"])[0] == "prune_speed" and states["lambdarec_privacy"], states
     assert httpx.get(f"{platform.api}/ready", timeout=10).json()["model_version"] == 1
+    published = registry.latest_published(lake)
+    assert published is not None and published["model_version"] == 1
+    assert published["params"]["rank"] == 16 and published["params"]["run_key"]  # settings reach the job
+    assert published["metrics"]["model_recall_at_10"] > published["metrics"]["popularity_recall_at_10"]
+    receipt = privacy.receipt(lake, "dag-erasure")
+    assert receipt is not None and receipt["removed"]["events"] == held and privacy.pending(lake) == []
     reloads = [r for r in audit.read(lake, action="model.reload") if r["key_id"] == key.key_id]
     assert [r["outcome"] for r in reloads] in (["reloaded"], ["unchanged"])  # or serving's own poll was first
     assert files_holding(platform.root, f"lrk_{key.key_id}_".encode()) == []  # no log, state or file has the token
