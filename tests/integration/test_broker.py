@@ -16,6 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from lambdarec import kafka_io
 from lambdarec.broker import BrokerError, EmbeddedBroker, PortInUseError
+from lambdarec.processes import wait_for
 from tests.plugins.broker import broker_ports, free_port
 
 pytestmark = pytest.mark.integration
@@ -59,11 +60,16 @@ def test_broker_creates_platform_topics_with_configured_partitions(broker_settin
 def test_ensure_topics_is_idempotent(broker_settings):
     assert kafka_io.ensure_topics(broker_settings, ["events", "extra"], 3) == ["extra"]
     assert kafka_io.ensure_topics(broker_settings, ["events", "extra"], 3) == []
-    consumer = kafka_io.make_consumer(broker_settings.bootstrap_servers)
-    try:
-        assert consumer.partitions_for_topic("extra") == {0, 1, 2}
-    finally:
-        consumer.close()
+
+    def partitions() -> set[int] | None:
+        consumer = kafka_io.make_consumer(broker_settings.bootstrap_servers)  # fresh metadata each time
+        try:
+            return consumer.partitions_for_topic("extra") or None
+        finally:
+            consumer.close()
+
+    # CreateTopics answers once the controller made the topic; its partitions' leaders follow a moment later
+    assert wait_for(partitions, 30, "the new topic's partitions", interval_s=0.2) == {0, 1, 2}
 
 
 def test_idempotent_producer_delivers_each_record_once_in_order(broker_settings):
