@@ -22,9 +22,10 @@ pytest_plugins = ["tests.plugins.broker", "tests.plugins.cdc"]
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-# The suite starts well over a hundred short-lived JVMs (Spark, the broker, Connect) on two cores, where the C2
-# compiler's threads take cores from the work under test; C1 alone finished test_train_kill in 88 s against
-# 112 s. Tests only: the product's JVMs keep Java's default tiered compilation.
+# The suite starts well over a hundred short-lived JVMs (spark-submit jobs, the broker, Connect) on two cores, where
+# the C2 compiler's threads take cores from the work under test; C1 alone finished test_train_kill in 88 s against
+# 112 s. Tests only: the product's JVMs keep Java's default tiered compilation, and so does the run's one in-process
+# Spark session (the ``spark`` fixture), whose tests were slower under C1.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 
@@ -71,10 +72,12 @@ def spark():
     speed job's real-time query holds a task slot per events partition (threads, not cores)."""
     from lambdarec.spark import build_spark
 
-    session = build_spark(
-        Settings(spark_shuffle_partitions=2, spark_master="local[4]"),
-        "lambdarec-tests",
-        {"spark.default.parallelism": "2", "spark.sql.adaptive.enabled": "false"},
-    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv("JAVA_TOOL_OPTIONS", raising=False)  # this JVM lives all run and does heavy work: C2 pays
+        session = build_spark(
+            Settings(spark_shuffle_partitions=2, spark_master="local[4]"),
+            "lambdarec-tests",
+            {"spark.default.parallelism": "2", "spark.sql.adaptive.enabled": "false"},
+        )
     yield session
     session.stop()
