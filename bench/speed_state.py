@@ -22,7 +22,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from lambdarec.checkpoint_files import CheckpointFiles  # noqa: E402
 from lambdarec.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.generator import bronze_table, generate_events  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
+from lambdarec.processes import StageError, wait_for  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from lambdarec.spark import build_spark  # noqa: E402
 from schemas.tables import EVENTS  # noqa: E402
@@ -63,11 +63,8 @@ def features_batches(spark, settings: Settings, lake: Lake, args: argparse.Names
             assert version is not None  # an append without an app transaction always commits
             wait_read(query, files, events_id, version)
         last = speed_state_retention.latest_batch(files)
-        deadline = time.monotonic() + WAIT_S
-        while not any(p["batchId"] == last for p in query.recentProgress):  # progress is reported after the commit
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no progress of batch {last}")
-            time.sleep(0.2)
+        wait_for(lambda: any(p["batchId"] == last for p in query.recentProgress), WAIT_S,  # reported after the commit
+                 f"the progress of batch {last}", interval_s=0.2)
         every = query.recentProgress
     finally:
         query.stop()
@@ -89,17 +86,18 @@ def features_batches(spark, settings: Settings, lake: Lake, args: argparse.Names
 
 def wait_read(query, files: CheckpointFiles, table_id: str, version: int) -> None:
     """Until the query has committed a batch that read ``events`` through ``version`` (as the erasure job checks)."""
-    deadline = time.monotonic() + WAIT_S
     def read(source: Any) -> bool:
         if not isinstance(source, dict) or source.get("reservoirId") != table_id:
             return False
         at = int(source["reservoirVersion"])
         return at > version or (at == version and int(source["index"]) >= DELTA_END_INDEX)
 
-    while not any(read(source) for source in files.committed_offsets() or []):
-        if query.exception() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the features query did not read events version {version}: {query.exception()}")
-        time.sleep(0.2)
+    def caught_up() -> bool:
+        if query.exception() is not None:
+            raise StageError(f"the features query failed: {query.exception()}")
+        return any(read(source) for source in files.committed_offsets() or [])
+
+    wait_for(caught_up, WAIT_S, f"the features query to read events version {version}", interval_s=0.2)
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
