@@ -1,7 +1,7 @@
 """A bench's dated JSON record: what ran where (host, cores, memory, commit), its arguments and its figures.
 
 Records go under ``bench/records/<bench>-<UTC time>.json``; ``bench/report.py`` renders the newest
-of each into the README.
+of each into the docs.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Fill the README's measured figures from the newest bench records, so no figure is typed by hand.
+"""Fill the docs' measured figures from the newest bench records, so no figure is typed by hand.
 
 A block in a document between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` is
 replaced by the rendering of the newest ``bench/records/NAME-*.json``, with the record's
 date, commit and host. ``--check`` changes nothing and fails when a block is out of date
 (the unit tier runs it).
 
-    .venv/bin/python bench/report.py [--check] [README.md ...]
+    .venv/bin/python bench/report.py [--check] [README.md docs/*.md ...]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 RECORDS = PROJECT / "bench" / "records"  # bench.records.RECORDS; this script runs without the venv too
+DOCUMENTS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -94,7 +95,7 @@ def render(text: str, records: Path | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("documents", nargs="*", type=Path, default=[PROJECT / "README.md"])
+    parser.add_argument("documents", nargs="*", type=Path, default=DOCUMENTS)
     parser.add_argument("--check", action="store_true", help="Fail if a block differs from its newest record.")
     args = parser.parse_args(argv)
     stale = []

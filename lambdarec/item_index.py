@@ -5,7 +5,7 @@ shipped in the bundle, so it is swapped with the model. Serving asks it for a
 candidate pool, scores the pool exactly, and falls back to exact scoring over every
 item when filters, exclusions and seen items leave too few (``serving.catalogue``).
 
-faiss-cpu's HNSW was chosen by measurement over hnswlib and usearch (README: measurements):
+faiss-cpu's HNSW was chosen by measurement over hnswlib and usearch (docs/measurements.md):
 hnswlib answered a query fastest, but its load holds the GIL for the whole read, which
 stalled every request during a model swap; faiss reads the index without holding it, and
 maps the file (vectors and graph) rather than copying it, so every serving process on a

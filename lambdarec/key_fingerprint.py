@@ -11,7 +11,7 @@ speed job, ``erase``, ``export``, ``import``) calls ``verify_pseudonym_key`` at 
 - a version the lake records under the same fingerprint passes;
 - a version the lake records under another fingerprint is refused, with the versions
   the lake knows;
-- a version newer than every recorded one is a rotation (``"2:<secret>"``, README: key
+- a version newer than every recorded one is a rotation (``"2:<secret>"``, docs/privacy.md: key
   rotation): it is recorded beside the older ones, which stay valid for the rows made
   under them, and the log says which older versions hold rows this key cannot reach;
 - a version older than the newest recorded one that the lake never saw is refused:
@@ -78,7 +78,7 @@ class KeyCheck:
         if older:
             return (f"this lake also holds pseudonyms made with key versions {older}, which key version "
                     f"{self.version} cannot reach: erase or export a user once with each of those keys too "
-                    "(README: key rotation)")
+                    "(docs/privacy.md: key rotation)")
         return None
 
 
@@ -153,4 +153,4 @@ def _advice(settings: Settings, recorded: dict[int, Recorded]) -> str:
                    ".env in the folder you run from) not loaded? " if is_development_key(settings.pseudonym_key) else "")
     return (f"{development}The lake knows key versions {known}. Set LAMBDAREC_PSEUDONYM_KEY to the key of one of "
             f"them (the newest, {max(recorded)}, for new data); a new key needs a new version, "
-            f"\"{max(recorded) + 1}:<secret>\" (README: key rotation).")
+            f"\"{max(recorded) + 1}:<secret>\" (docs/privacy.md: key rotation).")

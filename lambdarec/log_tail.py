@@ -4,7 +4,7 @@ Serving checks the model registry every few seconds, and reads it again when a
 model is published, while requests are being served. Through delta-rs, even a poll
 that finds one new commit reloads the table, on delta-rs's own threads as well as
 this one, and on a small host that CPU queues requests behind a model swap (the
-measurement is in the README, "Measurements behind the design").
+measurement is in docs/measurements.md).
 A Delta log is a folder of numbered JSON commits, each written once and
 atomically, so the next commit is one existence check away. An append commit
 names the data files it added, and only those are read.

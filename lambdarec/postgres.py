@@ -12,7 +12,7 @@ On every start it makes sure of the role ``lambdarec`` (LOGIN, REPLICATION), the
 database ``operational``, the tables of ``OPERATIONAL_SCHEMA`` (with REPLICA
 IDENTITY FULL, so an update carries its old row) and the publication
 ``lambdarec_cdc`` that CDC reads. With ``operational_db_url`` set there is
-nothing to embed: point CDC at that database instead (README: CDC).
+nothing to embed: point CDC at that database instead (docs/privacy.md: CDC).
 
 It listens on ``embedded_postgres_host`` (loopback by default), TCP only, and every
 connection, replication included, authenticates with a password (SCRAM-SHA-256,

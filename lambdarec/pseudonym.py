@@ -8,7 +8,7 @@ The key may carry a version, ``"<n>:<secret>"`` (``LAMBDAREC_PSEUDONYM_KEY=2:...
 a key without one is version 1. Version 1 pseudonyms read ``u_<32 hex>``, later
 versions ``u<n>_<32 hex>``, so a lake shows which key made each row. Rotating the
 key starts new pseudonyms: history under the old key stays under the old
-pseudonyms, unlinkable to the new ones without the old key (README: key rotation).
+pseudonyms, unlinkable to the new ones without the old key (docs/privacy.md: key rotation).
 Each lake records which keys made its pseudonyms, and every command that
 pseudonymises refuses any other (``lambdarec.key_fingerprint``).
 """

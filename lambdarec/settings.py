@@ -106,7 +106,7 @@ def _default_ease_tune_l2() -> list[float]:
 
 
 class Settings(BaseSettings):
-    """Platform configuration; see README "Configuration" for the full table."""
+    """Platform configuration; see docs/configuration.md for the full table."""
 
     model_config = SettingsConfigDict(env_prefix="LAMBDAREC_", env_file=".env", extra="ignore")
 
@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_KEY),
         description="HMAC key that pseudonymises user ids at the ingestion edge, optionally with a version: "
-        "\"2:<secret>\" (README: key rotation). The default is the development key, which serving refuses "
+        "\"2:<secret>\" (docs/privacy.md: key rotation). The default is the development key, which serving refuses "
         "unless allow_development_key is set.",
     )
 
@@ -614,7 +614,7 @@ class Settings(BaseSettings):
         "",
         description="The operational database the catalogue and user profiles come from, as a libpq URL "
         "(postgresql://user:password@host:port/db); its role needs REPLICATION and the tables a publication "
-        "(README: CDC). Empty means the embedded Postgres (`lambdarec postgres`).",
+        "(docs/privacy.md: CDC). Empty means the embedded Postgres (`lambdarec postgres`).",
     )
     embedded_postgres_host: str = Field(
         LOOPBACK,

@@ -1,4 +1,4 @@
-"""The README's measured figures are the newest bench records' (bench/report.py), never typed by hand."""
+"""The docs' measured figures are the newest bench records' (bench/report.py), never typed by hand."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from bench import report
 pytestmark = pytest.mark.unit
 
 
-def test_the_readme_shows_the_newest_records():
-    assert report.main(["--check", str(report.PROJECT / "README.md")]) == 0
+def test_the_docs_show_the_newest_records():
+    assert report.main(["--check", *map(str, report.DOCUMENTS)]) == 0
+    assert any("<!-- bench:" in document.read_text() for document in report.DOCUMENTS)
 
 
 def test_a_newer_record_changes_the_block_and_check_fails_until_it_is_filled(tmp_path, monkeypatch):
