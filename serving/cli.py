@@ -21,8 +21,9 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from serving.http_server import fit_open_files, serve, uvicorn_config
     from serving.logs import configure_logging
     from serving.security import UnsafeAuth, check_startup
-    from serving.workers import run_workers, tune_process, worker_count
+    from serving.workers import dump_stacks_on_usr1, run_workers, tune_process, worker_count
 
+    dump_stacks_on_usr1()
     configure_logging(args.log_level.upper())
     host, port = args.host or settings.serve_host, args.port or settings.serve_port
     try:

@@ -24,6 +24,7 @@ What they share: the rate limits' buckets, in one memory-mapped table in the run
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import shutil
@@ -73,6 +74,12 @@ def tune_process() -> None:
     # drops and retakes the GIL on every call, and with the default switch interval each retake
     # waits behind that thread.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def dump_stacks_on_usr1() -> None:
+    """``kill -USR1 <pid>`` of any serving process writes every thread's stack to its stderr (the component's
+    log under ``lambdarec up``): what a stuck request or follower waits on, without stopping the process."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 class ReusePortSupervisor(Multiprocess):
@@ -128,6 +135,7 @@ def worker_app() -> "FastAPI":
     from serving.app import create_app
 
     exit_with_parent(int(os.environ[PARENT_ENV]), signal.SIGTERM)  # a killed parent leaves no worker holding the port
+    dump_stacks_on_usr1()
     configure_logging(os.environ.get(LOG_LEVEL_ENV, "INFO"))
     tune_process()
     forget_dead_workers(Path(os.environ[MULTIPROCESS_DIR_ENV]))

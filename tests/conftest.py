@@ -81,3 +81,19 @@ def spark():
         )
     yield session
     session.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report gains what its fixtures can tell of the processes under test: any fixture
+    value with a ``diagnosis()`` (``tests.support.platform.Platform``: thread stacks and log tails)."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        for name, value in getattr(item, "funcargs", {}).items():
+            diagnosis = getattr(value, "diagnosis", None)
+            if callable(diagnosis):
+                try:
+                    report.sections.append((f"diagnosis of {name}", diagnosis()))
+                except Exception as exc:  # a diagnosis must never hide the failure it explains
+                    report.sections.append((f"diagnosis of {name}", f"could not be taken: {exc!r}"))
+    return report

@@ -53,6 +53,9 @@ class Hostile:
         self.tokens = tokens
         self.api = httpx.Client(base_url=platform.api, timeout=30)
 
+    def diagnosis(self) -> str:
+        return self.platform.diagnosis()
+
     def auth(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
@@ -156,21 +159,34 @@ def test_every_route_that_changes_or_reveals_a_users_data_refuses_no_key_and_the
     assert {path for path, _ in open_} <= OPEN_ROUTES | {"/dashboard/assets/{name}"}, open_
     assert len(protected) >= 10, protected
     for path, method in protected:
-        request = request_for(path, method)
-        missing = hostile.api.request(**request)
-        assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer"), (path, missing.text)
-        scope = missing.json()["required_scope"]
-        assert scope in SCOPES
-        forged = hostile.api.request(**request, headers={"Authorization": f"Bearer lrk_{'0' * 16}_{'x' * 43}"})
-        assert forged.status_code == 401, (path, forged.text)
-        wrong = hostile.api.request(**request, headers=hostile.auth(lacking(scope)))
-        assert wrong.status_code == 403 and wrong.json()["required_scope"] == scope, (path, wrong.text)
-        right = hostile.api.request(**request, headers=hostile.auth(lacking("admin") if scope != "admin" else "operator"))
-        assert right.status_code not in (401, 403), (path, right.text)
+        with timed_out_names(method, path):
+            refuses_without_the_scope_and_accepts_with_it(hostile, path, method)
     # the unversioned twins of the routes need the same scopes
     assert hostile.api.post("/events", json=event("someone", "x")).status_code == 401
     assert hostile.api.get("/users/someone/recommendations", params={"explain": "true"}).status_code == 401
     hostile.still_lands("credentials")
+
+
+@contextlib.contextmanager
+def timed_out_names(method: str, path: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        pytest.fail(f"{method.upper()} {path} got no answer in time: {exc!r}")
+
+
+def refuses_without_the_scope_and_accepts_with_it(hostile: Hostile, path: str, method: str) -> None:
+    request = request_for(path, method)
+    missing = hostile.api.request(**request)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer"), (path, missing.text)
+    scope = missing.json()["required_scope"]
+    assert scope in SCOPES
+    forged = hostile.api.request(**request, headers={"Authorization": f"Bearer lrk_{'0' * 16}_{'x' * 43}"})
+    assert forged.status_code == 401, (path, forged.text)
+    wrong = hostile.api.request(**request, headers=hostile.auth(lacking(scope)))
+    assert wrong.status_code == 403 and wrong.json()["required_scope"] == scope, (path, wrong.text)
+    right = hostile.api.request(**request, headers=hostile.auth(lacking("admin") if scope != "admin" else "operator"))
+    assert right.status_code not in (401, 403), (path, right.text)
 
 
 POISON_AT_THE_EDGE = [

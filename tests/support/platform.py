@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +94,16 @@ class Platform:
         tails = [f"\n--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
                  for path in sorted(folder.glob("*.log"))] if folder.exists() else []
         return "".join(tails)
+
+    def diagnosis(self) -> str:
+        """For a failed test's report: serving's thread stacks (``kill -USR1``, into its log), then every log's tail."""
+        serving = next((c for c in self.ps()["components"] if c["name"] == "serving" and c["alive"]), None)
+        if serving is not None:
+            for pid in proc_tree.tree(serving["pid"]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            time.sleep(1)
+        return self.logs(lines=120)
 
     def create_key(self, name: str, *scopes: str) -> str:
         """``lambdarec keys create``: the token it prints once."""
