@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ similar items, trending, explanations and segments), ``admin`` (erasure, receipt
 PREFIX = "lrk"
 CREATE, REVOKE = "create", "revoke"
 NAME_MAX = 64
+MISS_RELOAD_INTERVAL_S = 1.0  # the most often a token of an unknown key makes serving read the keys table
 
 
 class UnknownKey(LookupError):
@@ -174,11 +176,13 @@ def bearer(settings: Settings) -> dict[str, str]:
 class KeyRing:
     """The live keys as serving checks them, read again only when the table's version moves."""
 
-    def __init__(self, lake: Lake):
+    def __init__(self, lake: Lake, miss_reload_interval_s: float = MISS_RELOAD_INTERVAL_S):
         self.lake = lake
+        self.miss_reload_interval_s = miss_reload_interval_s
         self._version: int | None = None
         self._live: dict[str, ApiKey] = {}
         self._lock = threading.Lock()  # one reload at a time (the poller, and the start's first load)
+        self._last_miss_reload = float("-inf")
 
     def reload(self) -> bool:
         """Load the table if it changed since the last load; whether it did."""
@@ -190,6 +194,16 @@ class KeyRing:
             self._live = {key_id: key for key_id, key in found.items() if key.live}  # swapped whole: readers see one
             self._version = version
             return True
+
+    def reload_after_miss(self) -> bool:
+        """A token of an unknown key may be one created a moment ago (``keys create``, then a request at once):
+        reload now, unless a miss did in the last ``miss_reload_interval_s``, so forged tokens cost at most
+        one table check that often. Whether the table changed."""
+        now = time.monotonic()
+        if now - self._last_miss_reload < self.miss_reload_interval_s:
+            return False
+        self._last_miss_reload = now
+        return self.reload()
 
     @property
     def live(self) -> list[ApiKey]:

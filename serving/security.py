@@ -19,12 +19,13 @@ import logging
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.responses import JSONResponse
 from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, Field
 
-from lambdarec.api_keys import SCOPES, KeyRing, Scope
+from lambdarec.api_keys import SCOPES, KeyRing, Scope, key_id_of
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings, is_loopback
 
@@ -73,6 +74,8 @@ class ScopeGuard(SecurityBase):
             raise AuthRefused(401, f"this route needs an API key with the {self.scope!r} scope: "
                               "send Authorization: Bearer <token>", self.scope, "Bearer")
         key = services.keys.authenticate(token.strip())
+        if key is None and key_id_of(token.strip()) is not None and await run_in_threadpool(services.keys.reload_after_miss):
+            key = services.keys.authenticate(token.strip())  # a key created since the last poll
         if key is None:
             raise AuthRefused(401, "the bearer token is not a live API key (unknown or revoked)", self.scope,
                               'Bearer error="invalid_token"')

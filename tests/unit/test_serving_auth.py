@@ -176,6 +176,26 @@ def test_a_key_revoked_while_serving_is_refused_after_the_reload(keyed, settings
     assert client.get("/v1/trending", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_a_key_created_after_the_last_poll_works_on_its_first_request(keyed, settings):
+    """`lambdarec keys create` and a request at once: serving reads the keys table on the unknown key."""
+    _, client, _ = keyed
+    _, token = api_keys.create(Lake(settings), "just made", ["read"])
+    assert client.get("/v1/trending", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_forged_tokens_make_serving_read_the_keys_table_at_most_once_a_second(keyed, monkeypatch):
+    app, client, _ = keyed
+    ring = app.state.services.keys
+    reads = []
+    original = ring.reload
+    monkeypatch.setattr(ring, "reload", lambda: reads.append(1) or original())
+    for n in range(50):
+        forged = f"lrk_{n:016d}_{'x' * 43}"
+        assert client.get("/v1/trending", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    assert len(reads) <= 2  # fifty misses well inside two intervals
+    assert client.get("/v1/trending", headers={"Authorization": "Bearer not-one-of-ours"}).status_code == 401
+
+
 def test_refusals_are_counted_by_reason_and_scope(keyed):
     _, client, tokens = keyed
     client.post("/v1/admin/reload")
