@@ -195,9 +195,9 @@ def index_recall(settings: Settings, version: int, samples: int = 500) -> dict:
     over stored user vectors excluding their seen items: unfiltered, with the requests' category
     filter (a tenth of the items) and with half the categories; how often the index supplied the
     candidates (a narrow filter's items are scored exactly instead), and each way's median time."""
-    from serving.catalogue import build
-    from serving.model import open_model
-    from serving.speed_view import SpeedView
+    from serving.views.catalogue import build
+    from serving.views.model import open_model
+    from serving.views.speed.view import SpeedView
 
     model = open_model(local_path(model_bundle_uri(settings, version)), 0.0, ann_ef=settings.serve_ann_ef)
     catalogue = build(model, SpeedView(settings))

@@ -3,7 +3,7 @@
 Built once per model, when its bundle is written (``lambdarec.model_bundle``), and
 shipped in the bundle, so it is swapped with the model. Serving asks it for a
 candidate pool, scores the pool exactly, and falls back to exact scoring over every
-item when filters, exclusions and seen items leave too few (``serving.catalogue``).
+item when filters, exclusions and seen items leave too few (``serving.views.catalogue``).
 
 faiss-cpu's HNSW was chosen by measurement over hnswlib and usearch (docs/measurements.md):
 hnswlib answered a query fastest, but its load holds the GIL for the whole read, which

@@ -11,7 +11,7 @@ says which arrays score: an ALS model's factors, or an EASE model's item-item we
   model as published, so servers map (or, from object storage, copy) finished arrays;
 - maintenance (``batch.maintenance``) removes expired models' bundles
   (``remove_model_bundle``);
-- serving opens a bundle (``serving.model``) and, for a model published without
+- serving opens a bundle (``serving.views.model``) and, for a model published without
   one, builds it in a loader process (``python -m lambdarec.model_bundle``, see
   ``main``) that it starts at idle CPU priority, so the Python objects and CPU a
   million-user model costs neither hold the serving process's GIL nor take CPU

@@ -5,7 +5,7 @@ Each change is a JSON record (no schemas) keyed by the row's primary key:
 converter writes them (decimals as strings, timestamps as ISO text); a delete is
 followed by a tombstone (a null value). Two consumers read it: the speed job's
 dimensions query (Spark, ``speed.dimensions``) MERGEs every change into the lake,
-and serving applies item availability at once (``serving.catalogue_changes``)
+and serving applies item availability at once (``serving.views.catalogue_changes``)
 so an item set unavailable leaves the answers before the lake has it.
 """
 

@@ -25,15 +25,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.settings import Settings, get_settings
 from lambdarec.pseudonym import is_development_key
-from serving import routes_consent, routes_dashboard, routes_events, routes_ops, routes_privacy, routes_recommendations
-from serving.dashboard_data import Dashboard
-from serving.deps import Services
+from serving.dashboard import routes as dashboard
+from serving.api import consent, events, ops, privacy, recommendations
+from serving.dashboard.data import Dashboard
+from serving.services import Services
 from schemas.events import EVENT_NESTING
 from serving.idle_gate import CountRequests
 from serving.json_depth import event_body_too_deep_at
 from serving.limits import BodySizeLimit, InFlightLimit
 from serving.metrics import RequestMetrics
-from serving.security import AuthRefused, refused
+from serving.api.security import AuthRefused, refused
 
 log = logging.getLogger(__name__)
 API_VERSION = "v1"
@@ -181,12 +182,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services = Services.build(settings)
     app.state.dashboard = Dashboard(services)
-    for router in (routes_events.router, routes_consent.router, routes_recommendations.router, routes_privacy.router,
-                   routes_ops.admin):
+    for router in (events.router, consent.router, recommendations.router, privacy.router, ops.admin):
         app.include_router(router, prefix=f"/{API_VERSION}")
         app.include_router(router, include_in_schema=False)
-    app.include_router(routes_ops.router)
-    app.include_router(routes_dashboard.router)
+    app.include_router(ops.router)
+    app.include_router(dashboard.router)
     app.add_exception_handler(Exception, internal_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, unreadable_body)

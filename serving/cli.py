@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, settings: Settings) -> int:
     from serving.http_server import fit_open_files, serve, uvicorn_config
     from serving.logs import configure_logging
-    from serving.security import UnsafeAuth, check_startup
+    from serving.api.security import UnsafeAuth, check_startup
     from serving.workers import dump_stacks_on_usr1, run_workers, tune_process, worker_count
 
     dump_stacks_on_usr1()

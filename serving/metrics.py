@@ -24,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lambdarec.registry import PUBLISHED, REJECTED, current_statuses_in
 from schemas.tables import MODELS
-from serving.workers import MULTIPROCESS_DIR_ENV
 
 if TYPE_CHECKING:
-    from serving.model_store import ModelStore
-    from serving.speed_view import SpeedView
+    from serving.views.model_store import ModelStore
+    from serving.views.speed.view import SpeedView
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode, read at import
 
 log = logging.getLogger("serving.requests")
 
@@ -247,6 +248,6 @@ class RequestMetrics:
                     "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
-                    "key_id": scope.get("state", {}).get("key_id"),  # serving.security: who called, never the token
+                    "key_id": scope.get("state", {}).get("key_id"),  # serving.api.security: who called, never the token
                 },
             )

@@ -1,6 +1,6 @@
 """Rate limits per caller: token buckets in one fixed-size table that every worker of a serving run shares.
 
-A caller is its API key (``request.state.key_id``, set by ``serving.security`` on an
+A caller is its API key (``request.state.key_id``, set by ``serving.api.security`` on an
 authenticated request) or, in open mode, its address. Each limited route kind (events,
 consent changes) has its own rate and burst and its own bucket per caller.
 

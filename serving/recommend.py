@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from serving.foldin import contributions, normal_equations, solve, top_k
-from serving.item_attributes import ItemAttributes
-from serving.catalogue import Catalogue
+from serving.views.item_attributes import ItemAttributes
+from serving.views.catalogue import Catalogue
 from schemas.speed_updates import GLOBAL_SEGMENT, SEGMENT_ATTRIBUTES
-from serving.speed_state import Interaction
-from serving.speed_view import SpeedView
+from serving.views.speed.state import Interaction
+from serving.views.speed.view import SpeedView
 
 EXPLAIN_TOP = 3  # "because you ..." items per recommendation
 

@@ -8,7 +8,7 @@ shared socket, whichever worker woke first accepted a whole burst of connections
 keep-alive clients kept it saturated while the other idled (README: measurements). A worker that
 dies resets the connections still waiting in its socket's accept queue; clients retry those.
 Each worker builds the whole app: it maps the same model files (built once per host,
-``serving.model_store``), follows the speed view and the CDC topic itself and has its
+``serving.views.model_store``), follows the speed view and the CDC topic itself and has its
 own Kafka producer. What a worker holds apart:
 
 - metrics live in prometheus_client's multiprocess files, one folder per port, so a
@@ -41,12 +41,12 @@ from lambdarec.proc_tree import alive
 from lambdarec.settings import Settings
 from serving.http_server import uvicorn_config
 from serving.logs import configure_logging
+from serving.metrics import MULTIPROCESS_DIR_ENV
 from serving.rate_limit import TABLE_ENV, BucketTable
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's switch to multiprocess mode, read at import
 PARENT_ENV = "LAMBDAREC_SERVE_PARENT_PID"
 LOG_LEVEL_ENV = "LAMBDAREC_SERVE_LOG_LEVEL"
 SWITCH_INTERVAL_S = 0.0005

@@ -22,8 +22,8 @@ from lambdarec.lake import Lake
 from lambdarec.postgres import EmbeddedPostgres
 from schemas.cdc import AvailabilityChange, decode_availability
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE
-from serving.catalogue_changes import CatalogueChanges
-from serving.item_attributes import ItemAttributes
+from serving.views.catalogue_changes import CatalogueChanges
+from serving.views.item_attributes import ItemAttributes
 from speed.job import run_dimensions
 from tests.support.cdc import lake_matches_postgres
 from tests.support.privacy import traces

@@ -35,7 +35,7 @@ from lambdarec.metrics_text import samples, total
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.registry import CANDIDATE, REJECTED, record_status
 from lambdarec.submit import PROJECT_ROOT, spark_submit_env, speed_job_command
-from serving.dashboard_models import CHARTS
+from serving.dashboard.models import CHARTS
 from tests.plugins.broker import free_port
 from tests.support.serving import serving, wait_until, write_model
 from tests.support.speed import BAD, produce

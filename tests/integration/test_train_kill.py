@@ -15,7 +15,7 @@ from lambdarec.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, MODELS
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.jobs import finish, start_job
 from tests.support.serving import wait_until
 

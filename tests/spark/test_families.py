@@ -11,7 +11,7 @@ from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_IDS, ITEM_NEIGHBOURS, MODEL_INTERACTIONS, USER_IDS
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.lake import seed_lake
 
 pytestmark = pytest.mark.spark

@@ -8,7 +8,7 @@ from batch import gate, train
 from lambdarec import registry
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, MODELS
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.lake import seed_lake, small_settings
 
 pytestmark = pytest.mark.spark

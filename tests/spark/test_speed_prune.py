@@ -20,8 +20,8 @@ from schemas.tables import (
     SPEED_USER_FEATURES,
     SPEED_USER_INTERACTIONS,
 )
-from serving.speed_bootstrap import bootstrap
-from serving.speed_view import SpeedView
+from serving.views.speed.bootstrap import bootstrap
+from serving.views.speed.view import SpeedView
 
 pytestmark = pytest.mark.spark
 

@@ -19,7 +19,7 @@ from lambdarec import registry
 from lambdarec.generator import bronze_table, item_id, user_id
 from lambdarec.model_bundle import model_bundle_exists
 from schemas.tables import EVENTS
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.lake import END, seed_lake, small_settings
 
 pytestmark = pytest.mark.spark

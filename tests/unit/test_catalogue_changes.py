@@ -8,10 +8,10 @@ import pytest
 
 from lambdarec.lake import Lake
 from schemas.cdc import AvailabilityChange, decode_availability
-from serving.catalogue import build
-from serving.item_attributes import ItemAttributes
-from serving.model_store import ModelStore
-from serving.speed_view import SpeedView
+from serving.views.catalogue import build
+from serving.views.item_attributes import ItemAttributes
+from serving.views.model_store import ModelStore
+from serving.views.speed.view import SpeedView
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

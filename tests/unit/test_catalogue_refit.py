@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from lambdarec.lake import Lake
-from serving import catalogue as catalogues
-from serving.catalogue import CatalogueCache, Folded, build
+from serving.views import catalogue as catalogues
+from serving.views.catalogue import CatalogueCache, Folded, build
 from serving.foldin import fold_in_rows
-from serving.model_store import ModelStore
-from serving.speed_view import SpeedView
+from serving.views.model_store import ModelStore
+from serving.views.speed.view import SpeedView
 from tests.support.serving import speed_rows, wait_until, write_model
 
 pytestmark = pytest.mark.unit

@@ -16,8 +16,8 @@ from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_CATALOGUE
 from serving.app import create_app
-from serving.compiled_route import CompiledParams
-from serving.deps import get_services
+from serving.api.compiled_route import CompiledParams
+from serving.services import get_services
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

@@ -15,11 +15,11 @@ from lambdarec.pseudonym import pseudonymise
 from schemas.consent import ConsentChange, parse_message
 from schemas.speed_updates import KIND_INTERACTION
 from schemas.tables import USER_CONSENT
-from serving.catalogue import build
-from serving.consents import Consents
-from serving.item_attributes import ItemAttributes
+from serving.views.catalogue import build
+from serving.views.consents import Consents
+from serving.views.item_attributes import ItemAttributes
 from serving.recommend import Query, recommend
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 from tests.support.serving import speed_rows, write_model
 
 pytestmark = pytest.mark.unit
@@ -89,7 +89,7 @@ def test_serving_applies_its_own_change_at_once_and_a_poll_does_not_undo_it(sett
 def test_a_withdrawn_user_gets_a_non_personal_answer_and_their_real_time_events_are_ignored(settings):
     lake = Lake(settings)
     write_model(lake, 1, 10, {"a": [1.0, 0.0], "b": [0.9, 0.1], "c": [0.0, 1.0]}, {ALICE: {"a": 3.0}, BOB: {"c": 1.0}})
-    from serving.model_store import ModelStore
+    from serving.views.model_store import ModelStore
 
     store = ModelStore(settings, lake)
     assert store.reload()

@@ -15,12 +15,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from lambdarec.metrics_text import samples
 from schemas.tables import MODELS
-from serving.dashboard_data import charts, models
-from serving.dashboard_models import CHARTS
-from serving.dashboard_prometheus import QUERIES, PrometheusSource, matrix_series
-from serving.dashboard_readings import Reading, SpeedReading, point, read
-from serving.dashboard_sampler import Sampler, registry_samples
-from serving.metric_math import bucket_increases, increase, quantile, rate
+from serving.dashboard.data import charts, models
+from serving.dashboard.models import CHARTS
+from serving.dashboard.prometheus import QUERIES, PrometheusSource, matrix_series
+from serving.dashboard.readings import Reading, SpeedReading, point, read
+from serving.dashboard.sampler import Sampler, registry_samples
+from serving.dashboard.metric_math import bucket_increases, increase, quantile, rate
 from serving.metrics import Metrics
 from speed.metrics import SpeedMetrics
 from tests.plugins.broker import free_port

@@ -8,8 +8,8 @@ import weakref
 import numpy as np
 import pytest
 
-from serving.catalogue import passing_positions
-from serving.factor_blocks import FactorBlocks
+from serving.views.catalogue import passing_positions
+from serving.views.factor_blocks import FactorBlocks
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,7 @@ def test_rows_are_the_factors_rows_and_a_repeated_filter_reuses_its_block():
 
 
 def test_a_block_gathered_for_a_swap_pauses_between_chunks_and_holds_the_same_rows(monkeypatch):
-    monkeypatch.setattr("serving.factor_blocks.GATHER_CHUNK", 16)
+    monkeypatch.setattr("serving.views.factor_blocks.GATHER_CHUNK", 16)
     blocks, pauses = FactorBlocks(FACTORS), []
     positions = np.arange(5, 1_000, 20, dtype=np.int64)  # 50 rows: chunks of 16, 16, 16 and 2
     block = blocks.rows(positions, pause=lambda: pauses.append(1))

@@ -11,7 +11,7 @@ from lambdarec import registry
 from lambdarec.lake import Lake
 from lambdarec.model_bundle import local_path, model_bundle_uri
 from schemas.tables import ITEM_FACTORS, MODELS, USER_FACTORS
-from serving.model import open_model
+from serving.views.model import open_model
 from lambdarec.confidence import Confidence
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 def test_no_lambdarec_variable_reaches_a_test_but_development_mode():
     found = sorted(name for name in os.environ if name.upper().startswith("LAMBDAREC_"))
     assert found == ["LAMBDAREC_ALLOW_DEVELOPMENT_KEY", "LAMBDAREC_AUTH"]
-    assert Settings().auth == "open"  # on loopback only: serving.security.check_startup
+    assert Settings().auth == "open"  # on loopback only: serving.api.security.check_startup
 
 
 def test_settings_ignore_a_dotenv_file(tmp_path, monkeypatch):

@@ -12,10 +12,10 @@ import pytest
 
 from lambdarec.item_index import ITEM_INDEX
 from lambdarec.lake import Lake
-from serving.catalogue import build
+from serving.views.catalogue import build
 from serving.foldin import top_k
-from serving.model_store import ModelStore
-from serving.speed_view import SpeedView
+from serving.views.model_store import ModelStore
+from serving.views.speed.view import SpeedView
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

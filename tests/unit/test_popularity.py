@@ -9,11 +9,11 @@ from scipy import sparse
 from batch.evaluate import Holdout, compare_to_popularity, factor_scorer, popularity_scorer
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
-from serving.item_attributes import ItemAttributes
-from serving.model_store import ModelStore
-from serving.catalogue import build
+from serving.views.item_attributes import ItemAttributes
+from serving.views.model_store import ModelStore
+from serving.views.catalogue import build
 from serving.recommend import Query, recommend
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""Credentials on every route (serving.security), in keys mode over a real Delta lake.
+"""Credentials on every route (serving.api.security), in keys mode over a real Delta lake.
 
 Every route that changes or reveals a user's data is called with no key, a key of
 every other scope, a revoked key of its scope, and a live key of its scope. The app
@@ -29,7 +29,7 @@ from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
 from schemas.tables import AUDIT_LOG
 from serving.app import create_app
-from serving.security import ScopeGuard, UnsafeAuth, check_startup
+from serving.api.security import ScopeGuard, UnsafeAuth, check_startup
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit
@@ -259,7 +259,7 @@ def test_open_mode_is_refused_off_loopback_and_warned_on_it(settings, caplog):
     for host in ("0.0.0.0", "::", "10.1.2.3", "example.com"):
         with pytest.raises(UnsafeAuth, match="loopback"):
             check_startup(opened, host)
-    with caplog.at_level(logging.WARNING, logger="serving.security"):
+    with caplog.at_level(logging.WARNING, logger="serving.api.security"):
         for host in ("127.0.0.1", "localhost", "::1", "[::1]"):
             check_startup(opened, host)
     assert len(caplog.records) == 4 and all("NO credential" in r.getMessage() for r in caplog.records)
@@ -269,7 +269,7 @@ def test_keys_mode_needs_a_live_key_off_loopback(settings, caplog):
     keyed = settings.model_copy(update={"auth": "keys"})
     with pytest.raises(UnsafeAuth, match="no live API key"):
         check_startup(keyed, "0.0.0.0")
-    with caplog.at_level(logging.WARNING, logger="serving.security"):
+    with caplog.at_level(logging.WARNING, logger="serving.api.security"):
         check_startup(keyed, "127.0.0.1")
     assert "no live API key" in caplog.text
     key, _ = api_keys.create(Lake(keyed), "backend", ["read"])

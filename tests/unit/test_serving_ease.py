@@ -20,11 +20,11 @@ from lambdarec.lake import Lake
 from lambdarec.model_bundle import publish_model_bundle
 from lambdarec.registry import PUBLISHED, record_status
 from schemas.tables import MODEL_INTERACTIONS
-from serving.catalogue import build
-from serving.item_attributes import ItemAttributes
-from serving.model_store import ModelStore
+from serving.views.catalogue import build
+from serving.views.item_attributes import ItemAttributes
+from serving.views.model_store import ModelStore
 from serving.recommend import Query, recommend, similar
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 from tests.support.serving import speed_rows
 
 pytestmark = pytest.mark.unit

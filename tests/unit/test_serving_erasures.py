@@ -12,8 +12,8 @@ from lambdarec import privacy
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import PRIVACY_RECEIPTS
-from serving.erasures import Erasures
-from serving.speed_view import SpeedView
+from serving.views.erasures import Erasures
+from serving.views.speed.view import SpeedView
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.deps import get_services
+from serving.services import get_services
 from serving.logs import JsonFormatter
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from lambdarec.lake import Lake
 from serving.idle_gate import CountRequests, IdleGate
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

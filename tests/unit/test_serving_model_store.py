@@ -13,7 +13,7 @@ import pytest
 from lambdarec.id_index import IdIndex
 from lambdarec.lake import Lake
 from lambdarec.model_bundle import META, local_path, model_bundle_uri
-from serving.model_store import ModelStore
+from serving.views.model_store import ModelStore
 from tests.support.serving import write_model
 
 pytestmark = pytest.mark.unit

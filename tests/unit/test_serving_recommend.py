@@ -17,12 +17,12 @@ from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_CATALOGUE, ITEM_FACTORS
 from serving.foldin import fold_in
 from serving.recommend import similar
-from serving.item_attributes import ItemAttributes
-from serving.model_store import ModelLoadError, ModelStore
-from serving.catalogue import CatalogueCache, build
+from serving.views.item_attributes import ItemAttributes
+from serving.views.model_store import ModelLoadError, ModelStore
+from serving.views.catalogue import CatalogueCache, build
 from serving.recommend import Query
 from serving.recommend import recommend as merge
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 from tests.support.serving import CONFIDENCE, INDEX_ON_AND_OFF, REG, speed_rows, write_model
 
 pytestmark = pytest.mark.unit
@@ -239,7 +239,7 @@ def test_new_users_and_items_survive_a_model_swap_until_a_model_covers_them(stor
 
 
 def test_masks_the_serving_model_uses_are_prepared_for_the_next_one_in_paused_chunks(store, settings, lake, monkeypatch):
-    monkeypatch.setattr("serving.item_attributes.LOOKUP_CHUNK", 2)
+    monkeypatch.setattr("serving.views.item_attributes.LOOKUP_CHUNK", 2)
     view = SpeedView(settings)
     attributes = ItemAttributes(lake)
     red = ["a1", "a3", "b0", "b4", "zz"]  # zz: in the catalogue table, in neither model

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Counter
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
-from serving.speed_bootstrap import bootstrap
-from serving.speed_view import SpeedView
+from serving.views.speed.bootstrap import bootstrap
+from serving.views.speed.view import SpeedView
 
 pytestmark = pytest.mark.unit
 

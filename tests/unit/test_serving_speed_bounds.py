@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.speed_updates import GLOBAL_SEGMENT, timestamp
-from serving.speed_state import EvictedUsers
-from serving.speed_view import SpeedView
+from serving.views.speed.state import EvictedUsers
+from serving.views.speed.view import SpeedView
 
 pytestmark = pytest.mark.unit
 

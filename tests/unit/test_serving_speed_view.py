@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.speed_updates import GLOBAL_SEGMENT, encode_interaction, encode_progress, encode_rows, timestamp, timestamp_us
-from serving.speed_view import BadUpdate, SpeedView
+from serving.views.speed.view import BadUpdate, SpeedView
 
 pytestmark = pytest.mark.unit
 

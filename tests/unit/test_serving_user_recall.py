@@ -17,8 +17,8 @@ from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import timestamp
 from schemas.tables import SPEED_USER_INTERACTIONS
 from serving.app import create_app
-from serving.speed_view import SpeedView
-from serving.user_recall import FAILED, LATE, RESTORED, UserRecall
+from serving.views.speed.view import SpeedView
+from serving.views.speed.recall import FAILED, LATE, RESTORED, UserRecall
 from tests.support.serving import wait_until, write_model
 
 pytestmark = pytest.mark.unit

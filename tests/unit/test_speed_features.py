@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, encode_rows
-from serving import speed_state as serving_speed_state
+from serving.views.speed import state as serving_speed_state
 from speed import features
 from speed.progress import progress_row, source_lag
 from speed.transforms import interval_seconds

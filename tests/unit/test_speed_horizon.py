@@ -14,9 +14,9 @@ from deltalake import DeltaTable
 from lambdarec.lake import Lake
 from schemas.speed_updates import GLOBAL_SEGMENT, KIND_ITEM_TRENDING, KIND_USER_FEATURES
 from schemas.tables import SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS
-from serving.speed_bootstrap import bootstrap
-from serving.speed_horizon import held
-from serving.speed_view import SpeedView
+from serving.views.speed.bootstrap import bootstrap
+from serving.views.speed.horizon import held
+from serving.views.speed.view import SpeedView
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.catalogue import top_rows
+from serving.views.catalogue import top_rows
 from serving.foldin import top_k
 
 pytestmark = pytest.mark.unit

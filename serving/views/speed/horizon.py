@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
-from serving.speed_state import Profiles
+from serving.views.speed.state import Profiles
 from schemas.speed_updates import KIND_ITEM_TRENDING, KIND_USER_FEATURES, KIND_USER_INTERACTIONS
 from schemas.tables import SPEED_HORIZON_COLUMNS, SPEED_ITEM_TRENDING, SPEED_USER_FEATURES, SPEED_USER_INTERACTIONS, TableSpec
 

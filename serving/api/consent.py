@@ -12,13 +12,13 @@ from pydantic import BaseModel, Field
 from lambdarec import consent
 from lambdarec.pseudonym import pseudonymise
 from schemas.consent import PERSONALISATION, ConsentChange, Purpose
-from serving import audit_trail
-from serving.deps import Services, get_services
-from serving.api_models import Error
+from serving.api import audit_trail
+from serving.services import Services, get_services
+from serving.api.models import Error
 from serving.ingest import BrokerUnavailable
 from serving.rate_limit import caller
-from serving.routes_events import BrokerDown
-from serving.security import CONSENT, responses
+from serving.api.events import BrokerDown
+from serving.api.security import CONSENT, responses
 
 router = APIRouter(tags=["consent"], dependencies=[Depends(CONSENT)], responses=responses("consent"))
 

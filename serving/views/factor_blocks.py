@@ -1,7 +1,7 @@
 """Contiguous copies of the item-factor rows that narrow filters pass, kept per model.
 
 A filter that passes few of the items is ranked by scoring just those items, exactly
-(``serving.catalogue``). Gathering their rows from the memory-mapped factors was the
+(``serving.views.catalogue``). Gathering their rows from the memory-mapped factors was the
 largest single cost of such a request (README: measurements), and the same filters
 come back request after request. So a filter's rows are copied once into one
 contiguous block and reused. The copies are bounded in bytes, dropped least recently

@@ -13,7 +13,7 @@ import logging
 from fastapi import Request
 
 from lambdarec import audit
-from serving.deps import Services
+from serving.services import Services
 
 log = logging.getLogger(__name__)
 

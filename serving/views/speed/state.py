@@ -182,7 +182,7 @@ class Profiles:
 
 class EvictedUsers:
     """Users the view evicted while no model may cover their interactions yet, to be read back from the
-    lake on their next request (``serving.user_recall``).
+    lake on their next request (``serving.views.speed.recall``).
 
     Compact, so that a flood of distinct users cannot outgrow it: users go into Bloom
     filters (``Generation``) of a quarter of ``cap`` users each, about 1.6 bytes a user at a 1%

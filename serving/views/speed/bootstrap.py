@@ -28,8 +28,8 @@ from schemas.speed_updates import (
     progress_row,
     row,
 )
-from serving.speed_horizon import read_held
-from serving.speed_view import SpeedView
+from serving.views.speed.horizon import read_held
+from serving.views.speed.view import SpeedView
 
 log = logging.getLogger(__name__)
 

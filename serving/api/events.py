@@ -12,12 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas.events import Event
-from serving.deps import Services, get_services
-from serving.api_models import Error
-from serving.event_limits import refuse_outside_limits
+from serving.services import Services, get_services
+from serving.api.models import Error
+from serving.api.event_limits import refuse_outside_limits
 from serving.ingest import BrokerUnavailable
 from serving.rate_limit import caller
-from serving.security import INGEST, responses
+from serving.api.security import INGEST, responses
 
 router = APIRouter(tags=["events"], dependencies=[Depends(INGEST)], responses=responses("ingest"))
 

@@ -16,7 +16,7 @@ from typing import Any
 from lambdarec import privacy
 from lambdarec.lake import Lake
 from schemas.tables import PRIVACY_RECEIPTS, PRIVACY_REQUESTS
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 
 
 class Erasures:

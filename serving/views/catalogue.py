@@ -41,8 +41,8 @@ import numpy as np
 
 from lambdarec.model_bundle import gram
 from serving.foldin import fold_in, fold_in_rows, top_k
-from serving.model import Model
-from serving.speed_view import SpeedView
+from serving.views.model import Model
+from serving.views.speed.view import SpeedView
 
 LOOKUP_CHUNK = 250  # item ids looked up between two pauses of a swap: a short stretch of work
 FEW_ALLOWED = 0.25  # a filter passing at most this share of the items: score just those, exactly
@@ -95,7 +95,7 @@ class Catalogue:
 
     def filtered_rows(self, positions: np.ndarray) -> np.ndarray:
         """The factor rows at ascending ``positions``, the model's part from its cached blocks
-        (``serving.factor_blocks``)."""
+        (``serving.views.factor_blocks``)."""
         cut = int(np.searchsorted(positions, len(self.model.item_ids)))
         rows = self.model.factor_blocks.rows(positions if cut == len(positions) else positions[:cut])
         return rows if cut == len(positions) else np.concatenate([rows, self.vectors(positions[cut:])])

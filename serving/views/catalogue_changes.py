@@ -14,8 +14,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from lambdarec.settings import Settings
 from schemas.cdc import ITEMS, decode_availability, topic
-from serving.item_attributes import ItemAttributes
-from serving.topic_follower import TopicFollower
+from serving.views.item_attributes import ItemAttributes
+from serving.views.topic_follower import TopicFollower
 
 
 class CatalogueChanges:

@@ -42,7 +42,7 @@ from lambdarec.model_bundle import (
 from lambdarec.registry import latest_published_in
 from lambdarec.settings import Settings
 from schemas.tables import MODELS
-from serving.model import Model, open_model
+from serving.views.model import Model, open_model
 
 __all__ = ["Model", "ModelLoadError", "ModelStore"]
 

@@ -19,7 +19,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from lambdarec.metrics_text import Samples, samples
-from serving.dashboard_readings import Point, Reading, point, read
+from serving.dashboard.readings import Point, Reading, point, read
 
 SAMPLE_S = 2.0
 POINTS = 300  # ten minutes at SAMPLE_S

@@ -2,7 +2,7 @@
 
 Where a Prometheus scrapes serving and the speed job (ops/prometheus/prometheus.yml),
 it already holds their history, across restarts and for every serving replica; the
-PromQL here computes what ``serving.dashboard_readings`` computes from serving's own
+PromQL here computes what ``serving.dashboard.readings`` computes from serving's own
 samples, per chart and series, so the page reads both the same way. Answers are
 cached for a moment, so several open dashboards share one round of queries.
 """
@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import httpx
 
-from serving.dashboard_readings import OWN_ROUTES
-from serving.dashboard_sampler import SeriesMap
+from serving.dashboard.readings import OWN_ROUTES
+from serving.dashboard.sampler import SeriesMap
 
 WINDOW_S = 600.0
 STEP_S = 5.0  # the scrape interval of ops/prometheus/prometheus.yml

@@ -1,10 +1,10 @@
 """One reading of the counters the dashboard charts, and one chart point from two readings.
 
 Without a Prometheus the dashboard samples serving's own registry and the speed job's
-/metrics itself (``serving.dashboard_sampler``). A reading keeps only what the charts
+/metrics itself (``serving.dashboard.sampler``). A reading keeps only what the charts
 need, summed over the labels they do not show, so the samples kept stay small; a point
 is every chart's value over the time between two readings, as the PromQL of
-``serving.dashboard_prometheus`` computes it from a Prometheus.
+``serving.dashboard.prometheus`` computes it from a Prometheus.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from lambdarec.metrics_text import Samples
-from serving.metric_math import Buckets, quantile, rate
+from serving.dashboard.metric_math import Buckets, quantile, rate
 
 OWN_ROUTES = "/dashboard"
 """Route prefix of the dashboard itself: its polling is left out of the serving charts."""

@@ -15,11 +15,11 @@ from pydantic import AfterValidator
 from lambdarec import export, privacy
 from lambdarec.audit import Entry
 from lambdarec.pseudonym import pseudonymise
-from serving.api_models import ErasureAccepted, ErasurePlace, ErasureReceipt, Error
-from serving import audit_trail
-from serving.deps import Services, get_services
+from serving.api.models import ErasureAccepted, ErasurePlace, ErasureReceipt, Error
+from serving.api import audit_trail
+from serving.services import Services, get_services
 from serving import recommend as rec
-from serving.security import ADMIN, responses
+from serving.api.security import ADMIN, responses
 
 router = APIRouter(tags=["privacy"], dependencies=[Depends(ADMIN)], responses=responses("admin"))
 

@@ -11,7 +11,7 @@ usual 422 naming the field.
 
 Only simple routes are compiled: an async endpoint that returns a ``Response``
 itself, with path and query parameters only, whose dependencies are async
-functions (or async callables, such as ``serving.security``'s scope guards) of the
+functions (or async callables, such as ``serving.api.security``'s scope guards) of the
 request alone, named or the router's. Any other route, and any request while an
 app's ``dependency_overrides`` are set (tests), takes FastAPI's handler.
 """

@@ -15,8 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from serving.dashboard_data import Dashboard
-from serving.dashboard_models import DashboardData
+from serving.dashboard.data import Dashboard
+from serving.dashboard.models import DashboardData
 
 router = APIRouter(tags=["dashboard"])
 PAGE = Path(__file__).resolve().parent / "static" / "dashboard"

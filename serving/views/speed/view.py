@@ -18,7 +18,7 @@ recently touched go, one O(1) step each after every update. Trending is
 bounded by its window and ``speed_view_max_trending_rows``. Every eviction is
 counted (``on_evict``). A user evicted by the cap before a model covers their
 interactions is remembered (``EvictedUsers``), and their next request reads them
-back from the lake (``serving.user_recall``) before it is answered.
+back from the lake (``serving.views.speed.recall``) before it is answered.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from schemas.speed_updates import (
     timestamp,
     timestamp_us,
 )
-from serving.speed_state import EvictedUsers, Interaction, Interactions, Profiles, Recency, Trending
-from serving.topic_follower import RETRY_S, TopicFollower
+from serving.views.speed.state import EvictedUsers, Interaction, Interactions, Profiles, Recency, Trending
+from serving.views.topic_follower import RETRY_S, TopicFollower
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import time
 import pyarrow as pa
 
 from lambdarec.registry import current_statuses_in
-from serving.dashboard_models import CHARTS, Chart, DashboardData, Models, ModelVersion, Series, Trending, TrendingItem
-from serving.dashboard_prometheus import WINDOW_S, PrometheusSource
-from serving.dashboard_sampler import POINTS, SAMPLE_S, Sampler, SeriesMap
-from serving.deps import Services
+from serving.dashboard.models import CHARTS, Chart, DashboardData, Models, ModelVersion, Series, Trending, TrendingItem
+from serving.dashboard.prometheus import WINDOW_S, PrometheusSource
+from serving.dashboard.sampler import POINTS, SAMPLE_S, Sampler, SeriesMap
+from serving.services import Services
 from serving.poller import Poller
 from serving.recommend import trending
 

@@ -20,7 +20,7 @@ from lambdarec.confidence import Confidence
 from lambdarec.id_index import IdIndex
 from lambdarec.item_index import ITEM_INDEX, ItemIndex
 from lambdarec.model_bundle import ARRAYS, FORMAT, RegScaling, read_meta
-from serving.factor_blocks import FactorBlocks
+from serving.views.factor_blocks import FactorBlocks
 
 TOUCH_CHUNK_BYTES = 2 << 20  # pages read between two pauses of a swap: a short stretch of work
 

@@ -13,10 +13,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from serving.api_models import Error, ReadyResponse, ReloadResponse
-from serving import audit_trail
-from serving.deps import Services, get_services
-from serving.security import ADMIN, responses
+from serving.api.models import Error, ReadyResponse, ReloadResponse
+from serving.api import audit_trail
+from serving.services import Services, get_services
+from serving.api.security import ADMIN, responses
 
 router = APIRouter(tags=["operations"])
 admin = APIRouter(tags=["admin"], dependencies=[Depends(ADMIN)], responses=responses("admin"))

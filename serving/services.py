@@ -12,21 +12,21 @@ from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from serving.idle_gate import IdleGate
 from serving.ingest import Ingestor
-from serving.item_attributes import ItemAttributes
+from serving.views.item_attributes import ItemAttributes
 from serving.metrics import Metrics
-from serving.model import Model
-from serving.model_store import ModelStore
-from serving.catalogue import Catalogue, CatalogueCache
-from serving.catalogue_changes import CatalogueChanges
-from serving.consents import Consents
-from serving.erasures import Erasures
+from serving.views.model import Model
+from serving.views.model_store import ModelStore
+from serving.views.catalogue import Catalogue, CatalogueCache
+from serving.views.catalogue_changes import CatalogueChanges
+from serving.views.consents import Consents
+from serving.views.erasures import Erasures
 from serving.recommend import Query, Recommendation, recommend
 from serving.poller import Poller
 from serving.rate_limit import RateLimiter, shared_table
-from serving.speed_bootstrap import bootstrap
-from serving.speed_view import SpeedView
-from serving.user_profiles import UserProfiles
-from serving.user_recall import UserRecall
+from serving.views.speed.bootstrap import bootstrap
+from serving.views.speed.view import SpeedView
+from serving.views.user_profiles import UserProfiles
+from serving.views.speed.recall import UserRecall
 
 __all__ = ["Services", "get_services"]
 
@@ -52,8 +52,8 @@ class Services:
     consents: Consents
     profiles: UserProfiles
     recall: UserRecall  # reads users the speed view evicted back from the lake before their answer
-    keys: KeyRing  # the live API keys (serving.security), reloaded on the catalogue poll
-    audit: GroupWriter  # the audit log's group-commit writer (serving.audit_trail)
+    keys: KeyRing  # the live API keys (serving.api.security), reloaded on the catalogue poll
+    audit: GroupWriter  # the audit log's group-commit writer (serving.api.audit_trail)
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -111,7 +111,7 @@ class Services:
 
     async def recall_evicted(self, user_key: str) -> None:
         """Before a user's answer: read back from the lake what the speed view evicted of theirs and the
-        serving model lacks (bounded wait, off the event loop; ``serving.user_recall``)."""
+        serving model lacks (bounded wait, off the event loop; ``serving.views.speed.recall``)."""
         model = self.model_store.current
         await self.recall.ensure(user_key, None if model is None else model.source_events_version)
 

@@ -9,7 +9,7 @@ deleted item's row stays, unavailable, so the model's factors for it never
 bring it back.
 
 Availability also arrives ahead of the table: ``apply(change)`` takes a change
-straight from the CDC topic (``serving.catalogue_changes``) and it holds until the
+straight from the CDC topic (``serving.views.catalogue_changes``) and it holds until the
 table has that change or a newer one (compared by LSN), so an item set
 unavailable leaves the answers in the time Connect and Kafka take, not the
 dimensions query's.
@@ -27,8 +27,8 @@ from lambdarec.lake import Lake
 from schemas.cdc import AvailabilityChange
 from schemas.tables import ITEM_CATALOGUE
 from lambdarec.id_index import encode
-from serving.model import Model
-from serving.catalogue import LOOKUP_CHUNK, Catalogue
+from serving.views.model import Model
+from serving.views.catalogue import LOOKUP_CHUNK, Catalogue
 
 MASKS_KEPT = 256  # (attribute, value) masks cached per model; filters repeat a lot
 

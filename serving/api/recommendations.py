@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import SEGMENT_ATTRIBUTES
 from serving import recommend as rec
-from serving.api_models import (
+from serving.api.models import (
     Because,
     Error,
     RecommendationsResponse,
@@ -19,9 +19,9 @@ from serving.api_models import (
     SimilarResponse,
     TrendingResponse,
 )
-from serving.compiled_route import CompiledRoute
-from serving.deps import Services, get_services
-from serving.security import READ, responses
+from serving.api.compiled_route import CompiledRoute
+from serving.services import Services, get_services
+from serving.api.security import READ, responses
 
 # explain=true and the segment field reveal a user's history and profile: the read scope covers them with the rest.
 router = APIRouter(tags=["recommendations"], route_class=CompiledRoute, dependencies=[Depends(READ)],

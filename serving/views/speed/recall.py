@@ -1,6 +1,6 @@
 """Reading an evicted user's interactions back from the lake before their request is answered.
 
-The speed view's cap evicts the least recently active users (``serving.speed_view``); one
+The speed view's cap evicts the least recently active users (``serving.views.speed.view``); one
 whose interactions no model covers yet is remembered. Their next recommendation request
 reads their rows of ``speed_user_interactions`` (within the view's horizon) back into
 the view first, off the event loop: one reader thread scans the table once for every
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from lambdarec.lake import Lake
 from schemas.speed_updates import KIND_USER_INTERACTIONS, row
 from schemas.tables import SPEED_USER_INTERACTIONS
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The dashboard: its page and data route, and the charts' readings (Prometheus or serving's own samples)."""

@@ -1,0 +1,1 @@
+"""What serving holds in memory and keeps fresh: the published model and its catalogue, item attributes, profiles, consents and erasures from the lake, and the speed view from the speed-updates topic."""
