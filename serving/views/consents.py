@@ -15,7 +15,7 @@ from lambdarec import consent
 from lambdarec.lake import Lake
 from schemas.consent import ConsentChange
 from schemas.tables import USER_CONSENT
-from serving.speed_view import SpeedView
+from serving.views.speed.view import SpeedView
 
 
 class Consents:
