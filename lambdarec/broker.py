@@ -33,6 +33,7 @@ from pathlib import Path
 
 from lambdarec import jars, kafka_io
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from lambdarec.embedded_process import EmbeddedProcess
 from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import LOOPBACK, WILDCARD_HOSTS, Settings, host_port
 
@@ -51,13 +52,15 @@ class PortInUseError(BrokerError):
     """Something else listens on one of the embedded broker's ports."""
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(EmbeddedProcess):
     """Run Kafka on loopback for the life of a ``with`` block, platform topics created.
 
     Startup formats the storage if it is new, starts the JVM, waits until the
     broker answers metadata and creates the platform topics. Stop sends SIGTERM
     (Kafka shuts down cleanly) and kills the JVM if it has not exited by the deadline.
     """
+
+    name, event, error = "broker", "broker", BrokerError
 
     def __init__(self, settings: Settings, startup_timeout_s: float = 60.0, stop_timeout_s: float = 30.0):
         if not settings.uses_embedded_broker:
@@ -82,32 +85,21 @@ class EmbeddedBroker:
                 f"topic_replication_factor is {settings.topic_replication_factor}, but the embedded broker is "
                 "a single node; set it to 1 (LAMBDAREC_TOPIC_REPLICATION_FACTOR) or use a cluster"
             )
+        self.home = Path(settings.root).resolve() / "broker"
+        super().__init__(self.home / "kafka.log", startup_timeout_s, stop_timeout_s)
         self.settings = settings
         self.host = settings.embedded_broker_host
         self.port = settings.embedded_broker_port
         self.controller_port = settings.embedded_controller_port
-        self.home = Path(settings.root).resolve() / "broker"
         self.data_dir = self.home / "data"
         self.config_path = self.home / "server.properties"
         self.log4j_path = self.home / "log4j2.properties"
         self.cluster_id_path = self.home / "cluster.id"
-        self.log_path = self.home / "kafka.log"
-        self.startup_timeout_s = startup_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self._process: subprocess.Popen | None = None
         self._archive: _ClassArchive | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return host_port(self.host, self.port)
-
-    @property
-    def pid(self) -> int | None:
-        """The Kafka JVM's pid."""
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> "EmbeddedBroker":
         """Format on first use, start the JVM, wait for it to answer, and create the platform topics."""
@@ -127,43 +119,19 @@ class EmbeddedBroker:
         self._archive = _ClassArchive(self.settings, java)
         if not (self.data_dir / "meta.properties").exists():
             self._format([*base, *self._archive.read_options()])
-        with self.log_path.open("ab") as log_file:
-            # A process group of its own: a terminal Ctrl-C reaches our handler, which stops it in
-            # order; the death signal takes it down if we die without stopping it.
-            self._process = subprocess.Popen(
-                [*base, *self._archive.options(), "kafka.Kafka", str(self.config_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
-                process_group=0, preexec_fn=die_with_parent(),
-            )
-        try:
-            kafka_io.wait_for_broker(self.bootstrap_servers, self.startup_timeout_s, check=self._check_alive)
-            kafka_io.ensure_topics(self.settings, kafka_io.platform_topics(self.settings), self.settings.topic_partitions)
-        except BaseException:
-            self.stop()
-            raise
-        log.info("event=broker_started bootstrap=%s pid=%d", self.bootstrap_servers, self._process.pid)
-        return self
+        self._launch([*base, *self._archive.options(), "kafka.Kafka", str(self.config_path)], cwd=self.home)
+        return self._get_ready(self._wait_ready, f"bootstrap={self.bootstrap_servers}")
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after ``stop_timeout_s``; safe to call twice."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            if self._archive is not None:
-                self._archive.discard()  # a JVM that died on its own may have left half an archive
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=self.stop_timeout_s)
-            if self._archive is not None:
+    def _wait_ready(self) -> None:
+        kafka_io.wait_for_broker(self.bootstrap_servers, self.startup_timeout_s, check=self._check_alive)
+        kafka_io.ensure_topics(self.settings, kafka_io.platform_topics(self.settings), self.settings.topic_partitions)
+
+    def _stopped(self, clean: bool) -> None:
+        """A clean exit recorded the class archive whole; anything else may have left half of one."""
+        if self._archive is not None:
+            if clean:
                 self._archive.keep()
-        except subprocess.TimeoutExpired:
-            log.warning("event=broker_kill pid=%d reason=no_exit_after_sigterm", process.pid)
-            process.kill()
-            process.wait()
-        finally:
-            if self._archive is not None:
-                self._archive.discard()
-        log.info("event=broker_stopped pid=%d", process.pid)
+            self._archive.discard()
 
     def cluster_id(self) -> str:
         """This broker's KRaft cluster id, generated on first use and kept beside the data."""
@@ -241,24 +209,6 @@ class EmbeddedBroker:
             *(f"{key}={value}" for key, value in properties.items()),
         ]
         return "\n".join(lines) + "\n"
-
-    def _check_alive(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            raise BrokerError(
-                f"the broker exited with code {self._process.returncode} during startup; "
-                f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def __enter__(self) -> "EmbeddedBroker":
-        return self if self.running() else self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 class _ClassArchive:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -37,7 +36,8 @@ import httpx
 from lambdarec import jars, secret_files
 from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
 from lambdarec.postgres import PUBLICATION
-from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
+from lambdarec.embedded_process import EmbeddedProcess
+from lambdarec.processes import StageError, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial, host_port
 from schemas.cdc import TABLES as CDC_TABLES, topics
 
@@ -101,27 +101,20 @@ def _database_url(settings: Settings) -> SplitResult:
     return url
 
 
-class KafkaConnect:
-    """Run a standalone Connect worker with the CDC connector for the life of a ``with`` block."""
+class KafkaConnect(EmbeddedProcess):
+    """Run a standalone Connect worker with the CDC connector for the life of a ``with`` block.
+    Its stop is SIGTERM: Connect flushes its offsets."""
+
+    name, event, error, log_lines = "Kafka Connect worker", "connect", ConnectError, 30
 
     def __init__(self, settings: Settings, startup_timeout_s: float = 120.0, stop_timeout_s: float = 30.0):
-        self.settings = settings
         self.home = Path(settings.root).resolve() / "cdc"
-        self.log_path = self.home / "connect.log"
-        self.startup_timeout_s = startup_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self._process: subprocess.Popen | None = None
+        super().__init__(self.home / "connect.log", startup_timeout_s, stop_timeout_s)
+        self.settings = settings
 
     @property
     def rest(self) -> str:
         return f"http://{dial(self.settings.cdc_connect_host, self.settings.cdc_connect_port)}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> "KafkaConnect":
         """Write the configs, start the JVM and wait until the connector and its task are RUNNING."""
@@ -139,21 +132,10 @@ class KafkaConnect:
         worker.write_text(_properties(self._worker_config()))
         connector.write_text(_properties({"name": CONNECTOR, **connector_config(self.settings)}))
         log4j.write_text(log4j2_properties(self.log_path, QUIET_LOGGERS))
-        command = [java, f"-Xmx{self.settings.cdc_connect_heap}", *JVM_OPTIONS,
-                   f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
-                   "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)]
-        with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
-                process_group=0, preexec_fn=die_with_parent(),
-            )
-        try:
-            self._wait_running()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("event=connect_started rest=%s pid=%d", self.rest, self._process.pid)
-        return self
+        self._launch([java, f"-Xmx{self.settings.cdc_connect_heap}", *JVM_OPTIONS,
+                      f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath,
+                      "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector)], cwd=self.home)
+        return self._get_ready(self._wait_running, f"rest={self.rest}")
 
     def status(self) -> dict[str, Any] | None:
         """The connector's status from the worker's REST API; None while the API does not answer it."""
@@ -162,24 +144,6 @@ class KafkaConnect:
         except httpx.HTTPError:
             return None
         return response.json() if response.status_code == 200 else None
-
-    def stop(self) -> None:
-        """SIGTERM (Connect flushes its offsets), SIGKILL after the deadline; safe to call twice."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=self.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.info("event=connect_stopped pid=%d", process.pid)
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def _worker_config(self) -> dict[str, str]:
         return {
@@ -200,9 +164,7 @@ class KafkaConnect:
 
     def _wait_running(self) -> None:
         def running() -> bool:
-            if self._process is not None and self._process.poll() is not None:
-                raise ConnectError(f"Kafka Connect exited with code {self._process.returncode} during startup; "
-                                   f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
+            self._check_alive()
             found = self.status()
             states = [] if found is None else [found["connector"]["state"],
                                                *(task["state"] for task in found.get("tasks", []))]
@@ -217,12 +179,6 @@ class KafkaConnect:
             raise
         except StageError as exc:  # the deadline
             raise ConnectError(f"{exc} (status {self.status()}); log tail:\n{self.log_tail()}") from exc
-
-    def __enter__(self) -> "KafkaConnect":
-        return self if self.running() else self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def _properties(values: dict[str, str]) -> str:

@@ -37,7 +37,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lambdarec import secret_files
-from lambdarec.processes import StageError, die_with_parent, run_until_signalled, wait_for
+from lambdarec.embedded_process import EmbeddedProcess
+from lambdarec.processes import StageError, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial
 from schemas.cdc import TABLES as CDC_TABLES
 
@@ -92,8 +93,11 @@ class PostgresError(StageError):
     """The embedded Postgres cannot be started here, or it died."""
 
 
-class EmbeddedPostgres:
-    """Run Postgres on loopback for the life of a ``with`` block, the operational schema in place."""
+class EmbeddedPostgres(EmbeddedProcess):
+    """Run Postgres on loopback for the life of a ``with`` block, the operational schema in place.
+    Its stop is a fast shutdown (SIGINT: clients disconnected, a clean checkpoint)."""
+
+    name, event, error, stop_signal = "postgres server", "postgres", PostgresError, signal.SIGINT
 
     def __init__(self, settings: Settings, startup_timeout_s: float = 60.0, stop_timeout_s: float = 30.0):
         if settings.operational_db_url:
@@ -101,25 +105,15 @@ class EmbeddedPostgres:
                 "operational_db_url is set: the platform uses that database and there is no Postgres to embed. "
                 "Unset LAMBDAREC_OPERATIONAL_DB_URL to run the embedded one."
             )
+        self.home = cluster_dir(settings)
+        super().__init__(self.home / "postgres.log", startup_timeout_s, stop_timeout_s)
         self.settings = settings
         self.port = settings.embedded_postgres_port
-        self.home = cluster_dir(settings)
         self.data_dir = self.home / "data"
-        self.log_path = self.home / "postgres.log"
-        self.startup_timeout_s = startup_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self._process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return self.settings.operational_db
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def start(self) -> "EmbeddedPostgres":
         """initdb on first use, start the server, wait for it, and create the role, database, schema and publication."""
@@ -132,39 +126,13 @@ class EmbeddedPostgres:
             self._initdb(binaries, user)
         listen = {"listen_addresses": self.settings.embedded_postgres_host, "port": str(self.port)}
         options = [arg for key, value in {**SERVER_OPTIONS, **listen}.items() for arg in ("-c", f"{key}={value}")]
-        with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen(
-                [str(binaries / "postgres"), "-D", str(self.data_dir), *options],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.home,
-                process_group=0, preexec_fn=die_with_parent(), **_as_user(user),
-            )
-        try:
-            self._wait_ready()
-            bootstrap(self.settings, self._superuser_url(), self._superuser_password())
-            self._require_passwords()
-        except BaseException:
-            self.stop()
-            raise
-        log.info("event=postgres_started port=%d pid=%d", self.port, self._process.pid)
-        return self
+        self._launch([str(binaries / "postgres"), "-D", str(self.data_dir), *options], cwd=self.home, **_as_user(user))
+        return self._get_ready(self._set_up, f"port={self.port}")
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT: clients disconnected, a clean checkpoint); SIGKILL after the deadline."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=self.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.info("event=postgres_stopped pid=%d", process.pid)
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    def _set_up(self) -> None:
+        self._wait_ready()
+        bootstrap(self.settings, self._superuser_url(), self._superuser_password())
+        self._require_passwords()
 
     def _initdb(self, binaries: Path, user: pwd.struct_passwd | None) -> None:
         partial = self.home / "data.partial"
@@ -219,9 +187,7 @@ class EmbeddedPostgres:
         import psycopg
 
         def accepting() -> bool:
-            if self._process is not None and self._process.poll() is not None:
-                raise PostgresError(f"postgres exited with code {self._process.returncode} during startup; its log "
-                                    f"({self.log_path}) ends with:\n{self.log_tail()}")
+            self._check_alive()
             try:
                 psycopg.connect(self._superuser_url(), connect_timeout=2).close()
             except psycopg.OperationalError as exc:
@@ -239,12 +205,6 @@ class EmbeddedPostgres:
             raise
         except StageError as exc:  # the deadline
             raise PostgresError(f"{exc}; log tail:\n{self.log_tail()}") from exc
-
-    def __enter__(self) -> "EmbeddedPostgres":
-        return self if self.running() else self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
 
 def bootstrap(settings: Settings, superuser_url: str, superuser_password: str) -> None:
