@@ -67,7 +67,7 @@ unit: jars prometheus
 # ruff (style and likely bugs), mypy (types) and import-linter (the layering: batch, speed
 # and serving import only lambdarec and schemas; schemas imports nothing of ours), all
 # configured in pyproject.toml.
-LINTED := lambdarec schemas batch speed serving dags tests bench docs/_hooks
+LINTED := lambdarec schemas batch speed serving deploy dags tests bench docs/_hooks
 
 lint: venv
 	$(BIN)/ruff check $(LINTED)
@@ -86,7 +86,7 @@ AIRFLOW_PORT ?= 8080
 AIRFLOW_PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json
 
 # Airflow standalone (API server + UI, scheduler, dag-processor, SQLite) on dags/, sized for the
-# machine as under `make up` (lambdarec.airflow_platform.sizing: one task slot per two cores).
+# machine as under `make up` (deploy.embedded.airflow.sizing: one task slot per two cores).
 # The admin password is generated once into $(AIRFLOW_PASSWORDS) and printed here.
 airflow: jars
 	mkdir -p $(AIRFLOW_HOME)
@@ -98,7 +98,7 @@ airflow: jars
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://localhost:$(AIRFLOW_PORT)/execution/ \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$(AIRFLOW_PASSWORDS) \
-	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) env $$($(BIN)/python -c "from lambdarec.airflow_platform import sizing; print(*(k + '=' + v for k, v in sizing().items()))") \
+	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) env $$($(BIN)/python -c "from deploy.embedded.airflow import sizing; print(*(k + '=' + v for k, v in sizing().items()))") \
 	$(BIN)/airflow standalone
 
 # The long-running platform (`lambdarec up`): broker, Postgres + CDC, speed job, serving and Airflow

@@ -38,14 +38,15 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lambdarec import api_keys  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
-from lambdarec.cdc import KafkaConnect  # noqa: E402
-from lambdarec.event_load import LoadCounts, events_flowing  # noqa: E402
-from lambdarec.generator import World  # noqa: E402
-from lambdarec.demo import percentile  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
+from deploy.embedded.cdc import KafkaConnect  # noqa: E402
+from deploy.event_load import LoadCounts, events_flowing  # noqa: E402
+from deploy.generator import World  # noqa: E402
+from deploy.demo import percentile  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
-from lambdarec.postgres import EmbeddedPostgres  # noqa: E402
-from lambdarec.processes import free_port, lambdarec_command, start_child, wait_for  # noqa: E402
+from deploy.embedded.postgres import EmbeddedPostgres  # noqa: E402
+from lambdarec.processes import free_port, start_child, wait_for  # noqa: E402
+from deploy.cli import lambdarec_command
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from lambdarec.submit import spark_submit_env, speed_job_command  # noqa: E402

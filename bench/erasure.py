@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch import erasure  # noqa: E402
 from lambdarec import privacy  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402

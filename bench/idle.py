@@ -24,8 +24,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
-from lambdarec.processes import free_port, lambdarec_command, start_child, wait_for  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
+from lambdarec.processes import free_port, start_child, wait_for  # noqa: E402
+from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings  # noqa: E402
 from lambdarec.submit import spark_submit_env  # noqa: E402
 

@@ -39,11 +39,12 @@ from kafka import TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lambdarec import api_keys  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
-from lambdarec.generator import World, live_days  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
+from deploy.generator import World, live_days  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
 from lambdarec.metrics_text import samples  # noqa: E402
-from lambdarec.processes import free_port, lambdarec_command, start_child, wait_for  # noqa: E402
+from lambdarec.processes import free_port, start_child, wait_for  # noqa: E402
+from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings  # noqa: E402
 from lambdarec.submit import spark_submit_env  # noqa: E402
 from serving.workers import worker_count  # noqa: E402

@@ -61,7 +61,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lambdarec import api_keys  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
@@ -363,7 +363,7 @@ def main() -> int:
            "LAMBDAREC_SERVE_MODEL_POLL_S": str(FOLLOW_POLL_S) if args.workers > 1 else "3600",
            "LAMBDAREC_SERVE_ANN_EF": str(args.ann_ef), "LAMBDAREC_ALLOW_DEVELOPMENT_KEY": "true"}
     server_log = (root / "serving.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--port", str(port),
                                "--workers", str(args.workers), "--log-level", "warning"],
                               env=env, stderr=server_log)
     if cpus:  # from here on this process is a client too: its publishes stand in for the batch layer's gate

@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import records  # noqa: E402
 from bench.serve import write_model  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.metrics_text import samples  # noqa: E402
@@ -109,7 +109,7 @@ class Serving:
         started = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+                [sys.executable, "-m", "deploy.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT)
         wait_for(self.ready, timeout_s, "serving to be ready", interval_s=0.1)
         return round(time.monotonic() - started, 2)

@@ -39,10 +39,11 @@ import psutil
 from kafka import TopicPartition
 
 from lambdarec import api_keys
-from lambdarec.broker import EmbeddedBroker
+from deploy.embedded.broker import EmbeddedBroker
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets
 from lambdarec.lake import Lake
-from lambdarec.processes import lambdarec_command, start_child, wait_for
+from lambdarec.processes import start_child, wait_for
+from deploy.cli import lambdarec_command
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_env, speed_job_command

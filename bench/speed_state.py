@@ -35,8 +35,8 @@ from batch.erasure import DELTA_END_INDEX  # noqa: E402
 from bench import records  # noqa: E402
 from lambdarec import speed_state_retention  # noqa: E402
 from lambdarec.checkpoint_files import CheckpointFiles  # noqa: E402
-from lambdarec.broker import EmbeddedBroker  # noqa: E402
-from lambdarec.generator import bronze_table, generate_events  # noqa: E402
+from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
+from deploy.generator import bronze_table, generate_events  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.processes import StageError, wait_for  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark: Spark ALS vs implicit ALS at the same rank and iterations, on planted-structure data.
 
 For each size (100k, 1M, 10M interactions; pick with --sizes) it draws one
-synthetic interaction set from ``lambdarec.generator.World`` (the planted
+synthetic interaction set from ``deploy.generator.World`` (the planted
 clusters the tests use), holds out a seeded 20% of each user's interactions,
 fits both engines through ``batch.engines`` (the code the training job runs),
 and prints ONE JSON object: for each engine the total fit time, the cost of one
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch.engines import AlsParams, Factors, ImplicitAls, SparkAls, fit_implicit  # noqa: E402
 from batch.evaluate import Holdout, compare_to_popularity, factor_scorer  # noqa: E402
-from lambdarec.generator import World  # noqa: E402
+from deploy.generator import World  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 
 # interactions -> (users, items, clusters): ~20 interactions per user, as in the generator's defaults

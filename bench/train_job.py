@@ -1,7 +1,7 @@
 """Benchmark: the whole training job (``batch.train.run``: split, families, tuning, refit, tables,
 gate) on a generated lake, wall time per run, at the current defaults or with overrides.
 
-For each size it writes one lake of that many events (``lambdarec.generator.World``:
+For each size it writes one lake of that many events (``deploy.generator.World``:
 planted clusters, power-law users; the same shapes as ``bench/train.py``), runs
 the job ``--repeats`` times on it (each run a new model version on the same
 events) and prints ONE JSON object: per size the wall times, their median, and
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.train import SIZES  # noqa: E402  (events -> users, items, clusters: one set of sizes for both benches)
-from lambdarec.generator import World  # noqa: E402
+from deploy.generator import World  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402
 from schemas.tables import EVENTS  # noqa: E402

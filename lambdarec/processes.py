@@ -155,11 +155,6 @@ def start_child(name: str, argv: list[str], log_dir: Path, env: dict[str, str] |
     return Child(name, process, log_path, log_file)
 
 
-def lambdarec_command(*args: str) -> list[str]:
-    """``lambdarec ARGS`` with this interpreter, independent of PATH."""
-    return [sys.executable, "-m", "lambdarec.cli", *args]
-
-
 def free_port(preferred: int = 0) -> int:
     """``preferred`` if nothing listens there on loopback, else any free port (0: any)."""
     for port in (preferred, 0):

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 POSTGRES_PASSWORD = "postgres-lambdarec.password"
 """The embedded Postgres's ``lambdarec`` role (the platform's clients: CDC, the demo, tests)."""
 POSTGRES_SUPERUSER_PASSWORD = "postgres-superuser.password"  # noqa: S105 - a file name
-"""The embedded Postgres's ``postgres`` superuser, which only ``lambdarec.postgres`` uses (bootstrap)."""
+"""The embedded Postgres's ``postgres`` superuser, which only ``deploy.embedded.postgres`` uses (bootstrap)."""
 CDC_CONNECTOR_SECRETS = "cdc-connector.properties"
 """The Debezium connector's database password, read by Kafka Connect's FileConfigProvider."""
 

@@ -15,7 +15,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from lambdarec import kafka_io
-from lambdarec.broker import BrokerError, EmbeddedBroker, PortInUseError
+from deploy.embedded.broker import BrokerError, EmbeddedBroker, PortInUseError
 from lambdarec.processes import wait_for
 from tests.plugins.broker import broker_ports, free_port
 
@@ -245,7 +245,7 @@ def test_cli_runs_the_broker_until_sigint_and_exits_zero(tmp_path):
     port = ports["embedded_broker_port"]
     env = {**os.environ, "LAMBDAREC_ROOT": str(tmp_path), "LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS": ""}
     process = subprocess.Popen(
-        [sys.executable, "-m", "lambdarec.cli", "broker", "--port", str(port),
+        [sys.executable, "-m", "deploy.cli", "broker", "--port", str(port),
          "--controller-port", str(ports["embedded_controller_port"])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path, text=True,
     )

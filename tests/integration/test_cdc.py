@@ -15,11 +15,11 @@ import httpx
 import psycopg
 import pytest
 
-from lambdarec.cdc import CONNECTOR, KafkaConnect, secrets_path
+from deploy.embedded.cdc import CONNECTOR, KafkaConnect, secrets_path
 from schemas.cdc import topic
 from lambdarec.kafka_io import make_consumer, make_producer, send_all
 from lambdarec.lake import Lake
-from lambdarec.postgres import EmbeddedPostgres
+from deploy.embedded.postgres import EmbeddedPostgres
 from schemas.cdc import AvailabilityChange, decode_availability
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE
 from serving.views.catalogue_changes import CatalogueChanges

@@ -12,9 +12,9 @@ import threading
 import psycopg
 import pytest
 
-from lambdarec.cdc import KafkaConnect
+from deploy.embedded.cdc import KafkaConnect
 from lambdarec.lake import Lake
-from lambdarec.postgres import EmbeddedPostgres
+from deploy.embedded.postgres import EmbeddedPostgres
 from schemas.tables import DEAD_LETTER, ITEM_CATALOGUE
 from tests.support.cdc import lake_matches_postgres
 from tests.support.jobs import start_job

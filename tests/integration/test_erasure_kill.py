@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lambdarec import erasure_rows, privacy
-from lambdarec.generator import user_id
+from deploy.generator import user_id
 from schemas.tables import DEAD_LETTER, EVENTS, PRIVACY_RECEIPTS
 from tests.support.jobs import finish, start_job
 from tests.support.privacy import lake_with, rows_of, totals, traces

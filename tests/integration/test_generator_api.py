@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lambdarec import generator
+from deploy import generator
 from lambdarec.settings import Settings
 from tests.support.serving import read_topic, serving
 

@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 from lambdarec import registry
-from lambdarec.generator import bronze_table, generate_events
+from deploy.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS
 

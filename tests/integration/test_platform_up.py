@@ -23,10 +23,12 @@ import psycopg
 import pyarrow.compute as pc
 import pytest
 
-from lambdarec import airflow_platform, api_keys, audit, privacy, proc_tree, registry
-from lambdarec.generator import bronze_table, generate_events
+from lambdarec import api_keys, audit, privacy, proc_tree, registry
+
+from deploy.embedded import airflow as airflow_platform
+from deploy.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
-from lambdarec.platform_up import UP_KEY_NAME
+from deploy.up import UP_KEY_NAME
 from lambdarec.processes import wait_for
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS, ITEM_CATALOGUE

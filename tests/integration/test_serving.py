@@ -147,7 +147,7 @@ def test_lambdarec_serve_runs_the_api(broker_settings):
         "LAMBDAREC_KAFKA_BOOTSTRAP_SERVERS": broker_settings.bootstrap_servers,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "lambdarec.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "deploy.cli", "serve", "--port", str(port)],
         env=env, stderr=subprocess.PIPE, text=True,
     )
     try:

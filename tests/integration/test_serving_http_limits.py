@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from lambdarec.processes import Child, lambdarec_command, start_child
+from lambdarec.processes import Child, start_child
+from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_env
 from tests.plugins.broker import free_port, start_embedded_broker

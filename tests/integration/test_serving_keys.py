@@ -23,7 +23,8 @@ import pytest
 
 from lambdarec import api_keys, audit
 from lambdarec.lake import Lake
-from lambdarec.processes import lambdarec_command, start_child
+from lambdarec.processes import start_child
+from deploy.cli import lambdarec_command
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.submit import spark_submit_env
 from schemas.tables import AUDIT_LOG

@@ -22,7 +22,8 @@ import pytest
 from lambdarec.lake import Lake
 from lambdarec.metrics_text import samples
 from lambdarec.proc_tree import alive, tree
-from lambdarec.processes import lambdarec_command, start_child
+from lambdarec.processes import start_child
+from deploy.cli import lambdarec_command
 from lambdarec.submit import spark_submit_env
 from serving.workers import metrics_dir
 from tests.plugins.broker import free_port

@@ -13,12 +13,12 @@ import threading
 import pytest
 
 from lambdarec import proc_tree
-from lambdarec.platform_components import Component
-from lambdarec.platform_state import BACKOFF, DONE, FAILED, RUNNING, STOPPED, read_state
+from deploy.components import Component
+from deploy.state import BACKOFF, DONE, FAILED, RUNNING, STOPPED, read_state
 from lambdarec.processes import wait_for
-from lambdarec.readiness import LogLine
+from deploy.readiness import LogLine
 from lambdarec.restart_policy import RestartPolicy
-from lambdarec.supervisor import Supervisor
+from deploy.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from lambdarec.broker import EmbeddedBroker, PortInUseError
+from deploy.embedded.broker import EmbeddedBroker, PortInUseError
 from lambdarec.settings import Settings
 
 PORT_ATTEMPTS = 5

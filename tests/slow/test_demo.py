@@ -20,7 +20,7 @@ def test_demo_runs_the_platform_end_to_end(tmp_path):
     summary_path = tmp_path / "summary.json"
     result = subprocess.run(
         [
-            sys.executable, "-m", "lambdarec.cli", "demo",
+            sys.executable, "-m", "deploy.cli", "demo",
             "--duration", "600", "--events", "6000", "--probes", "8", "--latency-requests", "200",
             "--availability-probes", "5",
             "--root", str(tmp_path / "demo"), "--summary-json", str(summary_path),

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from lambdarec.generator import World
+from deploy.generator import World
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -30,7 +30,7 @@ def test_evaluate_imports_trains_serves_and_scores_every_user(tmp_path):
     ))
     figures_path = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, "-m", "lambdarec.cli", "evaluate", str(ratings), "--json", str(figures_path),
+        [sys.executable, "-m", "deploy.cli", "evaluate", str(ratings), "--json", str(figures_path),
          "--root", str(tmp_path / "evaluate")],
         capture_output=True, text=True, timeout=900,
     )

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pytest
 
 from lambdarec.lake import Lake
-from lambdarec.processes import Child, lambdarec_command, start_child, wait_for
+from lambdarec.processes import Child, start_child, wait_for
+from deploy.cli import lambdarec_command
 from lambdarec.submit import spark_submit_env, speed_job_command
 from schemas.tables import EVENTS, SPEED_USER_INTERACTIONS
 from speed.recompute import current, recompute

@@ -11,7 +11,7 @@ from deltalake import DeltaTable
 
 from batch import maintenance, train
 from lambdarec import registry
-from lambdarec.generator import bronze_table, generate_events
+from deploy.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import (

@@ -15,7 +15,7 @@ import pytest
 
 from batch.engines import AlsParams, ImplicitAls, SparkAls, confidence_matrix
 from batch.evaluate import Holdout, compare_to_popularity, factor_scorer
-from lambdarec.generator import World
+from deploy.generator import World
 from lambdarec.model_bundle import gram
 from serving.foldin import fold_in
 from lambdarec.confidence import Confidence

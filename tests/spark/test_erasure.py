@@ -16,7 +16,7 @@ import pytest
 
 from batch import erasure
 from lambdarec import privacy
-from lambdarec.generator import user_id
+from deploy.generator import user_id
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import DEAD_LETTER, EVENTS, PRIVACY_RECEIPTS
 from tests.support.lake import seed_lake

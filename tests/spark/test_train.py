@@ -10,7 +10,7 @@ import pytest
 
 from batch import train, train_plan
 from lambdarec import registry
-from lambdarec.generator import bronze_table, generate_events
+from deploy.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from schemas.tables import EVENTS, ITEM_FACTORS, ITEM_IDS, MODEL_INTERACTIONS, MODELS, USER_FACTORS, USER_IDS
 from tests.support.lake import END, seed_lake, small_settings

@@ -16,7 +16,7 @@ import pytest
 
 from batch import train
 from lambdarec import registry
-from lambdarec.generator import bronze_table, item_id, user_id
+from deploy.generator import bronze_table, item_id, user_id
 from lambdarec.model_bundle import model_bundle_exists
 from schemas.tables import EVENTS
 from serving.views.model_store import ModelStore

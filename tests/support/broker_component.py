@@ -8,7 +8,8 @@ import signal
 import socket
 from pathlib import Path
 
-from lambdarec.processes import Child, lambdarec_command, start_child, wait_for
+from lambdarec.processes import Child, start_child, wait_for
+from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings
 from tests.plugins.broker import broker_ports
 

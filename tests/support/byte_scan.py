@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lambdarec.java_process import java_executable
+from deploy.embedded.java import java_executable
 
 SST_READER = Path(__file__).with_name("SstEntries.java")
 LZ4_BLOCK_MAGIC = b"LZ4Block"

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from lambdarec.generator import bronze_table, generate_events
+from deploy.generator import bronze_table, generate_events
 from lambdarec.lake import Lake
 from lambdarec.settings import Settings
 from schemas.tables import EVENTS

@@ -49,7 +49,7 @@ class Platform:
                                  serve_port=serve, embedded_postgres_port=postgres)
 
     def run(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lambdarec.cli", *args], env=self.env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "deploy.cli", *args], env=self.env, capture_output=True,
                               text=True, timeout=timeout_s)
 
     def up(self, *args: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from lambdarec.cdc import ConnectError, _properties, connector_config, connector_secrets, secrets_path
+from deploy.embedded.cdc import ConnectError, _properties, connector_config, connector_secrets, secrets_path
 from schemas.cdc import topic
 from lambdarec.settings import Settings
 

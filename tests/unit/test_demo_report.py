@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lambdarec import demo_report
-from lambdarec.demo_report import CHARTS, console_summary, render_report, report_from
+from deploy import demo_report
+from deploy.demo_report import CHARTS, console_summary, render_report, report_from
 
 pytestmark = pytest.mark.unit
 
@@ -187,7 +187,7 @@ def test_report_from_a_saved_summary_writes_next_to_it(tmp_path):
 
 
 def test_the_cli_regenerates_the_report(tmp_path, capsys):
-    from lambdarec.cli import main
+    from deploy.cli import main
 
     saved = tmp_path / "demo-summary.json"
     saved.write_text(json.dumps(failed_summary()))

@@ -1,4 +1,4 @@
-"""The lifecycle every embedded server shares (lambdarec.embedded_process), on a stand-in Python process."""
+"""The lifecycle every embedded server shares (deploy.embedded.process), on a stand-in Python process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lambdarec.embedded_process import EmbeddedProcess
+from deploy.embedded.process import EmbeddedProcess
 
 pytestmark = pytest.mark.unit
 

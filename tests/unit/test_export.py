@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lambdarec import api_keys, audit, export
-from lambdarec.generator import user_id
+from deploy.generator import user_id
 from lambdarec.pseudonym import pseudonymise
 from schemas.consent import ConsentChange
 from schemas.tables import USER_CONSENT

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from lambdarec import generator
-from lambdarec.generator import World, bronze_table, generate_events
+from deploy import generator
+from deploy.generator import World, bronze_table, generate_events
 from schemas.events import Event
 from schemas.tables import EVENTS
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.importer import BadImportFile, import_file
-from lambdarec.cli import main
+from deploy.cli import main
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import EVENTS

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-PACKAGES = ["lambdarec", "schemas", "batch", "speed", "serving"]
+PACKAGES = ["lambdarec", "schemas", "batch", "speed", "serving", "deploy"]
 
 
 def modules() -> list[str]:

@@ -1,6 +1,6 @@
 """One key, one lake: the first command that uses a key records its fingerprint, every later one is checked.
 
-The commands are run as a user runs them (``lambdarec.cli.main`` with the key in the
+The commands are run as a user runs them (``deploy.cli.main`` with the key in the
 environment), on a lake whose key another command recorded: the refusal must come
 before any work, so a wrong key leaves no request, no receipt and no row behind.
 """
@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from lambdarec import key_fingerprint
-from lambdarec.cli import main
+from deploy.cli import main
 from lambdarec.key_fingerprint import fingerprint, verify_pseudonym_key
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import PseudonymKeyRefused

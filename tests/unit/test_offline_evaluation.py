@@ -6,7 +6,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from lambdarec.evaluate import metrics_at_k, popularity_lists, split
+from deploy.evaluate import metrics_at_k, popularity_lists, split
 
 pytestmark = pytest.mark.unit
 

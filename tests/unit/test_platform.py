@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lambdarec import airflow_platform, proc_tree
-from lambdarec.platform_components import plan
-from lambdarec.platform_down import exit_text
-from lambdarec.platform_ps import collect, duration, render_table, view
-from lambdarec.platform_state import (
+from lambdarec import proc_tree
+
+from deploy.embedded import airflow as airflow_platform
+from deploy.components import plan
+from deploy.down import exit_text
+from deploy.ps import collect, duration, render_table, view
+from deploy.state import (
     FAILED, RUNNING, STOPPED, ComponentRecord, PlatformState, now_iso, read_state, state_path, write_state,
 )
-from lambdarec.readiness import Launch, LogLine
+from deploy.readiness import Launch, LogLine
 from lambdarec.restart_policy import RestartPolicy
 
 pytestmark = pytest.mark.unit

@@ -7,8 +7,8 @@ from pydantic import SecretStr
 
 from lambdarec import api_keys
 from lambdarec.lake import Lake
-from lambdarec.platform_components import API_KEY_ENV, plan
-from lambdarec.platform_up import UP_KEY_NAME, operator_key_problem, preflight, provision_keys
+from deploy.components import API_KEY_ENV, plan
+from deploy.up import UP_KEY_NAME, operator_key_problem, preflight, provision_keys
 
 pytestmark = pytest.mark.unit
 

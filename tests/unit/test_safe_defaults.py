@@ -11,9 +11,13 @@ import threading
 
 import pytest
 
-from lambdarec import airflow_platform, prometheus_server, secret_files
-from lambdarec.broker import BrokerError, EmbeddedBroker
-from lambdarec.cdc import KafkaConnect
+from lambdarec import secret_files
+
+from deploy.embedded import airflow as airflow_platform
+
+from deploy.embedded import prometheus as prometheus_server
+from deploy.embedded.broker import BrokerError, EmbeddedBroker
+from deploy.embedded.cdc import KafkaConnect
 from lambdarec.settings import Settings, dial, host_port
 from lambdarec.submit import spark_submit_command, spark_submit_env
 

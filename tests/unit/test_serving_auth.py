@@ -281,7 +281,7 @@ def test_keys_mode_needs_a_live_key_off_loopback(settings, caplog):
 
 def test_lambdarec_serve_refuses_open_mode_on_every_interface(settings):
     env = {**os.environ, "LAMBDAREC_ROOT": str(settings.root), "LAMBDAREC_AUTH": "open"}
-    done = subprocess.run([sys.executable, "-m", "lambdarec.cli", "serve", "--host", "0.0.0.0", "--port", "9"],
+    done = subprocess.run([sys.executable, "-m", "deploy.cli", "serve", "--host", "0.0.0.0", "--port", "9"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "refuses to start" in done.stdout and "loopback" in done.stdout

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from lambdarec.lake import Lake
-from lambdarec.status import collect, command, render_table
+from deploy.status import collect, command, render_table
 from schemas.tables import SPEED_PROGRESS
 
 pytestmark = pytest.mark.unit

@@ -35,12 +35,17 @@ import httpx
 from pydantic import SecretStr
 from tqdm import tqdm
 
-from lambdarec import api_keys, audit, demo_report, event_load
-from lambdarec.generator import World, item_id, live_days, user_id
+from lambdarec import api_keys, audit
+
+from deploy import demo_report
+
+from deploy import event_load
+from deploy.generator import World, item_id, live_days, user_id
 from lambdarec.lake import Lake
 from lambdarec.metrics_text import Samples, samples, total
-from lambdarec.postgres import cluster_dir
-from lambdarec.processes import Child, StageError, free_port, lambdarec_command, start_child, wait_for
+from deploy.embedded.postgres import cluster_dir
+from lambdarec.processes import Child, StageError, free_port, start_child, wait_for
+from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings
 from lambdarec.submit import spark_submit_command, spark_submit_env, speed_job_command
 from schemas.tables import DEAD_LETTER, EVENTS, ITEM_CATALOGUE

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lambdarec import airflow_platform, prometheus_server, secret_files
-from lambdarec.processes import lambdarec_command
-from lambdarec.readiness import AirflowHeartbeat, HttpOk, LogLine, Probe
+from lambdarec import secret_files
+
+from deploy.embedded import airflow as airflow_platform
+
+from deploy.embedded import prometheus as prometheus_server
+from deploy.cli import lambdarec_command
+from deploy.readiness import AirflowHeartbeat, HttpOk, LogLine, Probe
 from lambdarec.settings import Settings, dial
 from lambdarec.submit import spark_submit_env, speed_job_command
 

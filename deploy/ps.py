@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdarec import proc_tree
-from lambdarec.platform_state import FAILED, STOPPED, PlatformState, age_s, read_state, state_path
+from deploy.state import FAILED, STOPPED, PlatformState, age_s, read_state, state_path
 from lambdarec.settings import Settings
 
 AIRFLOW_PREFIX = "airflow-"

@@ -36,7 +36,7 @@ def java_executable() -> str:
 def log4j2_properties(log_path: Path, quiet: tuple[str, ...]) -> str:
     """A JVM's log at INFO into ``log_path``, the ``quiet`` loggers at WARN."""
     lines = [
-        "# Written by lambdarec on every start of the process (lambdarec/java_process.py): edits are lost.",
+        "# Written by lambdarec on every start of the process (deploy/embedded/java.py): edits are lost.",
         "status = warn",
         "appender.file.type = File",
         "appender.file.name = file",

@@ -34,9 +34,9 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import httpx
 
 from lambdarec import jars, secret_files
-from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
-from lambdarec.postgres import PUBLICATION
-from lambdarec.embedded_process import EmbeddedProcess
+from deploy.embedded.java import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from deploy.embedded.postgres import PUBLICATION
+from deploy.embedded.process import EmbeddedProcess
 from lambdarec.processes import StageError, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial, host_port
 from schemas.cdc import TABLES as CDC_TABLES, topics
@@ -83,7 +83,7 @@ def connector_config(settings: Settings) -> dict[str, str]:
         "table.include.list": ",".join(CDC_TABLES),
         "slot.name": SLOT,
         "publication.name": PUBLICATION,
-        "publication.autocreate.mode": "disabled",  # the database's owner creates it (lambdarec.postgres)
+        "publication.autocreate.mode": "disabled",  # the database's owner creates it (deploy.embedded.postgres)
         "snapshot.mode": "initial",
         "decimal.handling.mode": "string",  # prices as "9.50", not base64 bytes
         "poll.interval.ms": "100",  # hand changes to Connect every 100 ms, not 500: availability is a latency
@@ -182,7 +182,7 @@ class KafkaConnect(EmbeddedProcess):
 
 
 def _properties(values: dict[str, str]) -> str:
-    header = "# Written by lambdarec on every start of `lambdarec cdc` (lambdarec/cdc.py): edits are lost."
+    header = "# Written by lambdarec on every start of `lambdarec cdc` (deploy/embedded/cdc.py): edits are lost."
     return "\n".join([header, *(f"{key}={_escaped(value)}" for key, value in values.items())]) + "\n"
 
 

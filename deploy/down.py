@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from lambdarec.platform_state import PlatformState, read_state
+from deploy.state import PlatformState, read_state
 from lambdarec.processes import StageError, wait_for
 from lambdarec.settings import Settings
 

@@ -32,8 +32,8 @@ import uuid
 from pathlib import Path
 
 from lambdarec import jars, kafka_io
-from lambdarec.java_process import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
-from lambdarec.embedded_process import EmbeddedProcess
+from deploy.embedded.java import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from deploy.embedded.process import EmbeddedProcess
 from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import LOOPBACK, WILDCARD_HOSTS, Settings, host_port
 
@@ -205,7 +205,7 @@ class EmbeddedBroker(EmbeddedProcess):
             "broker.heartbeat.interval.ms": 500,
         }
         lines = [
-            "# Written by lambdarec on every start of the embedded broker (lambdarec/broker.py): edits are lost.",
+            "# Written by lambdarec on every start of the embedded broker (deploy/embedded/broker.py): edits are lost.",
             *(f"{key}={value}" for key, value in properties.items()),
         ]
         return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import yaml
 
 from lambdarec.settings import Settings, dial, host_port
 
-RULES = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "alerts.yml"
+RULES = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "alerts.yml"
 
 
 def executable() -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from lambdarec import secret_files
-from lambdarec.embedded_process import EmbeddedProcess
+from deploy.embedded.process import EmbeddedProcess
 from lambdarec.processes import StageError, run_until_signalled, wait_for
 from lambdarec.settings import Settings, dial
 from schemas.cdc import TABLES as CDC_TABLES
@@ -79,7 +79,7 @@ SERVER_OPTIONS = {
     "shared_buffers": "32MB",
     "max_connections": "40",
 }
-PG_HBA = """# Written by lambdarec on every start of the embedded Postgres (lambdarec/postgres.py): edits are lost.
+PG_HBA = """# Written by lambdarec on every start of the embedded Postgres (deploy/embedded/postgres.py): edits are lost.
 # Every connection, from any address listen_addresses lets in, needs its role's password (SCRAM).
 # TYPE  DATABASE     USER  ADDRESS  METHOD
 local   all          all            scram-sha-256

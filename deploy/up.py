@@ -1,7 +1,7 @@
 """``lambdarec up``: start the long-running platform under a detached supervisor, and return once it is ready.
 
 The broker, Postgres with CDC, the speed job, serving and Airflow (API server,
-dag-processor, scheduler) run under ``lambdarec.supervisor``, which outlives
+dag-processor, scheduler) run under ``deploy.supervisor``, which outlives
 this command and restarts what dies. ``up`` checks first what would make a
 start fail for a reason it can name (a port in use, missing jars or Airflow,
 the development key), then waits until every component is ready and prints
@@ -24,15 +24,21 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from lambdarec import api_keys, airflow_platform, jars, platform_down, platform_ps, secret_files
-from lambdarec.airflow_platform import AirflowMissing
+from lambdarec import api_keys, jars, secret_files
+
+from deploy.embedded import airflow as airflow_platform
+
+from deploy import down as platform_down
+
+from deploy import ps as platform_ps
+from deploy.embedded.airflow import AirflowMissing
 from lambdarec.lake import Lake
-from lambdarec.platform_components import OPTIONAL, Component, plan
-from lambdarec.platform_state import DONE, FAILED, RUNNING, logs_dir, read_state
+from deploy.components import OPTIONAL, Component, plan
+from deploy.state import DONE, FAILED, RUNNING, logs_dir, read_state
 from lambdarec.pseudonym import is_development_key
 from lambdarec.settings import Settings, is_loopback
 from lambdarec.submit import spark_submit_env
-from lambdarec.supervisor import ALREADY_RUNNING, command_line
+from deploy.supervisor import ALREADY_RUNNING, command_line
 
 POLL_S = 0.25
 

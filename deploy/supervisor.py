@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lambdarec import proc_tree
-from lambdarec.platform_components import OPTIONAL, Component, plan
-from lambdarec.platform_state import (
+from deploy.components import OPTIONAL, Component, plan
+from deploy.state import (
     BACKOFF, DONE, FAILED, RUNNING, STARTING, STOPPED, STOPPING, WAITING, ComponentRecord, PlatformState, lock_path,
     logs_dir, now_iso, write_state,
 )
 from lambdarec.processes import Child, start_child
-from lambdarec.readiness import Launch
+from deploy.readiness import Launch
 from lambdarec.restart_policy import RestartPolicy
 from lambdarec.settings import Settings
 
@@ -267,13 +267,13 @@ def lock(root: Path) -> int | None:
 
 def command_line(without: set[str], airflow_port: int, stop_timeout_s: float) -> list[str]:
     """How ``up`` starts the supervisor (the settings travel in the environment)."""
-    args = [sys.executable, "-m", "lambdarec.supervisor", "--airflow-port", str(airflow_port),
+    args = [sys.executable, "-m", "deploy.supervisor", "--airflow-port", str(airflow_port),
             "--stop-timeout", str(stop_timeout_s)]
     return args + [f"--without={name}" for name in sorted(without)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lambdarec.supervisor", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.supervisor", description=__doc__.splitlines()[0])
     parser.add_argument("--without", action="append", default=[], choices=OPTIONAL)
     parser.add_argument("--airflow-port", type=int, required=True)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
@@ -289,6 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from lambdarec.cli import exit_now
+    from deploy.cli import exit_now
 
     exit_now(main())
