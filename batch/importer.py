@@ -1,5 +1,5 @@
 """``lambdarec import``: backfill historical interactions into ``events``, or load catalogue and profile
-files into ``item_catalogue`` and ``user_profiles`` (``--kind``; ``lambdarec.dimension_files``).
+files into ``item_catalogue`` and ``user_profiles`` (``--kind``; ``batch.dimension_files``).
 
 Layouts: CSV or Parquet with columns ``user, item, weight | rating, timestamp``
 (an optional ``event_type`` column too), JSON lines of events as the API takes them
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from lambdarec import dimension_files
-from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
+from batch import dimension_files
+from batch.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.key_fingerprint import verify_pseudonym_key
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise

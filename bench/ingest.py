@@ -42,7 +42,7 @@ from lambdarec import api_keys  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from deploy.generator import World, live_days  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
-from lambdarec.metrics_text import samples  # noqa: E402
+from serving.metrics_text import samples  # noqa: E402
 from lambdarec.processes import free_port, start_child, wait_for  # noqa: E402
 from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings  # noqa: E402

@@ -65,7 +65,7 @@ from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
 from lambdarec.processes import wait_for  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
-from lambdarec.metrics_text import samples  # noqa: E402
+from serving.metrics_text import samples  # noqa: E402
 from lambdarec.model_bundle import local_path, model_bundle_uri, publish_model_bundle  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.registry import PUBLISHED, record_status  # noqa: E402

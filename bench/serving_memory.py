@@ -63,7 +63,7 @@ from bench.serve import write_model  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_consumer, partition_end_offsets  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
-from lambdarec.metrics_text import samples  # noqa: E402
+from serving.metrics_text import samples  # noqa: E402
 from lambdarec.processes import free_port, wait_for  # noqa: E402
 from lambdarec.pseudonym import pseudonymise  # noqa: E402
 from lambdarec.settings import Settings  # noqa: E402

@@ -82,7 +82,7 @@ def _erase() -> ModuleType:
 
 
 def _export() -> ModuleType:
-    from lambdarec import export
+    from serving import export
 
     return export
 

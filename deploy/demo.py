@@ -42,7 +42,7 @@ from deploy import demo_report
 from deploy import event_load
 from deploy.generator import World, item_id, live_days, user_id
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import Samples, samples, total
+from serving.metrics_text import Samples, samples, total
 from deploy.embedded.postgres import cluster_dir
 from lambdarec.processes import Child, StageError, free_port, start_child, wait_for
 from deploy.cli import lambdarec_command

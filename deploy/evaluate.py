@@ -40,7 +40,7 @@ from pydantic import SecretStr
 from lambdarec import api_keys, registry
 from lambdarec.lake import Lake
 from lambdarec.popularity import item_popularity
-from lambdarec.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
+from batch.interaction_files import FORMATS, BadImportFile, detect_format, read_rows
 from lambdarec.processes import Child, free_port, StageError, start_child, wait_for
 from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings

@@ -101,7 +101,7 @@ class Lake:
 
         Serving's pollers ask this every fraction of a second. Opening the table
         replays its whole log each time; the snapshot kept from the last call reads
-        only the commits after it (as ``lambdarec.log_tail`` does, a table deleted
+        only the commits after it (as ``serving.views.log_tail`` does, a table deleted
         under it keeps its last version).
         """
         uri = self.uri(spec)

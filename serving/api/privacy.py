@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 from pydantic import AfterValidator
 
-from lambdarec import export, privacy
+from lambdarec import privacy
+
+from serving import export
 from lambdarec.audit import Entry
 from lambdarec.pseudonym import pseudonymise
 from serving.api.models import ErasureAccepted, ErasurePlace, ErasureReceipt, Error

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from lambdarec.metrics_text import Samples
+from serving.metrics_text import Samples
 from serving.dashboard.metric_math import Buckets, quantile, rate
 
 OWN_ROUTES = "/dashboard"

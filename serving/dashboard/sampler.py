@@ -18,7 +18,7 @@ from collections.abc import Callable
 import httpx
 from prometheus_client import CollectorRegistry
 
-from lambdarec.metrics_text import Samples, samples
+from serving.metrics_text import Samples, samples
 from serving.dashboard.readings import Point, Reading, point, read
 
 SAMPLE_S = 2.0
@@ -31,7 +31,7 @@ SeriesMap = dict[str, dict[str, tuple[list[float], list[float]]]]
 
 
 def registry_samples(registry: CollectorRegistry) -> Samples:
-    """Every sample of an in-process registry, keyed as ``lambdarec.metrics_text.samples`` keys them."""
+    """Every sample of an in-process registry, keyed as ``serving.metrics_text.samples`` keys them."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in registry.collect() for s in family.samples}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lambdarec.lake import Lake
-from lambdarec.log_tail import LogTail
+from serving.views.log_tail import LogTail
 from lambdarec.model_bundle import (
     LOAD_ERROR_EXIT,
     ModelLoadError,

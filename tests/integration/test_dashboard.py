@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import samples, total
+from serving.metrics_text import samples, total
 from lambdarec.pseudonym import pseudonymise
 from lambdarec.registry import CANDIDATE, REJECTED, record_status
 from lambdarec.submit import PROJECT_ROOT, spark_submit_env, speed_job_command

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from lambdarec import registry
 from lambdarec.api_keys import SCOPES
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import samples
+from serving.metrics_text import samples
 from lambdarec.processes import wait_for
 from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import encode_interaction

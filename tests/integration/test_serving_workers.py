@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import samples
+from serving.metrics_text import samples
 from lambdarec.proc_tree import alive, tree
 from lambdarec.processes import start_child
 from deploy.cli import lambdarec_command

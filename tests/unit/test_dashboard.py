@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lambdarec.metrics_text import samples
+from serving.metrics_text import samples
 from schemas.tables import MODELS
 from serving.dashboard.data import charts, models
 from serving.dashboard.models import CHARTS

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from batch.importer import command, import_dimension
-from lambdarec.interaction_files import BadImportFile
+from batch.interaction_files import BadImportFile
 from lambdarec.lake import Lake
 from lambdarec.pseudonym import pseudonymise
 from schemas.tables import ITEM_CATALOGUE, USER_PROFILES

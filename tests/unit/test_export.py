@@ -9,7 +9,9 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from lambdarec import api_keys, audit, export
+from lambdarec import api_keys, audit
+
+from serving import export
 from deploy.generator import user_id
 from lambdarec.pseudonym import pseudonymise
 from schemas.consent import ConsentChange

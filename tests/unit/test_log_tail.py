@@ -8,7 +8,7 @@ from deltalake import DeltaTable
 
 from lambdarec.registry import PUBLISHED, TRAINING, record_status
 from lambdarec.lake import Lake
-from lambdarec.log_tail import LogTail
+from serving.views.log_tail import LogTail
 from schemas.tables import EVENTS, MODELS
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from lambdarec.metrics_text import samples as parse
+from serving.metrics_text import samples as parse
 from schemas.tables import MODELS
 from serving.metrics import Metrics
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lambdarec.lake import Lake
-from lambdarec.metrics_text import samples
+from serving.metrics_text import samples
 from lambdarec.pseudonym import pseudonymise
 from schemas.speed_updates import timestamp
 from schemas.tables import SPEED_USER_INTERACTIONS

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from lambdarec.interaction_files import BadImportFile
+from batch.interaction_files import BadImportFile
 
 CATALOGUE, PROFILES = "catalogue", "profiles"
 MOVIELENS_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
