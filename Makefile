@@ -105,7 +105,7 @@ airflow: jars
 # (scheduler, dag-processor, API server on AIRFLOW_PORT, sized for the machine) under a supervisor that
 # restarts what dies; state and logs in $(LAMBDAREC_ROOT)/platform/. A laptop's: the development
 # pseudonym key is allowed (set LAMBDAREC_PSEUDONYM_KEY for real data). UP_ARGS='--without airflow' etc.
-up: jars blas postgres
+up: jars blas postgres prometheus
 	LAMBDAREC_ROOT=$(LAMBDAREC_ROOT) LAMBDAREC_ALLOW_DEVELOPMENT_KEY=$${LAMBDAREC_ALLOW_DEVELOPMENT_KEY:-true} \
 	$(BIN)/lambdarec up --airflow-port $(AIRFLOW_PORT) $(UP_ARGS)
 

@@ -104,7 +104,7 @@ def plan(settings: Settings, without: set[str], airflow_port: int = airflow_plat
 
 
 def airflow_components(settings: Settings, base_env: dict[str, str], port: int) -> list[Component]:
-    """``airflow db migrate`` once, then the API server, the dag-processor and the scheduler."""
+    """``airflow db migrate`` once, then the API server, the dag-processor, the scheduler and the triggerer."""
     airflow = airflow_platform.executable()
     airflow_platform.admin_password(settings)
     env = airflow_platform.environment(settings, port, base_env)
@@ -120,4 +120,8 @@ def airflow_components(settings: Settings, base_env: dict[str, str], port: int) 
         # machine, which the API server reads itself.
         Component("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], env,
                   AirflowHeartbeat(health, "scheduler"), after=("airflow-api-server",)),
+        # The DAGs defer nothing, but Airflow's UI reports a deployment without a triggerer as unhealthy; one
+        # running a few triggers at most costs a small process.
+        Component("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs", "--capacity", "10"], env,
+                  AirflowHeartbeat(health, "triggerer"), after=("airflow-api-server",)),
     ]

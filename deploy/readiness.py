@@ -70,7 +70,7 @@ class HttpOk:
 
 @dataclass(frozen=True)
 class AirflowHeartbeat:
-    """Ready once the API server's health says ``job`` (``scheduler``, ``dag_processor``) is healthy and has
+    """Ready once the API server's health says ``job`` (``scheduler``, ``dag_processor``, ``triggerer``) is healthy and has
     heartbeated since this start: the previous run's heartbeat stays healthy for half a minute after it died."""
 
     health_url: str

@@ -1,9 +1,9 @@
-"""Airflow as three supervised processes on ``dags/``, sized for the machine.
+"""Airflow as four supervised processes on ``dags/``, sized for the machine.
 
 ``make airflow`` runs ``airflow standalone``, whose LocalExecutor forks its
 ``parallelism`` workers (32 by default) up front: 42 processes and 5.6 GB on
-a 2-core machine. Under ``lambdarec up`` the scheduler, the dag-processor and
-the API server run as separate children of the supervisor (so each is
+a 2-core machine. Under ``lambdarec up`` the scheduler, the dag-processor, the
+triggerer and the API server run as separate children of the supervisor (so each is
 restarted on its own), with the environment of ``make airflow`` (AIRFLOW_HOME
 under the root, SQLite, the simple auth manager's password file, no examples)
 and one task slot per two cores: every task of the DAGs is a ``spark-submit``

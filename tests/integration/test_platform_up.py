@@ -223,18 +223,22 @@ def test_a_fresh_up_with_keys_runs_every_dag_green_on_a_small_airflow(platform):
 
 
 def check_airflow_is_small(platform) -> None:
-    """Airflow's four components, one process each plus the executor's workers, on loopback, under the limit."""
+    """Airflow's five components, one process each plus the executor's workers, on loopback, under the limit."""
     info = platform.ps()
     airflow = [c for c in info["components"] if c["name"].startswith("airflow-")]
     assert [c["name"] for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
-                                            "airflow-scheduler"]
+                                            "airflow-scheduler", "airflow-triggerer"]
     assert airflow[0]["status"] == "done"
     assert all(c["status"] == "running" and c["rss_bytes"] > 0 for c in airflow[1:]), airflow
     processes = sum(c["processes"] for c in airflow)
     rss = info["rss_bytes"]["airflow"]
     assert rss == sum(c["rss_bytes"] for c in airflow) < AIRFLOW_RSS_LIMIT, airflow
     # One process each, the executor's workers, and a DAG file being parsed (not 42 processes).
-    assert processes <= 3 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
+    assert processes <= 4 + int(airflow_platform.sizing()["AIRFLOW__CORE__PARALLELISM"]) + 1, airflow
+    # what Airflow's home page shows: every part of the deployment healthy, the triggerer too
+    health = httpx.get(airflow_platform.health_url(platform.airflow_port), timeout=10).json()
+    assert {part: health[part]["status"] for part in ("metadatabase", "scheduler", "dag_processor", "triggerer")} == {
+        part: "healthy" for part in ("metadatabase", "scheduler", "dag_processor", "triggerer")}, health
     held = platform.listeners()
     assert platform.airflow_port in {port for _, _, port in held}, held
     assert not [listener for listener in held if not is_loopback(listener[1])], held

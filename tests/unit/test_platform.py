@@ -135,7 +135,7 @@ def test_the_airflow_components_get_make_airflows_environment(settings):
     components = plan(settings, without={"speed", "serving", "cdc", "prometheus"}, airflow_port=18080)
     airflow = [c for c in components if c.name.startswith("airflow-")]
     assert [c.name for c in airflow] == ["airflow-db-migrate", "airflow-api-server", "airflow-dag-processor",
-                                         "airflow-scheduler"]
+                                         "airflow-scheduler", "airflow-triggerer"]
     assert airflow[0].oneshot and airflow[0].argv[1:] == ["db", "migrate"]
     env = airflow[1].env
     assert env["AIRFLOW_HOME"] == str(settings.root.resolve() / "airflow")

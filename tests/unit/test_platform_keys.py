@@ -43,7 +43,8 @@ def test_only_the_airflow_processes_get_the_key(keyed):
     token = settings.api_key.get_secret_value()
     components = plan(settings, without={"speed", "cdc", "prometheus"})
     given = {c.name for c in components if c.env.get(API_KEY_ENV) == token}
-    assert given == {"airflow-db-migrate", "airflow-api-server", "airflow-dag-processor", "airflow-scheduler"}
+    assert given == {"airflow-db-migrate", "airflow-api-server", "airflow-dag-processor", "airflow-scheduler",
+                     "airflow-triggerer"}
     assert all(API_KEY_ENV not in c.env for c in components if c.name not in given)
     assert all(token not in repr(c) and token not in " ".join(c.argv) for c in components)
 
