@@ -87,10 +87,10 @@ def run(spark: "SparkSession", settings: Settings) -> list[dict[str, Any]]:
     return [erase(spark, settings, request) for request in privacy.pending(Lake(settings))]
 
 
-def erase(spark: "SparkSession", settings: Settings, request: dict[str, Any]) -> dict[str, Any]:
+def erase(spark: "SparkSession", settings: Settings, request: privacy.ErasureRequest) -> dict[str, Any]:
     """Carry out one request and return its receipt (the existing one if a run before wrote it)."""
     lake = Lake(settings)
-    request_id = request["request_id"]
+    request_id = request.request_id
     done = privacy.receipt(lake, request_id)
     if done is not None:
         return done
@@ -111,8 +111,8 @@ def erase(spark: "SparkSession", settings: Settings, request: dict[str, Any]) ->
               erasure_places.models(lake, settings, delete_versions.get(EVENTS.name), held, vacuumed_at),
               *places]
     _write_receipt(lake, request, {
-        "request_id": request_id, "subject_hash": request["subject_hash"],
-        "received_at": request["requested_at"], "completed_at": datetime.now(UTC),
+        "request_id": request_id, "subject_hash": request.subject_hash,
+        "received_at": request.requested_at, "completed_at": datetime.now(UTC),
         "removed": removed, "delete_versions": delete_versions, "vacuum_versions": vacuums,
         "vacuum_retention_hours": hours, "kafka_expires_by": erasure_places.kafka_expires_by(topic_places),
         "places": places,
@@ -127,7 +127,7 @@ def erase(spark: "SparkSession", settings: Settings, request: dict[str, Any]) ->
 # -- 1 and 2: the speed layer ------------------------------------------------------
 
 
-def _wait_for_speed(spark: "SparkSession", settings: Settings, request: dict[str, Any]
+def _wait_for_speed(spark: "SparkSession", settings: Settings, request: privacy.ErasureRequest
                     ) -> erasure_places.SpeedClearing | None:
     """Steps 1 and 2 (None without a features query). Needs no pseudonym: a re-run after it was nulled
     finds the marker it appended and checks the state again."""
@@ -135,7 +135,7 @@ def _wait_for_speed(spark: "SparkSession", settings: Settings, request: dict[str
     events = CheckpointFiles(spark, speed_checkpoint(settings, "events"))
     if events.list("offsets"):
         _wait(settings, "the speed job to store the events sent before the request",
-              lambda: _past(events.committed_offsets(), settings.topic_events, request["events_end_offsets"]))
+              lambda: _past(events.committed_offsets(), settings.topic_events, request.events_end_offsets))
         changes = _consent_ends(lake, request)
         _wait(settings, "the speed job to commit past the user's consent changes",
               lambda: _past(events.committed_offsets(), settings.topic_consent, changes))
@@ -148,7 +148,7 @@ def _wait_for_speed(spark: "SparkSession", settings: Settings, request: dict[str
           lambda: _read(features.committed_offsets(), events_id, events_version))
     marker = privacy.record_speed_marker(lake, request)
     if marker is None:
-        raise RuntimeError(f"the speed-state marker of request {request['request_id']} is beyond the history searched")
+        raise RuntimeError(f"the speed-state marker of request {request.request_id} is beyond the history searched")
     _wait(settings, "the speed features query to clear the user's state",
           lambda: _read(features.committed_offsets(), requests_id, marker))
     read_at = datetime.now(UTC)
@@ -161,7 +161,7 @@ def _wait_for_speed(spark: "SparkSession", settings: Settings, request: dict[str
     return erasure_places.SpeedClearing(marker, read_at, cleared, datetime.now(UTC))
 
 
-def _ticking(settings: Settings, lake: Lake, request: dict[str, Any], features: CheckpointFiles,
+def _ticking(settings: Settings, lake: Lake, request: privacy.ErasureRequest, features: CheckpointFiles,
              requests_id: str, cleared: int) -> Callable[[], bool]:
     """A check for ``_wait``: whether no state version before ``cleared`` is left; while the query has not
     run enough batches since, it appends a tick (and waits for it to be read) before answering."""
@@ -181,13 +181,13 @@ def _ticking(settings: Settings, lake: Lake, request: dict[str, Any], features: 
     return gone
 
 
-def _consent_ends(lake: Lake, request: dict[str, Any]) -> dict[int, int]:
+def _consent_ends(lake: Lake, request: privacy.ErasureRequest) -> dict[int, int]:
     """Per consent partition, the offset after the user's last stored change. Once the events query has
     committed past it, its consent state never reads those changes again (``speed.consent``), so they
     cannot come back after their rows are deleted. Empty once the pseudonym is nulled: the rows are gone."""
-    if request["user_id"] is None or not lake.exists(USER_CONSENT):
+    if request.user_id is None or not lake.exists(USER_CONSENT):
         return {}
-    rows = lake.read_arrow(USER_CONSENT, filter=pc.field("user_id") == request["user_id"]).to_pylist()
+    rows = lake.read_arrow(USER_CONSENT, filter=pc.field("user_id") == request.user_id).to_pylist()
     ends: dict[int, int] = {}
     for row in rows:
         ends[row["kafka_partition"]] = max(ends.get(row["kafka_partition"], 0), row["kafka_offset"] + 1)
@@ -225,15 +225,15 @@ def _read(offsets: list[Any] | None, table_id: str, version: int | None) -> bool
 # -- 3 and 4: the lake --------------------------------------------------------------
 
 
-def _delete_everywhere(spark: "SparkSession", settings: Settings, request: dict[str, Any]
+def _delete_everywhere(spark: "SparkSession", settings: Settings, request: privacy.ErasureRequest
                        ) -> tuple[dict[str, int], dict[str, int], list[int]]:
     """Steps 3 and 4: rows removed per table, the version of each table's DELETE, and the model versions
     that held the user. A table a speed sink writes may take a few tries (``lambdarec.erasure_rows``),
     within ``erasure_speed_wait_s``. Once the pseudonym is nulled every delete is done: they are read
     from the tables' histories."""
     lake = Lake(settings)
-    pseudonym = request["user_id"]
-    if pseudonym is None or erasure_rows.done(lake, request["request_id"], USER_FACTORS) is not None:
+    pseudonym = request.user_id
+    if pseudonym is None or erasure_rows.done(lake, request.request_id, USER_FACTORS) is not None:
         models = set(registry.current_statuses(lake))  # a re-run: their rows are gone, so any model may have
     else:
         models = set(lake.read_arrow(USER_FACTORS, filter=pc.field("user_id") == pseudonym)
@@ -243,7 +243,7 @@ def _delete_everywhere(spark: "SparkSession", settings: Settings, request: dict[
     for spec in erasure_rows.TABLES:
         if not lake.exists(spec):
             continue
-        found = (erasure_rows.done(lake, request["request_id"], spec) if pseudonym is None
+        found = (erasure_rows.done(lake, request.request_id, spec) if pseudonym is None
                  else _erase_table(spark, settings, request, spec))
         if found is not None:  # None: a table made after the user's rows went, which holds none of them
             versions[spec.name], removed[spec.name] = found
@@ -252,7 +252,7 @@ def _delete_everywhere(spark: "SparkSession", settings: Settings, request: dict[
     return removed, versions, sorted(models)
 
 
-def _erase_table(spark: "SparkSession", settings: Settings, request: dict[str, Any], spec: TableSpec) -> tuple[int, int]:
+def _erase_table(spark: "SparkSession", settings: Settings, request: privacy.ErasureRequest, spec: TableSpec) -> tuple[int, int]:
     """(version, rows) of the table's erasure commit, trying until it is in (by us or by a speed sink)."""
     found: list[tuple[int, int]] = []
 
@@ -294,7 +294,7 @@ def _vacuum(spark: "SparkSession", lake: Lake, specs: list[TableSpec], retention
     return versions
 
 
-def _outside_the_lake(settings: Settings, lake: Lake, request: dict[str, Any],
+def _outside_the_lake(settings: Settings, lake: Lake, request: privacy.ErasureRequest,
                       clearing: erasure_places.SpeedClearing | None, speed_done_at: datetime
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Step 7's places beyond the lake: (the topics that carry the pseudonym, every place outside the lake).
@@ -308,26 +308,26 @@ def _outside_the_lake(settings: Settings, lake: Lake, request: dict[str, Any],
     carried = platform_topics(settings)
     try:
         retention = topic_retention.read(settings, [*carried, users_topic])
-        cdc = (erasure_places.read_cdc_users(settings, users_topic, request["subject_hash"])
+        cdc = (erasure_places.read_cdc_users(settings, users_topic, request.subject_hash)
                if retention[users_topic] is not None else None)
     except (KafkaError, LookupError) as exc:
         raise TopicsUnreadable(f"the brokers' topic settings could not be read ({exc})") from exc
-    written = {topic: request["requested_at"] for topic in carried}
+    written = {topic: request.requested_at for topic in carried}
     written[settings.topic_speed_updates] = speed_done_at
     topics = erasure_places.topics(retention, written)
     checkpoint = speed_checkpoint(settings, "features")
     return topics, [erasure_places.speed_state(clearing, checkpoint),
-                    erasure_places.serving(settings, request["requested_at"]), *topics,
+                    erasure_places.serving(settings, request.requested_at), *topics,
                     *erasure_places.cdc_users(users_topic, retention[users_topic], cdc)]
 
 
-def _write_receipt(lake: Lake, request: dict[str, Any], receipt: dict[str, Any]) -> None:
+def _write_receipt(lake: Lake, request: privacy.ErasureRequest, receipt: dict[str, Any]) -> None:
     for name in ("removed", "delete_versions", "vacuum_versions"):
         receipt[name] = list(receipt[name].items())
     lake.ensure(PRIVACY_RECEIPTS)
     lake.add_missing_columns(PRIVACY_RECEIPTS)  # a lake from a release whose receipts had no places
     lake.append_arrow(PRIVACY_RECEIPTS, pa.Table.from_pylist([receipt], schema=PRIVACY_RECEIPTS.schema),
-                      app_id=f"privacy-receipt-{request['request_id']}", txn_version=0)
+                      app_id=f"privacy-receipt-{request.request_id}", txn_version=0)
 
 
 def _forget_pseudonym(spark: "SparkSession", lake: Lake, request_id: str) -> dict[str, int]:

@@ -114,7 +114,7 @@ def main() -> int:
                 # every event was read from partition 0 of the topic, below offset --events
                 request = privacy.record_erasure(lake, users[index], f"bench-{run}", "cli", {0: args.events})
                 began = time.perf_counter()
-                receipt = erasure.erase(spark, settings, {**request, "user_id": users[index]})
+                receipt = erasure.erase(spark, settings, request)
                 seconds = time.perf_counter() - began
                 runs.append({"user": kind, "seconds_to_receipt": round(seconds, 2), "user_events": int(counts[index]),
                              "removed": receipt["removed"],

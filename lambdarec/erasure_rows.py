@@ -18,10 +18,11 @@ recorded), while no append of its own runs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow.compute as pc
 
+from lambdarec import privacy
 from lambdarec.lake import Lake, delta_transaction, spark_path
 from lambdarec.pseudonym import spark_pseudonym
 from schemas.tables import (
@@ -63,12 +64,12 @@ def done(lake: Lake, request_id: str, spec: TableSpec) -> tuple[int, int] | None
     return entry["version"], int((entry.get("operationMetrics") or {}).get("numTargetRowsDeleted", 0))
 
 
-def erase_rows(spark: "SparkSession", lake: Lake, request: dict[str, Any], spec: TableSpec) -> tuple[int, int] | None:
+def erase_rows(spark: "SparkSession", lake: Lake, request: privacy.ErasureRequest, spec: TableSpec) -> tuple[int, int] | None:
     """Delete the request's user from ``spec`` unless done; (version, rows), or None when a concurrent
     writer won the race (try again) or the table does not exist."""
     if not lake.exists(spec):
         return None
-    found = done(lake, request["request_id"], spec)
+    found = done(lake, request.request_id, spec)
     if found is not None:
         return found
     from delta.tables import DeltaTable
@@ -76,7 +77,7 @@ def erase_rows(spark: "SparkSession", lake: Lake, request: dict[str, Any], spec:
     session = spark.newSession()  # the app transaction is session conf: keep it off the caller's other writes
     source, condition = _source(session, lake, request, spec)
     try:
-        with delta_transaction(session, app_id(request["request_id"], spec), 0):
+        with delta_transaction(session, app_id(request.request_id, spec), 0):
             (DeltaTable.forPath(session, spark_path(lake.uri(spec))).alias("t")
              .merge(source.alias("s"), condition).whenMatchedDelete().execute())
     except Exception as exc:  # delta's concurrency errors come through py4j under these names
@@ -84,16 +85,17 @@ def erase_rows(spark: "SparkSession", lake: Lake, request: dict[str, Any], spec:
             raise
         log.info("erasure of %s lost a race with a concurrent commit; retrying later", spec.name)
         return None
-    return done(lake, request["request_id"], spec)
+    return done(lake, request.request_id, spec)
 
 
-def _source(spark: "SparkSession", lake: Lake, request: dict[str, Any], spec: TableSpec) -> tuple["DataFrame", str]:
+def _source(spark: "SparkSession", lake: Lake, request: privacy.ErasureRequest, spec: TableSpec) -> tuple["DataFrame", str]:
     """The MERGE's source (the user, or the keys of their rows) and its condition."""
     from pyspark.sql import functions as F
 
-    pseudonym = request["user_id"]
+    pseudonym = request.user_id
+    assert pseudonym is not None, "a request whose pseudonym is nulled has deleted its rows; done() finds them"
     if spec is EVENTS:  # an event sent after the request is the user's new life, and stays
-        subject = spark.createDataFrame([(pseudonym, list(request["events_end_offsets"].items()))],
+        subject = spark.createDataFrame([(pseudonym, list(request.events_end_offsets.items()))],
                                         "user_id string, ends array<struct<p:int,o:bigint>>")
         return (subject.select("user_id", F.map_from_entries("ends").alias("ends")),
                 "t.user_id = s.user_id AND (t.kafka_partition IS NULL OR "
@@ -130,12 +132,10 @@ class ReadyErasures:
         self.lake = lake
         self.specs = specs
         self._version: int | None = None
-        self._ready: list[dict[str, Any]] = []
+        self._ready: list[privacy.ErasureRequest] = []
 
     def apply(self, spark: "SparkSession") -> None:
         """Delete, in this sink's tables, the rows of every ready erasure not yet deleted there."""
-        from lambdarec import privacy
-
         version = self.lake.version(PRIVACY_REQUESTS)
         if version != self._version:
             self._version = version

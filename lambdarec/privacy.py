@@ -16,8 +16,10 @@ pseudonym can recompute and nobody can reverse.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,29 @@ REQUEST_ID_MAX = 128
 
 class RequestConflict(ValueError):
     """A request id already names a request for another subject."""
+
+
+@dataclass(frozen=True)
+class ErasureRequest:
+    """An erasure request as ``privacy_requests`` keeps it, and as the API, the CLI, the speed layer's consent
+    handling, the erasure job and serving pass it to each other."""
+
+    request_id: str
+    subject_hash: str
+    user_id: str | None  # the subject's pseudonym, until the erasure job nulls it (their rows are gone)
+    requested_at: datetime
+    events_end_offsets: dict[int, int]  # partition -> end of the events topic when the request arrived
+    source: str  # api, cli or consent (a withdrawal with erasure on withdrawal)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ErasureRequest:
+        return cls(request_id=row["request_id"], subject_hash=row["subject_hash"], user_id=row["user_id"],
+                   requested_at=row["requested_at"], events_end_offsets=dict(row["events_end_offsets"] or []),
+                   source=row["source"])
+
+    def row(self, kind: str = ERASURE) -> dict[str, Any]:
+        """Its ``privacy_requests`` row of ``kind`` (the request itself, or its speed-state marker)."""
+        return {**dataclasses.asdict(self), "kind": kind, "events_end_offsets": list(self.events_end_offsets.items())}
 
 
 def subject_hash(pseudonym: str) -> str:
@@ -87,7 +112,7 @@ def events_end_offsets(settings: Settings) -> dict[int, int]:
 
 
 def record_erasure(lake: Lake, pseudonym: str, request_id: str, source: str,
-                   end_offsets: dict[int, int]) -> dict[str, Any]:
+                   end_offsets: dict[int, int]) -> ErasureRequest:
     """Append the erasure request (once per request id) and return its row.
 
     A repeated request id returns the first row; the same id for another subject is
@@ -100,53 +125,52 @@ def record_erasure(lake: Lake, pseudonym: str, request_id: str, source: str,
     subject = subject_hash(pseudonym)
     existing = request(lake, request_id)
     if existing is None:
-        row = {"request_id": request_id, "kind": ERASURE, "subject_hash": subject, "user_id": pseudonym,
-               "requested_at": datetime.now(UTC), "events_end_offsets": list(end_offsets.items()),
-               "source": source}
+        new = ErasureRequest(request_id=request_id, subject_hash=subject, user_id=pseudonym,
+                             requested_at=datetime.now(UTC), events_end_offsets=dict(end_offsets), source=source)
         lake.ensure(PRIVACY_REQUESTS)
-        lake.append_arrow(PRIVACY_REQUESTS, pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema),
+        lake.append_arrow(PRIVACY_REQUESTS, pa.Table.from_pylist([new.row()], schema=PRIVACY_REQUESTS.schema),
                           app_id=f"privacy-request-{request_id}", txn_version=0)
         existing = request(lake, request_id)
         assert existing is not None  # just appended, by us or a racing caller
-    if existing["subject_hash"] != subject:
+    if existing.subject_hash != subject:
         raise RequestConflict(f"request_id {request_id!r} already names an erasure of another user")
     return existing
 
 
-def record_speed_marker(lake: Lake, erasure: dict[str, Any]) -> int | None:
+def record_speed_marker(lake: Lake, erasure: ErasureRequest) -> int | None:
     """Append the speed-state marker of a pending erasure (once); the ``privacy_requests`` version holding it."""
-    row = {**erasure, "kind": SPEED_STATE_ERASURE, "events_end_offsets": list(erasure["events_end_offsets"].items())}
-    app_id = f"privacy-marker-{erasure['request_id']}"
     return lake.appender(PRIVACY_REQUESTS).append_once(
-        pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema), app_id, 0)
+        pa.Table.from_pylist([erasure.row(SPEED_STATE_ERASURE)], schema=PRIVACY_REQUESTS.schema),
+        f"privacy-marker-{erasure.request_id}", 0)
 
 
-def record_speed_tick(lake: Lake, erasure: dict[str, Any]) -> int:
+def record_speed_tick(lake: Lake, erasure: ErasureRequest) -> int:
     """Append a tick of the erasure (no user in it); the ``privacy_requests`` version holding it."""
-    row = {**erasure, "kind": SPEED_STATE_TICK, "user_id": None, "events_end_offsets": []}
-    return lake.appender(PRIVACY_REQUESTS).append(pa.Table.from_pylist([row], schema=PRIVACY_REQUESTS.schema))
+    tick = dataclasses.replace(erasure, user_id=None, events_end_offsets={})
+    return lake.appender(PRIVACY_REQUESTS).append(
+        pa.Table.from_pylist([tick.row(SPEED_STATE_TICK)], schema=PRIVACY_REQUESTS.schema))
 
 
-def request(lake: Lake, request_id: str) -> dict[str, Any] | None:
+def request(lake: Lake, request_id: str) -> ErasureRequest | None:
     only = (pc.field("request_id") == request_id) & (pc.field("kind") == ERASURE)
     rows = lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()
-    return _with_offsets(rows[0]) if rows else None
+    return ErasureRequest.from_row(rows[0]) if rows else None
 
 
-def pending(lake: Lake) -> list[dict[str, Any]]:
+def pending(lake: Lake) -> list[ErasureRequest]:
     """Requests without a receipt, oldest first; one whose pseudonym is already nulled (its rows are gone)
     only lacks the receipt."""
     done = set(lake.read_arrow(PRIVACY_RECEIPTS).column("request_id").to_pylist())
     rows = lake.read_arrow(PRIVACY_REQUESTS, filter=pc.field("kind") == ERASURE).to_pylist()
-    return sorted((_with_offsets(row) for row in rows if row["request_id"] not in done),
-                  key=lambda row: row["requested_at"])
+    return sorted((ErasureRequest.from_row(row) for row in rows if row["request_id"] not in done),
+                  key=lambda request: request.requested_at)
 
 
-def ready(lake: Lake) -> list[dict[str, Any]]:
+def ready(lake: Lake) -> list[ErasureRequest]:
     """Pending requests whose speed-state marker is recorded: the user's earlier events are all in the
     lake, so the speed sinks may delete their rows."""
     only = pc.field("user_id").is_valid() & (pc.field("kind") == SPEED_STATE_ERASURE)
-    return [_with_offsets(row) for row in lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()]
+    return [ErasureRequest.from_row(row) for row in lake.read_arrow(PRIVACY_REQUESTS, filter=only).to_pylist()]
 
 
 def receipt(lake: Lake, request_id: str) -> dict[str, Any] | None:
@@ -169,8 +193,8 @@ def erased_subjects(lake: Lake) -> dict[str, int | None]:
     found: dict[str, int | None] = {}
     for row in lake.read_arrow(PRIVACY_RECEIPTS).to_pylist():
         found[row["subject_hash"]] = dict(row["delete_versions"] or []).get("events", -1)
-    for row in pending(lake):
-        found[row["subject_hash"]] = None
+    for request in pending(lake):
+        found[request.subject_hash] = None
     return found
 
 
@@ -188,7 +212,3 @@ def first_model_without(lake: Lake, events_version: int | None) -> int | None:
              if row["source_events_version"] is not None and row["source_events_version"] >= events_version]
     return min(later) if later else None
 
-
-def _with_offsets(row: dict[str, Any]) -> dict[str, Any]:
-    row["events_end_offsets"] = dict(row["events_end_offsets"] or [])
-    return row

@@ -54,7 +54,7 @@ async def erase_user(
     pseudonym = pseudonymise(user_id, services.settings.pseudonym_key)
     rid = request_id or privacy.new_request_id()
 
-    def record() -> dict[str, Any]:
+    def record() -> privacy.ErasureRequest:
         return privacy.record_erasure(services.lake, pseudonym, rid, "api",
                                       privacy.events_end_offsets(services.settings))
 
@@ -74,7 +74,7 @@ async def erase_user(
         services.erasures.erase(request)
     await audit_trail.record(services, audited("completed" if done else "pending"))
     body = ErasureAccepted(request_id=rid, status="completed" if done else "pending",
-                           received_at=request["requested_at"].isoformat(), receipt=f"/v1/admin/erasures/{rid}")
+                           received_at=request.requested_at.isoformat(), receipt=f"/v1/admin/erasures/{rid}")
     return JSONResponse(body.model_dump(), status_code=202)
 
 
@@ -93,9 +93,9 @@ def erasure_receipt(
         if request is None:
             audit_trail.record_blocking(services, _receipt_read(http, "not_found", request_id))
             raise HTTPException(404, detail=f"request_id {request_id!r} is unknown")
-        audit_trail.record_blocking(services, _receipt_read(http, "pending", request_id, request["subject_hash"]))
-        return ErasureReceipt(request_id=request_id, status="pending", subject_hash=request["subject_hash"],
-                              received_at=request["requested_at"].isoformat())
+        audit_trail.record_blocking(services, _receipt_read(http, "pending", request_id, request.subject_hash))
+        return ErasureReceipt(request_id=request_id, status="pending", subject_hash=request.subject_hash,
+                              received_at=request.requested_at.isoformat())
     audit_trail.record_blocking(services, _receipt_read(http, "completed", request_id, found["subject_hash"]))
     times = {name: found[name].isoformat() if found[name] else None
              for name in ("received_at", "completed_at", "kafka_expires_by")}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from lambdarec import privacy
 from lambdarec.lake import Lake
@@ -32,10 +31,10 @@ class Erasures:
         self._forgotten: set[str] = set()  # request ids applied to the speed view
         self._read_versions: tuple[int | None, int | None] | None = None  # of the privacy tables, when last read
 
-    def erase(self, request: dict[str, Any]) -> None:
+    def erase(self, request: privacy.ErasureRequest) -> None:
         """Apply a request just recorded (a pending one): drop the user now."""
         with self._lock:
-            self._subjects.setdefault(request["subject_hash"], None)
+            self._subjects.setdefault(request.subject_hash, None)
             self._forget(request)
 
     def reload(self) -> None:
@@ -63,7 +62,7 @@ class Erasures:
         deleted = self._subjects[subject]
         return deleted is None or model_events_version < deleted
 
-    def _forget(self, request: dict[str, Any]) -> None:
-        if request["request_id"] not in self._forgotten and request.get("user_id"):
-            self.speed_view.forget(request["user_id"], request["requested_at"])
-            self._forgotten.add(request["request_id"])
+    def _forget(self, request: privacy.ErasureRequest) -> None:
+        if request.request_id not in self._forgotten and request.user_id:
+            self.speed_view.forget(request.user_id, request.requested_at)
+            self._forgotten.add(request.request_id)

@@ -34,7 +34,7 @@ def test_a_killed_erasure_completes_once_on_restart(broker_settings):
         doomed.wait(timeout=60)
     assert doomed.returncode == -signal.SIGKILL
     assert privacy.receipt(lake, "killed-1") is None  # killed before it finished
-    assert privacy.pending(lake)[0]["request_id"] == "killed-1"
+    assert privacy.pending(lake)[0].request_id == "killed-1"
 
     finish(start_job(settings, "batch/erasure.py"))
     receipt = privacy.receipt(lake, "killed-1")

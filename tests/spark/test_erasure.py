@@ -10,6 +10,7 @@ each topic keeps records), with no speed job.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,12 @@ def test_erasure_leaves_no_trace_of_the_user_and_keeps_everyone_else(spark, brok
     assert {places[f"kafka:{t}"]["status"] for t in ("events", "consent", "speed-updates")} == {"expires"}
     assert "operational_db" not in places  # no CDC topic: no operational database feeds this lake
     assert receipt["subject_hash"] == privacy.subject_hash(user)
-    assert privacy.pending(lake) == [] and privacy.request(lake, "r1")["user_id"] is None
+    assert privacy.pending(lake) == [] and privacy.request(lake, "r1").user_id is None
 
     # Run again, or re-run this request: one receipt, the same one.
     assert erasure.run(spark, settings) == []
     request = privacy.request(lake, "r1")
-    assert erasure.erase(spark, settings, {**request, "user_id": user}) == receipt
+    assert erasure.erase(spark, settings, dataclasses.replace(request, user_id=user)) == receipt
     assert lake.read_arrow(PRIVACY_RECEIPTS).num_rows == 1
 
     # The next model is trained without them; the receipt names it once it exists.

@@ -30,7 +30,7 @@ def test_receipts_reach_the_model_store_once_each_and_pending_users_stay_hidden(
     assert heard == [[]] and erasures.hides(user, 10**6)  # pending: every model's row of them is unused
 
     lake.append_arrow(PRIVACY_RECEIPTS, pa.Table.from_pylist(
-        [{"request_id": "r1", "subject_hash": request["subject_hash"], "received_at": request["requested_at"],
+        [{"request_id": "r1", "subject_hash": request.subject_hash, "received_at": request.requested_at,
           "completed_at": DONE, "removed": [("events", 3)], "delete_versions": [("events", 7)],
           "vacuum_versions": [], "vacuum_retention_hours": 0, "kafka_expires_by": None, "places": []}],
         schema=PRIVACY_RECEIPTS.schema))
