@@ -22,7 +22,6 @@ Prints one JSON object (medians and p95s over the probes).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import records
 from lambdarec import api_keys  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from deploy.embedded.cdc import KafkaConnect  # noqa: E402
@@ -137,7 +137,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--burst", type=int, default=20_000)
     parser.add_argument("--load-events-per-s", type=int, default=200)
     parser.add_argument("--serve-follow-cdc", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args(argv)
+    record = records.start("cdc", vars(args))
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-cdc-"))
     root.chmod(0o711)  # run as root, Postgres runs as the postgres user
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
@@ -164,13 +166,13 @@ def main(argv: list[str]) -> int:
                 to_serving, to_lake = probe(settings, api, args.probes)
             load_rate = load.accepted / (time.monotonic() - started)
             rate = burst(settings, args.burst, args.items)
-            print(json.dumps({
+            records.write({**record, "figures": {
                 "change_to_serving_ms": figures(to_serving), "change_to_lake_ms": figures(to_lake),
                 "changes_per_s": round(rate), "burst_changes": args.burst, "items": args.items,
                 "load_events_per_s": round(load_rate), "serve_follow_cdc": args.serve_follow_cdc,
                 "speed_dimensions_trigger_ms": settings.speed_dimensions_trigger_ms,
                 "serve_catalogue_poll_s": settings.serve_catalogue_poll_s,
-            }))
+            }}, args.records)
         finally:
             serving.stop()
             job.stop()

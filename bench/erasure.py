@@ -17,7 +17,6 @@ add the scheduler's delay (the privacy DAG runs every 10 minutes).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch import erasure  # noqa: E402
+from bench import records
 from lambdarec import privacy  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.lake import Lake  # noqa: E402
@@ -96,7 +96,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="Erasures of users with the median event count.")
     parser.add_argument("--heavy-runs", type=int, default=1, help="Then erasures of heavy users (the 101st-heaviest on).")
     parser.add_argument("--root", type=Path, help="Lake root (default: a temporary folder, removed after).")
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args()
+    record = records.start("erasure", vars(args))
     with tempfile.TemporaryDirectory(prefix="lambdarec-bench-erasure-") as tmp, \
             EmbeddedBroker(Settings(root=args.root or Path(tmp))) as broker:
         settings = broker.settings.model_copy(update={"spark_shuffle_partitions": 2})
@@ -121,12 +123,12 @@ def main() -> int:
                              "receipt_span_s": round((receipt["completed_at"] - receipt["received_at"]).total_seconds(), 2)})
         finally:
             spark.stop()
-        print(json.dumps({
+        records.write({**record, "figures": {
             "events": args.events, "users": args.users, "build_s": round(build_s, 1),
             "median_seconds_to_receipt": statistics.median(r["seconds_to_receipt"] for r in runs
                                                            if r["user"] == "median_user"),
             "runs": runs, "spark_master": settings.spark_master,
-        }))
+        }}, args.records)
     return 0
 
 

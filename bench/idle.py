@@ -12,7 +12,6 @@ of one core per process, median and each run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
+from bench import records
 from lambdarec.processes import free_port, start_child, wait_for  # noqa: E402
 from deploy.cli import lambdarec_command
 from lambdarec.settings import Settings  # noqa: E402
@@ -42,7 +42,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args(argv)
+    record = records.start("idle", vars(args))
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-idle-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_port=free_port(), allow_development_key=True)
@@ -63,8 +65,8 @@ def main(argv: list[str]) -> int:
                 serving.check_alive()
                 for name, pid in pids.items():
                     runs[name].append(round((cpu_seconds(pid) - before[name]) / args.seconds, 3))
-            print(json.dumps({f"{name}_core_share": {"median": statistics.median(shares), "runs": shares}
-                              for name, shares in runs.items()} | {"seconds": args.seconds}))
+            records.write({**record, "figures": {f"{name}_core_share": {"median": statistics.median(shares), "runs": shares}
+                              for name, shares in runs.items()} | {"seconds": args.seconds}}, args.records)
         finally:
             serving.stop()
     return 0

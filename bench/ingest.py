@@ -38,6 +38,7 @@ from kafka import TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import records
 from lambdarec import api_keys  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from deploy.generator import World, live_days  # noqa: E402
@@ -115,7 +116,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0,
                         help="Serving processes (lambdarec serve --workers); 0, the default, is one per core.")
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args(argv)
+    record = records.start("ingest", vars(args))
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed: run `make bench-tools`")
     workers = worker_count(args.workers)
@@ -146,14 +149,14 @@ def main(argv: list[str]) -> int:
                 runs.append(run)
             total = wait_for(settled(api), 60, "the requests wrk left in flight to finish", interval_s=1.0)
             wait_for(lambda: on_topic(settings) >= total, 30, "every accepted event on the topic")
-            print(json.dumps({
+            records.write({**record, "figures": {
                 "single_event_ms": one["latency_ms"], "single_event_requests_per_s": round(one["requests"] / one["duration_s"]),
                 "accepted_events_per_s": {"median": statistics.median(r["accepted_events_per_s"] for r in runs),
                                           "runs": [r["accepted_events_per_s"] for r in runs]},
                 "batch_latency_ms": [r["latency_ms"] for r in runs], "non_2xx": sum(r["non_2xx"] for r in runs),
                 "accepted": int(accepted(api)), "on_topic": on_topic(settings),  # read again: a late request counts
                 "connections": args.connections, "batch": args.batch, "seconds": args.seconds, "workers": workers,
-            }))
+            }}, args.records)
         finally:
             serving.stop()
     return 0

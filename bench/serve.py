@@ -60,6 +60,7 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import records
 from lambdarec import api_keys  # noqa: E402
 from deploy.embedded.broker import EmbeddedBroker  # noqa: E402
 from lambdarec.kafka_io import make_producer, send_all  # noqa: E402
@@ -337,7 +338,9 @@ def main() -> int:
                              "their registry poll (FOLLOW_POLL_S), inside the swap's window.")
     parser.add_argument("--no-bundle", action="store_true",
                         help="Publish the swapped-in model without its model bundle, so serving builds it itself.")
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args()
+    record = records.start("serve", vars(args))
 
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-serve-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
@@ -453,7 +456,7 @@ def main() -> int:
         server.terminate()
         server.wait(30)
         broker.stop()
-    print(json.dumps(figures))
+    records.write({**record, "figures": figures}, args.records)
     shutil.rmtree(root, ignore_errors=True)  # ~0.8 GB of models per run; kept only when a run fails, for its logs
     return 0
 

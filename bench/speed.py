@@ -38,6 +38,9 @@ import httpx
 import psutil
 from kafka import TopicPartition
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/speed.py` from anywhere
+
+from bench import records  # noqa: E402
 from lambdarec import api_keys
 from deploy.embedded.broker import EmbeddedBroker
 from lambdarec.kafka_io import make_consumer, make_producer, partition_end_offsets
@@ -83,9 +86,9 @@ class UpdatesFollower(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=20).values():
+            for batch in self.consumer.poll(timeout_ms=20).values():
                 now = time.monotonic()
-                for record in records:
+                for record in batch:
                     update = json.loads(record.value)
                     if update.get("kind") == SPEED_UPDATE_KIND_INTERACTION:
                         self.seen.setdefault(update["event_id"], now)
@@ -232,7 +235,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rates", default="1000,3000,5000,8000", help="Offered rates (events/s), comma-separated.")
     parser.add_argument("--seconds", type=float, default=20.0, help="How long each rate is offered.")
     parser.add_argument("--min-probes", type=int, default=20, help="Fewest freshness probes per rate.")
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args(argv)
+    record = records.start("speed", vars(args))
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-speed-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
                         serve_port=free_port())
@@ -255,14 +260,14 @@ def main(argv: list[str]) -> int:
                 runs[str(rate)] = measure(settings, api, rate, args.seconds, args.min_probes, cpu)
             under = [int(r) for r, f in runs.items()
                      if (f["e2e_freshness_ms"]["p95"] or 1e9) <= 1000 and f["sustained_rate"] >= 0.98 * int(r)]
-            print(json.dumps({
+            records.write({**record, "figures": {
                 "runs": runs,
                 "driver_peak_memory_mb": driver_peak_mb(job),
                 "max_rate_with_e2e_p95_under_1s": max(under, default=None),
                 "seconds_per_rate": args.seconds,
                 "cores": psutil.cpu_count(),
                 "load_average_1m": round(psutil.getloadavg()[0], 2),
-            }))
+            }}, args.records)
         finally:
             serving.stop()
             job.stop()

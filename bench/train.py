@@ -17,7 +17,6 @@ Figures only, never a verdict. Spark runs local[2] (--master to change).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batch.engines import AlsParams, Factors, ImplicitAls, SparkAls, fit_implicit  # noqa: E402
 from batch.evaluate import Holdout, compare_to_popularity, factor_scorer  # noqa: E402
 from deploy.generator import World  # noqa: E402
+from bench import records
 from lambdarec.settings import Settings  # noqa: E402
 
 # interactions -> (users, items, clusters): ~20 interactions per user, as in the generator's defaults
@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="Extra Spark setting for the session (repeatable), e.g. spark.serializer=...")
+    parser.add_argument("--records", type=Path, default=records.RECORDS, help="Where the dated record goes.")
     args = parser.parse_args(argv)
+    record = records.start("train", vars(args))
 
     from lambdarec.spark import build_spark
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         spark.stop()
-    print(json.dumps(report))
+    records.write({**record, "figures": report}, args.records)
     return 0
 
 
