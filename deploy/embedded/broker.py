@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 
 from lambdarec import jars, kafka_io
-from deploy.embedded.java import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from deploy.embedded.java import JVM_OPTIONS, java_and_classpath, log4j2_properties
 from deploy.embedded.process import EmbeddedProcess
 from lambdarec.processes import die_with_parent, run_until_signalled
 from lambdarec.settings import LOOPBACK, WILDCARD_HOSTS, Settings, host_port
@@ -107,11 +107,7 @@ class EmbeddedBroker(EmbeddedProcess):
             raise BrokerError("this embedded broker has already been started")
         _require_free_port(self.host, self.port, "LAMBDAREC_EMBEDDED_BROKER_PORT or --port")
         _require_free_port(LOOPBACK, self.controller_port, "LAMBDAREC_EMBEDDED_CONTROLLER_PORT or --controller-port")
-        try:
-            java = java_executable()
-            classpath = ":".join(jars.classpath(self.settings, "kafka"))
-        except (JavaMissing, jars.MissingJarsError) as exc:
-            raise BrokerError(str(exc)) from exc
+        java, classpath = java_and_classpath(self.settings, "kafka", BrokerError)
         self.home.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._server_properties())
         self.log4j_path.write_text(log4j2_properties(self.log_path, QUIET_LOGGERS))

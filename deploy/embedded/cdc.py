@@ -33,11 +33,11 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx
 
-from lambdarec import jars, secret_files
-from deploy.embedded.java import JVM_OPTIONS, JavaMissing, java_executable, log4j2_properties
+from lambdarec import secret_files
+from deploy.embedded.java import JVM_OPTIONS, java_and_classpath, log4j2_properties
 from deploy.embedded.postgres import PUBLICATION
 from deploy.embedded.process import EmbeddedProcess
-from lambdarec.processes import StageError, run_until_signalled, wait_for
+from lambdarec.processes import StageError, run_until_signalled
 from lambdarec.settings import Settings, dial, host_port
 from schemas.cdc import TABLES as CDC_TABLES, topics
 
@@ -120,11 +120,7 @@ class KafkaConnect(EmbeddedProcess):
         """Write the configs, start the JVM and wait until the connector and its task are RUNNING."""
         if self._process is not None:
             raise ConnectError("this Connect worker has already been started")
-        try:
-            java = java_executable()
-            classpath = ":".join(jars.classpath(self.settings, "cdc"))
-        except (JavaMissing, jars.MissingJarsError) as exc:
-            raise ConnectError(str(exc)) from exc
+        java, classpath = java_and_classpath(self.settings, "cdc", ConnectError)
         self.home.mkdir(parents=True, exist_ok=True)
         worker, connector, log4j = self.home / "worker.properties", self.home / "connector.properties", \
             self.home / "log4j2.properties"
@@ -173,12 +169,8 @@ class KafkaConnect(EmbeddedProcess):
                 raise ConnectError(f"the {CONNECTOR} connector failed: {traces or found}")
             return len(states) > 1 and set(states) == {"RUNNING"}
 
-        try:
-            wait_for(running, self.startup_timeout_s, f"the {CONNECTOR} connector and its task to be RUNNING", 0.2)
-        except ConnectError:
-            raise
-        except StageError as exc:  # the deadline
-            raise ConnectError(f"{exc} (status {self.status()}); log tail:\n{self.log_tail()}") from exc
+        self._wait_until(running, f"the {CONNECTOR} connector and its task to be RUNNING", 0.2,
+                         detail=lambda: f" (status {self.status()})")
 
 
 def _properties(values: dict[str, str]) -> str:

@@ -7,6 +7,9 @@ import re
 import shutil
 from pathlib import Path
 
+from lambdarec import jars
+from lambdarec.settings import Settings
+
 # Small and quick to start, for a laptop or a 2-core CI machine. The client JIT alone (C1) starts
 # a JVM about a second sooner on 2 busy cores and is ample for these loads.
 JVM_OPTIONS = (
@@ -31,6 +34,14 @@ def java_executable() -> str:
     if found is None:
         raise JavaMissing("no java: set JAVA_HOME or put java (17 or newer) on PATH (Kafka and Kafka Connect need it)")
     return found
+
+
+def java_and_classpath(settings: Settings, group: str, error: type[Exception]) -> tuple[str, str]:
+    """The java to run and the classpath of the jar ``group`` (``lambdarec jars``); what is missing as ``error``."""
+    try:
+        return java_executable(), ":".join(jars.classpath(settings, group))
+    except (JavaMissing, jars.MissingJarsError) as exc:
+        raise error(str(exc)) from exc
 
 
 def log4j2_properties(log_path: Path, quiet: tuple[str, ...]) -> str:

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from lambdarec import secret_files
 from deploy.embedded.process import EmbeddedProcess
-from lambdarec.processes import StageError, run_until_signalled, wait_for
+from lambdarec.processes import StageError, run_until_signalled
 from lambdarec.settings import Settings, dial
 from schemas.cdc import TABLES as CDC_TABLES
 
@@ -199,12 +199,7 @@ class EmbeddedPostgres(EmbeddedProcess):
                 raise
             return True
 
-        try:
-            wait_for(accepting, self.startup_timeout_s, f"postgres to accept connections on port {self.port}", 0.1)
-        except PostgresError:
-            raise
-        except StageError as exc:  # the deadline
-            raise PostgresError(f"{exc}; log tail:\n{self.log_tail()}") from exc
+        self._wait_until(accepting, f"postgres to accept connections on port {self.port}", 0.1)
 
 
 def bootstrap(settings: Settings, superuser_url: str, superuser_password: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from lambdarec.processes import die_with_parent
+from lambdarec.processes import StageError, die_with_parent, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,17 @@ class EmbeddedProcess:
             raise
         log.info("event=%s_started %spid=%d", self.event, f"{detail} " if detail else "", self.pid)
         return self
+
+    def _wait_until(self, probe: Callable[[], object], what: str, interval_s: float,
+                    detail: Callable[[], str] = lambda: "") -> None:
+        """``probe()`` until it holds, within the startup deadline; a deadline passed becomes ``error`` with
+        ``detail()`` and the log's tail (the probe's own ``error`` passes through)."""
+        try:
+            wait_for(probe, self.startup_timeout_s, what, interval_s)
+        except self.error:
+            raise
+        except StageError as exc:  # the deadline
+            raise self.error(f"{exc}{detail()}; log tail:\n{self.log_tail()}") from exc
 
     def _check_alive(self) -> None:
         """Raise ``error`` with the log's tail if the process has exited (a probe's first step while starting)."""
