@@ -39,6 +39,7 @@ class TopicFollower:
         self.replay_s = replay_s
         self.on_record = on_record
         self.following = False
+        self.skipped = 0  # records whose on_record raised: logged and passed, never a reason to stop
         self._lock = threading.Lock()
         self._offsets: dict[int, int] = {}  # partition -> next offset to read
         self._highwater: dict[int, int] = {}
@@ -118,7 +119,12 @@ class TopicFollower:
             batches = consumer.poll(timeout_ms=200)
             for tp, records in batches.items():
                 for record in records:
-                    self.on_record(record)
+                    try:
+                        self.on_record(record)
+                    except Exception:  # passed, not retried: from the same offset it would fail for ever
+                        self.skipped += 1
+                        log.exception("skipped a record that could not be applied",
+                                      extra={"topic": self.topic, "partition": tp.partition, "offset": record.offset})
                     with self._lock:
                         self._offsets[tp.partition] = record.offset + 1
             with self._lock:
