@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
     record = records.start("speed", vars(args))
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-speed-"))
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
-                        serve_port=free_port())
+                        serve_port=free_port(), speed_metrics_port=free_port(), allow_development_key=True)
     settings = api_keys.provision(settings, "bench: speed probes", ["ingest", "read"])
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
