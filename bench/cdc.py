@@ -143,8 +143,9 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="lambdarec-bench-cdc-"))
     root.chmod(0o711)  # run as root, Postgres runs as the postgres user
     settings = Settings(root=root, embedded_broker_port=free_port(), embedded_controller_port=free_port(),
-                        serve_port=free_port(), embedded_postgres_port=free_port(), cdc_connect_port=free_port(),
-                        allow_development_key=True, serve_follow_cdc=args.serve_follow_cdc)
+                        serve_port=free_port(), speed_metrics_port=free_port(), embedded_postgres_port=free_port(),
+                        cdc_connect_port=free_port(), allow_development_key=True,
+                        serve_follow_cdc=args.serve_follow_cdc)
     settings = api_keys.provision(settings, "bench: cdc", ["ingest", "read"])
     api = f"http://127.0.0.1:{settings.serve_port}"
     env = spark_submit_env(settings)
