@@ -19,7 +19,7 @@ from serving.dashboard.data import Dashboard
 from serving.dashboard.models import DashboardData
 
 router = APIRouter(tags=["dashboard"])
-PAGE = Path(__file__).resolve().parent / "static" / "dashboard"
+PAGE = Path(__file__).resolve().parents[1] / "static" / "dashboard"
 CACHE = {"Cache-Control": "max-age=300"}
 
 

@@ -217,3 +217,22 @@ def test_registry_samples_read_an_in_process_registry_as_the_text_parser_does():
     metrics.events.labels("accepted").inc(3)
     assert registry_samples(metrics.registry) == samples(generate_latest(metrics.registry).decode())
     assert registry_samples(registry) == {}
+
+
+# -- the page ------------------------------------------------------------------------
+
+
+def test_the_page_and_every_asset_it_loads_are_served(settings):
+    """What a browser fetches first: the page, then each asset it names (installed files, found from the package)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.dashboard.routes import ASSETS
+
+    client = TestClient(create_app(settings))
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html") and "<html" in page.text
+    for name in ASSETS:
+        assert f"dashboard/assets/{name}" in page.text, name
+        asset = client.get(f"/dashboard/assets/{name}")
+        assert asset.status_code == 200 and len(asset.content) > 100, name
