@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from abc import ABC, abstractmethod
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from lambdarec.processes import StageError, die_with_parent, wait_for
 log = logging.getLogger(__name__)
 
 
-class EmbeddedProcess:
+class EmbeddedProcess(ABC):
     """One embedded server for the life of a ``with`` block."""
 
     name = "process"  # in messages and log events: "the {name} exited …", event={event}_started
@@ -104,11 +105,12 @@ class EmbeddedProcess:
             raise self.error(f"the {self.name} exited with code {self._process.returncode} during startup; "
                              f"its log ({self.log_path}) ends with:\n{self.log_tail()}")
 
-    def _stopped(self, clean: bool) -> None:
+    def _stopped(self, clean: bool) -> None:  # noqa: B027 - an optional hook: most servers need nothing here
         """After a stop: ``clean`` when the process exited on its stop signal in time."""
 
+    @abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Start the server and return once it is ready (``_launch``, then ``_get_ready``)."""
 
     def __enter__(self) -> Self:
         return self if self.running() else self.start()

@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from lambdarec import proc_tree
-from lambdarec.processes import wait_for
+from lambdarec.processes import StageError, wait_for
 from lambdarec.settings import Settings
 from tests.plugins.broker import free_ports
 from tests.support.listeners import listeners
@@ -99,10 +98,14 @@ class Platform:
         """For a failed test's report: serving's thread stacks (``kill -USR1``, into its log), then every log's tail."""
         serving = next((c for c in self.ps()["components"] if c["name"] == "serving" and c["alive"]), None)
         if serving is not None:
+            log = self.root / "platform" / "logs" / "serving.log"
+            dumps = log.read_text(errors="replace").count("most recent call first")
             for pid in proc_tree.tree(serving["pid"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGUSR1)
-            time.sleep(1)
+            with contextlib.suppress(StageError):  # a report without the stacks still has the logs
+                wait_for(lambda: log.read_text(errors="replace").count("most recent call first") > dumps, 5,
+                         "serving's thread stacks in its log", interval_s=0.1)
         return self.logs(lines=120)
 
     def create_key(self, name: str, *scopes: str) -> str:

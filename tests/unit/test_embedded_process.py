@@ -9,6 +9,7 @@ import time
 import pytest
 
 from deploy.embedded.process import EmbeddedProcess
+from lambdarec.processes import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +43,7 @@ def test_a_process_that_ignores_its_signal_is_killed_after_the_deadline(tmp_path
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     process = StandIn(tmp_path, script, stop_timeout_s=0.5)
     process.start()
-    time.sleep(0.3)  # let it install its handler (a start-up race of the stand-in, not of the code under test)
+    wait_for(lambda: "up" in process.log_tail(), 5, "the stand-in to ignore SIGTERM")
     started = time.monotonic()
     process.stop()
     assert time.monotonic() - started < 5 and process.stops == [False]
