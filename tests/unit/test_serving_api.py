@@ -135,7 +135,7 @@ def test_bad_k_is_422_naming_the_parameter(client):
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_finite_value_is_422_naming_the_field(client, token):
     """JSON has no NaN or Infinity (Python's json module reads them anyway): refuse, naming ``value``."""
-    body = json.dumps(event(event_type="rating", value=4.0)).replace("4.0", token.decode()).encode()
+    body = json.dumps(event(event_type="rating", value=4.0)).replace('"value": 4.0', f'"value": {token.decode()}').encode()
     for path, payload in (("/v1/events", body), ("/v1/events/batch", b"[" + body + b"]")):
         response = client.post(path, content=payload, headers={"content-type": "application/json"})
         assert response.status_code == 422, (path, response.text)
